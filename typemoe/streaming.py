@@ -1,0 +1,137 @@
+"""Incremental REMI tokenization of live notes, equal to the offline tokenization of the same notes.
+
+Torch-free: the bridge runs this on every incoming note.
+
+A note can only be written once its Duration token is known, i.e. once it has ended, and REMI writes notes
+in the canonical order (onset, duration, pitch, velocity) on the quantized grid (see
+`TypedVocab.prepare_score`). So a pending note is emitted when:
+  1. it has ended;
+  2. every note that sorts before it has been emitted;
+  3. no note still sounding or yet to come can sort before it: no open note started earlier, an open note
+     that started on the same tick can only be longer once the grid has moved past our note's end, and
+     a future note-on lands on a tick >= the current one, so the current tick must be past our onset.
+Times are beats (quarter notes) from the start of the stream; the grid is `TICKS_PER_BEAT` per beat.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from typemoe.vocab import BEATS_PER_BAR, TICKS_PER_BEAT, TypedVocab
+
+TICKS_PER_BAR = TICKS_PER_BEAT * BEATS_PER_BAR
+
+
+@dataclass(order=True)
+class _Closed:
+    onset: int
+    duration: int
+    pitch: int
+    velocity: int
+
+
+@dataclass
+class _Open:
+    onset: int
+    velocity: int
+
+
+@dataclass
+class StreamingTokenizer:
+    """Feed note-ons and note-offs in time order; get REMI token ids back as soon as they are final."""
+
+    vocab: TypedVocab
+    tokens: list[int] = field(default_factory=list)
+    _open: dict[int, _Open] = field(default_factory=dict)  # pitch -> sounding note
+    _closed: list[_Closed] = field(default_factory=list)  # ended, not yet emitted, kept sorted
+    _bar: int = -1  # last bar a Bar token was written for
+    _last_onset: int = -1  # onset tick of the last written note (REMI writes Position on change)
+    _tick: int = 0  # latest grid tick seen
+
+    def __post_init__(self) -> None:
+        lo, hi = self.vocab.tokenizer.config.pitch_range
+        self._pitch_range = range(lo, hi)
+        self._bar_id = self.vocab.id("Bar_None")
+        self._pos_ids = [self.vocab.id(f"Position_{p}") for p in range(TICKS_PER_BAR)]
+        self._pitch_ids = {p: self.vocab.id(f"Pitch_{p}") for p in self._pitch_range}
+
+    @staticmethod
+    def to_tick(beat: float) -> int:
+        return int(round(beat * TICKS_PER_BEAT))
+
+    def reset(self) -> None:
+        self.tokens.clear()
+        self._open.clear()
+        self._closed.clear()
+        self._bar, self._last_onset, self._tick = -1, -1, 0
+
+    @property
+    def n_open(self) -> int:
+        return len(self._open)
+
+    def note_on(self, pitch: int, velocity: int, beat: float) -> list[int]:
+        """A key went down at `beat`. Velocity 0 is a note-off, as in MIDI."""
+        if velocity <= 0:
+            return self.note_off(pitch, beat)
+        out = self.advance(beat)
+        if pitch in self._open:  # re-struck while sounding: the old note ends here
+            out += self.note_off(pitch, beat)
+        if pitch in self._pitch_range:
+            self._open[pitch] = _Open(self._tick, min(int(velocity), 127))
+        return out
+
+    def note_off(self, pitch: int, beat: float) -> list[int]:
+        """A key went up at `beat`. An off without a matching on is ignored."""
+        out = self.advance(beat)
+        note = self._open.pop(pitch, None)
+        if note is not None:
+            bisect.insort(self._closed, _Closed(note.onset, max(self._tick - note.onset, 1), pitch, note.velocity))
+        return out + self._emit()
+
+    def advance(self, beat: float) -> list[int]:
+        """Time moved on to `beat` (monotonic; an earlier time is treated as now)."""
+        self._tick = max(self._tick, self.to_tick(beat))
+        return self._emit()
+
+    def flush(self, beat: float) -> list[int]:
+        """End every sounding note at `beat` and emit everything pending (end of a phrase or stream)."""
+        self.advance(beat)
+        for pitch in list(self._open):
+            note = self._open.pop(pitch)
+            bisect.insort(self._closed, _Closed(note.onset, max(self._tick - note.onset, 1), pitch, note.velocity))
+        return self._emit(final=True)
+
+    def _emit(self, final: bool = False) -> list[int]:
+        out: list[int] = []
+        while self._closed:
+            head = self._closed[0]
+            if not final and not self._is_final(head):
+                break
+            self._closed.pop(0)
+            out += self._note_tokens(head)
+        self.tokens += out
+        return out
+
+    def _is_final(self, head: _Closed) -> bool:
+        if self._tick <= head.onset:
+            return False  # a note-on still to come could land on this tick and sort first
+        for o in self._open.values():
+            if o.onset < head.onset:
+                return False
+            if o.onset == head.onset and self._tick <= head.onset + head.duration:
+                return False  # it could still end on our end tick and sort before us by pitch
+        return True
+
+    def _note_tokens(self, n: _Closed) -> list[int]:
+        out = []
+        bar = n.onset // TICKS_PER_BAR
+        while self._bar < bar:
+            self._bar += 1
+            out.append(self._bar_id)
+        if n.onset != self._last_onset:
+            out.append(self._pos_ids[n.onset - bar * TICKS_PER_BAR])
+            self._last_onset = n.onset
+        out += [self._pitch_ids[n.pitch], int(self.vocab.velocity_id[n.velocity]),
+                self.vocab.duration_token_id(n.duration)]
+        return out

@@ -1,0 +1,304 @@
+"""The vocabulary: MidiTok REMI tokens, control tokens, and the id -> type table that routes experts.
+
+Torch-free (miditok, symusic, numpy): the bridge and the ONNX runtime import it.
+
+Layout of the ids:
+    [0, n_base)               MidiTok REMI: PAD/BOS/EOS, Bar, Position_p, Pitch_p, Velocity_v, Duration_d
+    [n_base, size)            control tokens, appended by us: Key_<tonic>_<mode> (24), Meter_<n>/<d>,
+                              Genre_<name>, Emotion_<Q>
+The control tokens live in our own table rather than miditok's `add_to_vocab`, so that saving and loading
+never depends on how a miditok version persists added tokens: load rebuilds REMI from its saved config and
+checks that the base vocabulary is identical.
+
+Input stream (DESIGN.md section 3): all non-drum tracks merged into one, time-signature / key-signature /
+tempo meta events stripped, a grid of 4 positions per beat and Bar tokens every 4 beats (miditok falls back
+to 4/4 when `use_time_signatures` is off, which is exactly the performer's 4-beat grid).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import symusic
+from miditok import REMI, TokenizerConfig
+
+from typemoe import analysis
+
+log = logging.getLogger(__name__)
+
+TICKS_PER_BEAT = 4  # onset grid: 16th notes
+BEATS_PER_BAR = 4
+TYPE_NAMES = ("structure", "pitch", "velocity", "duration", "control")
+# Expert groups: type name -> token-type prefixes (the part of "Type_Value" before the first "_").
+DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
+    "structure": ("Bar", "Position"),
+    "pitch": ("Pitch",),
+    "velocity": ("Velocity",),
+    "duration": ("Duration",),
+    "control": ("PAD", "BOS", "EOS", "MASK", "Key", "Meter", "Genre", "Emotion"),
+}
+# Grammar families for valid REMI generation (finer than the expert types: Bar and Position differ).
+FAMILIES = ("Bar", "Position", "Pitch", "Velocity", "Duration", "control")
+_NEXT_FAMILIES = {
+    "Bar": ("Bar", "Position"),
+    "Position": ("Pitch",),
+    "Pitch": ("Velocity",),
+    "Velocity": ("Duration",),
+    "Duration": ("Pitch", "Position", "Bar"),
+    "control": ("Bar",),
+}
+TOKENIZER_FILE = "tokenizer.json"
+TYPES_FILE = "types.json"
+
+
+class VocabError(ValueError):
+    """A tokenizer or vocabulary directory that cannot serve as TypeMoE's vocabulary."""
+
+
+class ScoreError(ValueError):
+    """A score that yields no tokens (empty, drums only, nothing in the pitch range)."""
+
+
+def tokenizer_config() -> TokenizerConfig:
+    """The REMI configuration of DESIGN.md section 3 (no tempo, time-signature, program or chord tokens)."""
+    return TokenizerConfig(
+        pitch_range=(21, 109),
+        beat_res={(0, 4): TICKS_PER_BEAT, (4, 12): 2},
+        num_velocities=16,
+        special_tokens=["PAD", "BOS", "EOS"],
+        use_velocities=True,
+        use_note_duration_programs=list(range(-1, 128)),
+        use_chords=False,
+        use_rests=False,
+        use_tempos=False,
+        use_time_signatures=False,
+        use_sustain_pedals=False,
+        use_pitch_bends=False,
+        use_programs=False,
+        remove_duplicated_notes=False,
+        use_pitchdrum_tokens=False,
+    )
+
+
+def control_tokens() -> list[str]:
+    keys = [f"Key_{k.replace(' ', '_')}" for k in analysis.KEYS]
+    meters = [f"Meter_{m}" for m in analysis.METERS]
+    genres = [f"Genre_{g}" for g in analysis.GENRES]
+    emotions = [f"Emotion_{q}" for q in analysis.EMOTIONS]
+    return keys + meters + genres + emotions
+
+
+def _prefix(token: str) -> str:
+    return token.split("_", 1)[0]
+
+
+class TypedVocab:
+    """REMI tokenizer + control tokens + the static id -> type table (one id, exactly one type)."""
+
+    def __init__(
+        self,
+        tokenizer: REMI,
+        *,
+        groups: Mapping[str, Sequence[str]] | None = None,
+        controls: Sequence[str] | None = None,
+    ) -> None:
+        if getattr(tokenizer, "is_trained", False):
+            raise VocabError("a BPE/Unigram-trained tokenizer merges several events into one id, so an id has no "
+                             "single type; use an untrained REMI tokenizer")
+        if getattr(tokenizer, "is_multi_voc", False):
+            raise VocabError(f"{type(tokenizer).__name__} has several vocabularies (one id per embedding "
+                             "pooling); TypeMoE needs one flat vocabulary")
+        groups = {k: tuple(v) for k, v in (groups or DEFAULT_GROUPS).items()}
+        owner: dict[str, str] = {}
+        for name, prefixes in groups.items():
+            for p in prefixes:
+                if p in owner:
+                    raise VocabError(f"token type {p!r} is in two groups: {owner[p]!r} and {name!r}")
+                owner[p] = name
+        self.tokenizer = tokenizer
+        self.groups = groups
+        self.type_names = tuple(groups)
+        base = sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])
+        if [i for _, i in base] != list(range(len(base))):
+            raise VocabError("tokenizer ids are not contiguous from 0")
+        self.n_base = len(base)
+        self._tokens = [t for t, _ in base] + list(control_tokens() if controls is None else controls)
+        if len(set(self._tokens)) != len(self._tokens):
+            raise VocabError("duplicate token strings in the vocabulary")
+        self._ids = {t: i for i, t in enumerate(self._tokens)}
+        type_of = []
+        for t in self._tokens:
+            if _prefix(t) not in owner:
+                raise VocabError(f"token {t!r} has type {_prefix(t)!r}, which no expert group claims "
+                                 f"(groups: {groups})")
+            type_of.append(self.type_names.index(owner[_prefix(t)]))
+        self.type_of = np.asarray(type_of, dtype=np.int64)  # (V,)
+        fam = [FAMILIES.index(_prefix(t)) if _prefix(t) in FAMILIES else FAMILIES.index("control")
+               for t in self._tokens]
+        self.family_of = np.asarray(fam, dtype=np.int64)  # (V,)
+        self.next_allowed = np.zeros((len(FAMILIES), self.size), dtype=bool)  # (6, V)
+        for f, nxt in _NEXT_FAMILIES.items():
+            for g in nxt:
+                self.next_allowed[FAMILIES.index(f)] |= self.family_of == FAMILIES.index(g)
+        specials = {_prefix(t) for t in self._tokens if t.endswith("_None")}
+        self.next_allowed[:, self.family_of == FAMILIES.index("control")] = False  # never sample controls
+        assert {"PAD", "BOS", "EOS"} <= specials, f"missing special tokens: {specials}"
+        self.pad_id, self.bos_id, self.eos_id = self._ids["PAD_None"], self._ids["BOS_None"], self._ids["EOS_None"]
+        self._calibrate()
+
+    # ---- construction and persistence -------------------------------------------------------------
+    @classmethod
+    def default(cls) -> TypedVocab:
+        return cls(REMI(tokenizer_config()))
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(d / TOKENIZER_FILE)
+        meta = {"tokens": self._tokens, "groups": self.groups, "type_of": self.type_of.tolist(),
+                "n_base": self.n_base, "hash": self.hash}
+        tmp = d / (TYPES_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(d / TYPES_FILE)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TypedVocab:
+        d = Path(directory)
+        for f in (TOKENIZER_FILE, TYPES_FILE):
+            if not (d / f).is_file():
+                raise VocabError(f"{d / f} is missing; a vocabulary directory holds {TOKENIZER_FILE} and {TYPES_FILE}")
+        try:
+            meta = json.loads((d / TYPES_FILE).read_text())
+            tokenizer = REMI(params=d / TOKENIZER_FILE)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise VocabError(f"cannot read the vocabulary in {d}: {err}") from err
+        vocab = cls(tokenizer, groups=meta["groups"], controls=meta["tokens"][meta["n_base"]:])
+        if vocab._tokens != meta["tokens"] or vocab.hash != meta["hash"]:
+            raise VocabError(f"{d / TOKENIZER_FILE} does not rebuild the saved vocabulary (hash {meta['hash'][:12]} "
+                             f"!= {vocab.hash[:12]}); was it written by another miditok or TypeMoE version?")
+        return vocab
+
+    @property
+    def hash(self) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps({"tokens": self._tokens, "groups": self.groups}, sort_keys=True).encode())
+        return h.hexdigest()
+
+    # ---- lookups ---------------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return len(self._tokens)
+
+    @property
+    def n_types(self) -> int:
+        return len(self.type_names)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def id(self, token: str) -> int:
+        try:
+            return self._ids[token]
+        except KeyError:
+            raise KeyError(f"token {token!r} is not in the vocabulary") from None
+
+    def token(self, i: int) -> str:
+        if not 0 <= i < self.size:
+            raise IndexError(f"token id {i} out of range 0..{self.size - 1}")
+        return self._tokens[i]
+
+    @property
+    def tokens(self) -> list[str]:
+        return list(self._tokens)
+
+    def control_ids(self, *, key=None, meter=None, genre=None, emotion=None) -> list[int]:
+        """Control-token ids in canonical order (key, meter, genre, emotion); None/"" skips one."""
+        out = []
+        if key not in (None, ""):
+            out.append(self.id("Key_" + analysis.key_name(analysis.parse_key(key)).replace(" ", "_")))
+        if meter not in (None, ""):
+            out.append(self.id("Meter_" + analysis.meter_name(analysis.parse_meter(meter))))
+        if genre not in (None, ""):
+            out.append(self.id("Genre_" + analysis.parse_genre(genre)))
+        if emotion not in (None, ""):
+            out.append(self.id("Emotion_" + analysis.parse_emotion(emotion)))
+        return out
+
+    # ---- scores <-> ids -----------------------------------------------------------------------------
+    def prepare_score(self, score: symusic.Score) -> symusic.Score:
+        """Merge non-drum tracks, drop meta events, quantize to the grid, sort notes canonically.
+
+        The canonical order is (onset, duration, pitch, velocity) on the quantized grid; the streaming
+        tokenizer uses the same order, which is what makes streaming == offline exact.
+
+        Raises:
+            ScoreError: no non-drum notes in the tokenizer's pitch range.
+        """
+        lo, hi = self.tokenizer.config.pitch_range
+        q = score.resample(TICKS_PER_BEAT, min_dur=1) if score.ticks_per_quarter != TICKS_PER_BEAT else score.copy()
+        tracks = [t for t in q.tracks if not t.is_drum]
+        if not tracks:
+            kind = "drums only" if len(q.tracks) else "no tracks"
+            raise ScoreError(f"score has no pitched notes ({kind})")
+        arrays = [t.notes.numpy() for t in tracks]
+        notes = {k: np.concatenate([a[k] for a in arrays]) for k in ("time", "duration", "pitch", "velocity")}
+        keep = (notes["pitch"] >= lo) & (notes["pitch"] < hi) & (notes["velocity"] > 0)
+        notes = {k: v[keep] for k, v in notes.items()}
+        if len(notes["time"]) == 0:
+            raise ScoreError("score has no notes in the pitch range "
+                             f"{lo}..{hi - 1} (drums only or empty)")
+        notes["duration"] = np.maximum(notes["duration"], 1)
+        order = np.lexsort((notes["velocity"], notes["pitch"], notes["duration"], notes["time"]))
+        out = symusic.Score(TICKS_PER_BEAT)
+        track = symusic.Track("merged", 0, False)
+        track.notes = symusic.Note.from_numpy(**{k: v[order].astype(np.int32 if k in ("time", "duration") else np.int8)
+                                                 for k, v in notes.items()})
+        out.tracks.append(track)
+        return out
+
+    def encode_score(self, score: symusic.Score) -> list[int]:
+        """REMI ids of a score's pitched notes (no BOS, no controls). Raises ScoreError when there are none."""
+        seqs = self.tokenizer.encode(self.prepare_score(score))
+        seq = seqs[0] if isinstance(seqs, list) else seqs
+        return list(seq.ids)
+
+    def decode(self, ids: Iterable[int]) -> symusic.Score:
+        """Score (tpq = 4) of the music ids in `ids`; specials and control tokens are ignored."""
+        music = [int(i) for i in ids if 0 <= int(i) < self.n_base and self.family_of[int(i)] != FAMILIES.index("control")]
+        if not music:
+            return symusic.Score(TICKS_PER_BEAT)
+        return self.tokenizer.decode([music])
+
+    # ---- per-note token lookup, shared with the streaming tokenizer ------------------------------------
+    def _calibrate(self) -> None:
+        """Learn from miditok itself which Velocity/Duration token each raw value maps to.
+
+        One probe score holds a note per velocity 1..127 and per duration 1..max ticks; encoding it once
+        gives the exact tables miditok uses (nearest bin, its tie-breaking), whatever its version.
+        """
+        max_dur = TICKS_PER_BEAT * 12 + 4
+        n_vel, n_dur = 127, max_dur
+        times = np.arange(n_vel + n_dur, dtype=np.int32) * (BEATS_PER_BAR * TICKS_PER_BEAT * 4)
+        vel = np.concatenate([np.arange(1, 128), np.full(n_dur, 100)]).astype(np.int8)
+        dur = np.concatenate([np.ones(n_vel), np.arange(1, max_dur + 1)]).astype(np.int32)
+        probe = symusic.Score(TICKS_PER_BEAT)
+        track = symusic.Track("probe", 0, False)
+        track.notes = symusic.Note.from_numpy(time=times, duration=dur, pitch=np.full(len(times), 60, np.int8),
+                                              velocity=vel)
+        probe.tracks.append(track)
+        seqs = self.tokenizer.encode(probe)
+        toks = [self._tokens[i] for i in (seqs[0] if isinstance(seqs, list) else seqs).ids]
+        vel_ids = [self._ids[t] for t in toks if t.startswith("Velocity_")]
+        dur_ids = [self._ids[t] for t in toks if t.startswith("Duration_")]
+        assert len(vel_ids) == len(dur_ids) == n_vel + n_dur, "probe did not give one token per note"
+        self.velocity_id = np.asarray([vel_ids[0]] + vel_ids[:n_vel], dtype=np.int64)  # index = velocity 0..127
+        self.duration_id = np.asarray([dur_ids[n_vel]] + dur_ids[n_vel:], dtype=np.int64)  # index = ticks
+        self.max_duration_ticks = max_dur
+
+    def duration_token_id(self, ticks: int) -> int:
+        return int(self.duration_id[min(max(ticks, 1), self.max_duration_ticks)])

@@ -20,12 +20,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import symusic
-from miditok import REMI, TokenizerConfig
+
+# miditok's __init__ imports its optional `pytorch_data` submodule, and with it torch, whenever torch is
+# installed. We never use it, and the bridge must stay torch-free (DESIGN.md section 2), so unless torch is
+# already loaded we mark that one submodule unavailable; miditok catches the ImportError and goes on.
+if "miditok" not in sys.modules and "torch" not in sys.modules:
+    sys.modules.setdefault("miditok.pytorch_data", None)  # type: ignore[arg-type]
+from miditok import REMI, TokenizerConfig  # noqa: E402
 
 from typemoe import analysis
 

@@ -1,0 +1,82 @@
+"""Shared fixtures: the real vocabulary and small sets of real pieces (music21 corpus, ../shared/data)."""
+
+from __future__ import annotations
+
+import functools
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import symusic
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def vocab():
+    from typemoe.vocab import TypedVocab
+
+    return TypedVocab.default()
+
+
+def music21_scores(n: int, opus: str = "essenFolksong/altdeu10") -> list[tuple[str, symusic.Score]]:
+    """The first `n` tunes of one music21 corpus opus, as symusic scores (tpq 480) with their meta events."""
+    return [(name, s.copy()) for name, s in _music21_scores(n, opus)]
+
+
+@functools.lru_cache(maxsize=8)
+def _music21_scores(n: int, opus: str) -> list[tuple[str, symusic.Score]]:
+    music21 = pytest.importorskip("music21")
+    op = music21.corpus.parse(opus)
+    out = []
+    for i, s in enumerate(op.scores[:n]):
+        score = symusic.Score(480)
+        track = symusic.Track("melody", 0, False)
+        flat = s.stripTies().flatten()
+        for el in flat.notes:
+            for p in el.pitches:
+                track.notes.append(symusic.Note(int(round(el.offset * 480)), max(1, int(round(el.quarterLength * 480))),
+                                                int(p.midi), 80))
+        for ts in s.recurse().getElementsByClass("TimeSignature"):
+            at = int(ts.getOffsetInHierarchy(s) * 480)
+            score.time_signatures.append(symusic.TimeSignature(at, ts.numerator, ts.denominator))
+        for ks in s.recurse().getElementsByClass("KeySignature"):
+            score.key_signatures.append(symusic.KeySignature(int(ks.getOffsetInHierarchy(s) * 480), ks.sharps, 0))
+        score.tracks.append(track)
+        out.append((f"{opus}#{i}", score))
+    return out
+
+
+def shared_scores(archive: str, n: int) -> list[tuple[str, symusic.Score]]:
+    """The first `n` loadable MIDI files of a ../shared/data archive, read straight from the tarball."""
+    path = SHARED_DATA / f"{archive}.tar.gz"
+    if not path.exists():
+        return []
+    out = []
+    with tarfile.open(path) as tf:
+        for m in tf:
+            if m.name.endswith((".mid", ".midi")) and len(out) < n:
+                try:
+                    out.append((m.name, symusic.Score.from_midi(tf.extractfile(m).read())))
+                except Exception:  # noqa: BLE001 - a few files in these sets are known-corrupt; skip them
+                    continue
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_pieces() -> list[tuple[str, symusic.Score]]:
+    """At least 200 real pieces: music21 folk tunes plus shared POP909/EMOPIA files when present."""
+    shared = shared_scores("emopia", 60) + shared_scores("pop909", 40)
+    return music21_scores(200 - len(shared)) + shared
+
+
+def score_from_notes(notes, tpq: int = 4) -> symusic.Score:
+    """A one-track score from (onset, duration, pitch, velocity) tuples in ticks."""
+    arr = np.asarray(notes, dtype=np.int64).reshape(-1, 4)
+    score = symusic.Score(tpq)
+    track = symusic.Track("t", 0, False)
+    track.notes = symusic.Note.from_numpy(time=arr[:, 0].astype(np.int32), duration=arr[:, 1].astype(np.int32),
+                                          pitch=arr[:, 2].astype(np.int8), velocity=arr[:, 3].astype(np.int8))
+    score.tracks.append(track)
+    return score

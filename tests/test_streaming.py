@@ -1,0 +1,100 @@
+"""Streaming tokenization equals offline tokenization of the same quantized notes (DESIGN.md section 3)."""
+
+import random
+
+import pytest
+from conftest import score_from_notes
+
+from typemoe.streaming import StreamingTokenizer
+from typemoe.vocab import TICKS_PER_BEAT
+
+
+def playable(vocab, score):
+    """The quantized notes a live MIDI stream can carry: one sounding note per pitch (unison doubles merged,
+    a re-struck pitch ends the previous note)."""
+    n = vocab.prepare_score(score).tracks[0].notes.numpy()
+    by_pitch: dict[int, list] = {}
+    for t, d, p, v in sorted(zip(*(n[k].tolist() for k in ("time", "duration", "pitch", "velocity")))):
+        by_pitch.setdefault(p, []).append((t, d, v))
+    out = []
+    for p, ns in by_pitch.items():
+        for i, (t, d, v) in enumerate(ns):
+            nxt = ns[i + 1][0] if i + 1 < len(ns) else None
+            if nxt == t:
+                continue
+            out.append((t, min(d, nxt - t) if nxt is not None else d, p, v))
+    return out
+
+
+def stream(vocab, notes, jitter=0.0, seed=0):
+    """Feed notes as a performer would: on/off events in time order, times in beats (optionally jittered
+    by less than half a grid step, which quantization must absorb)."""
+    rng = random.Random(seed)
+    j = lambda: rng.uniform(-jitter, jitter) / TICKS_PER_BEAT  # noqa: E731
+    events = []
+    for t, d, p, v in notes:
+        events.append(((t + d) / TICKS_PER_BEAT, 0, p, 0))
+        events.append((t / TICKS_PER_BEAT, 1, p, v))
+    events.sort()
+    st = StreamingTokenizer(vocab)
+    chunks = []
+    for beat, is_on, p, v in events:
+        chunks.append(st.note_on(p, v, beat + j()) if is_on else st.note_off(p, beat + j()))
+    chunks.append(st.flush(events[-1][0] + 1))
+    assert sum(chunks, []) == st.tokens
+    return st.tokens, chunks
+
+
+def test_stream_equals_offline_on_200_real_pieces(vocab, real_pieces, tmp_path):
+    assert len(real_pieces) >= 200
+    bad = []
+    for name, score in real_pieces:
+        notes = playable(vocab, score)
+        offline = vocab.encode_score(score_from_notes(notes))
+        streamed, _ = stream(vocab, notes)
+        if streamed != offline:
+            bad.append(name)
+            score_from_notes(notes).dump_midi(tmp_path / f"{len(bad)}.mid")
+    assert not bad, f"{len(bad)} pieces differ, e.g. {bad[:5]}; MIDI dumped to {tmp_path}"
+
+
+def test_stream_is_incremental(vocab, real_pieces):
+    """Tokens come out while the music plays, not only at the end."""
+    name, score = real_pieces[0]
+    notes = playable(vocab, score)
+    _, chunks = stream(vocab, notes)
+    assert len(chunks[-1]) < 0.1 * sum(map(len, chunks)), name
+
+
+def test_timing_jitter_below_half_a_step_is_absorbed(vocab, real_pieces):
+    for _, score in real_pieces[:20]:
+        notes = playable(vocab, score)
+        assert stream(vocab, notes, jitter=0.45)[0] == stream(vocab, notes)[0]
+
+
+def test_chord_order_and_same_onset_different_lengths(vocab):
+    # Three notes on one onset ending at different times, released in "wrong" order, and a later note.
+    notes = [(0, 8, 64, 90), (0, 2, 60, 90), (0, 2, 55, 70), (0, 4, 67, 100), (4, 1, 72, 90)]
+    offline = vocab.encode_score(score_from_notes(notes))
+    assert stream(vocab, notes)[0] == offline
+
+
+def test_unmatched_note_off_and_out_of_range_are_ignored(vocab):
+    st = StreamingTokenizer(vocab)
+    assert st.note_off(61, 0.0) == []
+    st.note_on(5, 100, 0.0)  # below the piano range: dropped, as offline
+    st.note_on(60, 100, 0.0)
+    st.note_off(60, 1.0)
+    st.note_off(5, 1.0)
+    st.flush(2.0)
+    toks = [vocab.token(i) for i in st.tokens]
+    assert toks[:3] == ["Bar_None", "Position_0", "Pitch_60"] and toks[4] == "Duration_1.0.4"
+    assert len(toks) == 5
+
+
+@pytest.mark.parametrize("velocity", [1, 64, 127])
+def test_velocity_zero_note_on_is_note_off(vocab, velocity):
+    st = StreamingTokenizer(vocab)
+    st.note_on(60, velocity, 0.0)
+    st.note_on(60, 0, 0.5)
+    assert st.n_open == 0

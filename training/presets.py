@@ -1,0 +1,61 @@
+"""Training presets: a preset is a function of the vocabulary that returns a TrainConfig.
+
+Derive variants with dataclasses.replace (or the CLI flags); the model shapes come from
+typemoe/config.py's presets of the same name.
+
+    cfg = PRESETS["small"](vocab)
+    cfg = replace(cfg, max_steps=500, model=replace(cfg.model, ffn="dense"))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from training.config import LossConfig, OptimConfig, TrainConfig
+from typemoe import analysis
+from typemoe import config as model_presets
+
+
+def _model(name: str, vocab, **overrides: Any):
+    return model_presets.PRESETS[name](vocab.size, vocab.n_types, n_meters=len(analysis.METERS), **overrides)
+
+
+def tiny(vocab, **model_overrides: Any) -> TrainConfig:
+    """Tests and smoke runs: a 2-layer d64 model on 128-token windows; a step takes tens of ms on CPU."""
+    return TrainConfig(
+        model=_model("tiny", vocab, **model_overrides),
+        optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10),
+        loss=LossConfig(semi_rampup=20, ema_decay=0.99),
+        seq_len=128, batch_size=8, micro_batch=4, max_steps=200,
+        log_every=5, eval_every=50, eval_pieces=32, ckpt_every=50,
+    )
+
+
+def small(vocab, **model_overrides: Any) -> TrainConfig:
+    """The shipped model, trained on 2 CPU cores (typemoe/config.py: ~2.7M active parameters).
+
+    Windows of 512 tokens cover a whole folk tune and about 30 bars of a chorale; 16 windows a step
+    (~6k real tokens on the music21 corpus) keep a step near a few seconds on 2 cores. 3000 steps are
+    about two passes over the corpus; pass --max-steps to fit the time you have (the LR schedule follows).
+    """
+    return TrainConfig(
+        model=_model("small", vocab, **model_overrides),
+        optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=100),
+        loss=LossConfig(semi_rampup=300, ema_decay=0.995),
+        seq_len=512, batch_size=16, micro_batch=8, max_steps=3000,
+        log_every=10, eval_every=250, eval_pieces=256, ckpt_every=100,
+    )
+
+
+def base(vocab, **model_overrides: Any) -> TrainConfig:
+    """For a GPU (bf16 autocast): full 1024-token windows, 64 a step."""
+    return TrainConfig(
+        model=_model("base", vocab, **model_overrides),
+        optim=OptimConfig(lr=6e-4, min_lr=6e-5, warmup_steps=500),
+        loss=LossConfig(semi_rampup=1000, ema_decay=0.999),
+        seq_len=1024, batch_size=64, micro_batch=16, max_steps=20_000,
+        log_every=20, eval_every=500, eval_pieces=1024, ckpt_every=500,
+    )
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base}

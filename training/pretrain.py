@@ -1,0 +1,130 @@
+"""SS-MTP pre-training entry point.
+
+    typemoe train --preset small --data /tmp/typemoe_m21 --out runs/small
+    python -m training.pretrain --preset tiny --data shards/ --out runs/tiny --max-steps 200
+    torchrun --nproc_per_node=2 -m training.pretrain --preset tiny --data shards/ --out runs/ddp
+    typemoe train ... --resume            # continue runs/small/latest exactly
+
+Every bad input is reported before the first step: an unknown preset or bad value, a shard directory
+built with another tokenizer, an empty training split, an --out that already holds a run (without
+--resume), or a --resume whose configuration differs from the saved one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from training import dist, loop
+from training.data import keep_label_fraction, load_pieces
+from training.presets import PRESETS
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by train and finetune: data, output, run length and hardware."""
+    p.add_argument("--data", type=Path, action="append", required=True, metavar="DIR",
+                   help="token shard directory from `typemoe data build` (repeat for several)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (it is also the checkpoint)")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the preset's)")
+    p.add_argument("--resume", action="store_true", help="continue --out's latest checkpoint exactly")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="windows per step, all ranks together")
+    p.add_argument("--micro-batch", type=int, default=None, help="windows per rank per forward")
+    p.add_argument("--seq-len", type=int, default=None, help="longest training window in tokens")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--log-every", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--ckpt-every", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per rank (0 = cores / ranks)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model + training preset")
+    add_common_arguments(p)
+    p.add_argument("--objective", choices=("ssmtp", "clm"), default="ssmtp",
+                   help="ssmtp: LM + key + meter + semi-supervised terms; clm: LM only")
+    p.add_argument("--labelled-fraction", type=float, default=1.0,
+                   help="keep key/meter labels of this fraction of pieces (by piece id); the rest are unlabelled")
+    p.add_argument("--ffn", choices=("typemoe", "dense", "switch"), default=None,
+                   help="feed-forward kind: type-routed experts, the dense baseline or a learned top-1 router")
+
+
+def apply_overrides(cfg, args):
+    """The preset with the command line's explicit values on top (None = keep the preset's)."""
+    top = {"max_steps": args.max_steps, "seed": args.seed, "batch_size": args.batch_size,
+           "micro_batch": args.micro_batch, "seq_len": args.seq_len, "log_every": args.log_every,
+           "eval_every": args.eval_every, "ckpt_every": args.ckpt_every}
+    kw = {k: v for k, v in top.items() if v is not None}
+    kw.update(device=args.device, threads=args.threads)
+    if args.micro_batch is not None and args.batch_size is None:
+        kw["batch_size"] = max(cfg.batch_size // args.micro_batch, 1) * args.micro_batch
+    optim = {k: v for k, v in {"lr": args.lr, "warmup_steps": args.warmup_steps}.items() if v is not None}
+    if "lr" in optim:
+        optim["min_lr"] = min(cfg.optim.min_lr, optim["lr"] / 10)
+    return replace(cfg, optim=replace(cfg.optim, **optim), **kw)
+
+
+def build_config(args, vocab):
+    model_kw = {"ffn": args.ffn} if getattr(args, "ffn", None) else {}
+    cfg = PRESETS[args.preset](vocab, **model_kw)
+    cfg = apply_overrides(cfg, args)
+    return replace(cfg, objective=args.objective, labelled_fraction=args.labelled_fraction)
+
+
+def split_pieces(pieces, dirs):
+    """(train, val) of loaded shards; an empty train split is an error."""
+    train, val = pieces.with_split("train"), pieces.with_split("val")
+    if len(train) == 0:
+        raise ValueError(f"empty dataset: {[str(d) for d in dirs]} hold {len(pieces)} pieces and none in the "
+                         "train split")
+    return train, val
+
+
+def run(args) -> int:
+    """`typemoe train`: returns a process exit code (0 ok, 2 bad input)."""
+    from typemoe.vocab import TypedVocab
+
+    d = dist.setup(args.device, args.threads)
+    echo = print if d.master else (lambda s: None)
+    logging.basicConfig(level=logging.INFO if d.master else logging.WARNING, format="%(message)s")
+    logging.getLogger("typemoe.checkpoint").setLevel(logging.WARNING)  # one line per save is noise
+    try:
+        vocab = TypedVocab.default()
+        cfg = build_config(args, vocab)
+        cfg.check_world(d.world)
+        loop.check_resume_target(args.out, args.resume)
+        pieces = load_pieces(args.data, vocab)
+        train, val = split_pieces(pieces, args.data)
+        train = keep_label_fraction(train, cfg.labelled_fraction)
+        n_key = int((train.label("key") >= 0).sum())
+        n_meter = int((train.label("meter") >= 0).sum())
+        echo(f"data: {len(train)} train pieces ({sum(len(t) for t in train.tokens):,} tokens; key labels "
+             f"{n_key}, meter labels {n_meter}), {len(val)} val | model {cfg.model.ffn} "
+             f"d{cfg.model.d_model} L{cfg.model.n_layer} | {d.world} rank(s) on {d.device} | "
+             f"{cfg.batch_size} windows x <= {cfg.seq_len} tokens a step, {cfg.max_steps} steps")
+        meta = {"data": [str(p) for p in args.data], "labelled_fraction": cfg.labelled_fraction}
+        loop.train(cfg, vocab=vocab, train_pieces=train, val_pieces=val, out_dir=args.out, d=d, meta=meta,
+                   resume=args.resume, echo=echo)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        dist.teardown()
+    echo(f"done: {args.out / 'latest'}")
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m training.pretrain") -> int:
+    """`python -m training.pretrain ...`, and the `typemoe train` row of typemoe/cli.py."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,16 @@ V, E = 40, 5
 TABLE = np.arange(V) % E  # synthetic type table: every type present
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine OpenMP spin-waiting
+    made this file 5x slower under load (130 s vs 26 s wall at load average 8)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _model(ffn: str = "typemoe", seed: int = 0, **kw) -> TypeMoE:
     torch.manual_seed(seed)
     return TypeMoE(tiny(V, E, ffn=ffn, **kw), TABLE).eval()
@@ -151,6 +161,18 @@ def test_cached_decoding_matches_full_forward(ffn, path):
         got = torch.cat([_heads(s)[name] for s in steps], dim=1)
         diff = (got - ref).abs().max().item()
         assert diff <= 1e-5, f"{ffn}/{path} {name}: cached vs full max |diff| {diff:.2e}"
+
+
+@pytest.mark.parametrize("ffn", FFN_KINDS)
+def test_bf16_autocast_trains(ffn):
+    """GPU training runs under bf16 autocast; every path must accept mixed dtypes (checked here on CPU)."""
+    model = _model(ffn, n_classes=2, shared_expert=True).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(_tokens((2, 16)))
+        cached = model(_tokens((2, 4)), past=model.empty_past(2), moe_path="gather")
+    assert out.logits.dtype == torch.bfloat16 and cached.logits.shape == (2, 4, V)
+    out.logits.float().logsumexp(-1).mean().backward()
+    assert all(p.grad is not None for p in model.blocks[0].ffn.parameters())
 
 
 def test_chunked_prefill_with_onehot_path_matches():

@@ -97,7 +97,8 @@ class Experts(nn.Module):
         for h, (w_gate, w_up, w_down) in zip(chunks, weights):  # an empty chunk gives a zero grad
             h = F.silu(h @ w_gate) * (h @ w_up)  # (n_e, F)
             ys.append(h @ w_down)  # (n_e, D)
-        y_ND = torch.zeros_like(x_ND).index_copy(0, order_N, torch.cat(ys))  # (N, D) original order
+        y_sorted = torch.cat(ys)  # (N, D) grouped by expert; under autocast its dtype may differ from x
+        y_ND = y_sorted.new_zeros(x_ND.shape).index_copy(0, order_N, y_sorted)  # (N, D) original order
         return y_ND.view(B, T, D)
 
     def gather(self, x: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:

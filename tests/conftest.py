@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import functools
+import os
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import symusic
+
+# Tests use tiny models: one intra-op thread is faster than two on a shared 2-core machine, and keeps
+# subprocess-based tests (torchrun ranks, the bridge) from oversubscribing. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -30,6 +30,7 @@ checks both against training/augment.py.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 
@@ -246,7 +247,8 @@ def make_sample(
             c = labels.get(task, -1)
             if c < 0 or task not in names or (rng is not None and rng.random() < control_dropout):
                 continue
-            ctrl += ops.control_ids(**{task: names[task][c]})
+            with contextlib.suppress(KeyError, ValueError):  # a class without a control token: skip it
+                ctrl += ops.control_ids(**{task: names[task][c]})
     ids = np.concatenate([[ops.bos], ctrl, music]).astype(np.int64)
     bar_pos = np.flatnonzero(ids == ops.bar)
     head_from = int(bar_pos[head_start_bar - 1]) if bar_pos.size >= head_start_bar else len(ids)

@@ -1,0 +1,231 @@
+"""Training: data windows agree with training/augment.py, a tiny real run learns and writes its outputs,
+SIGKILL + --resume equals an uninterrupted run, bad inputs fail before any step, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from training_fixtures import REPO, build_shards, losses_of, python_env, read_metrics, run_module, tiny_args
+
+from training import ckpt, finetune, pretrain
+from training.augment import Transposer, shift_phase
+from training.data import Pieces, TokenOps, WindowSampler, keep_label_fraction, load_pieces, make_sample
+from training.presets import tiny
+from typemoe import checkpoint
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return build_shards(tmp_path_factory.mktemp("shards") / "m21")
+
+
+@pytest.fixture(scope="module")
+def pieces(shards, vocab):
+    return load_pieces([shards], vocab)
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def test_phase_shift_and_transpose_match_augment(pieces, vocab):
+    """The id-level rewrites equal augment.py's decode/re-encode and note-dropping versions."""
+    ops, tr = TokenOps(vocab), Transposer(vocab)
+    for toks in pieces.tokens[:12]:
+        start = int(np.flatnonzero(toks == ops.bar)[0])
+        music = toks[start:]
+        for beats in (1, 2, 3):
+            assert np.array_equal(ops.phase_shift(music, beats), shift_phase(vocab, music, beats)), beats
+        lo, hi = ops.transpose_range(music, 6)
+        for k in (lo, hi):
+            mine = np.where(ops.is_pitch(music), music + k, music)
+            assert np.array_equal(mine, tr.transpose(music, k)[0])
+
+
+def test_sample_layout_and_key_shift(pieces, vocab):
+    ops = TokenOps(vocab)
+    i = int(np.flatnonzero(pieces.label("key") >= 0)[0])
+    for seed in range(20):
+        s = make_sample(pieces, i, np.random.default_rng(seed), ops=ops, seq_len=64, transpose=6, phase_shift=True)
+        assert s.ids[0] == vocab.bos_id and s.ids[1] == ops.bar and len(s.ids) <= 64
+        assert s.ids[s.head_from] == ops.bar and (s.ids[1:s.head_from] == ops.bar).sum() == 1
+        want = (pieces.label("key")[i] + s.shift) % 12  # major keys: index = tonic pitch class
+        assert s.labels["key"] == want
+    det = make_sample(pieces, i, None, ops=ops, seq_len=64)
+    assert np.array_equal(det.ids[1:], pieces.tokens[i][:63]) and det.shift == 0
+
+
+def test_conditional_controls_and_dropout(pieces, vocab):
+    ops = TokenOps(vocab)
+    i = int(np.flatnonzero((pieces.label("key") >= 0) & (pieces.label("meter") >= 0))[0])
+    s = make_sample(pieces, i, None, ops=ops, seq_len=64, controls=True)
+    names = pieces.label_names
+    want = vocab.control_ids(key=names["key"][pieces.label("key")[i]], meter=names["meter"][pieces.label("meter")[i]],
+                             genre=names["genre"][pieces.label("genre")[i]])
+    assert s.ids[1:1 + len(want)].tolist() == want and s.ids[1 + len(want)] == ops.bar
+    dropped = make_sample(pieces, i, np.random.default_rng(0), ops=ops, seq_len=64, controls=True, control_dropout=1.0)
+    assert dropped.ids[1] == ops.bar
+
+
+def test_sampler_is_rank_independent(pieces, vocab):
+    """Ranks take disjoint slices of the same global batch; the stream depends only on (seed, step)."""
+    cfg = tiny(vocab)
+    from dataclasses import replace
+
+    cfg = replace(cfg, batch_size=8, micro_batch=2, seq_len=64)
+    one = WindowSampler(pieces, vocab, cfg)
+    two = [WindowSampler(pieces, vocab, cfg, rank=r, world=2) for r in range(2)]
+    for _ in range(3):
+        a = np.concatenate([b.idx.numpy().ravel() for b in one.next_step()])
+        b = np.concatenate([b.idx.numpy().ravel() for s in two for b in s.next_step()])
+        assert sorted(a.tolist()) == sorted(b.tolist())
+    resumed = WindowSampler(pieces, vocab, cfg)
+    resumed.load_state({**one.state.to_dict(), "step": 2})
+    ref = WindowSampler(pieces, vocab, cfg)
+    ref.next_step(), ref.next_step()
+    assert all(np.array_equal(x.idx, y.idx) for x, y in zip(resumed.next_step(), ref.next_step()))
+
+
+def test_label_fraction_is_by_piece(pieces):
+    half = keep_label_fraction(pieces, 0.5)
+    again = keep_label_fraction(pieces, 0.5)
+    assert np.array_equal(half.label("key"), again.label("key"))
+    kept = (half.label("meter") >= 0).sum() / max((pieces.label("meter") >= 0).sum(), 1)
+    assert 0.2 < kept < 0.8
+    assert np.array_equal(half.label("genre"), pieces.label("genre"))  # only key and meter are thinned
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+def test_tiny_run_learns_and_writes_outputs(shards, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_args(shards, out, steps=30, extra=("--eval-every", "30", "--batch-size", "8", "--micro-batch", "4"))
+    assert pretrain.main(args) == 0
+    recs = read_metrics(out)
+    assert [r["step"] for r in recs] == list(range(1, 31))
+    for k in ("step", "loss", "lm", "key", "meter", "semi", "consistency", "tokens_per_s", "lr"):
+        assert k in recs[0], k
+    assert {"val_lm", "val_key_acc", "val_meter_acc"} <= set(recs[-1])
+    first, last = np.mean([r["lm"] for r in recs[:3]]), np.mean([r["lm"] for r in recs[-3:]])
+    assert last < first - 0.5, (first, last)
+    model = checkpoint.load(out / "latest")  # the run directory is a plain model checkpoint too
+    _, _, meta = checkpoint.read_config(ckpt.resolve(out))
+    assert meta["step"] == 30 and meta["key_names"][0] == "C major" and model.cfg.n_meters == len(meta["meter_names"])
+    assert list((out / "tb").iterdir())
+
+
+def test_sigkill_then_resume_matches_uninterrupted(shards, tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    steps = 40
+    assert pretrain.main(tiny_args(shards, ref, steps=steps, extra=("--ckpt-every", "10"))) == 0
+    cmd = [sys.executable, "-m", "training.pretrain", *tiny_args(shards, run, steps=steps, extra=("--ckpt-every", "10"))]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = run / "latest" / ckpt.STATE
+    deadline = time.time() + 50
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if state.is_file() and json.loads(state.read_text() or "{}").get("step", 0) >= 10:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    assert killed_at < steps
+    assert pretrain.main(tiny_args(shards, run, steps=steps, extra=("--ckpt-every", "10", "--resume"))) == 0
+    a, b = losses_of(ref), losses_of(run)
+    assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-5), np.abs(a - b).max()
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_fail_before_any_step(shards, tmp_path, capsys):
+    # another tokenizer version
+    other = tmp_path / "other"
+    shutil.copytree(shards, other)
+    man = json.loads((other / "manifest.json").read_text())
+    man["vocab_hash"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(man))
+    assert pretrain.main(tiny_args(other, tmp_path / "r1")) == 2
+    assert "vocabulary" in capsys.readouterr().err and not (tmp_path / "r1" / "metrics.jsonl").exists()
+    # not a shard directory
+    assert pretrain.main(tiny_args(tmp_path, tmp_path / "r2")) == 2
+    assert "manifest.json" in capsys.readouterr().err
+    # an empty training split
+    with pytest.raises(ValueError, match="empty dataset"):
+        pretrain.split_pieces(Pieces(ids=[], tokens=[], labels={}, label_names={}, split=np.array([])), [shards])
+    # an existing run without --resume
+    out = tmp_path / "r3"
+    assert pretrain.main(tiny_args(shards, out, steps=1)) == 0
+    assert pretrain.main(tiny_args(shards, out, steps=2)) == 2
+    assert "--resume" in capsys.readouterr().err
+    # --resume with another configuration
+    assert pretrain.main(tiny_args(shards, out, steps=2, extra=("--resume", "--seed", "5"))) == 2
+    assert "seed" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- finetune
+
+
+def test_finetune_classification_and_label_set(shards, tmp_path, capsys):
+    pre = tmp_path / "pre"
+    assert pretrain.main(tiny_args(shards, pre, steps=2)) == 0
+    ft = tmp_path / "genre"
+    common = ["--data", str(shards), "--max-steps", "4", "--batch-size", "4", "--micro-batch", "2", "--seq-len",
+              "64", "--log-every", "1", "--eval-every", "4", "--threads", "1"]
+    assert finetune.main(["--task", "genre", "--from", str(pre), "--out", str(ft), *common]) == 0
+    _, _, meta = checkpoint.read_config(ft / "latest")
+    assert meta["task"] == "genre" and meta["class_names"] == ["classical", "folk"]
+    assert checkpoint.load(ft / "latest").cfg.n_classes == 2
+    assert "cls" in read_metrics(ft)[-1] and "val_cls_acc" in read_metrics(ft)[-1]
+    # a checkpoint fine-tuned on another label set
+    cfg_path = ft / "latest" / checkpoint.CONFIG
+    doc = json.loads(cfg_path.read_text())
+    doc["meta"]["class_names"] = ["classical", "jazz"]
+    cfg_path.write_text(json.dumps(doc))
+    assert finetune.main(["--task", "genre", "--from", str(ft), "--out", str(tmp_path / "g2"), *common]) == 2
+    assert "label set mismatch" in capsys.readouterr().err
+    # a missing --from
+    assert finetune.main(["--task", "genre", "--from", str(tmp_path / "nope"), "--out", str(tmp_path / "g3"),
+                          *common]) == 2
+    assert "nope" in capsys.readouterr().err
+    # no piece has the label
+    assert finetune.main(["--task", "emotion", "--from", str(pre), "--out", str(tmp_path / "g4"), *common]) == 2
+    assert "emotion" in capsys.readouterr().err
+
+
+def test_finetune_conditional(shards, tmp_path):
+    pre = tmp_path / "pre"
+    assert pretrain.main(tiny_args(shards, pre, steps=2)) == 0
+    out = tmp_path / "cond"
+    assert finetune.main(["--task", "conditional", "--from", str(pre), "--data", str(shards), "--out", str(out),
+                          "--max-steps", "3", "--batch-size", "4", "--micro-batch", "2", "--seq-len", "64",
+                          "--threads", "1"]) == 0
+    _, _, meta = checkpoint.read_config(out / "latest")
+    assert meta["task"] == "conditional" and meta["controls"] == ["key", "meter", "genre", "emotion"]
+    assert set(read_metrics(out)[-1]) >= {"lm", "loss"}
+
+
+def test_cli_registers_train_and_finetune():
+    import argparse
+
+    from training.cli import add_parsers
+
+    p = argparse.ArgumentParser()
+    add_parsers(p.add_subparsers(dest="cmd"))
+    a = p.parse_args(["train", "--preset", "tiny", "--data", "x", "--out", "y", "--objective", "clm"])
+    assert a.func is not None and a.objective == "clm"
+    f = p.parse_args(["finetune", "--task", "emotion", "--from", "c", "--data", "x", "--out", "y"])
+    assert f.func is not None and f.task == "emotion"
+    r = run_module(["-m", "training.pretrain", "--help"], timeout=60)
+    assert r.returncode == 0 and "--labelled-fraction" in r.stdout

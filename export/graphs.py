@@ -1,0 +1,242 @@
+"""Export-only wrapper: TypeMoE as one ONNX graph with an explicit, preallocated KV cache.
+
+What ONNX sees is `StepGraph`: one call runs T >= 1 new tokens on top of P >= 0 cached ones, so the
+same graph does prefill (P = 0, T = prompt) and decode (T = 1), and chunked feeding in between. The
+graph contract (names, shapes, dtypes) is in export/DESIGN.md; the constants below are its names.
+
+Why the two ONNX Runtime contrib operators (com.microsoft), emitted with torch.onnx.ops.symbolic:
+
+- GroupQueryAttention: RoPE + causal attention + KV-cache write in one node. Its cache is a buffer of
+  fixed length S (= context_len) that the runtime binds as both past and present (IOBinding), so a
+  decode step writes one row in place instead of copying the whole cache (with plain ONNX ops a
+  Concat copies 8 MB per step at context 1024 for the small preset).
+- MoE: the type-routed experts. Routing stays a pure lookup: a Gather of a constant (V, E) one-hot
+  table by token id gives the router logits; the op's top-1 then picks exactly the token's type
+  expert with weight 1.0 (softmax, then renormalised over the single chosen expert). For one token it
+  runs one expert's matmuls on the stacked weights without copying them; a Gather of the expert's
+  weight slices (typemoe.moe "gather" path) copies 1.5 MB per layer per step and measured 1.6x
+  slower. No data-dependent control flow appears in the graph (no If/Loop).
+
+Outside ONNX export (eager PyTorch) both ops run a plain reference implementation, so the wrapper
+itself can be checked against TypeMoE.forward without ONNX Runtime.
+
+Dimensions: B batch, T new tokens, P cached tokens (past_len), S cache buffer length (>= P + T),
+D d_model, H heads, Dh d_head, F d_expert, E experts, V vocab, K keys, M meters, C classes
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from typemoe.model import TypeMoE, rope_tables
+from typemoe.moe import DenseFFN, SwitchFFN, TypeMoEFFN
+
+MS_DOMAIN = "com.microsoft"
+INPUT_IDS = "input_ids"  # (B, T) int64
+PAST_LEN = "past_len"  # () int64, P: tokens already in the cache, same for every row
+LOGITS = "logits"  # (B, T, V) float32
+KEY_LOGITS = "key_logits"  # (B, T, K) float32
+METER_LOGITS = "meter_logits"  # (B, T, M) float32
+CLS_LOGITS = "cls_logits"  # (B, T, C) float32, per position; the piece-level logits are their mean
+
+
+def past_names(n_layer: int) -> list[str]:
+    """Cache inputs in graph order: past_key_0, past_value_0, past_key_1, ... each (B, H, S, Dh)."""
+    return [f"past_{kv}_{i}" for i in range(n_layer) for kv in ("key", "value")]
+
+
+def present_names(n_layer: int) -> list[str]:
+    """Cache outputs, same order and shapes as past_names; they may alias the past buffers."""
+    return [f"present_{kv}_{i}" for i in range(n_layer) for kv in ("key", "value")]
+
+
+def head_names(n_classes: int) -> list[str]:
+    return [LOGITS, KEY_LOGITS, METER_LOGITS] + ([CLS_LOGITS] if n_classes else [])
+
+
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export()
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split (GPT-NeoX) rotation of (B, H, T, Dh) by (T, Dh/2) tables, as typemoe.model does."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]  # (B, H, T, Dh/2) each
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, H, T, Dh)
+
+
+class CachedAttention(nn.Module):
+    """Packed-QKV attention over a fixed-size cache: com.microsoft.GroupQueryAttention when exporting."""
+
+    def __init__(self, n_head: int, d_head: int):
+        super().__init__()
+        self.n_head, self.d_head = n_head, d_head
+
+    def forward(self, qkv, past_k, past_v, seqlens_k, total_len, cos, sin, past_len):
+        B, T, _ = qkv.shape
+        if _exporting():
+            out, k, v = torch.onnx.ops.symbolic_multi_out(
+                f"{MS_DOMAIN}::GroupQueryAttention",
+                [qkv, None, None, past_k, past_v, seqlens_k, total_len, cos, sin],
+                {"num_heads": self.n_head, "kv_num_heads": self.n_head, "do_rotary": 1, "rotary_interleaved": 0},
+                dtypes=[qkv.dtype, past_k.dtype, past_v.dtype],
+                shapes=[[B, T, self.n_head * self.d_head], past_k.shape, past_v.shape],
+                version=1,
+            )
+            return out, k, v
+        return self._reference(qkv, past_k, past_v, cos, sin, int(past_len))
+
+    def _reference(self, qkv, past_k, past_v, cos, sin, P: int):
+        B, T, _ = qkv.shape
+        H, Dh = self.n_head, self.d_head
+        assert past_k.size(2) >= P + T, f"cache of {past_k.size(2)} rows cannot hold {P} + {T} tokens"
+        q, k, v = qkv.view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
+        c, s = cos[P : P + T].to(q.dtype), sin[P : P + T].to(q.dtype)  # (T, Dh/2)
+        q, k = _rope(q, c, s), _rope(k, c, s)
+        present_k, present_v = past_k.clone(), past_v.clone()  # (B, H, S, Dh): rows P..P+T-1 written
+        present_k[:, :, P : P + T], present_v[:, :, P : P + T] = k, v
+        keys, values = present_k[:, :, : P + T], present_v[:, :, : P + T]  # (B, H, P+T, Dh)
+        q_pos = torch.arange(T, device=qkv.device).unsqueeze(1) + P  # (T, 1)
+        mask = torch.arange(P + T, device=qkv.device).unsqueeze(0) <= q_pos  # (T, P+T)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, T, Dh)
+        return y.transpose(1, 2).reshape(B, T, H * Dh), present_k, present_v
+
+
+class RoutedExperts(nn.Module):
+    """Top-1 mixture of SwiGLU experts from router logits: com.microsoft.MoE when exporting.
+
+    fc1 holds gate and up rows interleaved, (E, 2F, D) = [g_0, u_0, g_1, u_1, ...] (swiglu_fusion=1, the
+    only SwiGLU layout the CPU kernel takes); fc2 is (E, D, F). The gate weight is softmax(router)[top]
+    renormalised over the top-1 when `normalize` (TypeMoE: exactly 1.0), or the raw top probability
+    (Switch).
+    """
+
+    def __init__(self, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, *, normalize: bool):
+        super().__init__()
+        E, D, Fh = w_gate.shape
+        fc1 = torch.stack((w_gate.transpose(1, 2), w_up.transpose(1, 2)), dim=2)  # (E, F, 2, D)
+        self.register_buffer("fc1", fc1.reshape(E, 2 * Fh, D).contiguous())  # (E, 2F, D)
+        self.register_buffer("fc2", w_down.transpose(1, 2).contiguous())  # (E, D, F)
+        self.normalize = normalize
+
+    def forward(self, x: torch.Tensor, router_NE: torch.Tensor) -> torch.Tensor:
+        if _exporting():
+            return torch.onnx.ops.symbolic(
+                f"{MS_DOMAIN}::MoE",
+                [x, router_NE, self.fc1, None, self.fc2],
+                {"k": 1, "activation_type": "swiglu", "swiglu_fusion": 1, "activation_alpha": 1.0,
+                 "activation_beta": 0.0, "normalize_routing_weights": int(self.normalize)},
+                dtype=x.dtype,
+                shape=x.shape,
+                version=1,
+            )
+        B, T, D = x.shape
+        probs_NE = torch.softmax(router_NE.float(), dim=-1)  # (N, E)
+        p_N, e_N = probs_NE.max(dim=-1)  # (N,), (N,)
+        weight_N = torch.ones_like(p_N) if self.normalize else p_N
+        x_N1D = x.reshape(-1, 1, D)  # (N, 1, D)
+        g_u = (x_N1D @ self.fc1[e_N].transpose(1, 2)).view(-1, 1, self.fc1.size(1) // 2, 2)  # (N, 1, F, 2)
+        h = F.silu(g_u[..., 0]) * g_u[..., 1]  # (N, 1, F)
+        y = (h @ self.fc2[e_N].transpose(1, 2)).squeeze(1)  # (N, D)
+        return (y * weight_N.unsqueeze(-1).to(y.dtype)).view(B, T, D)
+
+
+class FeedForward(nn.Module):
+    """The export form of one block's FFN (typemoe, dense or switch, optional shared expert)."""
+
+    def __init__(self, ffn: nn.Module):
+        super().__init__()
+        self.kind = {TypeMoEFFN: "typemoe", DenseFFN: "dense", SwitchFFN: "switch"}[type(ffn)]
+        self.dense = ffn.ffn if isinstance(ffn, DenseFFN) else None
+        self.shared = getattr(ffn, "shared", None)
+        self.router = ffn.router if isinstance(ffn, SwitchFFN) else None
+        self.experts = None
+        if self.dense is None:
+            ex = ffn.experts
+            self.experts = RoutedExperts(ex.w_gate.data, ex.w_up.data, ex.w_down.data, normalize=self.kind == "typemoe")
+
+    def forward(self, x: torch.Tensor, type_router_NE: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            return self.dense(x)
+        router_NE = type_router_NE if self.router is None else self.router(x).reshape(-1, type_router_NE.size(1))
+        y = self.experts(x, router_NE)  # (B, T, D)
+        if self.shared is not None:
+            y = y + self.shared(x)
+        return y
+
+
+class StepGraph(nn.Module):
+    """TypeMoE.forward on a preallocated KV cache, with the cache as plain tensors in and out.
+
+    Inputs:  input_ids (B, T) int64; past_len () int64 = P;
+             past_key_i, past_value_i (B, H, S, Dh) for each layer i, rows >= P unused, S >= P + T
+    Outputs: logits (B, T, V), key_logits (B, T, K), meter_logits (B, T, M)[, cls_logits (B, T, C)],
+             all float32 whatever the cache dtype; present_key_i, present_value_i (B, H, S, Dh): the past
+             with rows P .. P+T-1 written (ONNX Runtime writes them in place when bound to the same buffer).
+
+    cls_logits are per position: TypeMoE pools the final hidden states by their mean before the linear
+    classification head, and a mean commutes with a linear map, so their mean over the first n positions
+    equals the model's cls_logits for those n tokens, and a stream can keep a running mean.
+
+    Args:
+        model: the trained model (eval mode is set here).
+        dtype: compute dtype of the trunk and the cache (float32 for CPU, float16 for CUDA); the heads
+            always run in float32 so that the logits compare at fp32 tolerance.
+    """
+
+    def __init__(self, model: TypeMoE, *, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        model = copy.deepcopy(model).eval()  # a private copy: casting to dtype must not touch the caller's
+        cfg = self.cfg = model.cfg
+        self.dtype = dtype
+        cos, sin = rope_tables(torch.arange(cfg.context_len), model.inv_freq.float())  # (S_max, Dh/2) each
+        self.register_buffer("cos", cos.to(dtype))
+        self.register_buffer("sin", sin.to(dtype))
+        onehot = F.one_hot(model.router.type_of_id, cfg.n_types).to(dtype)  # (V, E)
+        self.register_buffer("type_router", onehot)
+        self.wte = model.wte
+        self.blocks = nn.ModuleList()
+        for block in model.blocks:
+            m = nn.Module()
+            m.norm_attn, m.qkv, m.proj = block.norm_attn, block.attn.qkv, block.attn.proj
+            m.attn = CachedAttention(cfg.n_head, cfg.d_head)
+            m.norm_ffn, m.ffn = block.norm_ffn, FeedForward(block.ffn)
+            self.blocks.append(m)
+        self.norm_f = model.norm_f
+        # every head in one matmul: [lm (tied to wte); key; meter; cls] rows, fp32 even in a fp16 graph
+        heads = [model.lm_head, model.key_head, model.meter_head] + ([model.cls_head] if cfg.n_classes else [])
+        self.head_sizes = [h.out_features for h in heads]
+        w = torch.cat([h.weight.data.float() for h in heads])  # (V+K+M+C, D)
+        b = torch.cat([torch.zeros(h.out_features) if h.bias is None else h.bias.data.float() for h in heads])
+        self.heads = nn.Linear(cfg.d_model, w.size(0))
+        self.heads.weight.data, self.heads.bias.data = w, b
+        self.to(dtype)
+        self.heads.float()
+
+    def forward(self, input_ids: torch.Tensor, past_len: torch.Tensor, past: list[torch.Tensor]):
+        B, T = input_ids.shape
+        total = past_len + T  # () P + T
+        seqlens_k = (total - 1).to(torch.int32).expand(B)  # (B,) GQA: index of each row's last key
+        total_len = total.to(torch.int32)  # ()
+        router_NE = F.embedding(input_ids, self.type_router).reshape(B * T, -1)  # (N, E) one-hot by token type
+        x = self.wte(input_ids)  # (B, T, D)
+        present = []
+        for i, blk in enumerate(self.blocks):
+            qkv = blk.qkv(blk.norm_attn(x))  # (B, T, 3D)
+            a, k, v = blk.attn(qkv, past[2 * i], past[2 * i + 1], seqlens_k, total_len, self.cos, self.sin, past_len)
+            x = x + blk.proj(a)  # (B, T, D)
+            x = x + blk.ffn(blk.norm_ffn(x), router_NE)  # (B, T, D)
+            present += [k, v]
+        h = self.norm_f(x).float()  # (B, T, D)
+        outs = self.heads(h).split(self.head_sizes, dim=-1)  # (B, T, V), (B, T, K), (B, T, M)[, (B, T, C)]
+        return (*outs, *present)
+
+    def empty_cache(self, batch: int = 1, length: int | None = None) -> list[torch.Tensor]:
+        """Zeroed past buffers (B, H, S, Dh), S = context_len by default."""
+        cfg = self.cfg
+        shape = (batch, cfg.n_head, length or cfg.context_len, cfg.d_head)
+        return [torch.zeros(shape, dtype=self.dtype) for _ in range(2 * cfg.n_layer)]

@@ -1,0 +1,45 @@
+"""typemoe bench: writes every promised key (on the tiny model, few repetitions); clear error without a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+pytestmark = pytest.mark.onnx
+
+
+def test_bench_writes_all_keys(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from export_fixtures import make_tiny_model_dir
+
+    from export.bench import add_arguments, run
+
+    model_dir = make_tiny_model_dir(tmp_path / "model")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    out = tmp_path / "bench.json"
+    args = p.parse_args(["--model", str(model_dir), "--out", str(out), "--reps", "30", "--warmup", "5"])
+    assert run(args) == 0
+    res = json.loads(out.read_text())
+    assert res["provider"] == "cpu"
+    for c in ("256", "1024"):
+        assert {"p50", "p95", "p99"} <= set(res["decode_ms"][c])
+    assert res["decode_ms"]["1024"]["context"] == 256  # the tiny model's maximum, and a note says so
+    assert any("1024" in n for n in res["notes"])
+    assert res["prefill_ms"]["512"] > 0 and res["tokens_per_s"] > 0
+    assert res["ort_vs_torch"] > 0 and res["typemoe_vs_dense"] > 0
+    assert "load_avg" in res
+    assert "decode ms @ 256" in capsys.readouterr().out
+
+
+def test_bench_without_a_model_says_what_to_pass(tmp_path, capsys, monkeypatch):
+    from export import bench
+
+    monkeypatch.setattr(bench, "default_model_dir", lambda: tmp_path / "default_model")
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    assert bench.run(p.parse_args(["--out", str(tmp_path / "b.json")])) == 2
+    msg = capsys.readouterr().out
+    assert "--model MODEL_DIR" in msg and "--preset small" in msg

@@ -143,7 +143,7 @@ def test_sigkill_then_resume_matches_uninterrupted(shards, tmp_path):
     assert killed_at < steps
     assert pretrain.main(tiny_args(shards, run, steps=steps, extra=("--ckpt-every", "10", "--resume"))) == 0
     a, b = losses_of(ref), losses_of(run)
-    assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-5), np.abs(a - b).max()
+    assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-5, equal_nan=True), np.nanmax(np.abs(a - b))
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -68,7 +68,7 @@ def read_metrics(run: Path) -> list[dict]:
 
 def losses_of(run: Path, keys=("loss", "lm", "key", "meter", "semi", "consistency")) -> np.ndarray:
     recs = read_metrics(run)
-    return np.array([[r["step"]] + [r[k] for k in keys if k in r] for r in recs])
+    return np.array([[r["step"]] + [r.get(k, np.nan) for k in keys] for r in recs], dtype=float)
 
 
 def python_env() -> dict[str, str]:

@@ -119,6 +119,10 @@ def test_tiny_run_learns_and_writes_outputs(shards, tmp_path):
     _, _, meta = checkpoint.read_config(ckpt.resolve(out))
     assert meta["step"] == 30 and meta["key_names"][0] == "C major" and model.cfg.n_meters == len(meta["meter_names"])
     assert list((out / "tb").iterdir())
+    from training.plot import plot
+
+    png = plot([out], tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sigkill_then_resume_matches_uninterrupted(shards, tmp_path):

@@ -173,3 +173,27 @@ def test_ablation_and_label_efficiency(tmp_path, monkeypatch):
     rows = ablation.run_label_efficiency(ablation.AblationConfig(eval=ev2, steps=2, train_args=train_args))
     assert set(rows) == {"50%", "100%"}
     assert (tmp_path / "le" / "results.label_efficiency.png").is_file()
+
+
+def test_baselines_only(labelled_folder, tmp_path, capsys):
+    """No model: the baselines alone, on the same pieces and windows a model would read."""
+    d, rows = labelled_folder
+    out = tmp_path / "b" / "results.json"
+    assert eval_cli.main(["--baselines-only", "--data", f"folder:{d}", "--labels", str(d / "labels.csv"),
+                          "--split", "all", "--out", str(out)]) == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["key.n"] == sum(bool(r["key"]) for r in rows) and doc["n_pieces"] == N_TUNES
+    for k in ("key.baselines.krumhansl", "key.baselines.temperley", "meter.baselines.autocorrelation",
+              "meter.baselines.majority"):
+        assert 0.0 <= doc[k] <= 1.0
+    assert "key.accuracy" not in doc
+    assert (out.parent / "results.meter_baseline_confusion.png").is_file()
+
+
+def test_max_pieces_is_a_spread_sample():
+    from training.eval_data import sample_ids
+
+    ids = [("music21", f"collection{c}/tune{i}") for c in range(3) for i in range(50)]
+    picked = sample_ids(ids, 30)
+    assert len(picked) == 30 and picked == sample_ids(list(reversed(ids)), 30)  # order-free, stable
+    assert {p[1].split("/")[0] for p in picked} == {"collection0", "collection1", "collection2"}

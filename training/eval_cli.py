@@ -5,6 +5,7 @@
     typemoe eval --model ft/seed0 --model ft/seed1 --model ft/seed2 --data shared:emopia --out emo.json
     typemoe eval --ablation --data music21 --steps 500 --out ablation/results.json
     typemoe eval --label-efficiency --data /tmp/shards --steps 500 --out labeleff/results.json
+    typemoe eval --baselines-only --data music21 --max-pieces 300 --out baselines/results.json
 
 add_parsers(subparsers) registers `eval` (func(args) -> exit code); main(argv, prog) runs it alone.
 """
@@ -42,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--ablation", action="store_true", help="TypeMoE vs dense vs switch, SS-MTP vs CLM")
     mode.add_argument("--label-efficiency", action="store_true", help="5/10/25/100 %% of the key/meter labels")
+    mode.add_argument("--baselines-only", action="store_true",
+                      help="no model: the key/meter baselines on the held-out pieces (music21 profiles, "
+                           "autocorrelation, majority)")
     g.add_argument("--steps", type=int, help="training steps per variant (required with the two flags above)")
     g.add_argument("--preset", default="tiny", help="training preset of the variants (default: tiny)")
     g.add_argument("--train-arg", action="append", default=[], metavar="FLAG",
@@ -62,7 +66,9 @@ def _config(args):
 def _summary(results: dict) -> str:
     keys = ("continuation.hits@1", "continuation.hits@5", "continuation.bleu2", "conditional.hits@1",
             "control.key_match", "control.meter_match", "key.accuracy", "key.mirex", "key.baselines.krumhansl",
+            "key.baselines.aarden", "key.baselines.temperley", "key.baselines.simple", "key.baselines.majority",
             "meter.accuracy", "meter.family_accuracy", "meter.baselines.autocorrelation",
+            "meter.baselines.autocorrelation.family", "meter.baselines.majority",
             "genre.accuracy", "emotion.accuracy")
     parts = [f"{k} {results[k]:.3f}" for k in keys if isinstance(results.get(k), float) and results[k] == results[k]]
     return ", ".join(parts)
@@ -91,9 +97,11 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.steps is not None:
             raise ValueError("--steps only applies with --ablation or --label-efficiency")
-        from training.evaluate import evaluate, write_outputs
+        from training.evaluate import evaluate, evaluate_baselines, write_outputs
 
-        report = evaluate(cfg)
+        if args.baselines_only and args.model:
+            raise ValueError("--baselines-only evaluates no model; drop --model")
+        report = evaluate_baselines(cfg) if args.baselines_only else evaluate(cfg)
         written = write_outputs(report, cfg.out, plots=cfg.plots)
         print(f"{report.results['n_pieces']} pieces: {_summary(report.results)}")
         print("wrote " + ", ".join(str(p) for p in written))

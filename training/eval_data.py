@@ -7,12 +7,15 @@
 SRC is a source spec (music21 | shared:NAME | folder:PATH, read by training/sources.py and tokenized
 here with the model's vocabulary) or a shard directory (training/shards.py; its vocabulary must be the
 model's). The split is the same deterministic by-piece split training uses, so the test pieces were
-never trained on. Labels come back as typemoe.analysis indices (key, meter) or names (genre, emotion,
+never trained on. max_pieces takes a deterministic sample spread over the whole split (the pieces whose
+sha1(source + id) is smallest), not a prefix: sources list their pieces by collection, so a prefix would
+be one collection. Labels come back as typemoe.analysis indices (key, meter) or names (genre, emotion,
 composer); the training split's labels are kept too, for the majority-class baselines.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -61,6 +64,13 @@ def _in_split(split: str, want: str) -> bool:
     return want == "all" or split == want
 
 
+def sample_ids(ids: list[tuple[str, str]], n: int | None) -> set[tuple[str, str]]:
+    """The n (source, id) pairs with the smallest sha1 (all of them when n is None): a stable sample."""
+    if n is None or n >= len(ids):
+        return set(ids)
+    return set(sorted(ids, key=lambda si: hashlib.sha1(f"{si[0]}:{si[1]}".encode()).hexdigest())[:n])
+
+
 def load_eval_data(src: str, *, vocab, labels_csv: Path | None = None, split: str = "test",
                    max_pieces: int | None = None, cache_dir: Path | None = None,
                    shared_dir: Path | None = None) -> EvalData:
@@ -94,15 +104,18 @@ def _from_shards(path: Path, vocab, split: str, max_pieces: int | None) -> EvalD
         name = names[task][v]
         return {"key": analysis.parse_key, "meter": analysis.parse_meter}.get(task, str)(name)
 
+    splits = [("train", "val", "test")[int(s)] for s in shards.split]
+    sources = [shards.sources[int(s)] for s in shards.source]
+    chosen = sample_ids([(sources[i], shards.ids[i]) for i in range(len(shards)) if _in_split(splits[i], split)],
+                        max_pieces)
     for i in range(len(shards)):
-        rec_split = ("train", "val", "test")[int(shards.split[i])]
-        if rec_split == "train":
+        if splits[i] == "train":
             for t in TASKS:
                 data.train_labels[t].append(label(t, i))
-        if not _in_split(rec_split, split) or (max_pieces is not None and len(data.pieces) >= max_pieces):
+        if (sources[i], shards.ids[i]) not in chosen:
             continue
         data.pieces.append(EvalPiece(
-            id=shards.ids[i], source=shards.sources[int(shards.source[i])],
+            id=shards.ids[i], source=sources[i],
             tokens=np.asarray(shards.tokens_of(i), dtype=np.int64),
             **{t: label(t, i) for t in TASKS},
         ))
@@ -124,11 +137,10 @@ def _from_source(spec: str, vocab, labels_csv, split: str, max_pieces: int | Non
     data = EvalData(pieces=[], train_labels={t: [] for t in TASKS})
     for t in TASKS:
         data.train_labels[t] = [getattr(p, t) for p in pieces if p.split == "train"]
+    chosen = sample_ids([(p.source, p.id) for p in pieces if _in_split(p.split, split)], max_pieces)
     for p in pieces:
-        if not _in_split(p.split, split):
+        if (p.source, p.id) not in chosen:
             continue
-        if max_pieces is not None and len(data.pieces) >= max_pieces:
-            break
         ids, reason, detail = tokenize_piece(vocab, p)
         if ids is None:
             skips.add(reason, f"{p.source}/{p.id}", detail)

@@ -138,7 +138,11 @@ def plot_report(results: dict, details: dict, out_dir: Path, *, prefix: str = "r
         if cm is not None and np.asarray(cm).sum() > 0:
             written.append(confusion(cm, details[f"{task}.names"], f"{task} head",
                                      out_dir / f"{prefix}.{task}_confusion.png"))
-    if results.get("key.n") or results.get("meter.n"):
+    cm = details.get("meter.baselines.autocorrelation.confusion")
+    if cm is not None and np.asarray(cm).sum() > 0:
+        written.append(confusion(cm, details["meter.names"], "meter, autocorrelation baseline",
+                                 out_dir / f"{prefix}.meter_baseline_confusion.png"))
+    if "key.streaming.1" in results or "meter.streaming.1" in results:
         written.append(streaming(results, out_dir / f"{prefix}.streaming.png"))
     if details.get("experts"):
         written.append(expert_share(details["experts"], out_dir / f"{prefix}.expert_share.png"))

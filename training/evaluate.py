@@ -212,12 +212,11 @@ def attribute_control(model, pieces: list[EvalPiece], cfg: EvalConfig, report: R
 
 
 def key_meter(model, data: EvalData, window: int, report: Report) -> None:
-    """Head accuracy (whole piece and streaming) beside the baselines on the same windows."""
+    """Head accuracy, whole piece and streaming, on the labelled held-out pieces."""
     vocab = model.vocab
     pred = {"key": [], "meter": []}
     true = {"key": [], "meter": []}
     stream = {(t, n): [] for t in ("key", "meter") for n in STREAM_BARS}
-    base = {name: [] for name in baselines.KEY_BASELINES} | {"autocorrelation": []}
     for piece in data.pieces:
         if piece.key is None and piece.meter is None:
             continue
@@ -227,7 +226,6 @@ def key_meter(model, data: EvalData, window: int, report: Report) -> None:
         order = sorted(set(reads.values()))
         out = model.outputs_at(seq, order)
         row = {k: order.index(p) for k, p in reads.items()}
-        notes = baselines.notes_of_score(vocab.decode(seq[1:]))
         for task, probs, names, parse in (("key", out.key_probs, model.key_names, analysis.parse_key),
                                           ("meter", out.meter_probs, model.meter_names, analysis.parse_meter)):
             label = getattr(piece, task)
@@ -237,11 +235,6 @@ def key_meter(model, data: EvalData, window: int, report: Report) -> None:
             pred[task].append(_label_index(names, int(np.argmax(probs[row["whole"]])), parse))
             for n in STREAM_BARS:
                 stream[(task, n)].append(_label_index(names, int(np.argmax(probs[row[n]])), parse) == label)
-        if piece.key is not None:
-            for name in baselines.KEY_BASELINES:
-                base[name].append(baselines.key_estimate(notes, name)[0] if len(notes) else None)
-        if piece.meter is not None:
-            base["autocorrelation"].append(baselines.meter_estimate(notes)[0] if len(notes) else None)
     r = report.results
     for task in ("key", "meter"):
         report.skipped[task] += sum(getattr(p, task) is None for p in data.pieces)
@@ -251,6 +244,29 @@ def key_meter(model, data: EvalData, window: int, report: Report) -> None:
         r[f"{task}.n"] = len(true[task])
     r["key.mirex"] = metrics.mirex(pred["key"], true["key"]) if true["key"] else math.nan
     r["meter.family_accuracy"] = metrics.meter_family_accuracy(pred["meter"], true["meter"]) if true["meter"] else math.nan
+    report.details["key.confusion"] = metrics.confusion_matrix(pred["key"], true["key"], len(analysis.KEYS)).tolist()
+    report.details["meter.confusion"] = metrics.confusion_matrix(pred["meter"], true["meter"],
+                                                                 len(analysis.METERS)).tolist()
+    if true["key"]:
+        report.details["key.mirex_breakdown"] = metrics.mirex_breakdown(pred["key"], true["key"])
+
+
+def key_meter_baselines(vocab, data: EvalData, window: int, report: Report) -> None:
+    """The baselines on the same pieces and the same window's notes as key_meter."""
+    true = {"key": [], "meter": []}
+    base = {name: [] for name in baselines.KEY_BASELINES} | {"autocorrelation": []}
+    for piece in data.pieces:
+        if piece.key is None and piece.meter is None:
+            continue
+        notes = baselines.notes_of_score(vocab.decode(_window(piece, vocab, window)[1:]))
+        if piece.key is not None:
+            true["key"].append(piece.key)
+            for name in baselines.KEY_BASELINES:
+                base[name].append(baselines.key_estimate(notes, name)[0] if len(notes) else None)
+        if piece.meter is not None:
+            true["meter"].append(piece.meter)
+            base["autocorrelation"].append(baselines.meter_estimate(notes)[0] if len(notes) else None)
+    r = report.results
     for name in baselines.KEY_BASELINES:
         r[f"key.baselines.{name}"] = metrics.accuracy(base[name], true["key"])
         r[f"key.baselines.{name}.mirex"] = _mirex_with_misses(base[name], true["key"])
@@ -266,11 +282,10 @@ def key_meter(model, data: EvalData, window: int, report: Report) -> None:
         report.details[f"{task}.majority_class"] = (analysis.KEYS if task == "key" else analysis.METERS)[majority] \
             if majority is not None else None
         report.details[f"{task}.majority_from"] = "train split" if train else "held-out labels (no train split)"
-    report.details["key.confusion"] = metrics.confusion_matrix(pred["key"], true["key"], len(analysis.KEYS)).tolist()
-    report.details["meter.confusion"] = metrics.confusion_matrix(pred["meter"], true["meter"],
-                                                                 len(analysis.METERS)).tolist()
-    if true["key"]:
-        report.details["key.mirex_breakdown"] = metrics.mirex_breakdown(pred["key"], true["key"])
+        r.setdefault(f"{task}.n", len(true[task]))
+    report.details["meter.baselines.autocorrelation.confusion"] = metrics.confusion_matrix(
+        [p if p is not None else analysis.METERS.index("other") for p in base["autocorrelation"]], true["meter"],
+        len(analysis.METERS)).tolist()
 
 
 def _cls_task(model) -> str | None:
@@ -372,6 +387,7 @@ def evaluate(cfg: EvalConfig) -> Report:
         attribute_control(main, data.pieces, cfg, report)
     if "keymeter" in cfg.groups:
         key_meter(main, data, window, report)
+        key_meter_baselines(main.vocab, data, window, report)
     if "classification" in cfg.groups:
         classification(models, data, window, report)
     r = report.results
@@ -389,6 +405,30 @@ def evaluate(cfg: EvalConfig) -> Report:
     report.details["meter.names"] = list(analysis.METERS)
     if "experts" in cfg.groups:
         report.details["experts"] = expert_share(main, data.pieces, window)
+    return report
+
+
+def evaluate_baselines(cfg: EvalConfig) -> Report:
+    """The key/meter baselines alone (no model): the project vocabulary, windows of cfg.window tokens
+    (default 1024, the shipped model's context), on the same held-out pieces a model would get."""
+    from typemoe.vocab import TypedVocab
+
+    vocab = TypedVocab.default()
+    window = cfg.window or 1024
+    data = load_eval_data(cfg.data, vocab=vocab, labels_csv=cfg.labels_csv, split=cfg.split,
+                          max_pieces=cfg.max_pieces, cache_dir=cfg.cache_dir, shared_dir=cfg.shared_dir)
+    if not data.pieces:
+        raise ValueError(f"{cfg.data}: no {cfg.split} pieces to evaluate (skipped: {dict(data.skipped)})")
+    report = Report()
+    key_meter_baselines(vocab, data, window, report)
+    r = report.results
+    for task in ("key", "meter"):
+        report.skipped[task] += sum(getattr(p, task) is None for p in data.pieces)
+    r.update({"n_pieces": len(data.pieces), "sources": data.sources, "model": "none (baselines only)",
+              "data": cfg.data, "split": cfg.split, "window": window})
+    r.update({f"skipped.{k}": v for k, v in sorted(report.skipped.items())})
+    r.update({f"skipped.loading.{k}": v for k, v in sorted(data.skipped.items())})
+    report.details["meter.names"] = list(analysis.METERS)
     return report
 
 

@@ -313,8 +313,9 @@ def add_parsers(subparsers) -> None:
     g.set_defaults(func=_generate_cmd)
 
 
-def main(argv: list[str] | None = None, prog: str = "typemoe") -> int:
-    """`python -m export.tools analyze|generate ...`"""
+def run_cli(argv: list[str] | None = None, prog: str = "python -m export.tools") -> int:
+    """`python -m export.tools analyze|generate ...`. Deliberately not called `main`: typemoe/cli.py calls a
+    module's main(argv-after-the-command), and this module registers two commands via add_parsers."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
     p = argparse.ArgumentParser(prog=prog)
@@ -324,4 +325,4 @@ def main(argv: list[str] | None = None, prog: str = "typemoe") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli())

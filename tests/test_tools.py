@@ -43,7 +43,7 @@ def tune(tmp_path_factory) -> Path:
 
 
 def test_analyze_json(model_dir, tune, capsys):
-    assert tools.main(["analyze", str(tune), "--model", str(model_dir), "--json"]) == 0
+    assert tools.run_cli(["analyze", str(tune), "--model", str(model_dir), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) == {"key", "key_confidence", "meter", "meter_confidence"}
     assert res["key"] in analysis.KEYS and res["meter"] in analysis.METERS
@@ -51,20 +51,20 @@ def test_analyze_json(model_dir, tune, capsys):
 
 
 def test_analyze_text_and_torch_fallback_agree(model_dir, ckpt_dir, tune, capsys):
-    assert tools.main(["analyze", str(tune), "--model", str(model_dir)]) == 0
+    assert tools.run_cli(["analyze", str(tune), "--model", str(model_dir)]) == 0
     onnx_text = capsys.readouterr().out
     assert onnx_text.startswith("key: ") and "\nmeter: " in onnx_text
-    assert tools.main(["analyze", str(tune), "--model", str(ckpt_dir)]) == 0
+    assert tools.run_cli(["analyze", str(tune), "--model", str(ckpt_dir)]) == 0
     assert capsys.readouterr().out == onnx_text  # same weights, same answer and confidences (2 digits)
 
 
 def test_analyze_corrupt_midi_names_the_file(model_dir, tmp_path, capsys):
     bad = tmp_path / "broken.mid"
     bad.write_bytes(b"MThd\x00\x00\x00\x06garbage")
-    assert tools.main(["analyze", str(bad), "--model", str(model_dir)]) == 2
+    assert tools.run_cli(["analyze", str(bad), "--model", str(model_dir)]) == 2
     err = capsys.readouterr().err
     assert "broken.mid" in err and "not a readable MIDI" in err
-    assert tools.main(["analyze", str(tmp_path / "absent.mid"), "--model", str(model_dir)]) == 2
+    assert tools.run_cli(["analyze", str(tmp_path / "absent.mid"), "--model", str(model_dir)]) == 2
     assert "absent.mid" in capsys.readouterr().err
 
 
@@ -76,7 +76,7 @@ def _notes(track) -> list[tuple[int, int, int]]:
 def test_generate_writes_prompt_then_continuation(which, model_dir, ckpt_dir, tune, tmp_path, capsys):
     model = model_dir if which == "onnx" else ckpt_dir
     out = tmp_path / "out.mid"
-    code = tools.main(["generate", str(tune), "--bars", "4", "--model", str(model), "--key", "G major",
+    code = tools.run_cli(["generate", str(tune), "--bars", "4", "--model", str(model), "--key", "G major",
                        "--meter", "2/4", "--temperature", "0.9", "--seed", "3", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     prompt, result = symusic.Score(str(tune)), symusic.Score(str(out))  # parses as MIDI
@@ -94,21 +94,21 @@ def test_generate_writes_prompt_then_continuation(which, model_dir, ckpt_dir, tu
 def test_generate_is_reproducible_and_checks_options(model_dir, tune, tmp_path, capsys):
     a, b = tmp_path / "a.mid", tmp_path / "b.mid"
     for out in (a, b):
-        assert tools.main(["generate", str(tune), "--bars", "2", "--model", str(model_dir), "--seed", "7",
+        assert tools.run_cli(["generate", str(tune), "--bars", "2", "--model", str(model_dir), "--seed", "7",
                            "--out", str(out)]) == 0
     assert _notes(symusic.Score(str(a)).tracks[-1]) == _notes(symusic.Score(str(b)).tracks[-1])
     capsys.readouterr()
-    assert tools.main(["generate", str(tune), "--bars", "2", "--model", str(model_dir), "--key", "H major",
+    assert tools.run_cli(["generate", str(tune), "--bars", "2", "--model", str(model_dir), "--key", "H major",
                        "--out", str(tmp_path / "c.mid")]) == 2
     assert "H major" in capsys.readouterr().err
-    assert tools.main(["generate", str(tune), "--bars", "0", "--model", str(model_dir),
+    assert tools.run_cli(["generate", str(tune), "--bars", "0", "--model", str(model_dir),
                        "--out", str(tmp_path / "c.mid")]) == 2
     assert "--bars" in capsys.readouterr().err
 
 
 def test_bad_model_dir_is_named(tune, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert tools.main(["analyze", str(tune), "--model", str(tmp_path / "empty")]) == 2
+    assert tools.run_cli(["analyze", str(tune), "--model", str(tmp_path / "empty")]) == 2
     assert "empty" in capsys.readouterr().err
 
 
@@ -116,7 +116,7 @@ def test_tools_run_without_torch(model_dir, tune):
     """With torch unimportable, analyze on an exported model still works (the DAW-user install)."""
     code = ("import sys; sys.modules['torch'] = None\n"
             "from export import tools\n"
-            f"sys.exit(tools.main(['analyze', {str(tune)!r}, '--model', {str(model_dir)!r}, '--json']))")
+            f"sys.exit(tools.run_cli(['analyze', {str(tune)!r}, '--model', {str(model_dir)!r}, '--json']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["key"] in analysis.KEYS
@@ -132,3 +132,16 @@ def test_continuation_bars_are_whole(model_dir, tune):
     new_beats = [n.time / tpq for n in score.tracks[-1].notes]
     assert n_new == len(new_beats) > 0
     assert min(new_beats) >= 4 * first_bar - 1e-9 and max(new_beats) < 4 * (first_bar + 3)
+
+
+def test_console_script_wiring(model_dir, tune, monkeypatch, capsys):
+    """The rows the lead adds to typemoe/cli.py COMMANDS dispatch to add_parsers / main correctly."""
+    from typemoe import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "analyze", ("export.tools", "key and meter of a MIDI file"))
+    monkeypatch.setitem(cli.COMMANDS, "eval", ("training.eval_cli", "metrics on held-out pieces"))
+    assert cli.main(["analyze", str(tune), "--model", str(model_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["meter"] in analysis.METERS
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    assert "--ablation" in capsys.readouterr().out

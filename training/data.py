@@ -361,10 +361,10 @@ class WindowSampler:
         B, per_rank = self.cfg.batch_size, self.cfg.batch_size // self.world
         g0 = self.state.step * B + self.rank * per_rank
         mb = self.cfg.micro_batch
-        batches = []
-        for m in range(self.micro_steps):
-            samples = [self.sample(g0 + m * mb + j) for j in range(mb)]
-            batches.append(collate(samples, self.ops))
+        samples = [self.sample(g0 + j) for j in range(per_rank)]
+        # similar lengths share a micro-batch: less padding, and the step's sums are the same (up to rounding)
+        samples.sort(key=lambda s: len(s.ids))
+        batches = [collate(samples[m * mb:(m + 1) * mb], self.ops) for m in range(self.micro_steps)]
         self.state.step += 1
         return batches
 

@@ -66,7 +66,13 @@ def teardown() -> None:
 
 def all_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (in place, also returned); a no-op in a single process."""
-    if dist.is_initialized():
+    if not dist.is_initialized():
+        return x
+    if dist.get_backend() == "nccl":  # NCCL reduces GPU tensors only; the bookkeeping tensors live on the CPU
+        y = x.cuda()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        x.copy_(y.cpu())
+    else:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
 
@@ -74,16 +80,3 @@ def all_sum(x: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def broadcast_error(message: str | None) -> None:
-    """Raise the same ValueError on every rank if any rank found a problem, so none hangs in a collective."""
-    if not dist.is_initialized():
-        if message:
-            raise ValueError(message)
-        return
-    msgs: list = [None] * dist.get_world_size()
-    dist.all_gather_object(msgs, message)
-    first = next((m for m in msgs if m), None)
-    if first:
-        raise ValueError(first)

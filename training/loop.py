@@ -39,8 +39,9 @@ from typemoe import analysis
 from typemoe.checkpoint import CheckpointError
 from typemoe.model import TypeMoE
 
-# config fields that may change on --resume without changing the run's numbers
-RESUMABLE_CHANGES = {"log_every", "eval_every", "eval_pieces", "ckpt_every", "device", "threads"}
+# config fields that may change on --resume: bookkeeping, and max_steps (to extend or shorten a run; the
+# cosine schedule then follows the new length, so that run is no longer identical to an uninterrupted one)
+RESUMABLE_CHANGES = {"log_every", "eval_every", "eval_pieces", "ckpt_every", "device", "threads", "max_steps"}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -198,6 +199,8 @@ def train(
         diff = _diff_config(saved.get("config", {}), cfg.to_dict())
         if diff:
             raise ValueError(f"cannot --resume {ck}: the configuration changed: " + "; ".join(diff))
+        if saved.get("config", {}).get("max_steps", cfg.max_steps) != cfg.max_steps:
+            echo(f"note: max_steps {saved['config']['max_steps']} -> {cfg.max_steps}; the LR schedule follows")
         state = ckpt.load_training(ck, model=model, ema=ema, optimizer=opt, device=device)
         sampler.load_state(state["sampler"])
         start = int(state["step"])

@@ -35,14 +35,15 @@ def small(vocab, **model_overrides: Any) -> TrainConfig:
     """The shipped model, trained on 2 CPU cores (typemoe/config.py: ~2.7M active parameters).
 
     Windows of 512 tokens cover a whole folk tune and about 30 bars of a chorale; 16 windows a step
-    (~6k real tokens on the music21 corpus) keep a step near a few seconds on 2 cores. 3000 steps are
-    about two passes over the corpus; pass --max-steps to fit the time you have (the LR schedule follows).
+    (~5k real tokens on the music21 corpus, ~360 tokens a piece) take ~5 s on 2 free cores (~1k tok/s;
+    ~10 s when the cores are shared). 1500 steps are about 1.6 passes over the ~15k pieces, ~2-4 hours;
+    pass --max-steps to fit the time you have (the LR schedule follows it).
     """
     return TrainConfig(
         model=_model("small", vocab, **model_overrides),
         optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=100),
         loss=LossConfig(semi_rampup=300, ema_decay=0.995),
-        seq_len=512, batch_size=16, micro_batch=8, max_steps=3000,
+        seq_len=512, batch_size=16, micro_batch=8, max_steps=1500,
         log_every=10, eval_every=250, eval_pieces=256, ckpt_every=100,
     )
 

@@ -197,3 +197,68 @@ def test_max_pieces_is_a_spread_sample():
     picked = sample_ids(ids, 30)
     assert len(picked) == 30 and picked == sample_ids(list(reversed(ids)), 30)  # order-free, stable
     assert {p[1].split("/")[0] for p in picked} == {"collection0", "collection1", "collection2"}
+
+
+class _Oracle:
+    """A fake model that knows every piece: perfect next-token logits, greedy continuations and heads.
+
+    It records where the key/meter heads are read, to pin down the streaming definition.
+    """
+
+    kind, ffn, task, class_names, path = "oracle", "typemoe", None, None, "oracle"
+
+    def __init__(self, vocab, pieces):
+        from typemoe import analysis
+
+        self.vocab, self.context_len = vocab, 4096
+        self.key_names, self.meter_names = list(analysis.KEYS), list(analysis.METERS)
+        self.by_music = {tuple(p.tokens[:16].tolist()): p for p in pieces}
+        self.reads: list[tuple[int, list[int]]] = []
+
+    def _piece(self, seq):
+        music = [t for t in seq if self.vocab.family_of[t] != 5]
+        return self.by_music[tuple(music[:16])], music
+
+    def outputs_at(self, seq, at):
+        from training.eval_model import HeadOutputs
+
+        piece, _ = self._piece(seq)
+        self.reads.append((len(seq), list(at)))
+        logits = np.zeros((len(at), self.vocab.size))
+        for row, p in enumerate(at):
+            if p < len(seq):
+                logits[row, seq[p]] = 1.0
+        keys = np.zeros((len(at), 24))
+        keys[:, piece.key if piece.key is not None else 0] = 1
+        meters = np.zeros((len(at), len(self.meter_names)))
+        meters[:, piece.meter if piece.meter is not None else 0] = 1
+        return HeadOutputs(logits, keys, meters)
+
+    def generate(self, prefix, n, **kw):
+        piece, music = self._piece(prefix)
+        return piece.tokens[len(music): len(music) + n].tolist()
+
+
+def test_metric_pipeline_on_an_oracle(labelled_folder, vocab):
+    """Known answers through the whole pipeline: an oracle scores 1.0, and heads are read where documented."""
+    from training.eval_data import load_eval_data
+
+    d, _ = labelled_folder
+    data = load_eval_data(f"folder:{d}", vocab=vocab, labels_csv=d / "labels.csv", split="all")
+    oracle = _Oracle(vocab, data.pieces)
+    cfg = evaluate.EvalConfig(models=[None], data="x", out="r.json")
+    report = evaluate.Report()
+    evaluate.continuation(oracle, data.pieces, cfg, 1024, conditional=False, report=report)
+    evaluate.continuation(oracle, data.pieces, cfg, 1024, conditional=True, report=report)
+    oracle.reads.clear()
+    evaluate.key_meter(oracle, data, 1024, report)
+    r = report.results
+    for k in ("continuation.hits@1", "continuation.hits@5", "continuation.bleu2", "conditional.hits@1",
+              "conditional.bleu2", "key.accuracy", "key.mirex", "meter.accuracy", "key.streaming.1",
+              "meter.streaming.8"):
+        assert r[k] == pytest.approx(1.0), k
+    piece = next(p for p in data.pieces if p.key is not None)
+    seq = [vocab.bos_id, *piece.tokens[:1023].tolist()]
+    bars = [i for i, t in enumerate(seq) if vocab.family_of[t] == 0]
+    want = sorted({bars[n] + 1 if len(bars) > n else len(seq) for n in (1, 2, 4, 8)} | {len(seq)})
+    assert (len(seq), want) in oracle.reads  # after N bars = through the Bar token that opens bar N + 1

@@ -34,7 +34,7 @@ class ModelOpenError(ValueError):
 
 @dataclass
 class HeadOutputs:
-    """Model outputs at n read positions."""
+    """Model outputs at n read positions (non-decreasing; the ONNX path streams through them in order)."""
 
     logits: np.ndarray  # (n, V) next-token logits
     key_probs: np.ndarray  # (n, K)
@@ -175,14 +175,15 @@ class OnnxModel:
         self.meter_names = list(self.ort.meter_names)
         self.class_names = list(self.ort.class_names) if self.ort.class_names else None
         self.meta = dict(self.ort.metadata)
-        self.task = self.meta.get("task")
-        if self.task is None and "labels" in self.meta:
-            self.task = json.loads(self.meta["labels"]).get("task")
+        try:  # export.onnx_export keeps the checkpoint's meta (task, step, ...) as JSON under "source"
+            self.task = json.loads(self.meta.get("source", "{}")).get("task")
+        except (json.JSONDecodeError, AttributeError):
+            self.task = None
 
     def outputs_at(self, seq: Sequence[int], at: Sequence[int]) -> HeadOutputs:
-        at = sorted(int(p) for p in at)
-        if not at or at[0] < 1 or at[-1] > len(seq):
-            raise ValueError(f"read positions must be in 1..{len(seq)}, got {at[:5]}...")
+        at = [int(p) for p in at]
+        if not at or at[0] < 1 or at[-1] > len(seq) or any(b < a for a, b in zip(at, at[1:])):
+            raise ValueError(f"read positions must be non-decreasing in 1..{len(seq)}, got {at[:5]}...")
         if at[-1] > self.context_len:
             raise ValueError(f"read position {at[-1]} is past the context ({self.context_len}); cut the sequence")
         session = self.ort.session()

@@ -1,0 +1,214 @@
+"""The asyncio shell around bridge.engine: ports, the inbox, the model thread, signals and shutdown.
+
+Threads: rtmidi calls back from its own thread and the model runs on `ModelThread`; both only stamp and
+post to the inbox. Everything else, including all engine state, lives on the event loop. The loop sleeps
+until the engine's next deadline (the next note to send or grid step) or the next event, whichever is
+first; notes are sent when due, never by sleeping a period.
+
+    bridge = Bridge(cfg, load_model(cfg.model))
+    exit_code = asyncio.run(bridge.run())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge import osc_io
+from bridge.clock import Clock, MonotonicClock
+from bridge.config import BridgeConfig
+from bridge.engine import Engine
+from bridge.events import MidiIn, SendMidi, SendOsc, Stop, Tick
+from bridge.midi_io import MidiPorts
+from bridge.worker import ModelThread
+
+log = logging.getLogger(__name__)
+
+_FLUSH_S = 0.05  # after the final note-offs: a few audio periods for the driver to deliver them
+
+
+@dataclass(frozen=True, slots=True)
+class _Datagram:
+    data: bytes
+    t: float
+
+
+class Inbox:
+    """Bounded multi-producer queue drained by the loop in batches; overflow is dropped and counted.
+
+    Producers on other threads wake the loop at most once per batch (not once per event), which keeps a
+    5,000 events/s MIDI flood cheap.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, maxsize: int) -> None:
+        self._loop = loop
+        self._max = maxsize
+        self._q: deque = deque()
+        self._lock = threading.Lock()
+        self._event = asyncio.Event()
+        self._wake_pending = False
+        self.dropped = 0
+
+    def post(self, event, *, force: bool = False) -> None:
+        """Any thread. `force` bypasses the bound (model results and Stop: one per call, never floods)."""
+        with self._lock:
+            if len(self._q) >= self._max and not force:
+                self.dropped += 1
+                if self.dropped % 1000 == 1:
+                    log.warning("inbox full: %d events dropped so far", self.dropped)
+                return
+            self._q.append(event)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        with contextlib.suppress(RuntimeError):  # loop already closed (late rtmidi callback at shutdown)
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        self._event.set()
+
+    async def get_batch(self, timeout: float) -> list:
+        if not self._q and timeout > 0:
+            self._event.clear()
+            with contextlib.suppress(asyncio.TimeoutError):  # a deadline came before an event
+                await asyncio.wait_for(self._event.wait(), timeout)
+        with self._lock:
+            batch = list(self._q)
+            self._q.clear()
+        return batch
+
+
+class Bridge:
+    """One bridge run.
+
+    Args:
+        cfg: settings.
+        model: a bridge.model.Model.
+        clock: time source (MonotonicClock in real runs).
+        open_midi / open_osc: open the MIDI ports / OSC sockets (the demo opens neither).
+        install_signals: SIGINT/SIGTERM stop the bridge (main thread only).
+        on_action: called on the loop with every action executed (demo and bench observe with it).
+    """
+
+    def __init__(
+        self,
+        cfg: BridgeConfig,
+        model,
+        *,
+        clock: Clock | None = None,
+        open_midi: bool = True,
+        open_osc: bool = True,
+        install_signals: bool = True,
+        on_action: Callable[[object], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.clock = clock or MonotonicClock()
+        self.open_midi = open_midi and not cfg.no_midi
+        self.open_osc = open_osc
+        self.install_signals = install_signals
+        self.on_action = on_action
+        self.ready = threading.Event()
+        self.engine: Engine | None = None
+        self._inbox: Inbox | None = None
+        self._pre_ready: list = []
+
+    def post(self, event) -> None:
+        """Deliver an event to the loop (any thread)."""
+        if self._inbox is None:
+            self._pre_ready.append(event)
+        else:
+            self._inbox.post(event, force=isinstance(event, Stop))
+
+    def stop(self, reason: str = "stop requested") -> None:
+        self.post(Stop(reason, self.clock.now()))
+
+    async def run(self) -> int:
+        """Serve until Stop; returns the exit code (0)."""
+        cfg, now = self.cfg, self.clock.now
+        loop = asyncio.get_running_loop()
+        self._inbox = inbox = Inbox(loop, cfg.inbox_size)
+        for ev in self._pre_ready:
+            inbox.post(ev, force=True)
+        if self.install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(
+                    sig, lambda s=sig: inbox.post(Stop(signal.Signals(s).name, now()), force=True)
+                )
+        self.engine = engine = Engine(
+            cfg, self.model.vocab, self.model.key_names, self.model.meter_names, now=now()
+        )
+        worker = ModelThread(self.model, lambda ev: inbox.post(ev, force=True), now)
+        midi = MidiPorts(cfg, on_message=lambda data: inbox.post(MidiIn(data, now())))
+        server = replier = None
+        try:
+            if self.open_midi:
+                midi.open()
+            if self.open_osc:
+                server = await osc_io.open_server(
+                    cfg.osc_host, cfg.osc_port, lambda d: inbox.post(_Datagram(d, now()))
+                )
+                replier = osc_io.Replier(cfg.reply_host, cfg.reply_port)
+            worker.start()
+
+            def execute(actions: list) -> None:
+                for a in actions:
+                    if isinstance(a, SendMidi):
+                        midi.send(a.data)
+                    elif isinstance(a, SendOsc):
+                        if replier is not None:
+                            replier.send(a.address, a.args)
+                    else:
+                        worker.submit(a)
+                    if self.on_action is not None:
+                        self.on_action(a)
+
+            execute(engine.start())
+            log.info("bridge ready: mode %s, clock %s, tempo %.1f", cfg.mode, cfg.clock, cfg.tempo)
+            self.ready.set()
+            await self._serve(inbox, engine, midi, execute)
+            execute(engine.release_all())
+            await asyncio.sleep(_FLUSH_S)
+        finally:
+            self.ready.set()
+            worker.close()
+            if server is not None:
+                server.close()
+            if replier is not None:
+                replier.close()
+            midi.close()
+            log.info("bridge stopped (%s)", engine.stats.summary())
+        return 0
+
+    async def _serve(self, inbox: Inbox, engine: Engine, midi: MidiPorts, execute) -> None:
+        cfg, clock = self.cfg, self.clock
+        watch_ports = self.open_midi and (cfg.connect_in is not None or cfg.connect_out is not None)
+        next_check = clock.now()
+        next_stats = next_check + cfg.stats_every_s
+        while True:
+            now = clock.now()
+            batch = await inbox.get_batch(engine.next_deadline(now) - now)
+            for ev in batch:
+                if isinstance(ev, Stop):
+                    log.info("stopping: %s", ev.reason)
+                    return
+                for e in osc_io.decode(ev.data, ev.t) if isinstance(ev, _Datagram) else (ev,):
+                    execute(engine.handle(e, clock.now()))
+            if not batch:
+                execute(engine.handle(Tick(now), clock.now()))
+            now = clock.now()
+            if watch_ports and now >= next_check:
+                midi.check()
+                next_check = now + cfg.port_check_s
+            if cfg.stats_every_s > 0 and now >= next_stats:
+                engine.stats.count("inbox_dropped", inbox.dropped - engine.stats.counts["inbox_dropped"])
+                log.info("stats: %s", engine.stats.summary())
+                next_stats = now + cfg.stats_every_s

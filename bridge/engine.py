@@ -1,0 +1,405 @@
+"""The bridge's pure state machine: events in, actions out. No I/O, no threads, no sleeping.
+
+    engine = Engine(cfg, vocab, key_names, meter_names, now=clock.now())
+    for action in engine.handle(event, clock.now()): ...      # SendMidi, SendOsc, Feed, Generate, ...
+    deadline = engine.next_deadline(clock.now())              # wake up then with a Tick
+
+What it keeps: the beat timeline (BeatClock), the live token stream (typemoe.streaming), the running
+key/meter estimate, the performer's phrase (for respond mode), and the scheduled continuation with the
+notes it has sounding, so that a stop always ends with a note-off for each of them.
+
+Beats: the *timeline* beat is the BeatClock's (bar-aligned with the DAW under MIDI clock); the *stream*
+beat is timeline - origin, where origin is the bar in which the first note arrived (no empty bars first).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from dataclasses import dataclass, replace
+
+from bridge import midi_parse as mp
+from bridge import osc_api
+from bridge.clock import BEATS_PER_BAR, BeatClock
+from bridge.config import BridgeConfig
+from bridge.events import (
+    Analysis,
+    BadDatagram,
+    Feed,
+    Generate,
+    Generated,
+    MidiIn,
+    ModelFailed,
+    OscIn,
+    Recondition,
+    ResetModel,
+    SendMidi,
+    SendOsc,
+    Tick,
+)
+from bridge.notes import BeatNote, TokenCursor, TokenReader
+from bridge.stats import Stats
+from bridge.torchless import StreamingTokenizer
+
+log = logging.getLogger(__name__)
+
+_GRID = 4  # wake-ups per beat (the tokenizer's grid), for bar reports and respond timing
+_EARLY_S = 0.0005  # an event this close to its deadline is due
+_ERRORS_PER_S = 20.0  # /typemoe/error replies (and warnings) per second at most
+
+
+@dataclass
+class _Pending:
+    request_id: int
+    bars: float
+    trigger_t: float
+    cursor: TokenCursor
+
+
+class _Bucket:
+    """Token bucket: `take(t)` is False once more than `rate` per second (burst `rate`) were taken."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.level, self.t = rate, rate, -math.inf
+
+    def take(self, t: float) -> bool:
+        self.level = (
+            min(self.rate, self.level + (t - self.t) * self.rate) if self.t > -math.inf else self.rate
+        )
+        self.t = t
+        if self.level >= 1.0:
+            self.level -= 1.0
+            return True
+        return False
+
+
+class Engine:
+    def __init__(self, cfg: BridgeConfig, vocab, key_names, meter_names, *, now: float) -> None:
+        self.cfg = cfg
+        self.vocab = vocab
+        self.key_names, self.meter_names = list(key_names), list(meter_names)
+        self.clock = BeatClock(tempo=cfg.tempo, t0=now, follow_midi=cfg.clock != "internal")
+        self.stats = Stats()
+        self._parser = mp.MidiParser()
+        self._tok = StreamingTokenizer(vocab)
+        self._reader = TokenReader(vocab)  # follows the stream: where the model's context ends
+        self._origin: float | None = None
+        self._beat = 0.0  # latest timeline beat (monotonic)
+        self._held: dict[int, float] = {}  # pitch -> stream onset, performer notes held (channels merged)
+        self._notes_in = _Bucket(cfg.max_notes_per_s)
+        self._errors = _Bucket(_ERRORS_PER_S)
+        self._cc_high = False
+        self._key: tuple[str, float] | None = None
+        self._meter: tuple[str, float] | None = None
+        self._bar = math.floor(self.clock.beat_at(now) / BEATS_PER_BAR)
+        self._phrase: list[float] | None = None  # [start, end] timeline beats of the unanswered call
+        self._next_id = 0
+        self._pending: _Pending | None = None
+        self._queue: list[
+            tuple
+        ] = []  # (beat, order, seq, pitch, velocity, duration) heap; order 0 = off, 1 = on
+        self._sounding: dict[int, int] = {}  # pitch -> seq of the generated note sounding
+        self._seq = 0
+        self._synced = False
+        self._controls = (cfg.condition_key, cfg.condition_meter)
+
+    # ---- public ------------------------------------------------------------------------------------------
+    def start(self) -> list:
+        """Initial actions (the configured condition)."""
+        if any(self._controls):
+            return [
+                Recondition(tuple(self.vocab.control_ids(key=self._controls[0], meter=self._controls[1])))
+            ]
+        return []
+
+    def handle(self, event, now: float) -> list:
+        out: list = []
+        if isinstance(event, MidiIn):
+            self._midi(event, out)
+        elif isinstance(event, OscIn):
+            try:
+                self._command(osc_api.parse_command(event.address, event.args), event.t, out)
+            except (osc_api.OscInputError, ValueError, KeyError) as err:
+                self._error(str(err).strip("'\""), event.t, out)
+        elif isinstance(event, BadDatagram):
+            self.stats.count("bad_datagrams")
+            self._error(f"not an OSC message: {event.reason}", event.t, out)
+        elif isinstance(event, Analysis):
+            self._analysis(event, now, out)
+        elif isinstance(event, Generated):
+            self._generated(event, now, out)
+        elif isinstance(event, ModelFailed):
+            self._error(event.message, now, out)
+        else:
+            assert isinstance(event, Tick), f"unexpected event {event!r}"
+        self._tick(now, out)
+        return out
+
+    def next_deadline(self, now: float) -> float:
+        """When the engine next needs a Tick: the next scheduled note or the next grid step."""
+        beat = max(self._beat, self.clock.beat_at(now))
+        t = self.clock.time_at((math.floor(beat * _GRID + 1e-6) + 1) / _GRID)  # strictly after now
+        if self._queue:
+            t = min(t, self.clock.time_at(self._queue[0][0]) - self.cfg.latency_s)
+        return t
+
+    def release_all(self) -> list:
+        """Note-off for every generated note sounding, then All Notes Off (shutdown, panic)."""
+        out: list = []
+        self._stop_playback(out)
+        out.append(SendMidi(mp.all_notes_off(self.cfg.out_channel - 1)))
+        return out
+
+    @property
+    def playing(self) -> bool:
+        return bool(self._queue or self._sounding)
+
+    # ---- MIDI in ---------------------------------------------------------------------------------------------
+    def _midi(self, ev: MidiIn, out: list) -> None:
+        parsed = self._parser.parse(ev.data)
+        if not parsed:
+            self.stats.count("midi_ignored")
+        for m in parsed:
+            if isinstance(m, mp.Note):
+                self._note(m.pitch, m.velocity, ev.t, out)
+            elif isinstance(m, mp.Control):
+                if m.number == self.cfg.trigger_cc:
+                    high = m.value >= 64
+                    if high and not self._cc_high:
+                        self._request(None, ev.t, out)
+                    self._cc_high = high
+            elif isinstance(m, mp.Realtime):
+                if m.status == mp.CLOCK:
+                    self.clock.on_pulse(ev.t)
+                elif m.status == mp.START:
+                    self.clock.on_start()
+                    self._stop_playback(out)
+                elif m.status == mp.CONTINUE:
+                    self.clock.on_continue()
+                else:
+                    self.clock.on_stop()
+                    self._stop_playback(out)
+            elif isinstance(m, mp.SongPosition):
+                self.clock.on_song_position(m.sixteenths)
+
+    # ---- performer notes ---------------------------------------------------------------------------------
+    def _note(self, pitch: int, velocity: int, t: float, out: list) -> None:
+        beat = max(self._beat, self.clock.beat_at(t))
+        if velocity > 0:
+            if self.playing or self._pending is not None:
+                self._stop_playback(out)  # the performer takes over
+            if not self._notes_in.take(t):
+                self.stats.count("notes_dropped")
+                if self.stats.counts["notes_dropped"] % 1000 == 1:
+                    log.warning(
+                        "note flood: %d notes dropped so far (limit %.0f/s)",
+                        self.stats.counts["notes_dropped"],
+                        self.cfg.max_notes_per_s,
+                    )
+                return
+            if self._origin is None:
+                self._origin = math.floor(beat / BEATS_PER_BAR) * BEATS_PER_BAR
+            log.debug("note on %d vel %d at beat %.3f", pitch, velocity, beat)
+            self._held[pitch] = beat - self._origin
+            self._feed(self._tok.note_on(pitch, velocity, beat - self._origin), t, out)
+            if self._phrase is None:
+                self._phrase = [beat, beat]
+        elif pitch in self._held:
+            log.debug("note off %d at beat %.3f", pitch, beat)
+            del self._held[pitch]
+            self._feed(self._tok.note_off(pitch, beat - self._origin), t, out)
+            if self._phrase is not None:
+                self._phrase[1] = beat
+        else:
+            self.stats.count("orphan_note_offs")
+
+    def _feed(self, ids: list[int], cause_t: float, out: list) -> None:
+        if ids:
+            self._reader.read(ids)
+            out.append(Feed(tuple(ids), cause_t))
+
+    # ---- time ----------------------------------------------------------------------------------------------
+    def _tick(self, now: float, out: list) -> None:
+        self._beat = max(self._beat, self.clock.beat_at(now))
+        synced = self.clock.synced(now)
+        if synced != self._synced:
+            self._synced = synced
+            log.info(
+                "clock: %s",
+                f"following MIDI clock at {self.clock.tempo:.1f} BPM"
+                if synced
+                else f"internal at {self.clock.tempo:.1f} BPM",
+            )
+        if self._origin is not None:
+            stream = self._beat - self._origin
+            for pitch, onset in list(self._held.items()):
+                if stream - onset > self.cfg.max_note_beats:  # a lost note-off must not stall the stream
+                    del self._held[pitch]
+                    self.stats.count("notes_cut")
+                    self._feed(self._tok.note_off(pitch, stream), now, out)
+            self._feed(self._tok.advance(stream), now, out)
+        bar = math.floor(self._beat / BEATS_PER_BAR)
+        if bar != self._bar:
+            self._bar = bar
+            self._report(out, key=True, meter=True)
+        self._maybe_respond(now, out)
+        self._play_due(now, out)
+
+    def _maybe_respond(self, now: float, out: list) -> None:
+        if (
+            self.cfg.mode != "respond"
+            or self._phrase is None
+            or self._held
+            or self._pending is not None
+            or self.playing
+            or self._beat - self._phrase[1] < self.cfg.respond_after_beats
+        ):
+            return
+        length = self._phrase[1] - self._phrase[0]
+        bars = min(self.cfg.max_bars, max(1.0, math.ceil(length / BEATS_PER_BAR - 0.1)))
+        self._phrase = None
+        log.debug("respond: call of %.2f beats -> %.0f bars", length, bars)
+        self._request(bars, now, out)
+
+    # ---- analysis out --------------------------------------------------------------------------------------
+    def _analysis(self, ev: Analysis, now: float, out: list) -> None:
+        k, m = int(ev.key_probs.argmax()), int(ev.meter_probs.argmax())
+        key = (self.key_names[k], float(ev.key_probs[k]))
+        meter = (self.meter_names[m], float(ev.meter_probs[m]))
+        new_key = self._key is None or self._key[0] != key[0] or self.cfg.analysis_every_note
+        new_meter = self._meter is None or self._meter[0] != meter[0] or self.cfg.analysis_every_note
+        self._key, self._meter = key, meter
+        if new_key:
+            self.stats.add("analysis_ms", (now - ev.cause_t) * 1000.0)
+            log.info("key %s (%.2f)", *key)
+        if new_meter:
+            log.info("meter %s (%.2f)", *meter)
+        self._report(out, key=new_key, meter=new_meter)
+
+    def _report(self, out: list, *, key: bool, meter: bool) -> None:
+        if key and self._key is not None:
+            out.append(SendOsc("/typemoe/key", self._key))
+        if meter and self._meter is not None:
+            out.append(SendOsc("/typemoe/meter", self._meter))
+
+    # ---- generation ------------------------------------------------------------------------------------------
+    def _request(self, bars: float | None, t: float, out: list) -> None:
+        if self.cfg.mode == "analyze":
+            self._error("mode is 'analyze': no continuation (/typemoe/set mode manual or respond)", t, out)
+            return
+        bars = self.cfg.bars if bars is None else min(bars, self.cfg.max_bars)
+        self._stop_playback(out)
+        if self._origin is None:
+            self._origin = math.floor(self._beat / BEATS_PER_BAR) * BEATS_PER_BAR
+        self._feed(self._tok.advance(self._beat - self._origin), t, out)
+        self._next_id += 1
+        self._pending = _Pending(self._next_id, bars, t, self._reader.cursor.copy())
+        out.append(
+            Generate(self._next_id, math.ceil(bars) + 1, self.cfg.temperature, self.cfg.top_p, self.cfg.seed)
+        )
+
+    def _generated(self, ev: Generated, now: float, out: list) -> None:
+        p = self._pending
+        if p is None or ev.request_id != p.request_id:
+            log.debug("dropping stale continuation %d", ev.request_id)
+            return
+        self._pending = None
+        if ev.error is not None:
+            self._error(ev.error, now, out)
+            return
+        notes = TokenReader(self.vocab, p.cursor).read(ev.tokens)
+        if not notes:
+            log.info("the model continued with silence (%d tokens, no notes)", len(ev.tokens))
+            return
+        first = min(n.onset for n in notes) + self._origin
+        ready = self.clock.beat_at(now + self.cfg.latency_s + 0.002)
+        shift = max(0, math.ceil(ready - first)) * 1.0  # whole beats: the grid is kept
+        window_end = first + p.bars * BEATS_PER_BAR
+        notes = [
+            replace(n, onset=n.onset + self._origin + shift)
+            for n in notes
+            if n.onset + self._origin < window_end
+        ]
+        for n in notes:
+            self._schedule(n)
+        self.stats.add("first_note_ms", (now - p.trigger_t) * 1000.0)
+        log.info("continuation: %d notes over %.1f bars from beat %.2f", len(notes), p.bars, first + shift)
+
+    def _schedule(self, n: BeatNote) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (n.onset, 1, self._seq, n.pitch, n.velocity, n.duration))
+        heapq.heappush(self._queue, (n.onset + n.duration, 0, self._seq, n.pitch, 0, 0.0))
+
+    def _play_due(self, now: float, out: list) -> None:
+        ch = self.cfg.out_channel - 1
+        horizon = self.clock.beat_at(now + self.cfg.latency_s + _EARLY_S)
+        while self._queue and self._queue[0][0] <= horizon:
+            beat, order, seq, pitch, velocity, duration = heapq.heappop(self._queue)
+            if order == 1:
+                if pitch in self._sounding:
+                    out.append(SendMidi(mp.note_off(pitch, ch)))
+                out.append(SendMidi(mp.note_on(pitch, velocity, ch)))
+                out.append(SendOsc("/typemoe/note", (pitch, velocity, float(beat), float(duration))))
+                self._sounding[pitch] = seq
+            elif self._sounding.get(pitch) == seq:
+                out.append(SendMidi(mp.note_off(pitch, ch)))
+                del self._sounding[pitch]
+
+    def _stop_playback(self, out: list) -> None:
+        ch = self.cfg.out_channel - 1
+        self._queue.clear()
+        self._pending = None
+        for pitch in self._sounding:
+            out.append(SendMidi(mp.note_off(pitch, ch)))
+        self._sounding.clear()
+
+    # ---- OSC commands ----------------------------------------------------------------------------------------
+    def _command(self, cmd, t: float, out: list) -> None:
+        if isinstance(cmd, osc_api.NoteCmd):
+            self._note(cmd.pitch, cmd.velocity, t, out)
+        elif isinstance(cmd, osc_api.ContinueCmd):
+            self._request(cmd.bars, t, out)
+        elif isinstance(cmd, osc_api.ConditionCmd):
+            ids = self.vocab.control_ids(key=cmd.key, meter=cmd.meter)  # ValueError names a bad key/meter
+            self._controls = (cmd.key, cmd.meter)
+            log.info("condition: key %r meter %r", cmd.key or "free", cmd.meter or "free")
+            out.append(Recondition(tuple(ids)))
+        elif isinstance(cmd, osc_api.TempoCmd):
+            if self.clock.synced(t):
+                raise osc_api.OscInputError(
+                    f"tempo follows MIDI clock ({self.clock.tempo:.1f} BPM); /typemoe/tempo ignored"
+                )
+            self.clock.set_tempo(cmd.bpm, t)
+            log.info("tempo %.1f BPM", cmd.bpm)
+        elif isinstance(cmd, osc_api.SetCmd):
+            self.cfg = replace(self.cfg, **{cmd.name: cmd.value})  # __post_init__ validates
+            self._notes_in.rate = self.cfg.max_notes_per_s
+            if cmd.name == "mode" and cmd.value == "analyze":
+                self._stop_playback(out)
+            log.info("set %s = %r", cmd.name, cmd.value)
+        elif cmd.name == "ping":
+            out.append(SendOsc("/typemoe/pong"))
+        elif cmd.name == "panic":
+            out += self.release_all()
+            self._phrase = None
+        else:
+            self._reset(out)
+
+    def _reset(self, out: list) -> None:
+        self._stop_playback(out)
+        self._tok.reset()
+        self._reader = TokenReader(self.vocab)
+        self._origin, self._phrase = None, None
+        self._held.clear()
+        self._key = self._meter = None
+        out.append(ResetModel())
+        log.info("context reset")
+
+    def _error(self, message: str, t: float, out: list) -> None:
+        self.stats.count("errors")
+        if self._errors.take(t):
+            log.warning("bad input: %s", message)
+            out.append(SendOsc("/typemoe/error", (message,)))
+        else:
+            self.stats.count("errors_suppressed")

@@ -1,0 +1,131 @@
+"""What flows into the engine (events) and what it asks the shell to do (actions).
+
+All are small frozen dataclasses. Times `t` are seconds on the bridge's monotonic clock, stamped where the
+event entered the process (the rtmidi or UDP callback), so latency is measured from the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# ---- events (shell -> engine) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MidiIn:
+    """Raw MIDI bytes from the input port."""
+
+    data: tuple[int, ...]
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class OscIn:
+    """One decoded OSC message (a bundle becomes several)."""
+
+    address: str
+    args: tuple
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class BadDatagram:
+    """A UDP datagram that is not OSC."""
+
+    reason: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed (a deadline was reached or the loop woke up)."""
+
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """Key and meter probabilities after the model read new tokens."""
+
+    key_probs: np.ndarray  # (n_keys,)
+    meter_probs: np.ndarray  # (n_meters,)
+    cause_t: float  # stamp of the oldest input whose tokens this includes
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """A finished generation (token ids continuing the stream) or its failure."""
+
+    request_id: int
+    tokens: tuple[int, ...]
+    error: str | None
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFailed:
+    """A model call other than generation failed (the context was rebuilt)."""
+
+    message: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Shut down (signal, or end of a demo)."""
+
+    reason: str
+    t: float = 0.0
+
+
+Event = MidiIn | OscIn | BadDatagram | Tick | Analysis | Generated | ModelFailed | Stop
+
+# ---- actions (engine -> shell) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendMidi:
+    data: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SendOsc:
+    address: str
+    args: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """Append token ids to the model's context (KV cache grows; no recomputation)."""
+
+    ids: tuple[int, ...]
+    cause_t: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recondition:
+    """Replace the control-token prefix; the context is re-prefilled behind it."""
+
+    controls: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResetModel:
+    """Forget the context (keeps the control prefix)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Generate:
+    """Sample a continuation of the current context, off the loop."""
+
+    request_id: int
+    n_bars: int
+    temperature: float
+    top_p: float
+    seed: int | None = None
+
+
+Action = SendMidi | SendOsc | Feed | Recondition | ResetModel | Generate

@@ -1,0 +1,200 @@
+"""MIDI ports through python-rtmidi: virtual `TypeMoE In`/`TypeMoE Out`, or existing ports by name.
+
+The input callback runs on rtmidi's thread and only stamps time and posts (python-rtmidi's midifilter
+example). Ports given with --connect-in/--connect-out are watched: when one vanishes the bridge keeps
+serving, logs it, and reconnects when a port with that name is back (`check()` from the loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+import rtmidi
+
+from bridge.config import BridgeConfig
+
+log = logging.getLogger(__name__)
+
+APIS = {
+    "alsa": rtmidi.API_LINUX_ALSA,
+    "jack": rtmidi.API_UNIX_JACK,
+    "coremidi": rtmidi.API_MACOSX_CORE,
+    "winmm": rtmidi.API_WINDOWS_MM,
+}
+WINDOWS_HELP = (
+    "Windows MIDI (WinMM) cannot create virtual ports. Create two loopback ports with loopMIDI "
+    "(https://www.tobias-erichsen.de/software/loopmidi.html) or Windows MIDI Services, e.g. "
+    "'TypeMoE In' and 'TypeMoE Out', then run: typemoe-bridge --connect-in \"TypeMoE In\" "
+    '--connect-out "TypeMoE Out" (and pick the same two ports in your DAW).'
+)
+
+
+class MidiSetupError(RuntimeError):
+    """The MIDI backend or a port cannot be opened; the message says what to do."""
+
+
+def _api_order(name: str) -> list[int]:
+    compiled = rtmidi.get_compiled_api()
+    if name != "auto":
+        api = APIS[name]
+        if api not in compiled:
+            raise MidiSetupError(
+                f"--midi-api {name}: this python-rtmidi build has no {name} support "
+                f"(it has: {', '.join(api_name(a) for a in compiled) or 'none'})"
+            )
+        return [api]
+    preferred = (
+        [rtmidi.API_LINUX_ALSA, rtmidi.API_UNIX_JACK] if sys.platform.startswith("linux") else compiled
+    )
+    return [a for a in preferred if a in compiled] or list(compiled)
+
+
+def api_name(api: int) -> str:
+    return {v: k for k, v in APIS.items()}.get(api, rtmidi.get_api_name(api))
+
+
+def _probe(api: int, name: str) -> tuple[rtmidi.MidiIn, rtmidi.MidiOut]:
+    """Both rtmidi objects for one API, or MidiSetupError. JACK never auto-starts a server here."""
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")
+    try:
+        midi_in = rtmidi.MidiIn(api, name=f"{name} In")
+        midi_out = rtmidi.MidiOut(api, name=f"{name} Out")
+    except rtmidi.RtMidiError as err:
+        hint = {
+            rtmidi.API_LINUX_ALSA: " (is /dev/snd/seq there? try --midi-api jack)",
+            rtmidi.API_UNIX_JACK: " (start jackd first, or pick another --midi-api)",
+        }.get(api, "")
+        raise MidiSetupError(f"cannot open the {api_name(api)} MIDI backend: {err}{hint}") from err
+    return midi_in, midi_out
+
+
+def list_ports(api_choice: str = "auto") -> dict[str, list[str]]:
+    """{'api': name, 'inputs': [...], 'outputs': [...]} for --list-ports."""
+    errors = []
+    for api in _api_order(api_choice):
+        try:
+            midi_in, midi_out = _probe(api, "TypeMoE list")
+        except MidiSetupError as err:
+            errors.append(str(err))
+            continue
+        return {"api": api_name(api), "inputs": midi_in.get_ports(), "outputs": midi_out.get_ports()}
+    raise MidiSetupError("; ".join(errors))
+
+
+def _find(ports: list[str], needle: str) -> int | None:
+    hits = [i for i, p in enumerate(ports) if needle.lower() in p.lower()]
+    return hits[0] if hits else None
+
+
+class MidiPorts:
+    """The bridge's input and output ports.
+
+    Args:
+        cfg: port names, API, connect targets.
+        on_message: called from rtmidi's thread with (bytes tuple, ) -> must only stamp and post.
+    """
+
+    def __init__(self, cfg: BridgeConfig, on_message: Callable[[tuple[int, ...]], None]) -> None:
+        self.cfg = cfg
+        self._on_message = on_message
+        self._in: rtmidi.MidiIn | None = None
+        self._out: rtmidi.MidiOut | None = None
+        self._in_target: str | None = None  # full name of the port we are connected to
+        self._out_target: str | None = None
+        self.api = ""
+        self.dropped = 0
+        self._warned: set[str] = set()
+
+    def open(self) -> None:
+        """Open the backend and the ports.
+
+        Raises:
+            MidiSetupError: no backend works, or virtual ports are impossible (Windows).
+        """
+        errors = []
+        for api in _api_order(self.cfg.midi_api):
+            try:
+                self._in, self._out = _probe(api, "TypeMoE")
+                self.api = api_name(api)
+                break
+            except MidiSetupError as err:
+                errors.append(str(err))
+        else:
+            raise MidiSetupError("no MIDI backend could be opened: " + "; ".join(errors))
+        self._in.ignore_types(sysex=True, timing=False, active_sense=True)
+        self._in.set_callback(self._callback)
+        virtual_needed = self.cfg.connect_in is None or self.cfg.connect_out is None
+        if virtual_needed and self.api == "winmm":
+            raise MidiSetupError(WINDOWS_HELP)
+        try:
+            if self.cfg.connect_in is None:
+                self._in.open_virtual_port(self.cfg.in_port)
+                log.info("MIDI in: virtual port %r (%s)", self.cfg.in_port, self.api)
+            if self.cfg.connect_out is None:
+                self._out.open_virtual_port(self.cfg.out_port)
+                log.info("MIDI out: virtual port %r (%s)", self.cfg.out_port, self.api)
+        except NotImplementedError as err:
+            raise MidiSetupError(WINDOWS_HELP) from err
+        except rtmidi.RtMidiError as err:
+            raise MidiSetupError(f"cannot create a virtual MIDI port on {self.api}: {err}") from err
+        self.check()
+
+    def _callback(self, message: tuple[list[int], float], _data: object = None) -> None:
+        self._on_message(tuple(message[0]))
+
+    def send(self, data: tuple[int, ...]) -> None:
+        if self._out is None or (self.cfg.connect_out is not None and self._out_target is None):
+            self.dropped += 1
+            return
+        try:
+            self._out.send_message(data)
+        except (rtmidi.RtMidiError, ValueError, TypeError) as err:
+            self.dropped += 1
+            log.debug("MIDI send failed: %s", err)
+
+    def check(self) -> None:
+        """Follow --connect-* ports: notice one that vanished, reconnect one that (re)appeared."""
+        if self.cfg.connect_in is not None and self._in is not None:
+            self._in_target = self._follow(self._in, self.cfg.connect_in, self._in_target, "in")
+        if self.cfg.connect_out is not None and self._out is not None:
+            self._out_target = self._follow(self._out, self.cfg.connect_out, self._out_target, "out")
+
+    def _follow(self, port, needle: str, current: str | None, kind: str) -> str | None:
+        own = ("TypeMoE In:", "TypeMoE Out:")  # our own clients (JACK/ALSA "client:port"): never loop back
+        try:
+            names = [p for p in port.get_ports() if not p.startswith(own)]
+        except rtmidi.RtMidiError as err:
+            log.debug("listing MIDI ports failed: %s", err)
+            return current
+        if current is not None and current in names:
+            return current
+        if current is not None:
+            log.warning(
+                "MIDI %s: port %r disappeared; still serving, waiting for it to come back", kind, current
+            )
+            port.close_port()
+        idx = _find(names, needle)
+        if idx is None:
+            if kind not in self._warned:
+                log.warning("MIDI %s: no port matching %r yet (have: %s)", kind, needle, names or "none")
+                self._warned.add(kind)
+            return None
+        self._warned.discard(kind)
+        all_names = port.get_ports()
+        try:
+            port.open_port(all_names.index(names[idx]), f"TypeMoE {kind}")
+        except (rtmidi.RtMidiError, ValueError) as err:
+            log.warning("MIDI %s: cannot connect to %r: %s", kind, names[idx], err)
+            return None
+        log.info("MIDI %s: connected to %r", kind, names[idx])
+        return names[idx]
+
+    def close(self) -> None:
+        for port in (self._in, self._out):
+            if port is not None:
+                port.close_port()
+                port.delete()
+        self._in = self._out = None

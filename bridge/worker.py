@@ -1,0 +1,143 @@
+"""ModelThread: every model call, in order, on one daemon thread off the I/O loop.
+
+The engine's model actions (Feed, Recondition, ResetModel, Generate) are queued here; results come back to
+the loop as events through `post`. Queued work stays bounded: consecutive Feeds merge into one prefill (a
+flood costs one model call per batch, not per note), and only the newest Generate waits.
+
+The context is `[BOS] + control tokens + music`. The KV cache grows by the new ids only. Before it would
+overflow, the thread re-prefills itself (the control prefix first, then the recent music from a Bar token
+on), so the control prefix never slides out of the window.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from bridge.events import Analysis, Feed, Generate, Generated, ModelFailed, Recondition, ResetModel
+
+log = logging.getLogger(__name__)
+
+
+class ModelThread:
+    """Owns the model session; only its thread touches it.
+
+    Args:
+        model: a bridge.model.Model.
+        post: thread-safe callback delivering result events to the loop.
+        now: clock function for event stamps.
+        reserve: cache slots kept free for a generation (default: a quarter of the context).
+    """
+
+    def __init__(
+        self, model, post: Callable[[object], None], now: Callable[[], float], *, reserve: int | None = None
+    ) -> None:
+        self._model = model
+        self._post = post
+        self._now = now
+        self._ctx = int(model.context_len)
+        self._reserve = reserve if reserve is not None else self._ctx // 4
+        self._bos = int(model.vocab.bos_id)
+        self._bar = int(model.vocab.id("Bar_None"))
+        self._controls: tuple[int, ...] = ()
+        self._history: deque[int] = deque(maxlen=self._ctx)
+        self._jobs: deque = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._session = None
+        self._thread = threading.Thread(target=self._run, name="typemoe-model", daemon=True)
+        self.busy = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop after the current call (a generation in progress is not interrupted, only abandoned)."""
+        with self._cond:
+            self._closed = True
+            self._jobs.clear()
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def submit(self, action) -> None:
+        """Queue a model action (any thread)."""
+        with self._cond:
+            last = self._jobs[-1] if self._jobs else None
+            if isinstance(action, Feed) and isinstance(last, Feed):
+                self._jobs[-1] = Feed(last.ids + action.ids, min(last.cause_t, action.cause_t))
+            elif isinstance(action, Generate):
+                self._jobs = deque(j for j in self._jobs if not isinstance(j, Generate))
+                self._jobs.append(action)
+            else:
+                self._jobs.append(action)
+            self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._jobs)
+
+    # ---- the thread ------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        self._prime()
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job = self._jobs.popleft()
+                self.busy = True
+            try:
+                self._do(job)
+            except (
+                Exception
+            ) as err:  # a model failure must not kill the bridge: report it, rebuild the context
+                log.exception("model call %s failed", type(job).__name__)
+                if isinstance(job, Generate):
+                    self._post(Generated(job.request_id, (), f"generation failed: {err}", self._now()))
+                else:
+                    self._post(ModelFailed(f"model failed: {err}", self._now()))
+                    self._prime()
+            finally:
+                self.busy = False
+
+    def _do(self, job) -> None:
+        if isinstance(job, Feed):
+            self._history.extend(job.ids)
+            if self._session.n_past + len(job.ids) > self._ctx - self._reserve:
+                out = self._prime(keep=self._ctx // 2)
+            else:
+                out = self._session.feed(list(job.ids))
+            if out is not None:
+                self._post(
+                    Analysis(np.asarray(out.key_probs), np.asarray(out.meter_probs), job.cause_t, self._now())
+                )
+        elif isinstance(job, Generate):
+            fork = self._session.fork()
+            ids = fork.generate(
+                n_bars=job.n_bars, temperature=job.temperature, top_p=job.top_p, seed=job.seed
+            )
+            self._post(Generated(job.request_id, tuple(int(i) for i in ids), None, self._now()))
+        elif isinstance(job, Recondition):
+            self._controls = tuple(job.controls)
+            self._prime(keep=self._ctx // 2)
+        elif isinstance(job, ResetModel):
+            self._history.clear()
+            self._prime()
+        else:
+            raise AssertionError(f"unknown model job {job!r}")
+
+    def _prime(self, keep: int = 0):
+        """New session fed with BOS + controls + up to `keep` recent music tokens starting at a Bar."""
+        music = list(self._history)[-keep:] if keep else []
+        if music and music[0] != self._bar:
+            music = music[music.index(self._bar) :] if self._bar in music else []
+        self._history = deque(music, maxlen=self._ctx)
+        self._session = self._model.session()
+        out = self._session.feed([self._bos, *self._controls, *music])
+        log.debug("context primed: %d controls, %d music tokens", len(self._controls), len(music))
+        return out if music else None

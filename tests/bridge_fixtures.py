@@ -1,0 +1,253 @@
+"""Shared helpers for the bridge tests (imported explicitly; conftest.py is not the bridge's).
+
+- `toy_vocab()`: the project vocabulary, built once per process (it takes ~1 s).
+- `Harness`: the pure engine driven by a FakeClock, with the model run synchronously in the same thread
+  and every MIDI/OSC send recorded with its time. No sleeps, no threads, no sockets.
+- JACK helpers for the end-to-end tests: a private jackd (dummy driver) per test session, a bridge
+  subprocess, an OSC listener socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridge.clock import FakeClock
+from bridge.config import BridgeConfig
+from bridge.engine import Engine
+from bridge.events import (
+    Analysis,
+    Feed,
+    Generate,
+    Generated,
+    MidiIn,
+    OscIn,
+    Recondition,
+    ResetModel,
+    SendMidi,
+    SendOsc,
+    Tick,
+)
+from bridge.toy_model import ToyModel
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@functools.lru_cache(maxsize=1)
+def toy_vocab():
+    from bridge.torchless import TypedVocab
+
+    return TypedVocab.default()
+
+
+@dataclass
+class Harness:
+    """Engine + synchronous toy model + recorders, on a FakeClock."""
+
+    cfg_overrides: dict = field(default_factory=dict)
+    t0: float = 100.0
+    auto_generate: bool = True
+
+    def __post_init__(self) -> None:
+        base = {"model": "toy", "no_midi": True, "mode": "manual", "clock": "auto", "tempo": 120.0}
+        self.cfg = BridgeConfig(**{**base, **self.cfg_overrides})
+        self.clock = FakeClock(self.t0)
+        self.model = ToyModel(toy_vocab())
+        self.session = self.model.session()
+        self.session.feed([self.model.vocab.bos_id])
+        self.engine = Engine(
+            self.cfg, self.model.vocab, self.model.key_names, self.model.meter_names, now=self.clock.now()
+        )
+        self.midi: list[tuple[float, tuple[int, ...]]] = []
+        self.osc: list[tuple[float, str, tuple]] = []
+        self.fed: list[int] = []
+        self.generates: list[Generate] = []
+        self.reconditions: list[tuple[int, ...]] = []
+        self.resets = 0
+        self.run(self.engine.start())
+
+    # ---- driving -----------------------------------------------------------------------------------
+    def run(self, actions: list) -> None:
+        for a in actions:
+            now = self.clock.now()
+            if isinstance(a, SendMidi):
+                self.midi.append((now, a.data))
+            elif isinstance(a, SendOsc):
+                self.osc.append((now, a.address, a.args))
+            elif isinstance(a, Feed):
+                self.fed += a.ids
+                out = self.session.feed(list(a.ids))
+                self.handle(Analysis(out.key_probs, out.meter_probs, a.cause_t, now))
+            elif isinstance(a, Generate):
+                self.generates.append(a)
+                if self.auto_generate:
+                    self.complete(a)
+            elif isinstance(a, Recondition):
+                self.reconditions.append(a.controls)
+            elif isinstance(a, ResetModel):
+                self.resets += 1
+                self.session = self.model.session()
+                self.session.feed([self.model.vocab.bos_id])
+            else:
+                raise AssertionError(f"unknown action {a!r}")
+
+    def complete(self, g: Generate, tokens: tuple[int, ...] | None = None, error: str | None = None) -> None:
+        if tokens is None and error is None:
+            tokens = tuple(self.session.fork().generate(n_bars=g.n_bars, temperature=0.0, seed=0))
+        self.handle(Generated(g.request_id, tokens or (), error, self.clock.now()))
+
+    def handle(self, event) -> None:
+        self.run(self.engine.handle(event, self.clock.now()))
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward, visiting every deadline the engine asks for on the way."""
+        end = self.clock.now() + seconds
+        while True:
+            d = self.engine.next_deadline(self.clock.now())
+            if d > end:
+                break
+            assert d > self.clock.now() - 1e-3, f"engine deadline {d} is in the past (now {self.clock.now()})"
+            if d <= self.clock.now():  # due now: one Tick handles it, then the next deadline is later
+                d = self.clock.now() + 1e-9
+            self.clock.t = max(self.clock.t, d)
+            self.handle(Tick(self.clock.now()))
+        self.clock.t = end
+        self.handle(Tick(end))
+
+    def advance_beats(self, beats: float) -> None:
+        self.advance(beats * self.engine.clock.seconds_per_beat)
+
+    def midi_in(self, *data: int) -> None:
+        self.handle(MidiIn(tuple(data), self.clock.now()))
+
+    def note(self, pitch: int, velocity: int = 90) -> None:
+        self.midi_in(0x90, pitch, velocity)
+
+    def off(self, pitch: int) -> None:
+        self.midi_in(0x80, pitch, 0)
+
+    def osc_in(self, address: str, *args) -> None:
+        self.handle(OscIn(address, tuple(args), self.clock.now()))
+
+    def play(self, notes: list[tuple[float, float, int]], start_beat: float | None = None) -> float:
+        """Play (onset beat, duration beats, pitch) notes on time; returns the timeline beat of onset 0."""
+        beat_clock = self.engine.clock
+        start = beat_clock.beat_at(self.clock.now()) if start_beat is None else start_beat
+        events = sorted([(o + d, 0, p) for o, d, p in notes] + [(o, 1, p) for o, d, p in notes])
+        for beat, on, pitch in events:
+            t = beat_clock.time_at(start + beat)
+            if t > self.clock.now():
+                self.advance(t - self.clock.now())
+            (self.note if on else self.off)(pitch)
+        return start
+
+    # ---- reading -----------------------------------------------------------------------------------
+    def sent(self, address: str) -> list[tuple]:
+        return [args for _, a, args in self.osc if a == address]
+
+    def note_ons(self) -> list[tuple[float, int]]:
+        return [(t, d[1]) for t, d in self.midi if d[0] & 0xF0 == 0x90 and d[2] > 0]
+
+    def hanging(self) -> set[int]:
+        """Pitches whose last MIDI message out was a note-on."""
+        state: dict[int, bool] = {}
+        for _, d in self.midi:
+            if d[0] & 0xF0 == 0x90 and d[2] > 0:
+                state[d[1]] = True
+            elif d[0] & 0xF0 == 0x80 or (d[0] & 0xF0 == 0x90 and d[2] == 0):
+                state[d[1]] = False
+        return {p for p, on in state.items() if on}
+
+
+C_MAJOR_TUNE = [
+    (i * 1.0, 0.9, p) for i, p in enumerate([60, 62, 64, 65, 67, 65, 64, 62, 60, 64, 67, 72, 67, 64, 60, 60])
+]
+
+
+# ---- JACK / subprocess helpers ------------------------------------------------------------------------
+
+JACKD = shutil.which("jackd")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jack_server(period: int = 64):
+    """A private jackd (dummy driver, 48 kHz, `period` frames) named for this process; yields its name."""
+    if JACKD is None:
+        raise RuntimeError("jackd is not installed")
+    name = f"typemoe-test-{os.getpid()}"
+    env = {**os.environ, "JACK_NO_START_SERVER": "1"}
+    proc = subprocess.Popen(
+        [JACKD, "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", str(period)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    old = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    os.environ["JACK_NO_START_SERVER"] = "1"
+    try:
+        import rtmidi
+
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                probe = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="probe")
+                probe.delete()
+                break
+            except rtmidi.RtMidiError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"jackd did not start: {proc.stderr.read().decode(errors='replace')[-500:]}"
+                    )
+                time.sleep(0.05)
+        yield name
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_bridge(*args: str, log_path: Path) -> subprocess.Popen:
+    """`python -m bridge.cli ARGS` with stderr to `log_path` (read it on failure)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log_path, "wb"),
+    )
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

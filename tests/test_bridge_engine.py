@@ -1,0 +1,251 @@
+"""The pure engine under a FakeClock: streaming, analysis, scheduling, stopping. No sleeps, no sockets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import symusic
+from bridge_fixtures import C_MAJOR_TUNE, Harness, toy_vocab
+
+from bridge.clock import PPQN
+from bridge.events import Tick
+
+
+def _offline_ids(notes, origin_offset: float) -> list[int]:
+    """vocab.encode_score of the same notes, quantized, on the stream's time axis."""
+    score = symusic.Score(4)
+    track = symusic.Track("t", 0, False)
+    for onset, dur, pitch in notes:
+        track.notes.append(
+            symusic.Note(round((onset + origin_offset) * 4), max(1, round(dur * 4)), pitch, 90)
+        )
+    score.tracks.append(track)
+    return toy_vocab().encode_score(score)
+
+
+def test_stream_equals_offline_tokenization():
+    h = Harness()
+    start = h.play(C_MAJOR_TUNE)
+    h.advance_beats(2)
+    origin = math.floor(start / 4) * 4
+    assert h.fed == _offline_ids(C_MAJOR_TUNE, start - origin)
+
+
+def test_key_sent_on_change_and_every_bar():
+    h = Harness()
+    h.play(C_MAJOR_TUNE)
+    keys = h.sent("/typemoe/key")
+    assert keys and keys[-1][0] == "C major"
+    assert isinstance(keys[-1][1], float) and 0 < keys[-1][1] <= 1
+    n = len(keys)
+    h.advance_beats(8)  # two bar lines, no new notes: the estimate is repeated once per bar
+    assert len(h.sent("/typemoe/key")) == n + 2
+    assert h.sent("/typemoe/meter")[-1][0] in ("4/4", "3/4")
+
+
+def test_continuation_notes_are_sent_on_their_deadlines():
+    h = Harness()
+    h.play(C_MAJOR_TUNE[:8])
+    h.osc_in("/typemoe/continue", 2.0)
+    assert len(h.generates) == 1
+    h.advance_beats(12)
+    notes = h.sent("/typemoe/note")
+    assert 8 <= len(notes) <= 16  # the toy plays 8th notes: 2 bars
+    clock = h.engine.clock
+    ons = h.note_ons()[-len(notes) :]
+    for (t, pitch), (p, vel, onset, dur) in zip(ons, notes):
+        assert p == pitch and dur > 0 and 0 < vel <= 127
+        assert abs(t - clock.time_at(onset)) < 1e-9  # sent exactly at its beat (FakeClock)
+        assert onset * 4 == round(onset * 4)  # on the 16th grid
+    assert not h.hanging()
+    assert max(o for *_, o, _ in notes) - min(o for *_, o, _ in notes) < 8.0
+
+
+def test_latency_compensation_sends_early():
+    h = Harness({"latency_ms": 30.0})
+    h.play(C_MAJOR_TUNE[:4])
+    h.osc_in("/typemoe/continue", 1.0)
+    h.advance_beats(6)
+    (t, _), (_, _, onset, _) = h.note_ons()[0], h.sent("/typemoe/note")[0]
+    assert abs(t - (h.engine.clock.time_at(onset) - 0.030)) < 1e-9
+
+
+def test_performer_note_stops_playback_with_note_offs():
+    h = Harness()
+    h.play(C_MAJOR_TUNE[:4])
+    h.osc_in("/typemoe/continue", 4.0)
+    h.advance_beats(1.6)
+    assert h.engine.playing
+    n_ons = len(h.note_ons())
+    h.note(70)
+    assert not h.engine.playing
+    assert h.hanging() == set()  # every generated note got its note-off (70 came in, not out)
+    h.advance_beats(8)
+    assert len(h.note_ons()) == n_ons  # nothing more was played
+
+
+def test_panic_and_release_all():
+    h = Harness()
+    h.play(C_MAJOR_TUNE[:4])
+    h.osc_in("/typemoe/continue", 4.0)
+    h.advance_beats(1.7)
+    h.osc_in("/typemoe/panic")
+    assert not h.hanging()
+    assert h.midi[-1][1] == (0xB0, 123, 0)
+    h.run(h.engine.release_all())
+    assert h.midi[-1][1] == (0xB0, 123, 0) and not h.hanging()
+
+
+def test_respond_mode_answers_after_silence_with_the_calls_length():
+    h = Harness({"mode": "respond", "respond_after_beats": 2.0})
+    call = [(i * 1.0, 0.9, 60 + i) for i in range(8)]  # 8 beats = 2 bars
+    h.play(call)
+    assert not h.generates
+    h.advance_beats(0.5)
+    assert not h.generates  # still inside the silence window
+    h.advance_beats(2.0)
+    assert len(h.generates) == 1
+    assert h.generates[0].n_bars == 3  # 2 bars asked, +1 for the partial bar the model starts in
+    assert h.engine._pending is None and h.engine.playing
+
+
+def test_analyze_mode_never_generates():
+    h = Harness({"mode": "analyze"})
+    h.play(C_MAJOR_TUNE[:4])
+    h.osc_in("/typemoe/continue")
+    h.midi_in(0xB0, 20, 127)
+    h.advance_beats(8)
+    assert not h.generates and not h.note_ons()
+    assert any("analyze" in e[0] for e in h.sent("/typemoe/error"))
+
+
+def test_trigger_cc_rising_edge_only():
+    h = Harness()
+    h.play(C_MAJOR_TUNE[:4])
+    h.midi_in(0xB0, 20, 127)
+    h.midi_in(0xB0, 20, 100)  # still high: no second trigger
+    assert len(h.generates) == 1
+    h.midi_in(0xB0, 20, 0)
+    h.midi_in(0xB0, 20, 127)
+    assert len(h.generates) == 2
+
+
+def test_stale_and_failed_generations_are_dropped():
+    h = Harness(auto_generate=False)
+    h.play(C_MAJOR_TUNE[:4])
+    h.osc_in("/typemoe/continue")
+    h.osc_in("/typemoe/continue")
+    first, second = h.generates
+    h.complete(first)  # superseded by the second request
+    assert not h.engine.playing
+    h.complete(second, error="boom")
+    assert h.sent("/typemoe/error")[-1] == ("boom",)
+    assert not h.engine.playing
+
+
+def test_midi_clock_sets_tempo_and_notes_land_on_pulses():
+    h = Harness({"tempo": 120.0})
+    period = 60.0 / 100.0 / PPQN
+    h.midi_in(0xFA)  # Start: the next pulse is the DAW's beat 0
+    t_first_pulse = h.clock.now()
+    for i in range(PPQN * 16):
+        h.midi_in(0xF8)
+        if i == PPQN * 4:
+            assert h.engine.clock.tempo == pytest.approx(100.0, rel=1e-3)
+            bar = h.engine.clock.beat_at(h.clock.now()) / 4  # 4 beats after Start: on a bar line
+            assert bar == pytest.approx(round(bar), abs=1e-3)
+        if PPQN * 4 <= i < PPQN * 8 and i % 13 == 0:  # performer notes off the grid
+            h.note(60 + i % 12)
+        if PPQN * 4 <= i < PPQN * 8 and i % 13 == 6:
+            h.off(60 + (i - 6) % 12)
+        if i == PPQN * 8:
+            h.osc_in("/typemoe/continue", 1.0)
+        h.advance(period * (1.0 + 0.02 * ((i % 3) - 1)) if i % 2 else period)  # jittered pulse spacing
+    ons = h.note_ons()
+    assert len(ons) >= 4
+    for t, _ in ons:  # every generated note-on falls on a 16th (6 pulses) of the DAW's grid
+        k = (t - t_first_pulse) / (6 * period)
+        assert abs(k - round(k)) * 6 * period < 1e-3
+
+
+def test_tempo_command_and_clock_ignoring_it_while_synced():
+    h = Harness()
+    h.osc_in("/typemoe/tempo", 90.0)
+    assert h.engine.clock.tempo == pytest.approx(90.0)
+    h.midi_in(0xF8)
+    h.osc_in("/typemoe/tempo", 150.0)
+    assert "MIDI clock" in h.sent("/typemoe/error")[-1][0]
+
+
+def test_bad_osc_input_is_answered_and_rate_limited():
+    h = Harness()
+    bad = [
+        ("/typemoe/note", ("x", 1)),
+        ("/typemoe/note", (60,)),
+        ("/typemoe/nope", ()),
+        ("/typemoe/set", ("bars", 1000.0)),
+        ("/typemoe/set", ("wings", 1)),
+        ("/typemoe/condition", ("H major", "")),
+        ("/typemoe/tempo", (float("nan"),)),
+        ("/typemoe/continue", ("two",)),
+        ("/other", (1, 2)),
+    ]
+    for address, args in bad:
+        h.osc_in(address, *args)
+    assert len(h.sent("/typemoe/error")) == len(bad)
+    for _ in range(1000):  # a flood in the same instant: replies stay bounded
+        h.osc_in("/typemoe/bogus")
+    assert len(h.sent("/typemoe/error")) <= 25
+    assert h.engine.stats.counts["errors_suppressed"] > 900
+    h.osc_in("/typemoe/ping")
+    assert h.sent("/typemoe/pong") == [()]
+
+
+def test_set_condition_and_reset():
+    h = Harness()
+    h.osc_in("/typemoe/set", "temperature", 0.5)
+    h.osc_in("/typemoe/set", "mode", "respond")
+    h.osc_in("/typemoe/set", "bars", 3)
+    assert (h.engine.cfg.temperature, h.engine.cfg.mode, h.engine.cfg.bars) == (0.5, "respond", 3.0)
+    h.osc_in("/typemoe/condition", "A minor", "6/8")
+    v = toy_vocab()
+    assert h.reconditions[-1] == (v.id("Key_A_minor"), v.id("Meter_6/8"))
+    h.play(C_MAJOR_TUNE[:4])
+    h.osc_in("/typemoe/reset")
+    assert h.resets == 1 and h.engine._origin is None
+
+
+def test_pd_style_float_arguments_are_accepted():
+    h = Harness()
+    h.osc_in("/typemoe/note", 60.0, 100.0)
+    h.advance_beats(1)
+    h.osc_in("/typemoe/note", 60.0, 0.0)
+    h.advance_beats(1)
+    assert h.fed and not h.sent("/typemoe/error")
+
+
+def test_note_flood_is_bounded_and_counted():
+    h = Harness({"max_notes_per_s": 200.0})
+    for i in range(10_000):  # 10,000 note-ons within 1 s, no note-offs
+        h.note(21 + i % 88)
+        h.clock.advance(0.0001)
+    assert h.engine.stats.counts["notes_dropped"] > 9000
+    assert len(h.engine._held) <= 88
+    h.advance_beats(h.engine.cfg.max_note_beats + 2)  # held notes are cut for the model, the stream drains
+    assert h.engine.stats.counts["notes_cut"] > 0 and not h.engine._held
+    assert not h.engine._tok._closed
+
+
+def test_orphan_note_offs_sysex_and_running_status():
+    h = Harness()
+    h.off(61)
+    h.midi_in(0xF0, 0x7E, 0x7F, 0x09, 0x01, 0xF7)
+    h.midi_in(0x90, 60, 90, 62, 90, 64, 90)  # running status: three note-ons in one packet
+    assert set(h.engine._held) == {60, 62, 64}
+    h.midi_in(0x90, 60, 0, 0xF8, 62, 0)  # a clock pulse inside a running-status run
+    assert set(h.engine._held) == {64}
+    h.midi_in(0x90, 200, 1)  # out of range data byte: dropped
+    h.midi_in(0x99)  # truncated
+    assert h.engine.stats.counts["orphan_note_offs"] == 1
+    h.handle(Tick(h.clock.now()))

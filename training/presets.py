@@ -44,7 +44,7 @@ def small(vocab, **model_overrides: Any) -> TrainConfig:
         optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=100),
         loss=LossConfig(semi_rampup=300, ema_decay=0.995),
         seq_len=512, batch_size=16, micro_batch=8, max_steps=1500,
-        log_every=10, eval_every=250, eval_pieces=256, ckpt_every=100,
+        log_every=10, eval_every=250, eval_pieces=256, ckpt_every=50,
     )
 
 

@@ -104,6 +104,14 @@ def test_onnx_and_torch_models_agree(ckpt, tmp_path):
     np.testing.assert_allclose(a.key_probs, b.key_probs, atol=1e-3)
     np.testing.assert_allclose(a.meter_probs, b.meter_probs, atol=1e-3)
     np.testing.assert_allclose(torch_model.class_probs(seq), onnx_model.class_probs(seq), atol=1e-3)
+    music = [torch_model.vocab.bos_id, *torch_model.vocab.encode_score(_tune())[:40]]
+    assert torch_model.generate(music, 24, temperature=0.0) == onnx_model.generate(music, 24, temperature=0.0)
+
+
+def _tune():
+    from conftest import music21_scores
+
+    return music21_scores(1)[0][1]
 
 
 def test_prompt_ends_at_a_bar_line(vocab):

@@ -8,6 +8,8 @@
 seq[p]), key and meter probabilities. The torch path runs one forward over seq[:max(p)]; the ONNX path
 feeds the tokens chunk by chunk through one export.runtime session and reads the heads at each p, so
 the two agree up to float error. Sequences longer than the context are cut to it by the caller.
+Both generate under the same plain REMI grammar mask (typemoe.sample's; the runtime's stricter
+no-going-back Position rule is off here), so greedy continuations, and BLEU-2, agree too.
 
 The classification head (fine-tuned models) is read with `class_probs(seq)`: the pooled head over the
 whole sequence. `expert_routes(seq)` gives, per layer, the expert each token went to (torch only; the
@@ -207,7 +209,9 @@ class OnnxModel:
                  seed: int | None = 0) -> list[int]:
         session = self.ort.session()
         session.feed(list(prefix))
-        return session.generate(n_tokens=n_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        # the plain REMI grammar mask, as typemoe.sample uses: greedy continuations equal the torch path's
+        return session.generate(n_tokens=n_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                                strict_positions=False)
 
     def expert_routes(self, seq: Sequence[int]) -> np.ndarray | None:
         return None

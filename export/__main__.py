@@ -1,4 +1,4 @@
-"""python -m export CHECKPOINT_DIR OUT_DIR [--no-fp16] [--force]: the same as `typemoe export`."""
+"""python -m export CHECKPOINT_DIR OUT_DIR [--no-fp16] [--no-int8] [--force]: the same as `typemoe export`."""
 
 from __future__ import annotations
 

@@ -9,13 +9,17 @@ What is measured (all in one process, same run, same thread count):
     decode_ms.<C>.{p50,p95,p99}  one OrtSession.feed([id]) with C tokens attended (C-1 cached), C = 256
                                  and 1024 (or the model's maximum when shorter; then "context" says so)
     prefill_ms.512               feed(512 ids) on an empty session (median)
-    ort_vs_torch                 PyTorch eager decode ms / ORT decode ms at context 256
+    ort_vs_torch                 PyTorch eager decode ms (best MoE path) / ORT decode ms, context 256
     typemoe_vs_dense             ORT decode ms of this model / of its dense twin (ffn="dense": one SwiGLU
                                  of the same width, i.e. equal active parameters), context 256
     tokens_per_s                 generate(n_tokens=256, temperature=1, top_p=0.95) throughput
+    int8.*                       the same decode figures and ratios for model_int8.onnx (int8 experts)
+                                 against an int8 dense twin, plus the export's int8 quality report
 The PyTorch and dense-twin models have the model directory's config with random weights: latency does
 not depend on weight values, and a model directory holds no torch weights. Both need torch; without it
-those two ratios are null, with a note. Percentiles come from many repetitions after a warm-up.
+those ratios are null, with a note. Decode ids are random, so consecutive steps use different experts,
+as in music (Position, Pitch, Velocity, Duration in turn). Models compared with each other are timed in
+alternating blocks, so a change of machine load during the run (this box is shared) biases none.
 If bridge/bench.py offers run_bridge_bench(model_dir), its keys are merged in.
 """
 
@@ -33,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from export.runtime import OrtModel, OrtSession
+from export.runtime import MODEL_INT8_FILE, OrtModel, OrtSession
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +78,28 @@ def _prompt(model: OrtModel, n: int, rng: np.random.Generator) -> list[int]:
     return ids
 
 
-def ort_decode(model: OrtModel, context: int, *, reps: int, warmup: int, seed: int = 0) -> list[float]:
-    """Seconds per feed([id]) with `context` tokens attended: the session is rewound after each step."""
+def interleaved_decode(models: dict[str, OrtModel], context: int, *, reps: int, warmup: int, block: int = 100,
+                       seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per feed([id]) with `context` tokens attended, per model, timed in alternating blocks.
+
+    The session is rewound after each step, so every step attends exactly `context` tokens.
+    """
     rng = np.random.default_rng(seed)
-    s: OrtSession = model.session()
-    s.feed(_prompt(model, context - 1, rng))
-    nxt = [int(i) for i in rng.integers(0, model.vocab.size, reps + warmup)]
-    it = iter(nxt)
-
-    def step() -> None:
-        s.feed([next(it)])
-        s.rewind(context - 1)
-
-    return time_calls(step, reps=reps, warmup=warmup)
+    sessions: dict[str, OrtSession] = {}
+    for name, model in models.items():
+        s = sessions[name] = model.session()
+        s.feed(_prompt(model, context - 1, rng))
+    vocab_size = next(iter(models.values())).vocab.size
+    ids = [int(i) for i in rng.integers(0, vocab_size, reps + warmup)]
+    out: dict[str, list[float]] = {name: [] for name in models}
+    for start in range(0, reps + warmup, block):
+        for name, s in sessions.items():
+            for i in ids[start:start + block]:
+                t0 = time.perf_counter()
+                s.feed([i])
+                out[name].append(time.perf_counter() - t0)
+                s.rewind(context - 1)
+    return {name: ts[warmup:] for name, ts in out.items()}
 
 
 def torch_decode(torch_model: Any, context: int, *, reps: int, warmup: int, threads: int) -> dict[str, float]:
@@ -96,13 +109,14 @@ def torch_decode(torch_model: Any, context: int, *, reps: int, warmup: int, thre
     torch.set_num_threads(threads)
     cfg = torch_model.cfg
     ids = torch.randint(0, cfg.vocab_size, (1, context - 1))
-    tok = torch.randint(0, cfg.vocab_size, (1, 1))
+    toks = torch.randint(0, cfg.vocab_size, (reps + warmup, 1, 1))
     out = {}
     with torch.inference_mode():
         past = torch_model(ids, past=torch_model.empty_past()).present
-        paths = ("sparse", "gather") if cfg.ffn != "dense" else ("sparse",)
-        for path in paths:
-            ts = time_calls(lambda p=path: torch_model(tok, past=past, moe_path=p), reps=reps, warmup=warmup)
+        for path in ("sparse", "gather") if cfg.ffn != "dense" else ("sparse",):
+            it = iter(toks)
+            ts = time_calls(lambda p=path, it=it: torch_model(next(it), past=past, moe_path=p), reps=reps,
+                            warmup=warmup)
             out[path] = float(np.median(ts) * 1e3)
     return out
 
@@ -129,47 +143,49 @@ def run_bench(model_dir: str | os.PathLike, *, torch_model: Any = None, threads:
     model = OrtModel(model_dir, provider="auto", threads=threads)
     notes: list[str] = []
     ctx_max = model.context_len
-    res: dict[str, Any] = {"provider": model.provider, "model_dir": str(model_dir), "threads": threads,
-                           "context_len": ctx_max, "config": model.config}
-    decode: dict[str, Any] = {}
-    for c in DECODE_CONTEXTS:
-        used = min(c, ctx_max)
-        stats = percentiles(ort_decode(model, used, reps=reps, warmup=warmup))
-        if used != c:
-            stats["context"] = used
-            notes.append(f"decode_ms.{c}: the model's context is {ctx_max} < {c}; measured at {used}")
-        decode[str(c)] = stats
-    res["decode_ms"] = decode
-    n_pre = min(PREFILL_LEN, ctx_max)
-    prompt = _prompt(model, n_pre, np.random.default_rng(1))
-    s = model.session()
-
-    def prefill() -> None:
-        s.reset()
-        s.feed(prompt)
-
-    res["prefill_ms"] = {str(PREFILL_LEN): float(np.median(time_calls(prefill, reps=prefill_reps, warmup=2)) * 1e3)}
-    if n_pre != PREFILL_LEN:
-        notes.append(f"prefill_ms.{PREFILL_LEN}: the model's context is {ctx_max}; measured with {n_pre} tokens")
-    g = model.session()
-    g.feed(_prompt(model, 64, np.random.default_rng(2)))
-    t0 = time.perf_counter()
-    made = g.generate(n_tokens=GEN_TOKENS, temperature=1.0, top_p=0.95, seed=0)
-    res["tokens_per_s"] = len(made) / (time.perf_counter() - t0)
-    c256 = min(256, ctx_max)
-    ort_ms = decode["256"]["p50"]
+    res: dict[str, Any] = {"provider": model.provider, "graph": model.graph_file, "model_dir": str(model_dir),
+                           "threads": threads, "context_len": ctx_max, "config": model.config}
+    models = {"typemoe": model}
+    if model.provider == "cpu" and MODEL_INT8_FILE in model.manifest["files"]:
+        models["typemoe_int8"] = OrtModel(model_dir, provider="cpu", precision="int8", threads=threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        twins: dict[str, OrtModel] = {}
+        if with_baselines and model.config["ffn"] != "dense":
+            twins = _dense_twins(model, Path(tmp), threads, notes)
+        decode: dict[str, dict] = {name: {} for name in [*models, *twins]}
+        for c in DECODE_CONTEXTS:
+            used = min(c, ctx_max)
+            timed = {**models, **twins} if c == 256 else models
+            for name, ts in interleaved_decode(timed, used, reps=reps, warmup=warmup).items():
+                decode[name][str(c)] = percentiles(ts) | ({"context": used} if used != c else {})
+            if used != c:
+                notes.append(f"decode_ms.{c}: the model's context is {ctx_max} < {c}; measured at {used}")
+    res["decode_ms"] = decode["typemoe"]
+    res["prefill_ms"] = {str(PREFILL_LEN): _prefill_ms(model, prefill_reps, notes)}
+    res["tokens_per_s"] = _tokens_per_s(model)
     res["ort_vs_torch"] = res["typemoe_vs_dense"] = None
+    if "dense" in decode:
+        res["dense_decode_ms"] = decode["dense"]
+        res["typemoe_vs_dense"] = decode["typemoe"]["256"]["p50"] / decode["dense"]["256"]["p50"]
+    elif model.config["ffn"] == "dense":
+        res["typemoe_vs_dense"] = 1.0
+        notes.append("typemoe_vs_dense: the model is itself dense")
+    torch_ms = None
     if with_baselines:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            notes.append("torch is not installed: ort_vs_torch and typemoe_vs_dense need it (pip install typemoe[train])")
-        else:
-            _baselines(model, res, notes, torch_model=torch_model, context=c256, ort_ms=ort_ms, threads=threads,
-                       reps=reps, warmup=warmup, torch_reps=torch_reps)
-    bridge = _bridge_bench(model_dir)
-    if bridge:
-        res.update(bridge)
+        torch_ms = _torch_baseline(model, torch_model, notes, context=min(256, ctx_max), threads=threads,
+                                   reps=torch_reps, warmup=max(10, warmup // 10))
+    if torch_ms is not None:
+        res["torch_decode_ms"] = {"256": torch_ms, "threads": threads}
+        res["ort_vs_torch"] = min(torch_ms.values()) / decode["typemoe"]["256"]["p50"]
+    if "typemoe_int8" in decode:
+        q = res["int8"] = {"graph": MODEL_INT8_FILE, "decode_ms": decode["typemoe_int8"],
+                           "quality": model.manifest.get("int8_quality")}
+        if "dense_int8" in decode:
+            q["dense_decode_ms"] = decode["dense_int8"]
+            q["typemoe_vs_dense"] = decode["typemoe_int8"]["256"]["p50"] / decode["dense_int8"]["256"]["p50"]
+        if torch_ms is not None:
+            q["ort_vs_torch"] = min(torch_ms.values()) / decode["typemoe_int8"]["256"]["p50"]
+    res.update(_bridge_bench(model_dir))
     res["load_avg"] = {"before": list(load_before), "after": list(os.getloadavg())}
     res["cpu_count"] = os.cpu_count()
     import onnxruntime
@@ -179,29 +195,53 @@ def run_bench(model_dir: str | os.PathLike, *, torch_model: Any = None, threads:
     return res
 
 
-def _baselines(model: OrtModel, res: dict, notes: list[str], *, torch_model: Any, context: int, ort_ms: float,
-               threads: int, reps: int, warmup: int, torch_reps: int) -> None:
-    from export.onnx_export import export_model
+def _prefill_ms(model: OrtModel, reps: int, notes: list[str]) -> float:
+    n = min(PREFILL_LEN, model.context_len)
+    if n != PREFILL_LEN:
+        notes.append(f"prefill_ms.{PREFILL_LEN}: the model's context is {model.context_len}; measured with {n} tokens")
+    prompt = _prompt(model, n, np.random.default_rng(1))
+    s = model.session()
 
+    def prefill() -> None:
+        s.reset()
+        s.feed(prompt)
+
+    return float(np.median(time_calls(prefill, reps=reps, warmup=2)) * 1e3)
+
+
+def _tokens_per_s(model: OrtModel) -> float:
+    g = model.session()
+    g.feed(_prompt(model, 64, np.random.default_rng(2)))
+    t0 = time.perf_counter()
+    made = g.generate(n_tokens=GEN_TOKENS, temperature=1.0, top_p=0.95, seed=0)
+    return len(made) / (time.perf_counter() - t0)
+
+
+def _dense_twins(model: OrtModel, tmp: Path, threads: int, notes: list[str]) -> dict[str, OrtModel]:
+    """The equal-active-parameter dense baseline (ffn="dense", random weights): fp32, and int8 on CPU."""
+    try:
+        from export.onnx_export import export_model
+    except ImportError as err:  # the bridge-only install: no torch / onnx
+        notes.append(f"typemoe_vs_dense needs torch and onnx ({err}); pip install typemoe[train]")
+        return {}
+    int8 = model.provider == "cpu" and MODEL_INT8_FILE in model.manifest["files"]
+    out = export_model(build_torch_twin(model, ffn="dense"), model.vocab, tmp / "dense",
+                       fp16=model.provider == "cuda", int8=int8, labels=json.loads(model.metadata["labels"]))
+    twins = {"dense": OrtModel(out, provider=model.provider, threads=threads)}
+    if int8 and MODEL_INT8_FILE in twins["dense"].manifest["files"]:
+        twins["dense_int8"] = OrtModel(out, provider="cpu", precision="int8", threads=threads)
+    return twins
+
+
+def _torch_baseline(model: OrtModel, torch_model: Any, notes: list[str], *, context: int, threads: int, reps: int,
+                    warmup: int) -> dict[str, float] | None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        notes.append("torch is not installed: ort_vs_torch needs it (pip install typemoe[train])")
+        return None
     twin = torch_model if torch_model is not None else build_torch_twin(model)
-    torch_ms = torch_decode(twin, context, reps=torch_reps, warmup=max(10, warmup // 10), threads=threads)
-    best = min(torch_ms.values())
-    res["torch_decode_ms"] = {"256": torch_ms, "threads": threads}
-    res["ort_vs_torch"] = best / ort_ms
-    if model.config["ffn"] == "dense":
-        res["typemoe_vs_dense"] = 1.0
-        notes.append("typemoe_vs_dense: the model is itself dense")
-        return
-    dense = build_torch_twin(model, ffn="dense")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = export_model(dense, model.vocab, Path(tmp) / "dense", fp16=False, labels=json.loads(model.metadata["labels"]))
-        dense_ort = OrtModel(out, provider=model.provider, threads=threads)
-        dense_ms = percentiles(ort_decode(dense_ort, context, reps=reps, warmup=warmup))
-    # interleave a second TypeMoE measurement so that a load change during the run biases neither side
-    again = percentiles(ort_decode(model, context, reps=reps, warmup=warmup))
-    moe_ms = min(ort_ms, again["p50"])
-    res["dense_decode_ms"] = {"256": dense_ms}
-    res["typemoe_vs_dense"] = moe_ms / dense_ms["p50"]
+    return torch_decode(twin, context, reps=reps, warmup=warmup, threads=threads)
 
 
 def _bridge_bench(model_dir: str | os.PathLike) -> dict[str, Any]:
@@ -214,21 +254,31 @@ def _bridge_bench(model_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def format_table(res: dict[str, Any]) -> str:
-    rows = [("provider", res["provider"]), ("threads", res["threads"])]
-    for c, st in res["decode_ms"].items():
-        at = f" (at {st['context']})" if "context" in st else ""
-        rows.append((f"decode ms @ {c}{at}", f"p50 {st['p50']:.3f}  p95 {st['p95']:.3f}  p99 {st['p99']:.3f}"))
-    for n, ms in res["prefill_ms"].items():
-        rows.append((f"prefill ms @ {n}", f"{ms:.2f}"))
+    def decode_rows(prefix: str, decode: dict) -> list[tuple[str, str]]:
+        out = []
+        for c, st in decode.items():
+            at = f" (at {st['context']})" if "context" in st else ""
+            out.append((f"{prefix}decode ms @ {c}{at}", f"p50 {st['p50']:.3f}  p95 {st['p95']:.3f}  p99 {st['p99']:.3f}"))
+        return out
+
+    def ratio(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}x"
+
+    rows = [("provider / graph", f"{res['provider']} / {res['graph']}"), ("threads", str(res["threads"]))]
+    rows += decode_rows("", res["decode_ms"])
+    rows += [(f"prefill ms @ {n}", f"{ms:.2f}") for n, ms in res["prefill_ms"].items()]
     rows.append(("tokens/s (generate)", f"{res['tokens_per_s']:.0f}"))
-    for key in ("ort_vs_torch", "typemoe_vs_dense"):
-        v = res.get(key)
-        rows.append((key, "n/a" if v is None else f"{v:.2f}x"))
+    rows += [(key, ratio(res.get(key))) for key in ("ort_vs_torch", "typemoe_vs_dense")]
+    q = res.get("int8")
+    if q:
+        rows += decode_rows("int8 ", q["decode_ms"])
+        rows += [(f"int8 {key}", ratio(q.get(key))) for key in ("ort_vs_torch", "typemoe_vs_dense")]
+        if q.get("quality"):
+            rows.append(("int8 quality", f"next-token KL {q['quality']['lm_kl_mean']:.1e}, "
+                                         f"top-1 agreement {q['quality']['lm_top1_agreement']:.3f}"))
     rows.append(("load avg before/after", f"{res['load_avg']['before'][0]:.2f} / {res['load_avg']['after'][0]:.2f}"))
     width = max(len(k) for k, _ in rows)
-    lines = [f"{k:<{width}}  {v}" for k, v in rows]
-    lines += [f"note: {n}" for n in res.get("notes", [])]
-    return "\n".join(lines)
+    return "\n".join([f"{k:<{width}}  {v}" for k, v in rows] + [f"note: {n}" for n in res.get("notes", [])])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -238,7 +288,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="bench an untrained model of this preset, exported on the fly (needs torch)")
     p.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON result file (default bench.json)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime / PyTorch intra-op threads (default 1)")
-    p.add_argument("--reps", type=int, default=2000, help="timed decode steps per context (default 2000)")
+    p.add_argument("--reps", type=int, default=2000, help="timed decode steps per context and model (default 2000)")
     p.add_argument("--warmup", type=int, default=200, help="untimed steps first (default 200)")
     p.add_argument("--no-baselines", action="store_true", help="skip the PyTorch and dense-twin comparisons")
 
@@ -271,12 +321,14 @@ def run(args: argparse.Namespace) -> int:
 def _export_preset(preset: str, tmp: Path) -> tuple[Path, Any]:
     import torch
 
+    from export.cli import quiet_exporter_logs
     from export.onnx_export import export_model
     from typemoe import analysis
     from typemoe.config import PRESETS
     from typemoe.model import TypeMoE
     from typemoe.vocab import TypedVocab
 
+    quiet_exporter_logs()  # again: importing torch re-levels its loggers
     vocab = TypedVocab.default()
     cfg = PRESETS[preset](vocab.size, vocab.n_types, n_meters=len(analysis.METERS))
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """`typemoe export` and `typemoe bench`: argparse glue over export/onnx_export.py and export/bench.py.
 
-    typemoe export --checkpoint CKPT --out MODEL_DIR [--no-fp16] [--force]
+    typemoe export --checkpoint CKPT --out MODEL_DIR [--no-fp16] [--no-int8] [--force]
     typemoe bench [--model MODEL_DIR | --preset small] --out bench.json
 
 typemoe/cli.py calls add_parsers(subparsers); each command's func(args) returns an exit code. Heavy
@@ -16,14 +16,14 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_CHATTY = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export", "torch.fx")
+_CHATTY = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export", "torch.fx")  # set to ERROR
 
 
 def quiet_exporter_logs() -> None:
     """The exporter's passes log every rewrite at INFO and torch warns about absent torchvision ops:
     useful when debugging the exporter, noise for a user. Called only by entry points."""
     for name in _CHATTY:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*torchvision.*")
     warnings.filterwarnings("ignore", message=r".*axis name.*will not be used.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
@@ -66,6 +66,7 @@ def add_export_arguments(p: argparse.ArgumentParser, *, positional: bool = False
         p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint or training output directory")
         p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--no-fp16", action="store_true", help="skip model_fp16.onnx (the CUDA graph)")
+    p.add_argument("--no-int8", action="store_true", help="skip model_int8.onnx (int8 experts for CPU)")
     p.add_argument("--force", action="store_true", help="replace an existing model directory at --out")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, exporter passes included")
 
@@ -76,8 +77,12 @@ def run_export(args: argparse.Namespace) -> int:
     from export.validate import ExportMismatchError
     from typemoe.checkpoint import CheckpointError
 
+    if not args.verbose:
+        quiet_exporter_logs()  # again: importing torch re-levels its own loggers
+
     try:
-        out = export_checkpoint(args.checkpoint, args.out, fp16=not args.no_fp16, overwrite=args.force)
+        out = export_checkpoint(args.checkpoint, args.out, fp16=not args.no_fp16, int8=not args.no_int8,
+                                overwrite=args.force)
     except (FileNotFoundError, FileExistsError, CheckpointError, ValueError) as err:
         log.error("%s", err)
         return 2

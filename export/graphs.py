@@ -106,67 +106,138 @@ class CachedAttention(nn.Module):
         return y.transpose(1, 2).reshape(B, T, H * Dh), present_k, present_v
 
 
+INT8_BLOCK = 32  # quantization block along K (the input features) for int8 experts
+
+
+def quantize_int8_blocks(w_ENK: torch.Tensor, block: int = INT8_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric block-wise int8 of (E, N, K) weights in QMoE's layout: uint8 codes (E, N, K) with
+    zero point 128 and fp32 scales (E, N, K / block), dequantized as (q - 128) * scale."""
+    E, N, K = w_ENK.shape
+    if K % block:
+        raise ValueError(f"int8 experts need every expert width divisible by {block}, got {K}")
+    w = w_ENK.float().reshape(E, N, K // block, block)  # (E, N, K/b, b)
+    scale = (w.abs().amax(dim=-1) / 127.0).clamp(min=1e-12)  # (E, N, K/b)
+    q = torch.round(w / scale.unsqueeze(-1)).clamp(-127, 127) + 128  # (E, N, K/b, b)
+    return q.to(torch.uint8).reshape(E, N, K), scale
+
+
 class RoutedExperts(nn.Module):
-    """Top-1 mixture of SwiGLU experts from router logits: com.microsoft.MoE when exporting.
+    """Top-1 mixture of SwiGLU experts from router logits: com.microsoft.MoE (or QMoE) when exporting.
 
     fc1 holds gate and up rows interleaved, (E, 2F, D) = [g_0, u_0, g_1, u_1, ...] (swiglu_fusion=1, the
     only SwiGLU layout the CPU kernel takes); fc2 is (E, D, F). The gate weight is softmax(router)[top]
     renormalised over the top-1 when `normalize` (TypeMoE: exactly 1.0), or the raw top probability
-    (Switch).
+    (Switch). With int8, the weights are stored as block-wise int8 codes (quantize_int8_blocks) and run
+    by QMoE, which also quantizes activations to int8; the eager reference dequantizes the weights only.
     """
 
-    def __init__(self, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, *, normalize: bool):
+    def __init__(self, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, *, normalize: bool,
+                 int8: bool = False):
         super().__init__()
         E, D, Fh = w_gate.shape
-        fc1 = torch.stack((w_gate.transpose(1, 2), w_up.transpose(1, 2)), dim=2)  # (E, F, 2, D)
-        self.register_buffer("fc1", fc1.reshape(E, 2 * Fh, D).contiguous())  # (E, 2F, D)
-        self.register_buffer("fc2", w_down.transpose(1, 2).contiguous())  # (E, D, F)
-        self.normalize = normalize
+        fc1 = torch.stack((w_gate.transpose(1, 2), w_up.transpose(1, 2)), dim=2).reshape(E, 2 * Fh, D)  # (E, 2F, D)
+        fc2 = w_down.transpose(1, 2).contiguous()  # (E, D, F)
+        self.normalize, self.int8 = normalize, int8
+        if int8:
+            q1, s1 = quantize_int8_blocks(fc1)
+            q2, s2 = quantize_int8_blocks(fc2)
+            self.register_buffer("q1", q1)
+            self.register_buffer("s1", s1)
+            self.register_buffer("q2", q2)
+            self.register_buffer("s2", s2)
+        else:
+            self.register_buffer("fc1", fc1.contiguous())
+            self.register_buffer("fc2", fc2)
+
+    def _attrs(self) -> dict:
+        return {"k": 1, "activation_type": "swiglu", "swiglu_fusion": 1, "activation_alpha": 1.0,
+                "activation_beta": 0.0, "normalize_routing_weights": int(self.normalize)}
 
     def forward(self, x: torch.Tensor, router_NE: torch.Tensor) -> torch.Tensor:
+        if _exporting() and self.int8:
+            return torch.onnx.ops.symbolic(
+                f"{MS_DOMAIN}::QMoE",
+                [x, router_NE, self.q1, self.s1.to(x.dtype), None, self.q2, self.s2.to(x.dtype)],
+                {**self._attrs(), "expert_weight_bits": 8, "block_size": INT8_BLOCK},
+                dtype=x.dtype, shape=x.shape, version=1,
+            )
         if _exporting():
             return torch.onnx.ops.symbolic(
-                f"{MS_DOMAIN}::MoE",
-                [x, router_NE, self.fc1, None, self.fc2],
-                {"k": 1, "activation_type": "swiglu", "swiglu_fusion": 1, "activation_alpha": 1.0,
-                 "activation_beta": 0.0, "normalize_routing_weights": int(self.normalize)},
-                dtype=x.dtype,
-                shape=x.shape,
-                version=1,
+                f"{MS_DOMAIN}::MoE", [x, router_NE, self.fc1, None, self.fc2], self._attrs(),
+                dtype=x.dtype, shape=x.shape, version=1,
             )
+        fc1, fc2 = (self._dequant(self.q1, self.s1), self._dequant(self.q2, self.s2)) if self.int8 else (self.fc1, self.fc2)
         B, T, D = x.shape
         probs_NE = torch.softmax(router_NE.float(), dim=-1)  # (N, E)
         p_N, e_N = probs_NE.max(dim=-1)  # (N,), (N,)
         weight_N = torch.ones_like(p_N) if self.normalize else p_N
         x_N1D = x.reshape(-1, 1, D)  # (N, 1, D)
-        g_u = (x_N1D @ self.fc1[e_N].transpose(1, 2)).view(-1, 1, self.fc1.size(1) // 2, 2)  # (N, 1, F, 2)
+        g_u = (x_N1D @ fc1[e_N].transpose(1, 2).to(x.dtype)).view(-1, 1, fc1.size(1) // 2, 2)  # (N, 1, F, 2)
         h = F.silu(g_u[..., 0]) * g_u[..., 1]  # (N, 1, F)
-        y = (h @ self.fc2[e_N].transpose(1, 2)).squeeze(1)  # (N, D)
+        y = (h @ fc2[e_N].transpose(1, 2).to(x.dtype)).squeeze(1)  # (N, D)
         return (y * weight_N.unsqueeze(-1).to(y.dtype)).view(B, T, D)
+
+    @staticmethod
+    def _dequant(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        E, N, K = q.shape
+        w = (q.float() - 128.0).view(E, N, K // INT8_BLOCK, INT8_BLOCK) * scale.unsqueeze(-1)
+        return w.reshape(E, N, K)
 
 
 class FeedForward(nn.Module):
-    """The export form of one block's FFN (typemoe, dense or switch, optional shared expert)."""
+    """The export form of one block's FFN (typemoe, dense or switch, optional shared expert).
 
-    def __init__(self, ffn: nn.Module):
+    With int8, every routed FFN runs as QMoE; the dense FFN too (as one expert, router all ones) so that
+    a dense-vs-TypeMoE comparison runs the same kernel on the same quantization.
+    """
+
+    def __init__(self, ffn: nn.Module, *, int8: bool = False):
         super().__init__()
         self.kind = {TypeMoEFFN: "typemoe", DenseFFN: "dense", SwitchFFN: "switch"}[type(ffn)]
-        self.dense = ffn.ffn if isinstance(ffn, DenseFFN) else None
         self.shared = getattr(ffn, "shared", None)
         self.router = ffn.router if isinstance(ffn, SwitchFFN) else None
+        self.dense = ffn.ffn if isinstance(ffn, DenseFFN) and not int8 else None
         self.experts = None
-        if self.dense is None:
+        if isinstance(ffn, DenseFFN) and int8:
+            d = ffn.ffn  # one SwiGLU as one expert: (1, D, F) weights
+            self.experts = RoutedExperts(d.w_gate.weight.data.t()[None], d.w_up.weight.data.t()[None],
+                                         d.w_down.weight.data.t()[None], normalize=True, int8=True)
+        elif self.dense is None:
             ex = ffn.experts
-            self.experts = RoutedExperts(ex.w_gate.data, ex.w_up.data, ex.w_down.data, normalize=self.kind == "typemoe")
+            self.experts = RoutedExperts(ex.w_gate.data, ex.w_up.data, ex.w_down.data,
+                                         normalize=self.kind == "typemoe", int8=int8)
 
     def forward(self, x: torch.Tensor, type_router_NE: torch.Tensor) -> torch.Tensor:
         if self.dense is not None:
             return self.dense(x)
-        router_NE = type_router_NE if self.router is None else self.router(x).reshape(-1, type_router_NE.size(1))
+        if self.kind == "dense":
+            router_NE = x.new_ones(type_router_NE.size(0), 1)  # (N, 1): the single expert
+        elif self.router is None:
+            router_NE = type_router_NE
+        else:
+            router_NE = self.router(x).reshape(-1, type_router_NE.size(1))
         y = self.experts(x, router_NE)  # (B, T, D)
         if self.shared is not None:
             y = y + self.shared(x)
         return y
+
+
+def _add_norm(x: torch.Tensor, y: torch.Tensor, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + y, rms_norm(x + y)): one com.microsoft.SkipSimplifiedLayerNormalization node when exporting,
+    instead of an Add and an RMSNormalization (ONNX Runtime does not fuse those two)."""
+    if _exporting():
+        B, T, D = x.shape
+        out, _, _, s = torch.onnx.ops.symbolic_multi_out(
+            f"{MS_DOMAIN}::SkipSimplifiedLayerNormalization",
+            [y, x, norm.weight],
+            {"epsilon": float(norm.eps)},
+            dtypes=[x.dtype, torch.float32, torch.float32, x.dtype],
+            shapes=[[B, T, D], [B, T, 1], [B, T, 1], [B, T, D]],
+            version=1,
+        )
+        return s, out
+    s = x + y
+    return s, norm(s)
 
 
 class StepGraph(nn.Module):
@@ -188,7 +259,7 @@ class StepGraph(nn.Module):
             always run in float32 so that the logits compare at fp32 tolerance.
     """
 
-    def __init__(self, model: TypeMoE, *, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: TypeMoE, *, dtype: torch.dtype = torch.float32, int8_experts: bool = False):
         super().__init__()
         model = copy.deepcopy(model).eval()  # a private copy: casting to dtype must not touch the caller's
         cfg = self.cfg = model.cfg
@@ -204,7 +275,7 @@ class StepGraph(nn.Module):
             m = nn.Module()
             m.norm_attn, m.qkv, m.proj = block.norm_attn, block.attn.qkv, block.attn.proj
             m.attn = CachedAttention(cfg.n_head, cfg.d_head)
-            m.norm_ffn, m.ffn = block.norm_ffn, FeedForward(block.ffn)
+            m.norm_ffn, m.ffn = block.norm_ffn, FeedForward(block.ffn, int8=int8_experts)
             self.blocks.append(m)
         self.norm_f = model.norm_f
         # every head in one matmul: [lm (tied to wte); key; meter; cls] rows, fp32 even in a fp16 graph
@@ -223,15 +294,17 @@ class StepGraph(nn.Module):
         seqlens_k = (total - 1).to(torch.int32).expand(B)  # (B,) GQA: index of each row's last key
         total_len = total.to(torch.int32)  # ()
         router_NE = F.embedding(input_ids, self.type_router).reshape(B * T, -1)  # (N, E) one-hot by token type
-        x = self.wte(input_ids)  # (B, T, D)
+        x = self.wte(input_ids)  # (B, T, D) residual stream
+        h = self.blocks[0].norm_attn(x)  # (B, T, D) normed input of the next sublayer
+        norms = [n for blk in self.blocks for n in (blk.norm_attn, blk.norm_ffn)][1:] + [self.norm_f]  # after each sublayer
         present = []
         for i, blk in enumerate(self.blocks):
-            qkv = blk.qkv(blk.norm_attn(x))  # (B, T, 3D)
+            qkv = blk.qkv(h)  # (B, T, 3D)
             a, k, v = blk.attn(qkv, past[2 * i], past[2 * i + 1], seqlens_k, total_len, self.cos, self.sin, past_len)
-            x = x + blk.proj(a)  # (B, T, D)
-            x = x + blk.ffn(blk.norm_ffn(x), router_NE)  # (B, T, D)
+            x, h = _add_norm(x, blk.proj(a), norms[2 * i])  # x += attention; h = norm_ffn(x)
+            x, h = _add_norm(x, blk.ffn(h, router_NE), norms[2 * i + 1])  # x += ffn; h = next norm(x)
             present += [k, v]
-        h = self.norm_f(x).float()  # (B, T, D)
+        h = h.float()  # (B, T, D) = norm_f(x)
         outs = self.heads(h).split(self.head_sizes, dim=-1)  # (B, T, V), (B, T, K), (B, T, M)[, (B, T, C)]
         return (*outs, *present)
 

@@ -5,6 +5,8 @@
 The directory (contract in export/DESIGN.md; export.runtime reads it without torch):
     model.onnx        fp32 step graph (prefill + decode on a KV cache), for CPU
     model_fp16.onnx   the same graph with an fp16 trunk and cache, for CUDA (skip with fp16=False)
+    model_int8.onnx   fp32 graph with block-wise int8 experts (QMoE), opt-in on CPU (skip with int8=False;
+                      dropped, with a warning, when its predictions drift past validate.int8_quality's bounds)
     tokenizer.json, types.json   the vocabulary (typemoe.vocab)
     manifest.json     format version, sha256 and size of every file, the parity report
 
@@ -41,6 +43,7 @@ from export.runtime import (
     META_PREFIX,
     MODEL_FILE,
     MODEL_FP16_FILE,
+    MODEL_INT8_FILE,
     sha256_file,
 )
 from typemoe import analysis
@@ -154,10 +157,11 @@ def graph_metadata(model: TypeMoE, vocab: Any, *, labels: dict, precision: str,
     return {META_PREFIX + k: v for k, v in meta.items()}
 
 
-def export_graph(model: TypeMoE, path: Path, *, dtype: torch.dtype, metadata: dict[str, str]) -> None:
+def export_graph(model: TypeMoE, path: Path, *, dtype: torch.dtype, metadata: dict[str, str],
+                 int8_experts: bool = False) -> None:
     """Export StepGraph(model) to `path` with every exporter option spelled out."""
     cfg = model.cfg
-    graph = graphs.StepGraph(model, dtype=dtype).eval()
+    graph = graphs.StepGraph(model, dtype=dtype, int8_experts=int8_experts).eval()
     n_layer = cfg.n_layer
     # example sizes differ from each other and from every model dim, so torch.export infers no equalities
     example_ids = torch.zeros((2, 5), dtype=torch.long)
@@ -220,8 +224,8 @@ def write_manifest(model_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_model(model: TypeMoE, vocab: Any, out_dir: str | os.PathLike, *, labels: dict | None = None,
-                 source: dict[str, Any] | None = None, fp16: bool = True, overwrite: bool = False,
-                 seed: int = 0) -> Path:
+                 source: dict[str, Any] | None = None, fp16: bool = True, int8: bool = True,
+                 overwrite: bool = False, seed: int = 0) -> Path:
     """Write and check a model directory for an in-memory model.
 
     Args:
@@ -231,6 +235,7 @@ def export_model(model: TypeMoE, vocab: Any, out_dir: str | os.PathLike, *, labe
         labels: class names {"keys", "meters", "classes"}; default from label_sets(cfg, {}).
         source: free-form facts about the checkpoint, kept in the metadata (step, path, ...).
         fp16: also write model_fp16.onnx for CUDA.
+        int8: also write model_int8.onnx (int8 experts), kept only if it passes validate.int8_quality.
         overwrite: replace an existing model directory.
         seed: seeds the parity prompts.
     Returns:
@@ -251,16 +256,26 @@ def export_model(model: TypeMoE, vocab: Any, out_dir: str | os.PathLike, *, labe
     source = source or {}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    graphs_written = {MODEL_FILE: torch.float32, **({MODEL_FP16_FILE: torch.float16} if fp16 else {})}
-    for name, dtype in graphs_written.items():
-        precision = "float16" if dtype == torch.float16 else "float32"
+    variants = {MODEL_FILE: (torch.float32, False, "float32")}
+    if fp16:
+        variants[MODEL_FP16_FILE] = (torch.float16, False, "float16")
+    if int8:
+        variants[MODEL_INT8_FILE] = (torch.float32, True, "int8-experts")
+    for name, (dtype, int8_experts, precision) in variants.items():
         meta = graph_metadata(model, vocab, labels=labels, precision=precision, source=source)
-        export_graph(model, tmp / name, dtype=dtype, metadata=meta)
+        export_graph(model, tmp / name, dtype=dtype, metadata=meta, int8_experts=int8_experts)
     vocab.save(tmp)
-    write_manifest(tmp, {"config": model.cfg.to_dict(), "labels": labels, "source": source})
+    extra = {"config": model.cfg.to_dict(), "labels": labels, "source": source}
+    write_manifest(tmp, extra)
     report = validate.check_parity(model, tmp, seed=seed)  # raises ExportMismatchError, naming tmp
-    write_manifest(tmp, {"config": model.cfg.to_dict(), "labels": labels, "source": source,
-                         "parity": report.to_json()})
+    extra["parity"] = report.to_json()
+    if int8:
+        cases = validate.default_cases(vocab, model.cfg.context_len, seed=seed)
+        quality = extra["int8_quality"] = validate.int8_quality(model, tmp / MODEL_INT8_FILE, cases)
+        if not quality["ok"]:
+            log.warning("int8 experts change the predictions too much (%s); dropping %s", quality, MODEL_INT8_FILE)
+            (tmp / MODEL_INT8_FILE).unlink()
+    write_manifest(tmp, extra)
     if out.exists():
         shutil.rmtree(out) if any(out.iterdir()) else out.rmdir()
     tmp.replace(out)
@@ -269,7 +284,7 @@ def export_model(model: TypeMoE, vocab: Any, out_dir: str | os.PathLike, *, labe
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, fp16: bool = True,
-                      overwrite: bool = False) -> Path:
+                      int8: bool = True, overwrite: bool = False) -> Path:
     """Export a checkpoint directory (see resolve_checkpoint) into a model directory.
 
     The vocabulary comes from the checkpoint (tokenizer.json + types.json), else the project default
@@ -289,9 +304,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         raise ValueError(f"{src}: checkpoint was trained with vocabulary {meta['vocab_hash'][:12]}, "
                          f"found {vocab.hash[:12]}")
     model = ckpt.load(src)
-    source = {"checkpoint": str(src.resolve()), **{k: v for k, v in meta.items() if k != "vocab_hash"}}
+    dropped = {"vocab_hash", "key_names", "meter_names", "class_names"}  # stored as typemoe.labels instead
+    source = {"checkpoint": str(src.resolve()), **{k: v for k, v in meta.items() if k not in dropped}}
     return export_model(model, vocab, out_dir, labels=label_sets(cfg, meta), source=source, fp16=fp16,
-                        overwrite=overwrite)
+                        int8=int8, overwrite=overwrite)
 
 
 def _check_target(out: Path, overwrite: bool) -> None:

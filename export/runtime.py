@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 MODEL_FP16_FILE = "model_fp16.onnx"
+MODEL_INT8_FILE = "model_int8.onnx"
+PRECISIONS = {"fp32": MODEL_FILE, "fp16": MODEL_FP16_FILE, "int8": MODEL_INT8_FILE}
 MANIFEST_FILE = "manifest.json"
 FORMAT = "typemoe-onnx"
 FORMAT_VERSION = 1
@@ -212,26 +214,26 @@ class OrtModel:
     Args:
         model_dir: an exported model directory.
         provider: "auto" (CUDA when available, else CPU), "cpu" or "cuda" (falls back to CPU, logged).
+        precision: "auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16" or "int8" (int8 experts, CPU:
+            about 2x faster decode for the small model at equal predictions, see export/DESIGN.md).
         threads: CPU intra-op threads (default 1, see the module docstring).
         verify: check every file's sha256 against the manifest (about 30 ms for the small model).
     Raises:
         ModelDirError: missing, corrupt or inconsistent files, naming the file.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, *, provider: str = "auto", threads: int = 1,
-                 verify: bool = True):
+    def __init__(self, model_dir: str | os.PathLike, *, provider: str = "auto", precision: str = "auto",
+                 threads: int = 1, verify: bool = True):
         self.model_dir = Path(model_dir)
         self.manifest = read_manifest(self.model_dir, verify=verify)
         try:
             self.vocab = TypedVocab.load(self.model_dir)
         except VocabError as err:
             raise ModelDirError(f"{self.model_dir}: bad vocabulary files: {err}") from err
-        device = resolve_provider(provider)
-        self.graph = self._open(device, threads)
+        self.graph = self._open(resolve_provider(provider), precision, threads)
         self.provider = "cuda" if self.graph.providers[0] == _CUDA else "cpu"
-        if device == "cuda" and self.provider != "cuda":
-            log.warning("onnxruntime could not start CUDA for %s (see its log); running on CPU", self.model_dir)
-        log.info("TypeMoE model %s on %s (%s)", self.model_dir, self.provider.upper(), self.graph.providers[0])
+        log.info("TypeMoE model %s: %s on %s (%s)", self.model_dir, self.graph_file, self.provider.upper(),
+                 ", ".join(self.graph.providers))
         meta = self.graph.session.get_modelmeta().custom_metadata_map
         self.metadata = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
         try:
@@ -239,7 +241,7 @@ class OrtModel:
             labels = json.loads(self.metadata["labels"])
             vocab_hash = self.metadata["vocab_hash"]
         except (KeyError, json.JSONDecodeError) as err:
-            raise ModelDirError(f"{self.model_dir / MODEL_FILE}: metadata_props lack or garble {err}") from err
+            raise ModelDirError(f"{self.model_dir / self.graph_file}: metadata_props lack or garble {err}") from err
         if vocab_hash != self.vocab.hash:
             raise ModelDirError(f"{self.model_dir}: tokenizer.json/types.json (hash {self.vocab.hash[:12]}) are not "
                                 f"the vocabulary the graph was exported with ({vocab_hash[:12]})")
@@ -249,24 +251,45 @@ class OrtModel:
         self.class_names: list[str] | None = list(labels["classes"]) if labels.get("classes") else None
         self.n_layer, self.n_head = int(self.config["n_layer"]), int(self.config["n_head"])
         self.d_head = int(self.config["d_model"]) // self.n_head
-        self.cache_dtype = np.float16 if self.graph_file == MODEL_FP16_FILE else np.float32
         self._position_of = _position_values(self.vocab)
 
-    def _open(self, device: str, threads: int) -> OrtGraph:
+    def _open(self, device: str, precision: str, threads: int) -> OrtGraph:
+        """The graph for this provider: fp16 on CUDA, fp32 on CPU by default; a failed CUDA start falls
+        back to the CPU (logged), where an automatic choice also goes back to fp32."""
         files = self.manifest["files"]
-        self.graph_file = MODEL_FP16_FILE if device == "cuda" and MODEL_FP16_FILE in files else MODEL_FILE
-        if device == "cuda" and self.graph_file == MODEL_FILE:
-            log.warning("%s has no %s; CUDA runs the fp32 graph", self.model_dir, MODEL_FP16_FILE)
+        if precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"precision must be 'auto' or one of {sorted(PRECISIONS)}, got {precision!r}")
+        chosen = precision
+        if precision == "auto":
+            chosen = "fp16" if device == "cuda" and MODEL_FP16_FILE in files else "fp32"
+        if PRECISIONS[chosen] not in files:
+            raise ModelDirError(f"{self.model_dir} has no {PRECISIONS[chosen]} (precision {chosen!r}); it holds "
+                                f"{sorted(f for f in files if f.endswith('.onnx'))}")
+        if device == "cuda":
+            if chosen == "fp32":
+                log.warning("%s has no %s: CUDA runs the fp32 graph, and GroupQueryAttention has no fp32 CUDA "
+                            "kernel, so part of it runs on the CPU", self.model_dir, MODEL_FP16_FILE)
+            try:
+                graph = self._session(chosen, "cuda", threads)
+                if graph.providers[0] == _CUDA:
+                    return graph
+                log.warning("onnxruntime did not start CUDA (its log says why); falling back to CPU")
+            except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as err:  # type: ignore[attr-defined]
+                log.warning("CUDA session failed (%s); falling back to CPU", err)
+            if precision == "auto":
+                chosen = "fp32"
+        return self._session(chosen, "cpu", threads)
+
+    def _session(self, precision: str, device: str, threads: int) -> OrtGraph:
+        self.graph_file = PRECISIONS[precision]
+        self.cache_dtype = np.float16 if precision == "fp16" else np.float32
+        path = self.model_dir / self.graph_file
         try:
-            return OrtGraph(self.model_dir / self.graph_file, device=device, threads=threads)
-        except ModelDirError:
-            raise
+            return OrtGraph(path, device=device, threads=threads)
         except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as err:  # type: ignore[attr-defined]
-            if device != "cuda":
-                raise ModelDirError(f"{self.model_dir / self.graph_file}: onnxruntime cannot load it: {err}") from err
-            log.warning("CUDA session failed (%s); falling back to CPU", err)
-            self.graph_file = MODEL_FILE
-            return OrtGraph(self.model_dir / MODEL_FILE, device="cpu", threads=threads)
+            if device == "cuda":
+                raise
+            raise ModelDirError(f"{path}: onnxruntime {ort.__version__} cannot load it: {err}") from err
 
     def new_cache(self) -> KVCache:
         device = "cuda" if self.provider == "cuda" else "cpu"

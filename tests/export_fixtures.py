@@ -42,6 +42,10 @@ def tiny_checkpoint_dir() -> Path:
     cfg = tiny(vocab.size, vocab.n_types, n_meters=len(analysis.METERS), n_classes=N_CLASSES)
     torch.manual_seed(1234)
     model = TypeMoE(cfg, vocab.type_of).eval()
+    with torch.no_grad():  # like a trained model: norm gains and head biases away from their init (1, 0)
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn_like(p))
     meta = {"step": 0, "class_names": list(analysis.EMOTIONS), "note": "random weights, for tests"}
     return checkpoint.save(model, _session_dir() / "ckpt", vocab=vocab, extra_meta=meta)
 

@@ -30,6 +30,8 @@ def test_bench_writes_all_keys(tmp_path, capsys):
     assert any("1024" in n for n in res["notes"])
     assert res["prefill_ms"]["512"] > 0 and res["tokens_per_s"] > 0
     assert res["ort_vs_torch"] > 0 and res["typemoe_vs_dense"] > 0
+    assert res["int8"]["typemoe_vs_dense"] > 0 and res["int8"]["quality"]["ok"]
+    assert {"p50", "p95", "p99"} <= set(res["int8"]["decode_ms"]["256"])
     assert "load_avg" in res
     assert "decode ms @ 256" in capsys.readouterr().out
 

@@ -13,7 +13,7 @@ from export_fixtures import N_CLASSES, make_tiny_model_dir, tiny_checkpoint_dir 
 
 from export import graphs  # noqa: E402
 from export.onnx_export import export_model, resolve_checkpoint  # noqa: E402
-from export.runtime import MANIFEST_FILE, MODEL_FILE, MODEL_FP16_FILE, OrtModel  # noqa: E402
+from export.runtime import MANIFEST_FILE, MODEL_FILE, MODEL_FP16_FILE, MODEL_INT8_FILE, OrtModel  # noqa: E402
 from export.validate import ExportMismatchError, check_parity, default_cases  # noqa: E402
 from typemoe import analysis, checkpoint  # noqa: E402
 from typemoe.config import tiny  # noqa: E402
@@ -38,6 +38,10 @@ def test_step_graph_eager_equals_model(vocab, kw):
     """The export wrapper (reference ops, no ONNX) reproduces TypeMoE.forward through a cache chain."""
     torch.manual_seed(0)
     model = TypeMoE(tiny(vocab.size, vocab.n_types, context_len=64, **kw), vocab.type_of).eval()
+    with torch.no_grad():  # norm gains away from 1: a swapped norm must show
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn_like(p))
     graph = graphs.StepGraph(model).eval()
     ids = torch.randint(0, vocab.size, (2, 20))
     cache, past, P = graph.empty_cache(batch=2), model.empty_past(2), 0
@@ -55,7 +59,7 @@ def test_step_graph_eager_equals_model(vocab, kw):
 
 def test_export_passes_parity_and_writes_a_complete_directory(model_dir):
     files = {p.name for p in model_dir.iterdir()}
-    assert {MODEL_FILE, MODEL_FP16_FILE, "tokenizer.json", "types.json", MANIFEST_FILE} <= files
+    assert {MODEL_FILE, MODEL_FP16_FILE, MODEL_INT8_FILE, "tokenizer.json", "types.json", MANIFEST_FILE} <= files
     manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
     assert set(manifest["files"]) == files - {MANIFEST_FILE}
     parity = manifest["parity"]
@@ -63,6 +67,8 @@ def test_export_passes_parity_and_writes_a_complete_directory(model_dir):
     assert max(parity["max_abs_diff"].values()) <= 1e-3  # fp32 rows pass 1e-4; fp16 rows are listed too
     fp32 = {k: v for k, v in parity["max_abs_diff"].items() if not k.startswith("fp16/")}
     assert max(fp32.values()) <= 1e-4
+    quality = manifest["int8_quality"]  # int8 experts kept: the predictions did not move
+    assert quality["ok"] and quality["lm_kl_mean"] < 1e-3 and quality["positions"] > 500
     cases = {k.split("#")[0] for k in fp32}
     assert {"len1/structure", "len1/pitch", "len1/velocity", "len1/duration", "len1/control", "prefill17",
             "prefill256"} <= cases  # context lengths 1, 17, 256 (= this model's maximum) and every type
@@ -70,7 +76,7 @@ def test_export_passes_parity_and_writes_a_complete_directory(model_dir):
 
 def test_metadata_round_trip(model_dir, vocab):
     cfg, table, meta = checkpoint.read_config(tiny_checkpoint_dir())
-    for name, precision in ((MODEL_FILE, "float32"), (MODEL_FP16_FILE, "float16")):
+    for name, precision in ((MODEL_FILE, "float32"), (MODEL_FP16_FILE, "float16"), (MODEL_INT8_FILE, "int8-experts")):
         props = {p.key: p.value for p in onnx.load(model_dir / name, load_external_data=False).metadata_props}
         assert json.loads(props["typemoe.config"]) == cfg.to_dict()
         assert props["typemoe.vocab_hash"] == vocab.hash
@@ -103,6 +109,8 @@ def test_graph_contract(model_dir):
     ops = [n.op_type for n in m.graph.node]
     assert not {"If", "Loop", "Scan"} & set(ops)
     assert ops.count("MoE") == ops.count("GroupQueryAttention") == L
+    ops8 = [n.op_type for n in onnx.load(model_dir / MODEL_INT8_FILE).graph.node]
+    assert ops8.count("QMoE") == L and "MoE" not in ops8
     assert {o.domain: o.version for o in m.opset_import}[""] == 23
 
 
@@ -126,6 +134,7 @@ def test_baselines_export_with_parity(vocab, tmp_path, kw):
     cfg = tiny(vocab.size, vocab.n_types, n_meters=len(analysis.METERS), context_len=32, **kw)
     out = export_model(TypeMoE(cfg, vocab.type_of), vocab, tmp_path / "m", fp16=False)
     assert (out / MANIFEST_FILE).is_file() and not (out / MODEL_FP16_FILE).exists()
+    assert (out / MODEL_INT8_FILE).exists()  # dense: one-expert QMoE; switch: QMoE with learned routing
 
 
 def test_resolve_checkpoint(tmp_path):

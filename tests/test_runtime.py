@@ -207,3 +207,24 @@ def test_garbled_manifest_and_not_a_directory(model_dir, tmp_path):
         OrtModel(d)
     with pytest.raises(ModelDirError, match="not a directory"):
         OrtModel(tmp_path / "nothing")
+
+
+def test_precisions(model_dir, ort_model, tmp_path):
+    """int8 experts and the fp16 graph run on CPU and agree with fp32; a missing graph is named."""
+    ids = _music(ort_model.vocab, 40, seed=7)
+    ref = ort_model.session().feed(ids)
+    for precision, tol in (("int8", 0.05), ("fp16", 0.05)):
+        m = OrtModel(model_dir, provider="cpu", precision=precision)
+        out = m.session().feed(ids)
+        assert np.abs(out.logits - ref.logits).max() < tol, precision
+        assert int(out.logits.argmax()) == int(ref.logits.argmax())
+    with pytest.raises(ValueError, match="precision"):
+        OrtModel(model_dir, precision="int4")
+    pytest.importorskip("torch")
+    from export.onnx_export import write_manifest
+
+    d = _copy(model_dir, tmp_path)
+    (d / "model_int8.onnx").unlink()
+    write_manifest(d, {})
+    with pytest.raises(ModelDirError, match="has no model_int8.onnx"):
+        OrtModel(d, precision="int8")

@@ -119,6 +119,7 @@ def test_slide_keeps_control_prefix(ort_model):
     ctx = ort_model.context_len
     assert s.n_past <= ctx and s.tokens[:3] == controls
     assert s.tokens[3:] == music[len(music) - (s.n_past - 3):]  # then the most recent tokens
+    assert s._cls_n == 303  # class_probs average every token fed, each once, re-prefills or not
 
 
 @pytest.mark.parametrize("seed", [0, 1])

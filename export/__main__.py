@@ -9,8 +9,9 @@ from export.cli import add_export_arguments, run_export
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export",
-                                description="Export a TypeMoE checkpoint to a checked ONNX model directory.")
+    p = argparse.ArgumentParser(
+        prog="python -m export", description="Export a TypeMoE checkpoint to a checked ONNX model directory."
+    )
     add_export_arguments(p, positional=True)
     return run_export(p.parse_args(argv))
 

@@ -54,8 +54,12 @@ def default_model_dir() -> Path:
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
     ms = np.asarray(samples_s) * 1e3
-    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99)), "n": int(ms.size)}
+    return {
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "p99": float(np.percentile(ms, 99)),
+        "n": int(ms.size),
+    }
 
 
 def time_calls(fn: Callable[[], Any], *, reps: int, warmup: int) -> list[float]:
@@ -78,8 +82,9 @@ def _prompt(model: OrtModel, n: int, rng: np.random.Generator) -> list[int]:
     return ids
 
 
-def interleaved_decode(models: dict[str, OrtModel], context: int, *, reps: int, warmup: int, block: int = 100,
-                       seed: int = 0) -> dict[str, list[float]]:
+def interleaved_decode(
+    models: dict[str, OrtModel], context: int, *, reps: int, warmup: int, block: int = 100, seed: int = 0
+) -> dict[str, list[float]]:
     """Seconds per feed([id]) with `context` tokens attended, per model, timed in alternating blocks.
 
     The session is rewound after each step, so every step attends exactly `context` tokens.
@@ -94,7 +99,7 @@ def interleaved_decode(models: dict[str, OrtModel], context: int, *, reps: int, 
     out: dict[str, list[float]] = {name: [] for name in models}
     for start in range(0, reps + warmup, block):
         for name, s in sessions.items():
-            for i in ids[start:start + block]:
+            for i in ids[start : start + block]:
                 t0 = time.perf_counter()
                 s.feed([i])
                 out[name].append(time.perf_counter() - t0)
@@ -115,8 +120,9 @@ def torch_decode(torch_model: Any, context: int, *, reps: int, warmup: int, thre
         past = torch_model(ids, past=torch_model.empty_past()).present
         for path in ("sparse", "gather") if cfg.ffn != "dense" else ("sparse",):
             it = iter(toks)
-            ts = time_calls(lambda p=path, it=it: torch_model(next(it), past=past, moe_path=p), reps=reps,
-                            warmup=warmup)
+            ts = time_calls(
+                lambda p=path, it=it: torch_model(next(it), past=past, moe_path=p), reps=reps, warmup=warmup
+            )
             out[path] = float(np.median(ts) * 1e3)
     return out
 
@@ -135,16 +141,30 @@ def build_torch_twin(model: OrtModel, **changes: Any) -> Any:
     return TypeMoE(cfg, json.loads(model.metadata["type_of_id"])).eval()
 
 
-def run_bench(model_dir: str | os.PathLike, *, torch_model: Any = None, threads: int = 1, reps: int = 2000,
-              warmup: int = 200, torch_reps: int = 300, prefill_reps: int = 20, with_baselines: bool = True,
-              ) -> dict[str, Any]:
+def run_bench(
+    model_dir: str | os.PathLike,
+    *,
+    torch_model: Any = None,
+    threads: int = 1,
+    reps: int = 2000,
+    warmup: int = 200,
+    torch_reps: int = 300,
+    prefill_reps: int = 20,
+    with_baselines: bool = True,
+) -> dict[str, Any]:
     """Measure everything in the module docstring; returns the JSON-ready result."""
     load_before = os.getloadavg()
     model = OrtModel(model_dir, provider="auto", threads=threads)
     notes: list[str] = []
     ctx_max = model.context_len
-    res: dict[str, Any] = {"provider": model.provider, "graph": model.graph_file, "model_dir": str(model_dir),
-                           "threads": threads, "context_len": ctx_max, "config": model.config}
+    res: dict[str, Any] = {
+        "provider": model.provider,
+        "graph": model.graph_file,
+        "model_dir": str(model_dir),
+        "threads": threads,
+        "context_len": ctx_max,
+        "config": model.config,
+    }
     models = {"typemoe": model}
     if model.provider == "cpu" and MODEL_INT8_FILE in model.manifest["files"]:
         models["typemoe_int8"] = OrtModel(model_dir, provider="cpu", precision="int8", threads=threads)
@@ -172,14 +192,24 @@ def run_bench(model_dir: str | os.PathLike, *, torch_model: Any = None, threads:
         notes.append("typemoe_vs_dense: the model is itself dense")
     torch_ms = None
     if with_baselines:
-        torch_ms = _torch_baseline(model, torch_model, notes, context=min(256, ctx_max), threads=threads,
-                                   reps=torch_reps, warmup=max(10, warmup // 10))
+        torch_ms = _torch_baseline(
+            model,
+            torch_model,
+            notes,
+            context=min(256, ctx_max),
+            threads=threads,
+            reps=torch_reps,
+            warmup=max(10, warmup // 10),
+        )
     if torch_ms is not None:
         res["torch_decode_ms"] = {"256": torch_ms, "threads": threads}
         res["ort_vs_torch"] = min(torch_ms.values()) / decode["typemoe"]["256"]["p50"]
     if "typemoe_int8" in decode:
-        q = res["int8"] = {"graph": MODEL_INT8_FILE, "decode_ms": decode["typemoe_int8"],
-                           "quality": model.manifest.get("int8_quality")}
+        q = res["int8"] = {
+            "graph": MODEL_INT8_FILE,
+            "decode_ms": decode["typemoe_int8"],
+            "quality": model.manifest.get("int8_quality"),
+        }
         if "dense_int8" in decode:
             q["dense_decode_ms"] = decode["dense_int8"]
             q["typemoe_vs_dense"] = decode["typemoe_int8"]["256"]["p50"] / decode["dense_int8"]["256"]["p50"]
@@ -198,7 +228,9 @@ def run_bench(model_dir: str | os.PathLike, *, torch_model: Any = None, threads:
 def _prefill_ms(model: OrtModel, reps: int, notes: list[str]) -> float:
     n = min(PREFILL_LEN, model.context_len)
     if n != PREFILL_LEN:
-        notes.append(f"prefill_ms.{PREFILL_LEN}: the model's context is {model.context_len}; measured with {n} tokens")
+        notes.append(
+            f"prefill_ms.{PREFILL_LEN}: the model's context is {model.context_len}; measured with {n} tokens"
+        )
     prompt = _prompt(model, n, np.random.default_rng(1))
     s = model.session()
 
@@ -225,16 +257,23 @@ def _dense_twins(model: OrtModel, tmp: Path, threads: int, notes: list[str]) -> 
         notes.append(f"typemoe_vs_dense needs torch and onnx ({err}); pip install typemoe[train]")
         return {}
     int8 = model.provider == "cpu" and MODEL_INT8_FILE in model.manifest["files"]
-    out = export_model(build_torch_twin(model, ffn="dense"), model.vocab, tmp / "dense",
-                       fp16=model.provider == "cuda", int8=int8, labels=json.loads(model.metadata["labels"]))
+    out = export_model(
+        build_torch_twin(model, ffn="dense"),
+        model.vocab,
+        tmp / "dense",
+        fp16=model.provider == "cuda",
+        int8=int8,
+        labels=json.loads(model.metadata["labels"]),
+    )
     twins = {"dense": OrtModel(out, provider=model.provider, threads=threads)}
     if int8 and MODEL_INT8_FILE in twins["dense"].manifest["files"]:
         twins["dense_int8"] = OrtModel(out, provider="cpu", precision="int8", threads=threads)
     return twins
 
 
-def _torch_baseline(model: OrtModel, torch_model: Any, notes: list[str], *, context: int, threads: int, reps: int,
-                    warmup: int) -> dict[str, float] | None:
+def _torch_baseline(
+    model: OrtModel, torch_model: Any, notes: list[str], *, context: int, threads: int, reps: int, warmup: int
+) -> dict[str, float] | None:
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -258,7 +297,12 @@ def format_table(res: dict[str, Any]) -> str:
         out = []
         for c, st in decode.items():
             at = f" (at {st['context']})" if "context" in st else ""
-            out.append((f"{prefix}decode ms @ {c}{at}", f"p50 {st['p50']:.3f}  p95 {st['p95']:.3f}  p99 {st['p99']:.3f}"))
+            out.append(
+                (
+                    f"{prefix}decode ms @ {c}{at}",
+                    f"p50 {st['p50']:.3f}  p95 {st['p95']:.3f}  p99 {st['p99']:.3f}",
+                )
+            )
         return out
 
     def ratio(v: float | None) -> str:
@@ -274,9 +318,16 @@ def format_table(res: dict[str, Any]) -> str:
         rows += decode_rows("int8 ", q["decode_ms"])
         rows += [(f"int8 {key}", ratio(q.get(key))) for key in ("ort_vs_torch", "typemoe_vs_dense")]
         if q.get("quality"):
-            rows.append(("int8 quality", f"next-token KL {q['quality']['lm_kl_mean']:.1e}, "
-                                         f"top-1 agreement {q['quality']['lm_top1_agreement']:.3f}"))
-    rows.append(("load avg before/after", f"{res['load_avg']['before'][0]:.2f} / {res['load_avg']['after'][0]:.2f}"))
+            rows.append(
+                (
+                    "int8 quality",
+                    f"next-token KL {q['quality']['lm_kl_mean']:.1e}, "
+                    f"top-1 agreement {q['quality']['lm_top1_agreement']:.3f}",
+                )
+            )
+    rows.append(
+        ("load avg before/after", f"{res['load_avg']['before'][0]:.2f} / {res['load_avg']['after'][0]:.2f}")
+    )
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"{k:<{width}}  {v}" for k, v in rows] + [f"note: {n}" for n in res.get("notes", [])])
 
@@ -284,11 +335,20 @@ def format_table(res: dict[str, Any]) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="exported model directory (default: the shipped model)")
-    src.add_argument("--preset", choices=("tiny", "small", "base"),
-                     help="bench an untrained model of this preset, exported on the fly (needs torch)")
-    p.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON result file (default bench.json)")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime / PyTorch intra-op threads (default 1)")
-    p.add_argument("--reps", type=int, default=2000, help="timed decode steps per context and model (default 2000)")
+    src.add_argument(
+        "--preset",
+        choices=("tiny", "small", "base"),
+        help="bench an untrained model of this preset, exported on the fly (needs torch)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("bench.json"), help="JSON result file (default bench.json)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime / PyTorch intra-op threads (default 1)"
+    )
+    p.add_argument(
+        "--reps", type=int, default=2000, help="timed decode steps per context and model (default 2000)"
+    )
     p.add_argument("--warmup", type=int, default=200, help="untimed steps first (default 200)")
     p.add_argument("--no-baselines", action="store_true", help="skip the PyTorch and dense-twin comparisons")
 
@@ -303,12 +363,20 @@ def run(args: argparse.Namespace) -> int:
             model_dir = args.model or default_model_dir()
             if not (Path(model_dir) / "manifest.json").is_file():
                 what = f"--model {model_dir}" if args.model else f"the shipped model ({model_dir})"
-                msg = (f"error: {what} is not an exported model directory. Pass --model MODEL_DIR "
-                       "(`typemoe export --checkpoint CKPT --out MODEL_DIR` makes one) or --preset small.")
+                msg = (
+                    f"error: {what} is not an exported model directory. Pass --model MODEL_DIR "
+                    "(`typemoe export --checkpoint CKPT --out MODEL_DIR` makes one) or --preset small."
+                )
                 print(msg)  # noqa: T201 - CLI output
                 return 2
-        res = run_bench(model_dir, torch_model=torch_model, threads=args.threads, reps=args.reps,
-                        warmup=args.warmup, with_baselines=not args.no_baselines)
+        res = run_bench(
+            model_dir,
+            torch_model=torch_model,
+            threads=args.threads,
+            reps=args.reps,
+            warmup=args.warmup,
+            with_baselines=not args.no_baselines,
+        )
     if args.preset:
         res["model_dir"] = f"--preset {args.preset} (untrained, exported on the fly)"
     print(format_table(res))  # noqa: T201 - CLI output

@@ -31,8 +31,9 @@ def quiet_exporter_logs() -> None:
 
 def _setup_logging(verbose: bool) -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        )
     if not verbose:
         quiet_exporter_logs()
 
@@ -41,21 +42,29 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register `export` and `bench` on the `typemoe` command's subparsers."""
     from export import bench
 
-    p = subparsers.add_parser("export", help="export a checkpoint to an ONNX model directory (parity-checked)",
-                              description=_export_doc())
+    p = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to an ONNX model directory (parity-checked)",
+        description=_export_doc(),
+    )
     add_export_arguments(p)
     p.set_defaults(func=run_export)
-    b = subparsers.add_parser("bench", help="latency benchmark of an exported model (JSON + table)",
-                              description=bench.__doc__.split("\n")[0])
+    b = subparsers.add_parser(
+        "bench",
+        help="latency benchmark of an exported model (JSON + table)",
+        description=bench.__doc__.split("\n")[0],
+    )
     bench.add_arguments(b)
     b.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     b.set_defaults(func=run_bench)
 
 
 def _export_doc() -> str:
-    return ("Write a self-contained model directory (ONNX step graph with KV cache, fp16 twin for CUDA, "
-            "vocabulary, manifest with sha256) and check it against PyTorch. CKPT is a checkpoint directory, "
-            "or a training output directory: its `latest` entry or else its newest step_* sub-directory is used.")
+    return (
+        "Write a self-contained model directory (ONNX step graph with KV cache, fp16 twin for CUDA, "
+        "vocabulary, manifest with sha256) and check it against PyTorch. CKPT is a checkpoint directory, "
+        "or a training output directory: its `latest` entry or else its newest step_* sub-directory is used."
+    )
 
 
 def add_export_arguments(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
@@ -63,7 +72,9 @@ def add_export_arguments(p: argparse.ArgumentParser, *, positional: bool = False
         p.add_argument("checkpoint", type=Path, help="checkpoint or training output directory")
         p.add_argument("out", type=Path, help="model directory to write")
     else:
-        p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint or training output directory")
+        p.add_argument(
+            "--checkpoint", type=Path, required=True, help="checkpoint or training output directory"
+        )
         p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--no-fp16", action="store_true", help="skip model_fp16.onnx (the CUDA graph)")
     p.add_argument("--no-int8", action="store_true", help="skip model_int8.onnx (int8 experts for CPU)")
@@ -81,8 +92,9 @@ def run_export(args: argparse.Namespace) -> int:
         quiet_exporter_logs()  # again: importing torch re-levels its own loggers
 
     try:
-        out = export_checkpoint(args.checkpoint, args.out, fp16=not args.no_fp16, int8=not args.no_int8,
-                                overwrite=args.force)
+        out = export_checkpoint(
+            args.checkpoint, args.out, fp16=not args.no_fp16, int8=not args.no_int8, overwrite=args.force
+        )
     except (FileNotFoundError, FileExistsError, CheckpointError, ValueError) as err:
         log.error("%s", err)
         return 2

@@ -82,7 +82,12 @@ class CachedAttention(nn.Module):
             out, k, v = torch.onnx.ops.symbolic_multi_out(
                 f"{MS_DOMAIN}::GroupQueryAttention",
                 [qkv, None, None, past_k, past_v, seqlens_k, total_len, cos, sin],
-                {"num_heads": self.n_head, "kv_num_heads": self.n_head, "do_rotary": 1, "rotary_interleaved": 0},
+                {
+                    "num_heads": self.n_head,
+                    "kv_num_heads": self.n_head,
+                    "do_rotary": 1,
+                    "rotary_interleaved": 0,
+                },
                 dtypes=[qkv.dtype, past_k.dtype, past_v.dtype],
                 shapes=[[B, T, self.n_head * self.d_head], past_k.shape, past_v.shape],
                 version=1,
@@ -131,11 +136,20 @@ class RoutedExperts(nn.Module):
     by QMoE, which also quantizes activations to int8; the eager reference dequantizes the weights only.
     """
 
-    def __init__(self, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, *, normalize: bool,
-                 int8: bool = False):
+    def __init__(
+        self,
+        w_gate: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        *,
+        normalize: bool,
+        int8: bool = False,
+    ):
         super().__init__()
         E, D, Fh = w_gate.shape
-        fc1 = torch.stack((w_gate.transpose(1, 2), w_up.transpose(1, 2)), dim=2).reshape(E, 2 * Fh, D)  # (E, 2F, D)
+        fc1 = torch.stack((w_gate.transpose(1, 2), w_up.transpose(1, 2)), dim=2).reshape(
+            E, 2 * Fh, D
+        )  # (E, 2F, D)
         fc2 = w_down.transpose(1, 2).contiguous()  # (E, D, F)
         self.normalize, self.int8 = normalize, int8
         if int8:
@@ -150,8 +164,14 @@ class RoutedExperts(nn.Module):
             self.register_buffer("fc2", fc2)
 
     def _attrs(self) -> dict:
-        return {"k": 1, "activation_type": "swiglu", "swiglu_fusion": 1, "activation_alpha": 1.0,
-                "activation_beta": 0.0, "normalize_routing_weights": int(self.normalize)}
+        return {
+            "k": 1,
+            "activation_type": "swiglu",
+            "swiglu_fusion": 1,
+            "activation_alpha": 1.0,
+            "activation_beta": 0.0,
+            "normalize_routing_weights": int(self.normalize),
+        }
 
     def forward(self, x: torch.Tensor, router_NE: torch.Tensor) -> torch.Tensor:
         if _exporting() and self.int8:
@@ -159,14 +179,24 @@ class RoutedExperts(nn.Module):
                 f"{MS_DOMAIN}::QMoE",
                 [x, router_NE, self.q1, self.s1.to(x.dtype), None, self.q2, self.s2.to(x.dtype)],
                 {**self._attrs(), "expert_weight_bits": 8, "block_size": INT8_BLOCK},
-                dtype=x.dtype, shape=x.shape, version=1,
+                dtype=x.dtype,
+                shape=x.shape,
+                version=1,
             )
         if _exporting():
             return torch.onnx.ops.symbolic(
-                f"{MS_DOMAIN}::MoE", [x, router_NE, self.fc1, None, self.fc2], self._attrs(),
-                dtype=x.dtype, shape=x.shape, version=1,
+                f"{MS_DOMAIN}::MoE",
+                [x, router_NE, self.fc1, None, self.fc2],
+                self._attrs(),
+                dtype=x.dtype,
+                shape=x.shape,
+                version=1,
             )
-        fc1, fc2 = (self._dequant(self.q1, self.s1), self._dequant(self.q2, self.s2)) if self.int8 else (self.fc1, self.fc2)
+        fc1, fc2 = (
+            (self._dequant(self.q1, self.s1), self._dequant(self.q2, self.s2))
+            if self.int8
+            else (self.fc1, self.fc2)
+        )
         B, T, D = x.shape
         probs_NE = torch.softmax(router_NE.float(), dim=-1)  # (N, E)
         p_N, e_N = probs_NE.max(dim=-1)  # (N,), (N,)
@@ -200,12 +230,18 @@ class FeedForward(nn.Module):
         self.experts = None
         if isinstance(ffn, DenseFFN) and int8:
             d = ffn.ffn  # one SwiGLU as one expert: (1, D, F) weights
-            self.experts = RoutedExperts(d.w_gate.weight.data.t()[None], d.w_up.weight.data.t()[None],
-                                         d.w_down.weight.data.t()[None], normalize=True, int8=True)
+            self.experts = RoutedExperts(
+                d.w_gate.weight.data.t()[None],
+                d.w_up.weight.data.t()[None],
+                d.w_down.weight.data.t()[None],
+                normalize=True,
+                int8=True,
+            )
         elif self.dense is None:
             ex = ffn.experts
-            self.experts = RoutedExperts(ex.w_gate.data, ex.w_up.data, ex.w_down.data,
-                                         normalize=self.kind == "typemoe", int8=int8)
+            self.experts = RoutedExperts(
+                ex.w_gate.data, ex.w_up.data, ex.w_down.data, normalize=self.kind == "typemoe", int8=int8
+            )
 
     def forward(self, x: torch.Tensor, type_router_NE: torch.Tensor) -> torch.Tensor:
         if self.dense is not None:
@@ -279,7 +315,9 @@ class StepGraph(nn.Module):
             self.blocks.append(m)
         self.norm_f = model.norm_f
         # every head in one matmul: [lm (tied to wte); key; meter; cls] rows, fp32 even in a fp16 graph
-        heads = [model.lm_head, model.key_head, model.meter_head] + ([model.cls_head] if cfg.n_classes else [])
+        heads = [model.lm_head, model.key_head, model.meter_head] + (
+            [model.cls_head] if cfg.n_classes else []
+        )
         self.head_sizes = [h.out_features for h in heads]
         w = torch.cat([h.weight.data.float() for h in heads])  # (V+K+M+C, D)
         b = torch.cat([torch.zeros(h.out_features) if h.bias is None else h.bias.data.float() for h in heads])
@@ -293,14 +331,20 @@ class StepGraph(nn.Module):
         total = past_len + T  # () P + T
         seqlens_k = (total - 1).to(torch.int32).expand(B)  # (B,) GQA: index of each row's last key
         total_len = total.to(torch.int32)  # ()
-        router_NE = F.embedding(input_ids, self.type_router).reshape(B * T, -1)  # (N, E) one-hot by token type
+        router_NE = F.embedding(input_ids, self.type_router).reshape(
+            B * T, -1
+        )  # (N, E) one-hot by token type
         x = self.wte(input_ids)  # (B, T, D) residual stream
         h = self.blocks[0].norm_attn(x)  # (B, T, D) normed input of the next sublayer
-        norms = [n for blk in self.blocks for n in (blk.norm_attn, blk.norm_ffn)][1:] + [self.norm_f]  # after each sublayer
+        norms = [n for blk in self.blocks for n in (blk.norm_attn, blk.norm_ffn)][1:] + [
+            self.norm_f
+        ]  # after each sublayer
         present = []
         for i, blk in enumerate(self.blocks):
             qkv = blk.qkv(h)  # (B, T, 3D)
-            a, k, v = blk.attn(qkv, past[2 * i], past[2 * i + 1], seqlens_k, total_len, self.cos, self.sin, past_len)
+            a, k, v = blk.attn(
+                qkv, past[2 * i], past[2 * i + 1], seqlens_k, total_len, self.cos, self.sin, past_len
+            )
             x, h = _add_norm(x, blk.proj(a), norms[2 * i])  # x += attention; h = norm_ffn(x)
             x, h = _add_norm(x, blk.ffn(h, router_NE), norms[2 * i + 1])  # x += ffn; h = next norm(x)
             present += [k, v]

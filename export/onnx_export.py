@@ -88,8 +88,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         chosen = max(steps)[1]
         log.info("checkpoint: newest of %d step_* folders in %s: %s", len(steps), root, chosen.name)
         return chosen
-    raise FileNotFoundError(f"{root}: no checkpoint (config.json), no `latest` pointer and no complete step_* "
-                            "sub-directory")
+    raise FileNotFoundError(
+        f"{root}: no checkpoint (config.json), no `latest` pointer and no complete step_* sub-directory"
+    )
 
 
 def label_sets(cfg: Any, meta: dict[str, Any]) -> dict[str, list[str] | None]:
@@ -98,14 +99,22 @@ def label_sets(cfg: Any, meta: dict[str, Any]) -> dict[str, list[str] | None]:
     Taken from the checkpoint meta when it has them (keys key_names / meter_names / class_names), else
     typemoe.analysis.KEYS / METERS when the head sizes match; otherwise placeholder names, logged.
     """
+
     def pick(meta_key: str, n: int, default: tuple[str, ...] | None, stem: str) -> list[str]:
         names = meta.get(meta_key) or (meta.get("labels") or {}).get(stem + "s")
         if names is not None and len(names) == n:
             return [str(x) for x in names]
         if default is not None and len(default) == n:
             return list(default)
-        log.warning("no names for the %d %s classes in the checkpoint meta (%r); using %s_0..%s_%d",
-                    n, stem, meta_key, stem, stem, n - 1)
+        log.warning(
+            "no names for the %d %s classes in the checkpoint meta (%r); using %s_0..%s_%d",
+            n,
+            stem,
+            meta_key,
+            stem,
+            stem,
+            n - 1,
+        )
         return [f"{stem}_{i}" for i in range(n)]
 
     return {
@@ -128,8 +137,9 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def graph_metadata(model: TypeMoE, vocab: Any, *, labels: dict, precision: str,
-                   source: dict[str, Any]) -> dict[str, str]:
+def graph_metadata(
+    model: TypeMoE, vocab: Any, *, labels: dict, precision: str, source: dict[str, Any]
+) -> dict[str, str]:
     """metadata_props of a step graph: everything a runtime needs to use it without the checkpoint."""
     cfg = model.cfg
     contract = {
@@ -157,8 +167,9 @@ def graph_metadata(model: TypeMoE, vocab: Any, *, labels: dict, precision: str,
     return {META_PREFIX + k: v for k, v in meta.items()}
 
 
-def export_graph(model: TypeMoE, path: Path, *, dtype: torch.dtype, metadata: dict[str, str],
-                 int8_experts: bool = False) -> None:
+def export_graph(
+    model: TypeMoE, path: Path, *, dtype: torch.dtype, metadata: dict[str, str], int8_experts: bool = False
+) -> None:
     """Export StepGraph(model) to `path` with every exporter option spelled out."""
     cfg = model.cfg
     graph = graphs.StepGraph(model, dtype=dtype, int8_experts=int8_experts).eval()
@@ -169,8 +180,11 @@ def export_graph(model: TypeMoE, path: Path, *, dtype: torch.dtype, metadata: di
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     seq = torch.export.Dim("seq", min=1, max=cfg.context_len)
     cache = torch.export.Dim("cache", min=1, max=cfg.context_len)
-    dynamic_shapes = {"input_ids": {0: batch, 1: seq}, "past_len": None,
-                      "past": [{0: batch, 2: cache} for _ in range(2 * n_layer)]}
+    dynamic_shapes = {
+        "input_ids": {0: batch, 1: seq},
+        "past_len": None,
+        "past": [{0: batch, 2: cache} for _ in range(2 * n_layer)],
+    }
     with tempfile.TemporaryDirectory() as artifacts, torch.no_grad(), warnings.catch_warnings():
         # known noise: the shared batch/cache Dims are reported as "will not be used" (they are, once),
         # and torch's pytree deprecation inside the exporter
@@ -204,7 +218,9 @@ def export_graph(model: TypeMoE, path: Path, *, dtype: torch.dtype, metadata: di
     opsets = dict(model_ir.opset_imports)
     assert opsets.get(graphs.MS_DOMAIN) == MS_OPSET, f"expected com.microsoft opset {MS_OPSET}, got {opsets}"
     model_ir.producer_name = "typemoe.export"
-    model_ir.doc_string = "TypeMoE step graph: prefill and decode on a preallocated KV cache (export/DESIGN.md)"
+    model_ir.doc_string = (
+        "TypeMoE step graph: prefill and decode on a preallocated KV cache (export/DESIGN.md)"
+    )
     model_ir.metadata_props.update(metadata)
     program.save(path, include_initializers=True, keep_initializers_as_inputs=False, external_data=False)
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
@@ -223,9 +239,18 @@ def write_manifest(model_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def export_model(model: TypeMoE, vocab: Any, out_dir: str | os.PathLike, *, labels: dict | None = None,
-                 source: dict[str, Any] | None = None, fp16: bool = True, int8: bool = True,
-                 overwrite: bool = False, seed: int = 0) -> Path:
+def export_model(
+    model: TypeMoE,
+    vocab: Any,
+    out_dir: str | os.PathLike,
+    *,
+    labels: dict | None = None,
+    source: dict[str, Any] | None = None,
+    fp16: bool = True,
+    int8: bool = True,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> Path:
     """Write and check a model directory for an in-memory model.
 
     Args:
@@ -251,7 +276,9 @@ def export_model(model: TypeMoE, vocab: Any, out_dir: str | os.PathLike, *, labe
     _check_target(out, overwrite)
     model = _cpu_fp32_copy(model)
     if not torch.equal(model.router.type_of_id, torch.as_tensor(vocab.type_of)):
-        raise ValueError("vocab.type_of differs from the model's type table; export with the model's own vocab")
+        raise ValueError(
+            "vocab.type_of differs from the model's type table; export with the model's own vocab"
+        )
     labels = labels or label_sets(model.cfg, {})
     source = source or {}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +300,9 @@ def export_model(model: TypeMoE, vocab: Any, out_dir: str | os.PathLike, *, labe
         cases = validate.default_cases(vocab, model.cfg.context_len, seed=seed)
         quality = extra["int8_quality"] = validate.int8_quality(model, tmp / MODEL_INT8_FILE, cases)
         if not quality["ok"]:
-            log.warning("int8 experts change the predictions too much (%s); dropping %s", quality, MODEL_INT8_FILE)
+            log.warning(
+                "int8 experts change the predictions too much (%s); dropping %s", quality, MODEL_INT8_FILE
+            )
             (tmp / MODEL_INT8_FILE).unlink()
     write_manifest(tmp, extra)
     if out.exists():
@@ -283,8 +312,14 @@ def export_model(model: TypeMoE, vocab: Any, out_dir: str | os.PathLike, *, labe
     return out
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, fp16: bool = True,
-                      int8: bool = True, overwrite: bool = False) -> Path:
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    fp16: bool = True,
+    int8: bool = True,
+    overwrite: bool = False,
+) -> Path:
     """Export a checkpoint directory (see resolve_checkpoint) into a model directory.
 
     The vocabulary comes from the checkpoint (tokenizer.json + types.json), else the project default
@@ -301,13 +336,23 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         vocab = TypedVocab.default()
         log.info("%s holds no vocabulary; using the project default (hash %s)", src, vocab.hash[:12])
     if meta.get("vocab_hash") not in (None, vocab.hash):
-        raise ValueError(f"{src}: checkpoint was trained with vocabulary {meta['vocab_hash'][:12]}, "
-                         f"found {vocab.hash[:12]}")
+        raise ValueError(
+            f"{src}: checkpoint was trained with vocabulary {meta['vocab_hash'][:12]}, "
+            f"found {vocab.hash[:12]}"
+        )
     model = ckpt.load(src)
     dropped = {"vocab_hash", "key_names", "meter_names", "class_names"}  # stored as typemoe.labels instead
     source = {"checkpoint": str(src.resolve()), **{k: v for k, v in meta.items() if k not in dropped}}
-    return export_model(model, vocab, out_dir, labels=label_sets(cfg, meta), source=source, fp16=fp16,
-                        int8=int8, overwrite=overwrite)
+    return export_model(
+        model,
+        vocab,
+        out_dir,
+        labels=label_sets(cfg, meta),
+        source=source,
+        fp16=fp16,
+        int8=int8,
+        overwrite=overwrite,
+    )
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
@@ -315,7 +360,11 @@ def _check_target(out: Path, overwrite: bool) -> None:
         return
     if overwrite and (out / MANIFEST_FILE).is_file():
         return
-    hint = "pass --force to replace it" if (out / MANIFEST_FILE).is_file() else "choose an empty or new directory"
+    hint = (
+        "pass --force to replace it"
+        if (out / MANIFEST_FILE).is_file()
+        else "choose an empty or new directory"
+    )
     raise FileExistsError(f"{out} exists and is not empty; {hint}")
 
 

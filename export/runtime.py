@@ -91,8 +91,10 @@ def read_manifest(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
         raise ModelDirError(f"{model_dir} is not a directory; pass an exported TypeMoE model directory")
     path = model_dir / MANIFEST_FILE
     if not path.is_file():
-        raise ModelDirError(f"{path} is missing: not an exported TypeMoE model directory (or an incomplete one); "
-                            "`python -m export CHECKPOINT_DIR OUT_DIR` writes one")
+        raise ModelDirError(
+            f"{path} is missing: not an exported TypeMoE model directory (or an incomplete one); "
+            "`python -m export CHECKPOINT_DIR OUT_DIR` writes one"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         files = manifest["files"]
@@ -100,8 +102,10 @@ def read_manifest(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
     except (json.JSONDecodeError, KeyError, AssertionError, UnicodeDecodeError) as err:
         raise ModelDirError(f"{path} is corrupt: {err!r}") from err
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelDirError(f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
-                            f"this runtime reads {FORMAT!r} v{FORMAT_VERSION}")
+        raise ModelDirError(
+            f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
+            f"this runtime reads {FORMAT!r} v{FORMAT_VERSION}"
+        )
     for name in (MODEL_FILE, "tokenizer.json", "types.json"):
         if name not in files:
             raise ModelDirError(f"{path} does not list {name}, which every model directory needs")
@@ -111,8 +115,10 @@ def read_manifest(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
             if not f.is_file():
                 raise ModelDirError(f"{f} is missing (listed in {MANIFEST_FILE})")
             if f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]:
-                raise ModelDirError(f"{f} is corrupt: its size or sha256 differs from {MANIFEST_FILE} "
-                                    "(re-copy or re-export the model directory)")
+                raise ModelDirError(
+                    f"{f} is corrupt: its size or sha256 differs from {MANIFEST_FILE} "
+                    "(re-copy or re-export the model directory)"
+                )
     return manifest
 
 
@@ -129,7 +135,7 @@ def cpu_session_options(threads: int = 1) -> ort.SessionOptions:
 
 
 def resolve_provider(provider: str) -> str:
-    """"cpu" or "cuda" from "auto" | "cpu" | "cuda"; a CUDA request without CUDA falls back, logged."""
+    """ "cpu" or "cuda" from "auto" | "cpu" | "cuda"; a CUDA request without CUDA falls back, logged."""
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
     available = ort.get_available_providers()
@@ -138,16 +144,21 @@ def resolve_provider(provider: str) -> str:
     if _CUDA in available:
         return "cuda"
     if provider == "cuda":
-        log.warning("CUDA requested but onnxruntime %s offers only %s (install onnxruntime-gpu, and not "
-                    "beside onnxruntime); falling back to CPU", ort.__version__, available)
+        log.warning(
+            "CUDA requested but onnxruntime %s offers only %s (install onnxruntime-gpu, and not "
+            "beside onnxruntime); falling back to CPU",
+            ort.__version__,
+            available,
+        )
     return "cpu"
 
 
 class KVCache:
     """Per-layer key and value buffers (B, H, S, Dh) as OrtValues bound as both past and present."""
 
-    def __init__(self, n_layer: int, n_head: int, length: int, d_head: int, *, device: str, dtype: type,
-                 batch: int = 1):
+    def __init__(
+        self, n_layer: int, n_head: int, length: int, d_head: int, *, device: str, dtype: type, batch: int = 1
+    ):
         self.shape = (batch, n_head, length, d_head)
         self.device, self.dtype = device, dtype
         self.bindings: dict[int, Any] = {}  # id(OrtGraph) -> its IOBinding for these buffers
@@ -156,8 +167,10 @@ class KVCache:
             self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.arrays]
         else:
             self.arrays = None
-            self.values = [ort.OrtValue.ortvalue_from_shape_and_type(self.shape, dtype, "cuda", 0)
-                           for _ in range(2 * n_layer)]
+            self.values = [
+                ort.OrtValue.ortvalue_from_shape_and_type(self.shape, dtype, "cuda", 0)
+                for _ in range(2 * n_layer)
+            ]
 
     def copy_from(self, other: KVCache, n_rows: int) -> None:
         """Copy the first n_rows cache rows of every buffer of `other` into this cache."""
@@ -257,8 +270,15 @@ class OrtModel:
         ModelDirError: missing, corrupt or inconsistent files, naming the file.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, *, provider: str = "auto", precision: str = "auto",
-                 threads: int = 1, verify: bool = True):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        *,
+        provider: str = "auto",
+        precision: str = "auto",
+        threads: int = 1,
+        verify: bool = True,
+    ):
         self.model_dir = Path(model_dir)
         self.manifest = read_manifest(self.model_dir, verify=verify)
         try:
@@ -267,19 +287,28 @@ class OrtModel:
             raise ModelDirError(f"{self.model_dir}: bad vocabulary files: {err}") from err
         self.graph = self._open(resolve_provider(provider), precision, threads)
         self.provider = "cuda" if self.graph.providers[0] == _CUDA else "cpu"
-        log.info("TypeMoE model %s: %s on %s (%s)", self.model_dir, self.graph_file, self.provider.upper(),
-                 ", ".join(self.graph.providers))
+        log.info(
+            "TypeMoE model %s: %s on %s (%s)",
+            self.model_dir,
+            self.graph_file,
+            self.provider.upper(),
+            ", ".join(self.graph.providers),
+        )
         meta = self.graph.session.get_modelmeta().custom_metadata_map
-        self.metadata = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+        self.metadata = {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
         try:
             self.config: dict[str, Any] = json.loads(self.metadata["config"])
             labels = json.loads(self.metadata["labels"])
             vocab_hash = self.metadata["vocab_hash"]
         except (KeyError, json.JSONDecodeError) as err:
-            raise ModelDirError(f"{self.model_dir / self.graph_file}: metadata_props lack or garble {err}") from err
+            raise ModelDirError(
+                f"{self.model_dir / self.graph_file}: metadata_props lack or garble {err}"
+            ) from err
         if vocab_hash != self.vocab.hash:
-            raise ModelDirError(f"{self.model_dir}: tokenizer.json/types.json (hash {self.vocab.hash[:12]}) are not "
-                                f"the vocabulary the graph was exported with ({vocab_hash[:12]})")
+            raise ModelDirError(
+                f"{self.model_dir}: tokenizer.json/types.json (hash {self.vocab.hash[:12]}) are not "
+                f"the vocabulary the graph was exported with ({vocab_hash[:12]})"
+            )
         self.context_len: int = int(self.config["context_len"])
         self.key_names: list[str] = list(labels["keys"])
         self.meter_names: list[str] = list(labels["meters"])
@@ -298,12 +327,18 @@ class OrtModel:
         if precision == "auto":
             chosen = "fp16" if device == "cuda" and MODEL_FP16_FILE in files else "fp32"
         if PRECISIONS[chosen] not in files:
-            raise ModelDirError(f"{self.model_dir} has no {PRECISIONS[chosen]} (precision {chosen!r}); it holds "
-                                f"{sorted(f for f in files if f.endswith('.onnx'))}")
+            raise ModelDirError(
+                f"{self.model_dir} has no {PRECISIONS[chosen]} (precision {chosen!r}); it holds "
+                f"{sorted(f for f in files if f.endswith('.onnx'))}"
+            )
         if device == "cuda":
             if chosen == "fp32":
-                log.warning("%s has no %s: CUDA runs the fp32 graph, and GroupQueryAttention has no fp32 CUDA "
-                            "kernel, so part of it runs on the CPU", self.model_dir, MODEL_FP16_FILE)
+                log.warning(
+                    "%s has no %s: CUDA runs the fp32 graph, and GroupQueryAttention has no fp32 CUDA "
+                    "kernel, so part of it runs on the CPU",
+                    self.model_dir,
+                    MODEL_FP16_FILE,
+                )
             try:
                 graph = self._session(chosen, "cuda", threads)
                 if graph.providers[0] == _CUDA:
@@ -328,8 +363,9 @@ class OrtModel:
 
     def new_cache(self) -> KVCache:
         device = "cuda" if self.provider == "cuda" else "cpu"
-        return KVCache(self.n_layer, self.n_head, self.context_len, self.d_head, device=device,
-                       dtype=self.cache_dtype)
+        return KVCache(
+            self.n_layer, self.n_head, self.context_len, self.d_head, device=device, dtype=self.cache_dtype
+        )
 
     def session(self) -> OrtSession:
         return OrtSession(self)
@@ -399,7 +435,9 @@ class OrtSession:
             n_pre = len(_control_prefix(every, self.model.vocab.family_of, limit=ctx // 4))
             start = max(n_pre, len(every) - (3 * ctx // 4 - n_pre))
             keep = [*range(n_pre), *range(start, len(every))]
-            log.debug("context full (%d + %d > %d): re-prefilling %d tokens", self.n_past, len(new), ctx, len(keep))
+            log.debug(
+                "context full (%d + %d > %d): re-prefilling %d tokens", self.n_past, len(new), ctx, len(keep)
+            )
             heads = self._run([every[i] for i in keep], 0)
             self.tokens = [every[i] for i in keep]
             self._cls_rows = [rows[i] for i in keep]
@@ -500,8 +538,16 @@ class OrtSession:
             allowed &= ~((pos >= 0) & (pos <= self._bar_position))
         return allowed
 
-    def generate(self, *, n_tokens: int | None = None, n_bars: int | None = None, temperature: float = 1.0,
-                 top_p: float = 0.95, seed: int | None = None, strict_positions: bool = True) -> list[int]:
+    def generate(
+        self,
+        *,
+        n_tokens: int | None = None,
+        n_bars: int | None = None,
+        temperature: float = 1.0,
+        top_p: float = 0.95,
+        seed: int | None = None,
+        strict_positions: bool = True,
+    ) -> list[int]:
         """Sample a grammar-valid continuation of the cached stream, feeding each new id.
 
         Args:
@@ -543,8 +589,9 @@ class OrtSession:
         return out
 
 
-def sample_next(logits: np.ndarray, allowed: np.ndarray, *, temperature: float, top_p: float,
-                rng: np.random.Generator) -> int:
+def sample_next(
+    logits: np.ndarray, allowed: np.ndarray, *, temperature: float, top_p: float, rng: np.random.Generator
+) -> int:
     """One id from (V,) logits restricted to `allowed`; the same rule as typemoe.sample.sample_next."""
     assert allowed.any(), "grammar mask allows no token"
     masked = np.where(allowed, logits.astype(np.float64), -np.inf)  # (V,)

@@ -56,7 +56,9 @@ class ParityReport:
     rows: list[tuple[str, str, float, float]] = field(default_factory=list)  # case, output, max |diff|, bound
     mismatches: list[str] = field(default_factory=list)
 
-    def add(self, case: str, name: str, got: np.ndarray, want: np.ndarray, *, atol: float, rtol: float) -> None:
+    def add(
+        self, case: str, name: str, got: np.ndarray, want: np.ndarray, *, atol: float, rtol: float
+    ) -> None:
         if got.shape != want.shape:
             self.mismatches.append(f"{case}/{name}: shape {got.shape} != {want.shape}")
             self.rows.append((case, name, float("inf"), atol))
@@ -67,20 +69,29 @@ class ParityReport:
         self.rows.append((case, name, worst, atol))
         if diff.size and (excess.max() > 0 or not np.isfinite(got).all()):
             at = np.unravel_index(int(np.argmax(excess)), diff.shape)
-            self.mismatches.append(f"{case}/{name}: max |diff| {worst:.3e} (bound {atol:.0e} + {rtol:.0e}*|ref|), "
-                                   f"worst at index {tuple(int(i) for i in at)}")
+            self.mismatches.append(
+                f"{case}/{name}: max |diff| {worst:.3e} (bound {atol:.0e} + {rtol:.0e}*|ref|), "
+                f"worst at index {tuple(int(i) for i in at)}"
+            )
 
     def summary(self) -> str:
         worst: dict[str, float] = {}
         for case, name, d, _ in self.rows:
-            key = ("fp16 " if case.startswith("fp16/") else "") + ("cache" if name.startswith("present") else name)
+            key = ("fp16 " if case.startswith("fp16/") else "") + (
+                "cache" if name.startswith("present") else name
+            )
             worst[key] = max(worst.get(key, 0.0), d)
         return ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items()))
 
     def to_json(self) -> dict:
-        return {"atol": ATOL, "rtol": RTOL, "fp16_atol": FP16_ATOL, "cases": len({r[0] for r in self.rows}),
-                "max_abs_diff": {r[0] + "/" + r[1]: r[2] for r in self.rows if not r[1].startswith("present")},
-                "summary": self.summary()}
+        return {
+            "atol": ATOL,
+            "rtol": RTOL,
+            "fp16_atol": FP16_ATOL,
+            "cases": len({r[0] for r in self.rows}),
+            "max_abs_diff": {r[0] + "/" + r[1]: r[2] for r in self.rows if not r[1].startswith("present")},
+            "summary": self.summary(),
+        }
 
 
 def typed_prompt(vocab, n: int, rng: np.random.Generator) -> list[int]:
@@ -111,7 +122,12 @@ def default_cases(vocab, context_len: int, *, seed: int = 0) -> list[Case]:
     cases.append(Case(f"prefill{p}+decode8", [row(seq[:p])] + [row([i]) for i in seq[p:]]))
     p = min(256, context_len - 8)
     seq = typed_prompt(vocab, p + 8, rng)
-    cases.append(Case(f"prefill{p}+chunk4+decode4", [row(seq[:p]), row(seq[p:p + 4])] + [row([i]) for i in seq[p + 4:]]))
+    cases.append(
+        Case(
+            f"prefill{p}+chunk4+decode4",
+            [row(seq[:p]), row(seq[p : p + 4])] + [row([i]) for i in seq[p + 4 :]],
+        )
+    )
     seq = typed_prompt(vocab, 6, rng)
     cases.append(Case("decode6-from-empty", [row([i]) for i in seq]))
     seq = typed_prompt(vocab, context_len, rng)
@@ -121,8 +137,15 @@ def default_cases(vocab, context_len: int, *, seed: int = 0) -> list[Case]:
     return cases
 
 
-def check_parity(model: TypeMoE, model_dir: str | Path, *, cases: list[Case] | None = None, seed: int = 0,
-                 atol: float = ATOL, rtol: float = RTOL) -> ParityReport:
+def check_parity(
+    model: TypeMoE,
+    model_dir: str | Path,
+    *,
+    cases: list[Case] | None = None,
+    seed: int = 0,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+) -> ParityReport:
     """Compare every case on PyTorch and on the model directory's graphs; raise once, listing everything.
 
     Raises:
@@ -140,7 +163,9 @@ def check_parity(model: TypeMoE, model_dir: str | Path, *, cases: list[Case] | N
         try:
             graph16 = OrtGraph(fp16_path, device="cpu")
         except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as err:  # type: ignore[attr-defined]
-            log.warning("cannot run %s on CPU to check it (%s); it is checked only on CUDA", fp16_path.name, err)
+            log.warning(
+                "cannot run %s on CPU to check it (%s); it is checked only on CUDA", fp16_path.name, err
+            )
         else:
             for case in cases[-3:]:  # chains and a batch: enough to catch a layout or dtype slip
                 _check_case(model, graph16, np.float16, case, report, atol=FP16_ATOL, rtol=0.0, tag="fp16/")
@@ -148,14 +173,25 @@ def check_parity(model: TypeMoE, model_dir: str | Path, *, cases: list[Case] | N
         log.debug("parity %s/%s: %.2e (bound %.0e)", case, name, d, bound)
     if report.mismatches:
         lines = "\n  ".join(report.mismatches)
-        raise ExportMismatchError(f"{model_dir}: ONNX Runtime differs from PyTorch in {len(report.mismatches)} "
-                                  f"places:\n  {lines}", report.mismatches)
+        raise ExportMismatchError(
+            f"{model_dir}: ONNX Runtime differs from PyTorch in {len(report.mismatches)} places:\n  {lines}",
+            report.mismatches,
+        )
     return report
 
 
 @torch.inference_mode()
-def _check_case(model: TypeMoE, graph: OrtGraph, dtype, case: Case, report: ParityReport, *, atol: float,
-                rtol: float, tag: str) -> None:
+def _check_case(
+    model: TypeMoE,
+    graph: OrtGraph,
+    dtype,
+    case: Case,
+    report: ParityReport,
+    *,
+    atol: float,
+    rtol: float,
+    tag: str,
+) -> None:
     cfg = model.cfg
     B = case.chunks[0].shape[0]
     cache = KVCache(cfg.n_layer, cfg.n_head, cfg.context_len, cfg.d_head, device="cpu", dtype=dtype, batch=B)
@@ -170,13 +206,24 @@ def _check_case(model: TypeMoE, graph: OrtGraph, dtype, case: Case, report: Pari
         got = graph.run(ids, P, cache)
         P += ids.shape[1]
         seen.append(ids)
-        for name, ref in (("logits", want.logits), ("key_logits", want.key_logits),
-                          ("meter_logits", want.meter_logits)):
+        for name, ref in (
+            ("logits", want.logits),
+            ("key_logits", want.key_logits),
+            ("meter_logits", want.meter_logits),
+        ):
             report.add(where, name, got[name], ref.numpy(), atol=atol, rtol=rtol)
         for i, (k, v) in enumerate(want.present):
-            report.add(where, f"present_key_{i}", cache.arrays[2 * i][:, :, :P], k.numpy(), atol=atol, rtol=rtol)
-            report.add(where, f"present_value_{i}", cache.arrays[2 * i + 1][:, :, :P], v.numpy(), atol=atol,
-                       rtol=rtol)
+            report.add(
+                where, f"present_key_{i}", cache.arrays[2 * i][:, :, :P], k.numpy(), atol=atol, rtol=rtol
+            )
+            report.add(
+                where,
+                f"present_value_{i}",
+                cache.arrays[2 * i + 1][:, :, :P],
+                v.numpy(),
+                atol=atol,
+                rtol=rtol,
+            )
         if cfg.n_classes:
             cls_rows.append(got["cls_logits"])
             pooled = np.concatenate(cls_rows, axis=1).mean(axis=1)  # (B, C)
@@ -198,8 +245,15 @@ def int8_quality(model: TypeMoE, graph_path: str | Path, cases: list[Case]) -> d
     kl = {"logits": [], "key_logits": [], "meter_logits": []}
     agree, max_diff = [], 0.0
     for case in cases:
-        cache = KVCache(cfg.n_layer, cfg.n_head, cfg.context_len, cfg.d_head, device="cpu", dtype=np.float32,
-                        batch=case.chunks[0].shape[0])
+        cache = KVCache(
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.context_len,
+            cfg.d_head,
+            device="cpu",
+            dtype=np.float32,
+            batch=case.chunks[0].shape[0],
+        )
         past, P = model.empty_past(case.chunks[0].shape[0]), 0
         for ids in case.chunks:
             want = model(torch.from_numpy(ids), past=past)
@@ -213,10 +267,20 @@ def int8_quality(model: TypeMoE, graph_path: str | Path, cases: list[Case]) -> d
                 if name == "logits":
                     agree += list((ref.argmax(-1) == got[name].argmax(-1)).ravel())
                     max_diff = max(max_diff, float(np.abs(ref - got[name]).max()))
-    out = {"lm_kl_mean": float(np.mean(kl["logits"])), "lm_kl_max": float(np.max(kl["logits"])),
-           "key_kl_mean": float(np.mean(kl["key_logits"])), "meter_kl_mean": float(np.mean(kl["meter_logits"])),
-           "lm_top1_agreement": float(np.mean(agree)), "max_abs_logit_diff": max_diff, "positions": len(agree),
-           "bounds": {"lm_kl_mean": INT8_MAX_MEAN_KL, "kl_max": INT8_MAX_KL}}
-    out["ok"] = bool(out["lm_kl_mean"] <= INT8_MAX_MEAN_KL and out["lm_kl_max"] <= INT8_MAX_KL
-                     and out["key_kl_mean"] <= INT8_MAX_KL and out["meter_kl_mean"] <= INT8_MAX_KL)
+    out = {
+        "lm_kl_mean": float(np.mean(kl["logits"])),
+        "lm_kl_max": float(np.max(kl["logits"])),
+        "key_kl_mean": float(np.mean(kl["key_logits"])),
+        "meter_kl_mean": float(np.mean(kl["meter_logits"])),
+        "lm_top1_agreement": float(np.mean(agree)),
+        "max_abs_logit_diff": max_diff,
+        "positions": len(agree),
+        "bounds": {"lm_kl_mean": INT8_MAX_MEAN_KL, "kl_max": INT8_MAX_KL},
+    }
+    out["ok"] = bool(
+        out["lm_kl_mean"] <= INT8_MAX_MEAN_KL
+        and out["lm_kl_max"] <= INT8_MAX_KL
+        and out["key_kl_mean"] <= INT8_MAX_KL
+        and out["meter_kl_mean"] <= INT8_MAX_KL
+    )
     return out

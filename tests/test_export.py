@@ -33,7 +33,9 @@ def model_dir(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("export") / "model")
 
 
-@pytest.mark.parametrize("kw", [{}, {"ffn": "dense"}, {"ffn": "switch", "shared_expert": True}, {"n_classes": 3}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"ffn": "dense"}, {"ffn": "switch", "shared_expert": True}, {"n_classes": 3}]
+)
 def test_step_graph_eager_equals_model(vocab, kw):
     """The export wrapper (reference ops, no ONNX) reproduces TypeMoE.forward through a cache chain."""
     torch.manual_seed(0)
@@ -50,7 +52,7 @@ def test_step_graph_eager_equals_model(vocab, kw):
             want = model(chunk, past=past)
             past = want.present
             got = graph(chunk, torch.tensor(P), cache)
-            cache = list(got[len(graph.head_sizes):])
+            cache = list(got[len(graph.head_sizes) :])
             P += chunk.size(1)
             for g, w in zip(got, (want.logits, want.key_logits, want.meter_logits)):
                 torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
@@ -59,7 +61,14 @@ def test_step_graph_eager_equals_model(vocab, kw):
 
 def test_export_passes_parity_and_writes_a_complete_directory(model_dir):
     files = {p.name for p in model_dir.iterdir()}
-    assert {MODEL_FILE, MODEL_FP16_FILE, MODEL_INT8_FILE, "tokenizer.json", "types.json", MANIFEST_FILE} <= files
+    assert {
+        MODEL_FILE,
+        MODEL_FP16_FILE,
+        MODEL_INT8_FILE,
+        "tokenizer.json",
+        "types.json",
+        MANIFEST_FILE,
+    } <= files
     manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
     assert set(manifest["files"]) == files - {MANIFEST_FILE}
     parity = manifest["parity"]
@@ -70,20 +79,34 @@ def test_export_passes_parity_and_writes_a_complete_directory(model_dir):
     quality = manifest["int8_quality"]  # int8 experts kept: the predictions did not move
     assert quality["ok"] and quality["lm_kl_mean"] < 1e-3 and quality["positions"] > 500
     cases = {k.split("#")[0] for k in fp32}
-    assert {"len1/structure", "len1/pitch", "len1/velocity", "len1/duration", "len1/control", "prefill17",
-            "prefill256"} <= cases  # context lengths 1, 17, 256 (= this model's maximum) and every type
+    assert {
+        "len1/structure",
+        "len1/pitch",
+        "len1/velocity",
+        "len1/duration",
+        "len1/control",
+        "prefill17",
+        "prefill256",
+    } <= cases  # context lengths 1, 17, 256 (= this model's maximum) and every type
 
 
 def test_metadata_round_trip(model_dir, vocab):
     cfg, table, meta = checkpoint.read_config(tiny_checkpoint_dir())
-    for name, precision in ((MODEL_FILE, "float32"), (MODEL_FP16_FILE, "float16"), (MODEL_INT8_FILE, "int8-experts")):
+    for name, precision in (
+        (MODEL_FILE, "float32"),
+        (MODEL_FP16_FILE, "float16"),
+        (MODEL_INT8_FILE, "int8-experts"),
+    ):
         props = {p.key: p.value for p in onnx.load(model_dir / name, load_external_data=False).metadata_props}
         assert json.loads(props["typemoe.config"]) == cfg.to_dict()
         assert props["typemoe.vocab_hash"] == vocab.hash
         assert json.loads(props["typemoe.type_of_id"]) == table.tolist()
         labels = json.loads(props["typemoe.labels"])
-        assert labels == {"keys": list(analysis.KEYS), "meters": list(analysis.METERS),
-                          "classes": list(analysis.EMOTIONS)}
+        assert labels == {
+            "keys": list(analysis.KEYS),
+            "meters": list(analysis.METERS),
+            "classes": list(analysis.EMOTIONS),
+        }
         versions = json.loads(props["typemoe.versions"])
         assert {"torch", "onnx", "onnxruntime", "python"} <= set(versions)
         assert props["typemoe.precision"] == precision
@@ -97,8 +120,10 @@ def test_graph_contract(model_dir):
     """Names and dims of export/DESIGN.md; static routing: no control flow, one MoE and GQA per layer."""
     cfg, _, _ = checkpoint.read_config(tiny_checkpoint_dir())
     m = onnx.load(model_dir / MODEL_FILE)
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in [*m.graph.input, *m.graph.output]}
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*m.graph.input, *m.graph.output]
+    }
     L, H, Dh = cfg.n_layer, cfg.n_head, cfg.d_head
     assert [i.name for i in m.graph.input] == ["input_ids", "past_len", *graphs.past_names(L)]
     assert [o.name for o in m.graph.output] == [*graphs.head_names(N_CLASSES), *graphs.present_names(L)]

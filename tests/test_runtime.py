@@ -59,8 +59,13 @@ def test_greedy_generation_equals_pytorch(ort_model, torch_model, n_prompt, n_ne
 
     vocab = ort_model.vocab
     prompt = _music(vocab, n_prompt, seed=n_prompt)
-    want = generate(torch_model, torch.tensor([prompt]), max_new_tokens=n_new, temperature=0.0,
-                    grammar=Grammar.from_vocab(vocab))[0].tolist()
+    want = generate(
+        torch_model,
+        torch.tensor([prompt]),
+        max_new_tokens=n_new,
+        temperature=0.0,
+        grammar=Grammar.from_vocab(vocab),
+    )[0].tolist()
     s = ort_model.session()
     s.feed(prompt)
     got = s.generate(n_tokens=n_new, temperature=0.0, strict_positions=False)
@@ -115,10 +120,10 @@ def test_slide_keeps_control_prefix(ort_model):
     s.feed(controls)
     music = _music(vocab, 300, seed=6)
     for i in range(0, 300, 7):
-        s.feed(music[i:i + 7])
+        s.feed(music[i : i + 7])
     ctx = ort_model.context_len
     assert s.n_past <= ctx and s.tokens[:3] == controls
-    assert s.tokens[3:] == music[len(music) - (s.n_past - 3):]  # then the most recent tokens
+    assert s.tokens[3:] == music[len(music) - (s.n_past - 3) :]  # then the most recent tokens
     assert s._cls_n == 303  # class_probs average every token fed, each once, re-prefills or not
 
 

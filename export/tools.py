@@ -77,8 +77,10 @@ def open_model(path: Path | None):
     if path is None:
         path = default_model_dir()
         if not path.is_dir() or not any(path.iterdir()):
-            raise ToolError(f"no --model given and the shipped default model ({path}) is not installed; "
-                            "pass --model EXPORTED_MODEL_DIR (or a training checkpoint)")
+            raise ToolError(
+                f"no --model given and the shipped default model ({path}) is not installed; "
+                "pass --model EXPORTED_MODEL_DIR (or a training checkpoint)"
+            )
     path = Path(path)
     if not path.exists():
         raise ToolError(f"model {path} does not exist")
@@ -91,13 +93,17 @@ def open_model(path: Path | None):
             raise ToolError(str(err)) from err
     ckpt = _checkpoint_dir(path)
     if ckpt is None:
-        raise ToolError(f"{path} is neither an exported model directory ({MANIFEST_FILE}) nor a TypeMoE "
-                        "checkpoint (config.json + model.safetensors, or a training run with latest/)")
+        raise ToolError(
+            f"{path} is neither an exported model directory ({MANIFEST_FILE}) nor a TypeMoE "
+            "checkpoint (config.json + model.safetensors, or a training run with latest/)"
+        )
     try:
         import torch  # noqa: F401
     except ImportError as err:
-        raise ToolError(f"{path} is a PyTorch checkpoint and torch is not installed; export it to ONNX "
-                        "(`typemoe export`) or install the train extra") from err
+        raise ToolError(
+            f"{path} is a PyTorch checkpoint and torch is not installed; export it to ONNX "
+            "(`typemoe export`) or install the train extra"
+        ) from err
     return _TorchModel(ckpt)
 
 
@@ -136,8 +142,11 @@ class _TorchSession:
             past = self.past if self.past is not None else m.empty_past(1)
             out = m(torch.as_tensor([ids], dtype=torch.long), past=past)
         self.past = out.present
-        self.last = Heads(out.logits[0, -1].float().numpy(), torch.softmax(out.key_logits[0, -1].float(), -1).numpy(),
-                          torch.softmax(out.meter_logits[0, -1].float(), -1).numpy())
+        self.last = Heads(
+            out.logits[0, -1].float().numpy(),
+            torch.softmax(out.key_logits[0, -1].float(), -1).numpy(),
+            torch.softmax(out.meter_logits[0, -1].float(), -1).numpy(),
+        )
         return self.last
 
     def feed(self, ids: Sequence[int]) -> Heads:
@@ -151,7 +160,7 @@ class _TorchSession:
         n_ctrl = 0
         while n_ctrl < min(len(every), ctx // 4) and vocab.family_of[every[n_ctrl]] == _CONTROL:
             n_ctrl += 1
-        self.tokens = every[:n_ctrl] + every[n_ctrl:][-(3 * ctx // 4 - n_ctrl):]
+        self.tokens = every[:n_ctrl] + every[n_ctrl:][-(3 * ctx // 4 - n_ctrl) :]
         self.past = None
         return self._run(self.tokens)
 
@@ -168,8 +177,15 @@ class _TorchSession:
         while len(out) < n_bars * TOKENS_PER_BAR_CAP:
             last = self.tokens[-1] if self.tokens else vocab.bos_id
             allowed = torch.as_tensor(vocab.next_allowed[vocab.family_of[last]])[None]  # (1, V)
-            nxt = int(sample_next(torch.as_tensor(self.last.logits)[None], temperature=temperature, top_p=top_p,
-                                  allowed=allowed, generator=gen)[0])
+            nxt = int(
+                sample_next(
+                    torch.as_tensor(self.last.logits)[None],
+                    temperature=temperature,
+                    top_p=top_p,
+                    allowed=allowed,
+                    generator=gen,
+                )[0]
+            )
             if vocab.family_of[nxt] == _BAR:
                 bars += 1
                 if bars >= n_bars:
@@ -209,15 +225,20 @@ def analyze(model, midi: Path) -> dict:
     seq = [model.vocab.bos_id, *ids][: model.context_len]
     out = model.session().feed(seq)
     k, m = int(np.argmax(out.key_probs)), int(np.argmax(out.meter_probs))
-    return {"key": model.key_names[k], "key_confidence": round(float(out.key_probs[k]), 4),
-            "meter": model.meter_names[m], "meter_confidence": round(float(out.meter_probs[m]), 4)}
+    return {
+        "key": model.key_names[k],
+        "key_confidence": round(float(out.key_probs[k]), 4),
+        "meter": model.meter_names[m],
+        "meter_confidence": round(float(out.meter_probs[m]), 4),
+    }
 
 
 # --------------------------------------------------------------------------- generate
 
 
-def continuation_score(model, prompt_path: Path, *, bars: int, controls: dict, temperature: float, top_p: float,
-                       seed: int | None):
+def continuation_score(
+    model, prompt_path: Path, *, bars: int, controls: dict, temperature: float, top_p: float, seed: int | None
+):
     """The prompt score with one more track holding `bars` generated bars. Returns (score, n_new_notes)."""
     import symusic
 
@@ -233,7 +254,8 @@ def continuation_score(model, prompt_path: Path, *, bars: int, controls: dict, t
     except (ValueError, KeyError) as err:
         raise ToolError(f"bad control: {err}") from err
     bar_id = int(np.flatnonzero(vocab.family_of == _BAR)[0])
-    start_bar = sum(1 for i in ids if vocab.family_of[i] == _BAR)  # the appended Bar opens bar number start_bar
+    # the Bar appended after the prompt opens bar number start_bar (bars count from 0)
+    start_bar = sum(1 for i in ids if vocab.family_of[i] == _BAR)
     session = model.session()
     session.feed([vocab.bos_id, *ctrl, *ids, bar_id])
     new = session.generate(n_bars=bars, temperature=temperature, top_p=top_p, seed=seed)
@@ -245,8 +267,14 @@ def continuation_score(model, prompt_path: Path, *, bars: int, controls: dict, t
     for t in decoded.tracks:
         for n in t.notes:
             if n.time >= start:
-                track.notes.append(symusic.Note(int(round(n.time * scale)), max(1, int(round(n.duration * scale))),
-                                                n.pitch, n.velocity))
+                track.notes.append(
+                    symusic.Note(
+                        int(round(n.time * scale)),
+                        max(1, int(round(n.duration * scale))),
+                        n.pitch,
+                        n.velocity,
+                    )
+                )
     out = score.copy()
     out.tracks.append(track)
     return out, len(track.notes)
@@ -268,15 +296,24 @@ def _analyze_cmd(args: argparse.Namespace) -> int:
     if args.json:
         _write(json.dumps(res))
     else:
-        _write(f"key: {res['key']} ({res['key_confidence']:.2f})\nmeter: {res['meter']} ({res['meter_confidence']:.2f})")
+        _write(
+            f"key: {res['key']} ({res['key_confidence']:.2f})\nmeter: {res['meter']} ({res['meter_confidence']:.2f})"
+        )
     return 0
 
 
 def _generate_cmd(args: argparse.Namespace) -> int:
     controls = {"key": args.key, "meter": args.meter, "genre": args.genre, "emotion": args.emotion}
     try:
-        score, n_new = continuation_score(open_model(args.model), args.file, bars=args.bars, controls=controls,
-                                          temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        score, n_new = continuation_score(
+            open_model(args.model),
+            args.file,
+            bars=args.bars,
+            controls=controls,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         score.dump_midi(str(args.out))
     except ToolError as err:
@@ -291,14 +328,22 @@ def _generate_cmd(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers) -> None:
     """Register `analyze` and `generate` on an argparse subparsers object."""
-    a = subparsers.add_parser("analyze", help="key and meter of a MIDI file, with confidences",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = subparsers.add_parser(
+        "analyze",
+        help="key and meter of a MIDI file, with confidences",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     a.add_argument("file", type=Path, help="a MIDI file")
     a.add_argument("--model", type=Path, help="exported model dir or checkpoint (default: the shipped model)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(func=_analyze_cmd)
-    g = subparsers.add_parser("generate", help="continue a MIDI file by N bars",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = subparsers.add_parser(
+        "generate",
+        help="continue a MIDI file by N bars",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g.add_argument("file", type=Path, help="the prompt, a MIDI file")
     g.add_argument("--bars", type=int, required=True, help="bars (4 beats each) to add")
     g.add_argument("--out", type=Path, required=True, help="output MIDI: the prompt, then the continuation")

@@ -98,9 +98,12 @@ def read_manifest(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         files = manifest["files"]
-        assert isinstance(files, dict)
-    except (json.JSONDecodeError, KeyError, AssertionError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise ModelDirError(f"{path} is corrupt: {err!r}") from err
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and {"bytes", "sha256"} <= set(v) for v in files.values()
+    ):
+        raise ModelDirError(f"{path} is corrupt: 'files' must map names to {{bytes, sha256}}")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ModelDirError(
             f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
@@ -161,7 +164,7 @@ class KVCache:
     ):
         self.shape = (batch, n_head, length, d_head)
         self.device, self.dtype = device, dtype
-        self.bindings: dict[int, Any] = {}  # id(OrtGraph) -> its IOBinding for these buffers
+        self.bindings: dict[tuple, Any] = {}  # (id(OrtGraph), kind[, batch]) -> a binding on these buffers
         if device == "cpu":  # numpy owns the memory; the OrtValues are views, so ORT writes into it
             self.arrays = [np.zeros(self.shape, dtype=dtype) for _ in range(2 * n_layer)]
             self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.arrays]
@@ -183,7 +186,7 @@ class KVCache:
 
 
 class OrtGraph:
-    """One InferenceSession of the step graph plus its IOBinding: run(ids, past_len, cache) -> heads."""
+    """One InferenceSession of the step graph: run(ids, past_len, cache) -> heads, cache updated in place."""
 
     def __init__(self, path: Path, *, device: str, threads: int = 1):
         self.device = device

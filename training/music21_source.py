@@ -30,6 +30,7 @@ Conversion choices (bump CONVERTER_VERSION when one changes, which invalidates t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -47,7 +48,7 @@ from typemoe import analysis
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1  # part of the cache path: bump when notes or label rules change
+CONVERTER_VERSION = 2  # part of the cache path: bump when notes or label rules change
 TPQ = 480  # ticks per quarter note in the cached MIDI files
 DEFAULT_VELOCITY = 80
 THIRD_SHARE = 0.75  # Essen mode rule: share of the winning third among both thirds
@@ -333,12 +334,36 @@ def _split_abc(text: str) -> list[str]:
     return [header + t for t in tunes]
 
 
+@contextlib.contextmanager
+def _notation_off():
+    """Turn off two engraving passes of music21's ABC import for the duration of one parse.
+
+    - Stream.makeBeams beams every measure and sets stem directions;
+    - abcFormat.translate.reBar splits overfull measures into new ones, deep-copying notes.
+    Neither changes a note's offset, pitch or (tie-merged) duration, so neither reaches MIDI, and
+    together they are 75-85 % of an ABC file's parse time (cProfile: oneills1850/0101-0200.abc
+    makeBeams 21.8 of 29.6 s; essenFolksong/han1.abc reBar 71 of 93 s). Restored on exit, so other
+    music21 users in the process are unaffected.
+    """
+    from music21 import stream
+    from music21.abcFormat import translate
+
+    make_beams, re_bar = stream.Stream.makeBeams, translate.reBar
+    stream.Stream.makeBeams = lambda self, *args, **kwargs: None if kwargs.get("inPlace") else self
+    translate.reBar = lambda part, *, inPlace=False: None if inPlace else part
+    try:
+        yield
+    finally:
+        stream.Stream.makeBeams, translate.reBar = make_beams, re_bar
+
+
 def _parse(source: Path | str, fmt: str | None = None):
     from music21 import converter
 
-    if fmt is None:
-        return converter.parse(source, forceSource=True, storePickle=False)
-    return converter.parse(source, format=fmt, forceSource=True)
+    with _notation_off():
+        if fmt is None:
+            return converter.parse(source, forceSource=True, storePickle=False)
+        return converter.parse(source, format=fmt, forceSource=True, storePickle=False)
 
 
 def _tunes_of(parsed, rel: str) -> list[tuple[str, object]]:

@@ -62,6 +62,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 def _export_doc() -> str:
     return (
         "Write a self-contained model directory (ONNX step graph with KV cache, fp16 twin for CUDA, "
+        "int8-expert twin for CPU, "
         "vocabulary, manifest with sha256) and check it against PyTorch. CKPT is a checkpoint directory, "
         "or a training output directory: its `latest` entry or else its newest step_* sub-directory is used."
     )

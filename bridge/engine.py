@@ -64,10 +64,9 @@ class _Bucket:
         self.rate, self.level, self.t = rate, rate, -math.inf
 
     def take(self, t: float) -> bool:
-        self.level = (
-            min(self.rate, self.level + (t - self.t) * self.rate) if self.t > -math.inf else self.rate
-        )
-        self.t = t
+        if t > self.t:  # stamps from different sources arrive slightly out of order: never refill backwards
+            gain = (t - self.t) * self.rate if self.t > -math.inf else self.rate
+            self.level, self.t = min(self.rate, self.level + gain), t
         if self.level >= 1.0:
             self.level -= 1.0
             return True

@@ -189,6 +189,9 @@ class MidiPorts:
         except (rtmidi.RtMidiError, ValueError) as err:
             log.warning("MIDI %s: cannot connect to %r: %s", kind, names[idx], err)
             return None
+        if kind == "in":  # python-rtmidi drops the callback when a port is closed: set it again
+            port.cancel_callback()
+            port.set_callback(self._callback)
         log.info("MIDI %s: connected to %r", kind, names[idx])
         return names[idx]
 

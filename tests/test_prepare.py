@@ -191,7 +191,7 @@ def test_transposition_moves_the_key_label_and_matches_retokenizing(vocab):
 
 def test_transposition_drops_notes_out_of_range_and_moves_key_controls(vocab):
     tr = Transposer(vocab)
-    score = score_from_notes([(0, 4, 60, 80), (0, 4, 107, 80), (40, 4, 106, 80)])
+    score = score_from_notes([(0, 4, 60, 80), (0, 4, 107, 80), (40, 4, 108, 80)])
     prefix = vocab.control_ids(key="C major", meter="4/4")
     ids = np.asarray(prefix + vocab.encode_score(score))
     moved, key, dropped = tr.transpose(ids, 3, analysis.parse_key("C major"))

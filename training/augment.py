@@ -49,7 +49,7 @@ class Transposer:
         self.velocity_ids = np.asarray([i for _, i in sorted(vel)], dtype=np.int64)  # ascending velocity
         self.velocity_rank = np.full(self.size, -1, dtype=np.int64)
         self.velocity_rank[self.velocity_ids] = np.arange(len(self.velocity_ids))
-        # the range encode_score keeps (lo <= pitch < hi), so transposing == re-tokenizing a transposed score
+        # the range encode_score keeps (lo <= pitch <= hi, inclusive as in miditok), so transposing == re-tokenizing a transposed score
         self.lo, self.hi = vocab.tokenizer.config.pitch_range
 
     def transpose(self, ids: np.ndarray, k: int, key: int = -1) -> tuple[np.ndarray, int, int]:
@@ -66,7 +66,7 @@ class Transposer:
         ids = np.asarray(ids, dtype=np.int64)
         pitch = self.pitch_of[ids]  # (T,)
         is_pitch = pitch >= 0
-        out_of_range = is_pitch & ((pitch + k < self.lo) | (pitch + k >= self.hi))
+        out_of_range = is_pitch & ((pitch + k < self.lo) | (pitch + k > self.hi))
         drop = out_of_range.copy()
         for offset, kind in ((1, 2), (2, 3)):  # REMI note = Pitch, Velocity, Duration
             at = np.flatnonzero(out_of_range) + offset

@@ -51,7 +51,7 @@ class StreamingTokenizer:
 
     def __post_init__(self) -> None:
         lo, hi = self.vocab.tokenizer.config.pitch_range
-        self._pitch_range = range(lo, hi)
+        self._pitch_range = range(lo, hi + 1)  # miditok's pitch_range is inclusive
         self._bar_id = self.vocab.id("Bar_None")
         self._pos_ids = [self.vocab.id(f"Position_{p}") for p in range(TICKS_PER_BAR)]
         self._pitch_ids = {p: self.vocab.id(f"Pitch_{p}") for p in self._pitch_range}

@@ -254,11 +254,10 @@ class TypedVocab:
             raise ScoreError(f"score has no pitched notes ({kind})")
         arrays = [t.notes.numpy() for t in tracks]
         notes = {k: np.concatenate([a[k] for a in arrays]) for k in ("time", "duration", "pitch", "velocity")}
-        keep = (notes["pitch"] >= lo) & (notes["pitch"] < hi) & (notes["velocity"] > 0)
+        keep = (notes["pitch"] >= lo) & (notes["pitch"] <= hi) & (notes["velocity"] > 0)  # miditok: inclusive
         notes = {k: v[keep] for k, v in notes.items()}
         if len(notes["time"]) == 0:
-            raise ScoreError("score has no notes in the pitch range "
-                             f"{lo}..{hi - 1} (drums only or empty)")
+            raise ScoreError(f"score has no notes in the pitch range {lo}..{hi} (drums only or empty)")
         notes["duration"] = np.maximum(notes["duration"], 1)
         order = np.lexsort((notes["velocity"], notes["pitch"], notes["duration"], notes["time"]))
         out = symusic.Score(TICKS_PER_BEAT)

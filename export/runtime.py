@@ -109,9 +109,11 @@ def read_manifest(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
             f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
             f"this runtime reads {FORMAT!r} v{FORMAT_VERSION}"
         )
-    for name in (MODEL_FILE, "tokenizer.json", "types.json"):
+    for name in ("tokenizer.json", "types.json"):
         if name not in files:
             raise ModelDirError(f"{path} does not list {name}, which every model directory needs")
+    if not any(graph in files for graph in PRECISIONS.values()):
+        raise ModelDirError(f"{path} lists no ONNX graph; a model directory holds one of {sorted(PRECISIONS.values())}")
     if verify:
         for name, info in files.items():
             f = model_dir / name
@@ -265,7 +267,7 @@ class OrtModel:
     Args:
         model_dir: an exported model directory.
         provider: "auto" (CUDA when available, else CPU), "cpu" or "cuda" (falls back to CPU, logged).
-        precision: "auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16" or "int8" (int8 experts, CPU:
+        precision: "auto" (CUDA: fp16, else fp32, else int8; CPU: fp32, else int8, else fp16), "fp32", "fp16" or "int8" (int8 experts, CPU:
             about 2x faster decode for the small model at equal predictions, see export/DESIGN.md).
         threads: CPU intra-op threads (default 1, see the module docstring).
         verify: check every file's sha256 against the manifest (about 30 ms for the small model).
@@ -326,9 +328,16 @@ class OrtModel:
         files = self.manifest["files"]
         if precision not in ("auto", *PRECISIONS):
             raise ValueError(f"precision must be 'auto' or one of {sorted(PRECISIONS)}, got {precision!r}")
+        # "auto": the best graph the directory holds for the device. A shipped directory may hold only the
+        # int8-expert CPU graph (and fp16 for CUDA) to stay small (typemoe/default_model/MODEL_CARD.md).
+        cpu_order, cuda_order = ("fp32", "int8", "fp16"), ("fp16", "fp32", "int8")
+
+        def _best(order: tuple[str, ...]) -> str:
+            return next((p for p in order if PRECISIONS[p] in files), order[0])
+
         chosen = precision
         if precision == "auto":
-            chosen = "fp16" if device == "cuda" and MODEL_FP16_FILE in files else "fp32"
+            chosen = _best(cuda_order if device == "cuda" else cpu_order)
         if PRECISIONS[chosen] not in files:
             raise ModelDirError(
                 f"{self.model_dir} has no {PRECISIONS[chosen]} (precision {chosen!r}); it holds "
@@ -350,7 +359,7 @@ class OrtModel:
             except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as err:  # type: ignore[attr-defined]
                 log.warning("CUDA session failed (%s); falling back to CPU", err)
             if precision == "auto":
-                chosen = "fp32"
+                chosen = _best(cpu_order)
         return self._session(chosen, "cpu", threads)
 
     def _session(self, precision: str, device: str, threads: int) -> OrtGraph:

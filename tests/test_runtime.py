@@ -234,3 +234,17 @@ def test_precisions(model_dir, ort_model, tmp_path):
     write_manifest(d, {})
     with pytest.raises(ModelDirError, match="has no model_int8.onnx"):
         OrtModel(d, precision="int8")
+
+
+def test_auto_precision_uses_what_a_slim_directory_holds(model_dir, ort_model, tmp_path):
+    """A shipped directory without the fp32 graph still opens on CPU: auto falls to the int8 graph."""
+    pytest.importorskip("torch")
+    from export.onnx_export import write_manifest
+
+    d = _copy(model_dir, tmp_path)
+    (d / MODEL_FILE).unlink()
+    write_manifest(d, {})
+    m = OrtModel(d, provider="cpu")
+    assert m.graph_file == "model_int8.onnx"
+    ids = _music(ort_model.vocab, 40, seed=3)
+    assert int(m.session().feed(ids).logits.argmax()) == int(ort_model.session().feed(ids).logits.argmax())

@@ -20,6 +20,8 @@ PPQN = 24  # MIDI beat clock pulses per quarter note
 BEATS_PER_BAR = 4
 _FIT_PULSES = 48  # two beats of pulses for the tempo/phase fit
 _SYNC_TIMEOUT_S = 0.5  # no pulse for this long: not synced (free-running)
+_LOST_AFTER = 6  # pulses in a row a whole pulse off the fitted line: one was lost, recount
+_RELOCK_S = 10.0  # pulses back within this long continue the old pulse count (same tempo assumed)
 
 
 class Clock(Protocol):
@@ -65,6 +67,8 @@ class BeatClock:
         self._spb = 60.0 / tempo  # seconds per beat
         self._pulses: deque[tuple[float, float]] = deque(maxlen=_FIT_PULSES)  # (beat, t)
         self._last_pulse_t = -math.inf
+        self._lattice: float | None = None  # timeline beat of the last pulse
+        self._disagree, self._last_off = 0, 0  # pulses in a row whose count is off the fitted line
         self._align_to: float | None = None  # DAW beat the next pulse stands for (after Start / SPP)
         self._daw_beat = 0.0  # DAW song position (beats) at the last pulse
         self.running = False  # DAW transport state (Start/Continue vs Stop)
@@ -101,12 +105,27 @@ class BeatClock:
         if not self.follow_midi:
             return
         period = self._spb / PPQN
-        if self._pulses and t - self._last_pulse_t < _SYNC_TIMEOUT_S:
-            missed = max(1, round((t - self._last_pulse_t) / period))  # pulses dropped under load
-            beat = self._pulses[-1][0] + missed / PPQN
+        gap = t - self._last_pulse_t
+        if self._lattice is not None and gap < _RELOCK_S:
+            # Count pulses. Pulses are never dropped on the way in (the inbox lets them through), but they can
+            # arrive late and then in a burst (a busy machine): each one is exactly 1/24 beat. Only after the
+            # clock was silent (the DAW stopped sending) does the elapsed time say how many it skipped.
+            n = 1 if gap < _SYNC_TIMEOUT_S else max(1, round(gap / period))
+            beat = self._lattice + n / PPQN
+            # A pulse lost on the way shows as the count lagging the fitted line by a whole pulse, pulse after
+            # pulse (a late burst disagrees only briefly): after _LOST_AFTER such pulses, take the line's count.
+            off = round((self.beat_at(t) - beat) * PPQN) if len(self._pulses) >= _FIT_PULSES // 2 else 0
+            self._disagree = self._disagree + 1 if off != 0 and off == self._last_off else int(off != 0)
+            self._last_off = off
+            if self._disagree >= _LOST_AFTER:
+                beat += off / PPQN
+                self._disagree = 0
+                self._pulses.clear()
             if self.running:
-                self._daw_beat += missed / PPQN
-        else:  # (re)gaining sync: continue the timeline where it is
+                self._daw_beat += n / PPQN
+            if gap >= _SYNC_TIMEOUT_S:
+                self._pulses.clear()  # do not fit a line across the silence
+        else:  # first pulses, or a long silence: continue the timeline where it is
             self._pulses.clear()
             beat = max(self.beat_at(t), 0.0)
         if self._align_to is not None:
@@ -115,6 +134,7 @@ class BeatClock:
             self._align_to = None
             self._pulses.clear()
         self._pulses.append((beat, t))
+        self._lattice = beat
         self._last_pulse_t = t
         self._fit()
 
@@ -163,5 +183,8 @@ class BeatClock:
         if not 60.0 / 400.0 <= spb <= 60.0 / 20.0:  # nonsense pulses: keep the old tempo
             self._t_a, self._b_a = t_last, b_last
             return
+        # Lateness is one-sided (a pulse is never received before it was sent), so the line goes through the
+        # early edge of the residuals, not their mean: a few delayed pulses do not drag the grid late.
+        resid = sorted(t - (mt + spb * (b - mb)) for b, t in self._pulses)
         self._spb = spb
-        self._t_a, self._b_a = mt, mb
+        self._t_a, self._b_a = mt + resid[len(resid) // 10], mb

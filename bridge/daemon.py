@@ -30,6 +30,7 @@ from bridge.worker import ModelThread
 
 log = logging.getLogger(__name__)
 
+_TRANSPORT = (0xF8, 0xFA, 0xFB, 0xFC)  # MIDI clock, Start, Continue, Stop
 _FLUSH_S = 0.05  # after the final note-offs: a few audio periods for the driver to deliver them
 
 
@@ -147,7 +148,12 @@ class Bridge:
             cfg, self.model.vocab, self.model.key_names, self.model.meter_names, now=now()
         )
         worker = ModelThread(self.model, lambda ev: inbox.post(ev, force=True), now)
-        midi = MidiPorts(cfg, on_message=lambda data: inbox.post(MidiIn(data, now())))
+
+        def on_midi(data: tuple[int, ...], t: float) -> None:  # rtmidi's thread: stamp was taken, post only
+            # Clock/transport bytes always get in (at most 24 a beat; the tempo fit counts every one).
+            inbox.post(MidiIn(data, t), force=len(data) == 1 and data[0] in _TRANSPORT)
+
+        midi = MidiPorts(cfg, on_message=on_midi, now=now)
         server = replier = None
         try:
             if self.open_midi:

@@ -45,7 +45,9 @@ from bridge.torchless import StreamingTokenizer
 log = logging.getLogger(__name__)
 
 _GRID = 4  # wake-ups per beat (the tokenizer's grid), for bar reports and respond timing
-_EARLY_S = 0.0005  # an event this close to its deadline is due
+# A note this close to its deadline is due. The loop's timer wakes up to 1 ms late (epoll rounds up to ms),
+# so it is asked to wake this much early: sends then spread around the deadline instead of after it.
+_EARLY_S = 0.001
 _ERRORS_PER_S = 20.0  # /typemoe/error replies (and warnings) per second at most
 
 
@@ -102,6 +104,7 @@ class Engine:
         self._seq = 0
         self._synced = False
         self._controls = (cfg.condition_key, cfg.condition_meter)
+        self._waiting_off: float | None = None  # stamp of a note-off whose note is not yet in the stream
 
     # ---- public ------------------------------------------------------------------------------------------
     def start(self) -> list:
@@ -138,9 +141,11 @@ class Engine:
     def next_deadline(self, now: float) -> float:
         """When the engine next needs a Tick: the next scheduled note or the next grid step."""
         beat = max(self._beat, self.clock.beat_at(now))
-        t = self.clock.time_at((math.floor(beat * _GRID + 1e-6) + 1) / _GRID)  # strictly after now
+        # The tokenizer rounds times to the grid, so its tick changes half-way between grid lines: wake just
+        # after that point, when ended notes become final (a later wake-up only delays the analysis).
+        t = self.clock.time_at((math.floor(beat * _GRID - 0.5 + 1e-6) + 1.5 + 1e-3) / _GRID)  # after now
         if self._queue:
-            t = min(t, self.clock.time_at(self._queue[0][0]) - self.cfg.latency_s)
+            t = min(t, self.clock.time_at(self._queue[0][0]) - self.cfg.latency_s - _EARLY_S)
         return t
 
     def release_all(self) -> list:
@@ -207,16 +212,22 @@ class Engine:
         elif pitch in self._held:
             log.debug("note off %d at beat %.3f", pitch, beat)
             del self._held[pitch]
-            self._feed(self._tok.note_off(pitch, beat - self._origin), t, out)
+            self._feed(self._tok.note_off(pitch, beat - self._origin), t, out, note_off=True)
             if self._phrase is not None:
                 self._phrase[1] = beat
         else:
             self.stats.count("orphan_note_offs")
 
-    def _feed(self, ids: list[int], cause_t: float, out: list) -> None:
-        if ids:
-            self._reader.read(ids)
-            out.append(Feed(tuple(ids), cause_t))
+    def _feed(self, ids: list[int], cause_t: float, out: list, *, note_off: bool = False) -> None:
+        """Send new stream ids to the model; latency is counted from the oldest note-off they carry."""
+        if not ids:
+            if note_off and self._waiting_off is None:
+                self._waiting_off = cause_t  # the note ended but is not final yet (grid not past its onset)
+            return
+        if self._waiting_off is not None:
+            cause_t, self._waiting_off = min(cause_t, self._waiting_off), None
+        self._reader.read(ids)
+        out.append(Feed(tuple(ids), cause_t))
 
     # ---- time ----------------------------------------------------------------------------------------------
     def _tick(self, now: float, out: list) -> None:
@@ -365,7 +376,7 @@ class Engine:
             log.info("condition: key %r meter %r", cmd.key or "free", cmd.meter or "free")
             out.append(Recondition(tuple(ids)))
         elif isinstance(cmd, osc_api.TempoCmd):
-            if self.clock.synced(t):
+            if self.clock.synced(t) or self.cfg.clock == "midi":
                 raise osc_api.OscInputError(
                     f"tempo follows MIDI clock ({self.clock.tempo:.1f} BPM); /typemoe/tempo ignored"
                 )
@@ -389,7 +400,7 @@ class Engine:
         self._stop_playback(out)
         self._tok.reset()
         self._reader = TokenReader(self.vocab)
-        self._origin, self._phrase = None, None
+        self._origin, self._phrase, self._waiting_off = None, None, None
         self._held.clear()
         self._key = self._meter = None
         out.append(ResetModel())

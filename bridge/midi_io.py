@@ -7,9 +7,12 @@ serving, logs it, and reconnects when a port with that name is back (`check()` f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import time
+from collections import deque
 from collections.abc import Callable
 
 import rtmidi
@@ -89,17 +92,54 @@ def _find(ports: list[str], needle: str) -> int | None:
     return hits[0] if hits else None
 
 
+class DriverStamper:
+    """Arrival times from the MIDI driver's own clock, on the caller's clock.
+
+    rtmidi passes each message with the time since the previous one, read by the driver (JACK: in its
+    process callback) before Python waits for the GIL. Our clock's reading in the callback is later by a
+    varying delay, so the smallest (reading - driver time) over the recent messages is the offset between
+    the two clocks. The correction is bounded (a callback is never believed to have waited more than
+    `_MAX_WAIT_S`), the window forgets old offsets (clock drift), and a reading far behind restarts it
+    (a reopened port restarts the driver's deltas).
+    """
+
+    _WINDOW = 64
+    _MAX_WAIT_S = 0.003
+    _RESTART_S = 0.05
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self._now = now
+        self._driver = 0.0
+        self._offsets: deque[float] = deque(maxlen=self._WINDOW)
+
+    def stamp(self, delta: float) -> float:
+        t = self._now()
+        self._driver += max(delta, 0.0)
+        off = t - self._driver
+        if self._offsets and off - min(self._offsets) > self._RESTART_S:
+            self._offsets.clear()
+        self._offsets.append(off)
+        return min(t, max(t - self._MAX_WAIT_S, self._driver + min(self._offsets)))
+
+
 class MidiPorts:
     """The bridge's input and output ports.
 
     Args:
         cfg: port names, API, connect targets.
-        on_message: called from rtmidi's thread with (bytes tuple, ) -> must only stamp and post.
+        on_message: called from rtmidi's thread with (bytes tuple, arrival time) -> must only post.
+        now: the clock arrival times are given on (the bridge's monotonic clock).
     """
 
-    def __init__(self, cfg: BridgeConfig, on_message: Callable[[tuple[int, ...]], None]) -> None:
+    def __init__(
+        self,
+        cfg: BridgeConfig,
+        on_message: Callable[[tuple[int, ...], float], None],
+        now: Callable[[], float],
+    ) -> None:
         self.cfg = cfg
         self._on_message = on_message
+        self._stamper = DriverStamper(now)
         self._in: rtmidi.MidiIn | None = None
         self._out: rtmidi.MidiOut | None = None
         self._in_target: str | None = None  # full name of the port we are connected to
@@ -143,7 +183,19 @@ class MidiPorts:
         self.check()
 
     def _callback(self, message: tuple[list[int], float], _data: object = None) -> None:
-        self._on_message(tuple(message[0]))
+        self._on_message(tuple(message[0]), self._stamper.stamp(message[1]))
+
+    def _quiesce_input(self) -> None:
+        """Stop Python callbacks before closing a port.
+
+        The driver's thread may be waiting for the GIL to run our callback, and closing the port waits for
+        that thread: closing while holding the GIL can deadlock. Cancel the callback, then let the GIL go
+        briefly so a callback in flight finishes.
+        """
+        if self._in is not None:
+            with contextlib.suppress(rtmidi.RtMidiError):
+                self._in.cancel_callback()
+            time.sleep(0.02)
 
     def send(self, data: tuple[int, ...]) -> None:
         if self._out is None or (self.cfg.connect_out is not None and self._out_target is None):
@@ -175,6 +227,8 @@ class MidiPorts:
             log.warning(
                 "MIDI %s: port %r disappeared; still serving, waiting for it to come back", kind, current
             )
+            if kind == "in":
+                self._quiesce_input()
             port.close_port()
         idx = _find(names, needle)
         if idx is None:
@@ -196,6 +250,7 @@ class MidiPorts:
         return names[idx]
 
     def close(self) -> None:
+        self._quiesce_input()
         for port in (self._in, self._out):
             if port is not None:
                 port.close_port()

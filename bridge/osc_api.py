@@ -92,6 +92,11 @@ def _string(x: object, what: str) -> str:
     return x
 
 
+def _free(x: str) -> str:
+    """ "" means free; so do "free", "none" and "-" (Pd cannot type an empty symbol)."""
+    return "" if x.strip().lower() in ("", "free", "none", "-") else x
+
+
 def _arity(address: str, args: tuple, lo: int, hi: int, usage: str) -> None:
     if not lo <= len(args) <= hi:
         raise OscInputError(f"{address} takes {usage}; got {len(args)} argument(s) {args!r}")
@@ -119,8 +124,9 @@ def parse_command(address: str, args: tuple):
             raise OscInputError(f"bars must be in 0.25..64, got {bars}")
         return ContinueCmd(bars)
     if name == "condition":
-        _arity(address, args, 1, 2, 'key s, meter s ("" = free)')
-        return ConditionCmd(_string(args[0], "key"), _string(args[1], "meter") if len(args) > 1 else "")
+        _arity(address, args, 1, 2, 'key s, meter s ("" or "free" = free)')
+        key = _free(_string(args[0], "key"))
+        return ConditionCmd(key, _free(_string(args[1], "meter")) if len(args) > 1 else "")
     if name == "tempo":
         _arity(address, args, 1, 1, "bpm f")
         bpm = _number(args[0], "bpm")

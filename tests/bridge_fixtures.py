@@ -185,6 +185,14 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """Linux: jackd gets SIGTERM when the process that started it dies (no orphan server after a kill)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def jack_server(period: int = 64):
     """A private jackd (dummy driver, 48 kHz, `period` frames) named for this process; yields its name."""
@@ -199,6 +207,7 @@ def jack_server(period: int = 64):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
+        preexec_fn=_die_with_parent,
     )
     old = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
     os.environ["JACK_DEFAULT_SERVER"] = name
@@ -336,7 +345,10 @@ class MidiRecv:
         self.events: list[tuple[float, tuple[int, ...]]] = []
         self.midi = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=name)
         self.midi.ignore_types(sysex=False, timing=False, active_sense=False)
-        self.midi.set_callback(lambda msg, _=None: self.events.append((time.monotonic(), tuple(msg[0]))))
+        from bridge.midi_io import DriverStamper
+
+        stamper = DriverStamper(time.monotonic)  # arrival as the driver saw it, like a DAW's timestamps
+        self.midi.set_callback(lambda msg, _=None: self.events.append((stamper.stamp(msg[1]), tuple(msg[0]))))
         if virtual is not None:
             self.midi.open_virtual_port(virtual)
         else:
@@ -396,8 +408,8 @@ class ClockSender:
             delay = target - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            self.out.send(0xF8)
             self.sent.append(time.monotonic())
+            self.out.send(0xF8)
             k += 1
         self.out.send(0xFC)
 
@@ -406,10 +418,16 @@ class ClockSender:
         self._thread.join(2.0)
 
     def grid_error(self, t: float, per_beat: int = 4) -> float:
-        """Signed distance (s) from t to the nearest 1/per_beat-beat line of this clock."""
+        """Signed distance (s) from t to the nearest 1/per_beat-beat line of this clock, as actually sent.
+
+        The reference is the pulse really sent on that line (a thread can wake late under load, and the
+        bridge follows the pulses it hears, as it would a DAW's), else the ideal line.
+        """
         step = self.period * 24 / per_beat
         k = round((t - self.t0) / step)
-        return t - (self.t0 + k * step)
+        idx = k * (24 // per_beat)
+        ref = self.sent[idx] if 0 <= idx < len(self.sent) else self.t0 + k * step
+        return t - ref
 
 
 # ---- a separate MIDI process: `python tests/bridge_fixtures.py play|flood|keys ...` --------------------

@@ -50,3 +50,46 @@ def test_internal_tempo_change_is_continuous():
     c.set_tempo(60.0, clock.now())
     assert c.beat_at(clock.now()) == pytest.approx(b)
     assert c.beat_at(clock.now() + 1.0) == pytest.approx(b + 1.0)
+
+
+def test_driver_stamper_removes_callback_delay_and_reanchors():
+    from bridge.midi_io import DriverStamper
+
+    clock = FakeClock(50.0)
+    s = DriverStamper(clock.now)
+    assert s.stamp(0.0) == 50.0
+    clock.advance(0.0103)  # the driver saw the next message 10 ms later; our callback ran 0.3 ms after it
+    assert s.stamp(0.010) == pytest.approx(50.010)
+    clock.advance(0.0120)  # 12 ms later by the driver, callback delayed by 2.3 ms this time
+    assert s.stamp(0.0100) == pytest.approx(50.020)
+    clock.advance(0.0150)  # a 10 ms wait is not believed: at most 3 ms is taken off
+    assert s.stamp(0.0050) == pytest.approx(clock.now() - 0.003)
+    clock.advance(5.0)  # a reopened port: the driver restarts at delta 0
+    assert s.stamp(0.0) == pytest.approx(clock.now())
+
+
+def test_late_pulses_arriving_in_a_burst_do_not_shift_the_grid():
+    c = BeatClock(tempo=120.0, t0=0.0)
+    period = 60.0 / 100.0 / PPQN
+    for k in range(PPQN * 4):
+        late = 0.040 if k == PPQN * 3 else 0.0  # we stalled: pulses k..k+2 arrive together, 40 ms late
+        if PPQN * 3 <= k < PPQN * 3 + 3:
+            late = 1.0 + PPQN * 3 * period + 0.040 - (1.0 + k * period)
+        c.on_pulse(1.0 + k * period + late)
+    b_last = c.beat_at(1.0 + (PPQN * 4 - 1) * period)
+    assert round(b_last * PPQN) == pytest.approx(b_last * PPQN, abs=0.05)  # still on the pulse lattice
+    next_16th = (round(b_last * 4) + 1) / 4
+    k_next = PPQN * 4 - 1 + round((next_16th - b_last) * PPQN)
+    assert c.time_at(next_16th) == pytest.approx(1.0 + k_next * period, abs=0.001)
+    assert c.tempo == pytest.approx(100.0, rel=0.01)
+
+
+def test_a_lost_pulse_is_recounted():
+    c = BeatClock(tempo=120.0, t0=0.0)
+    period = 60.0 / 100.0 / PPQN
+    ks = [k for k in range(PPQN * 6) if k != PPQN * 3]  # pulse 72 never arrives
+    for k in ks:
+        c.on_pulse(1.0 + k * period)
+    t = 1.0 + ks[-1] * period
+    b0 = c.beat_at(1.0)
+    assert c.beat_at(t) - b0 == pytest.approx(ks[-1] / PPQN, abs=0.01)

@@ -59,6 +59,7 @@ def test_garbage_is_a_bad_datagram(data):
         ("/typemoe/continue", (), osc_api.ContinueCmd(None)),
         ("/typemoe/continue", (2,), osc_api.ContinueCmd(2.0)),
         ("/typemoe/condition", ("A minor", ""), osc_api.ConditionCmd("A minor", "")),
+        ("/typemoe/condition", ("A_minor", "free"), osc_api.ConditionCmd("A_minor", "")),
         ("/typemoe/tempo", (96,), osc_api.TempoCmd(96.0)),
         ("/typemoe/set", ("temperature", 0.7), osc_api.SetCmd("temperature", 0.7)),
         ("/typemoe/set", ("seed", -1), osc_api.SetCmd("seed", None)),

@@ -194,8 +194,11 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def jack_server(period: int = 64):
-    """A private jackd (dummy driver, 48 kHz, `period` frames) named for this process; yields its name."""
+def jack_server(period: int = 64, watchdog_s: float = 240.0):
+    """A private jackd (dummy driver, 48 kHz, `period` frames) named for this process; yields its name.
+
+    The server is killed after `watchdog_s` whatever happens, so a stuck test fails instead of hanging CI.
+    """
     if JACKD is None:
         raise RuntimeError("jackd is not installed")
     global _JACK_SERIAL
@@ -227,7 +230,16 @@ def jack_server(period: int = 64):
                         f"jackd did not start: {proc.stderr.read().decode(errors='replace')[-500:]}"
                     ) from err
                 time.sleep(0.05)
-        yield name
+        # Safety net: a wedged JACK server would hang its clients forever; killing it makes them fail instead.
+        import threading
+
+        watchdog = threading.Timer(watchdog_s, proc.kill)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            yield name
+        finally:
+            watchdog.cancel()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -111,6 +111,14 @@ def bridge(jack, model_arg, tmp_path_factory):
     assert b.stop() == 0, b.log_text()
 
 
+@pytest.fixture(scope="module")
+def out_recv(bridge):
+    """One listener on TypeMoE Out for the module (JACK clients are not opened and closed per test)."""
+    r = MidiRecv(connect="TypeMoE Out")
+    yield r
+    r.close()
+
+
 def _peer(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(FIXTURES), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -126,50 +134,46 @@ def _wait_notes_done(recv: MidiRecv, quiet_s: float, timeout: float) -> None:
             return
 
 
-def test_tune_over_midi_gives_key_meter_and_a_continuation(bridge):
-    recv = MidiRecv(connect="TypeMoE Out")
-    try:
-        bridge.peer.send("/typemoe/reset")
-        player = _peer("play", "--port", "TypeMoE In", "--bpm", "480")
-        keys = bridge.peer.wait_for("/typemoe/key", 20.0)
-        meters = bridge.peer.wait_for("/typemoe/meter", 5.0)
-        assert player.wait(20) == 0, player.stderr.read().decode()
-        assert keys and meters, bridge.log_text()
-        from typemoe import analysis
+def test_tune_over_midi_gives_key_meter_and_a_continuation(bridge, out_recv):
+    recv = out_recv
+    recv.events.clear()
+    bridge.peer.send("/typemoe/reset")
+    player = _peer("play", "--port", "TypeMoE In", "--bpm", "480")
+    keys = bridge.peer.wait_for("/typemoe/key", 20.0)
+    meters = bridge.peer.wait_for("/typemoe/meter", 5.0)
+    assert player.wait(20) == 0, player.stderr.read().decode()
+    assert keys and meters, bridge.log_text()
+    from typemoe import analysis
 
-        assert keys[0][0] in analysis.KEYS and 0.0 <= keys[0][1] <= 1.0
-        assert meters[0][0] in analysis.METERS and 0.0 <= meters[0][1] <= 1.0
-        bridge.peer.send("/typemoe/continue", 1.0)
-        notes = bridge.peer.wait_for("/typemoe/note", 20.0)
-        assert notes, bridge.log_text()
-        pitch, vel, onset, dur = notes[0]
-        assert isinstance(pitch, int) and isinstance(onset, float) and dur > 0
-        _wait_notes_done(recv, 0.5, 20.0)
-        assert recv.note_ons(), "nothing arrived on TypeMoE Out"
-        assert not recv.hanging()
-    finally:
-        recv.close()
+    assert keys[0][0] in analysis.KEYS and 0.0 <= keys[0][1] <= 1.0
+    assert meters[0][0] in analysis.METERS and 0.0 <= meters[0][1] <= 1.0
+    bridge.peer.send("/typemoe/continue", 1.0)
+    notes = bridge.peer.wait_for("/typemoe/note", 20.0)
+    assert notes, bridge.log_text()
+    pitch, vel, onset, dur = notes[0]
+    assert isinstance(pitch, int) and isinstance(onset, float) and dur > 0
+    _wait_notes_done(recv, 0.5, 20.0)
+    assert recv.note_ons(), "nothing arrived on TypeMoE Out"
+    assert not recv.hanging()
 
 
-def test_same_over_osc_only(bridge):
-    recv = MidiRecv(connect="TypeMoE Out")
-    try:
-        bridge.peer.send("/typemoe/reset")
-        bridge.peer.pump(0.2)
-        spb, t0 = 60.0 / 480.0, time.monotonic() + 0.05
-        from bridge_fixtures import C_MAJOR_TUNE
+def test_same_over_osc_only(bridge, out_recv):
+    recv = out_recv
+    recv.events.clear()
+    bridge.peer.send("/typemoe/reset")
+    bridge.peer.pump(0.2)
+    spb, t0 = 60.0 / 480.0, time.monotonic() + 0.05
+    from bridge_fixtures import C_MAJOR_TUNE
 
-        events = sorted([(o, 1, p) for o, d, p in C_MAJOR_TUNE] + [(o + d, 0, p) for o, d, p in C_MAJOR_TUNE])
-        for beat, on, pitch in events:
-            time.sleep(max(0.0, t0 + beat * spb - time.monotonic()))
-            bridge.peer.send("/typemoe/note", pitch, 96 if on else 0)
-        assert bridge.peer.wait_for("/typemoe/key", 10.0), bridge.log_text()
-        bridge.peer.send("/typemoe/continue", 1.0)
-        assert bridge.peer.wait_for("/typemoe/note", 20.0), bridge.log_text()
-        _wait_notes_done(recv, 0.5, 20.0)
-        assert recv.note_ons() and not recv.hanging()
-    finally:
-        recv.close()
+    events = sorted([(o, 1, p) for o, d, p in C_MAJOR_TUNE] + [(o + d, 0, p) for o, d, p in C_MAJOR_TUNE])
+    for beat, on, pitch in events:
+        time.sleep(max(0.0, t0 + beat * spb - time.monotonic()))
+        bridge.peer.send("/typemoe/note", pitch, 96 if on else 0)
+    assert bridge.peer.wait_for("/typemoe/key", 10.0), bridge.log_text()
+    bridge.peer.send("/typemoe/continue", 1.0)
+    assert bridge.peer.wait_for("/typemoe/note", 20.0), bridge.log_text()
+    _wait_notes_done(recv, 0.5, 20.0)
+    assert recv.note_ons() and not recv.hanging()
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +186,20 @@ def toy_bridge(jack, tmp_path_factory):
     assert b.stop() == 0, b.log_text()
 
 
+@pytest.fixture(scope="module")
+def grid_rig(toy_bridge):
+    """Clock sender into Toy In, a listener on Toy Out, a second listener on the clock: opened once."""
+    recv = MidiRecv(connect="Toy Out", name="Grid Recv")
+    out = MidiSend("Toy In", name="Grid Clock")
+    ref = MidiRecv(connect="Grid Clock", name="Grid Ref")
+    yield recv, out, ref
+    for client in (recv, ref, out):
+        client.close()
+
+
 @pytest.mark.parametrize("bpm", [100.0, 140.0])
-def test_generated_notes_land_on_the_midi_clock_grid(toy_bridge, bpm):
-    """Note-ons from TypeMoE Out against the clock's 16th lines, measured by a listening JACK client.
+def test_generated_notes_land_on_the_midi_clock_grid(toy_bridge, grid_rig, bpm):
+    """Note-ons from Toy Out against the clock's 16th lines, measured by a listening JACK client.
 
     Two references for the lines: the pulses as the clock thread sent them, and the pulses as a second
     listener received them. Under load the JACK dummy server occasionally loses a pulse in one of the test's
@@ -192,9 +207,9 @@ def test_generated_notes_land_on_the_midi_clock_grid(toy_bridge, bpm):
     The bridge passes when its notes sit on the grid of either reference; a pulse lost by the bridge alone
     would fail both.
     """
-    recv = MidiRecv(connect="Toy Out", name=f"Grid Recv {bpm:.0f}")
-    out = MidiSend("Toy In", name=f"Grid Clock {bpm:.0f}")
-    ref = MidiRecv(connect=f"Grid Clock {bpm:.0f}", name=f"Grid Ref {bpm:.0f}")
+    recv, out, ref = grid_rig
+    recv.events.clear()
+    ref.events.clear()
     clock = ClockSender(out, bpm)
     try:
         toy_bridge.peer.send("/typemoe/reset")
@@ -205,9 +220,6 @@ def test_generated_notes_land_on_the_midi_clock_grid(toy_bridge, bpm):
         _wait_notes_done(recv, 60.0 / bpm * 1.5, 30.0)
     finally:
         clock.stop()
-        out.close()
-        recv.close()
-        ref.close()
     ons = recv.note_ons()[n0:]
     assert len(ons) >= 4, f"only {len(ons)} notes arrived:\n{toy_bridge.log_text()}"
     pulses = [t for t, d in ref.events if d == (0xF8,)]

@@ -61,7 +61,8 @@ class ModelThread:
             self._closed = True
             self._jobs.clear()
             self._cond.notify()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
 
     def submit(self, action) -> None:
         """Queue a model action (any thread)."""

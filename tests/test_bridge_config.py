@@ -56,3 +56,10 @@ def test_cli_missing_model_is_explained(capsys):
 def test_every_field_has_a_flag():
     flags = {a.dest for a in cli.build_parser()._actions}
     assert set(config.FIELD_NAMES) <= flags
+
+
+def test_cli_without_a_midi_backend_explains_and_exits_2(monkeypatch, capsys):
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", "typemoe-no-such-server")
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    assert cli.main(["--model", "toy", "--midi-api", "jack", "--osc-port", "9357"]) == 2
+    assert "jack" in capsys.readouterr().err.lower()

@@ -38,18 +38,13 @@ from typing import Any
 import numpy as np
 
 from export.runtime import MODEL_INT8_FILE, OrtModel, OrtSession
+from typemoe.shipped import default_model_dir
 
 log = logging.getLogger(__name__)
 
 DECODE_CONTEXTS = (256, 1024)
 PREFILL_LEN = 512
 GEN_TOKENS = 256
-
-
-def default_model_dir() -> Path:
-    import typemoe
-
-    return Path(typemoe.__file__).parent / "default_model"
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:

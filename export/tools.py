@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from typemoe import analysis
+from typemoe.shipped import default_model_dir
 from typemoe.vocab import FAMILIES
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,6 @@ class Heads:
 
 
 # --------------------------------------------------------------------------- models
-
-
-def default_model_dir() -> Path:
-    import typemoe
-
-    return Path(typemoe.__file__).resolve().parent / "default_model"
 
 
 def _checkpoint_dir(path: Path) -> Path | None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from typemoe import analysis
+from typemoe.shipped import default_model_dir
 
 ONNX_MANIFEST = "manifest.json"
 
@@ -46,13 +47,6 @@ class HeadOutputs:
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def default_model_dir() -> Path:
-    """typemoe/default_model inside the installed package (the shipped model, DESIGN.md section 10)."""
-    import typemoe
-
-    return Path(typemoe.__file__).resolve().parent / "default_model"
 
 
 def is_onnx_dir(path: Path) -> bool:

@@ -87,6 +87,58 @@ class Inbox:
         return batch
 
 
+class Pacer:
+    """At most `burst` MIDI messages per `window` seconds; the rest follow in the next windows, in order.
+
+    A JACK MIDI port carries only a few hundred bytes per audio period (about 19 messages at 64 frames),
+    and extra events in a period are silently lost: a 10-note chord's note-offs plus note-ons would lose
+    some. Spreading a burst over a few milliseconds is inaudible; a hanging note is not.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        send: Callable[[tuple[int, ...]], None],
+        *,
+        burst: int = 8,
+        window: float = 0.0015,
+    ) -> None:
+        self._loop, self._send = loop, send
+        self._burst, self._window = burst, window
+        self._queue: deque = deque()
+        self._start, self._count = -1.0, 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def send(self, data: tuple[int, ...]) -> None:
+        now = self._loop.time()
+        if not self._queue and now - self._start >= self._window:
+            self._start, self._count = now, 0
+        if not self._queue and self._count < self._burst:
+            self._count += 1
+            self._send(data)
+            return
+        self._queue.append(data)
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._start + self._window, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        self._start, self._count = self._loop.time(), 0
+        while self._queue and self._count < self._burst:
+            self._count += 1
+            self._send(self._queue.popleft())
+        if self._queue:
+            self._timer = self._loop.call_at(self._start + self._window, self._flush)
+
+    def drain(self) -> None:
+        """Send whatever is left now (shutdown, after the paced flush had its time)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._queue:
+            self._send(self._queue.popleft())
+
+
 class Bridge:
     """One bridge run.
 
@@ -165,10 +217,12 @@ class Bridge:
                 replier = osc_io.Replier(cfg.reply_host, cfg.reply_port)
             worker.start()
 
+            pacer = Pacer(loop, midi.send)
+
             def execute(actions: list) -> None:
                 for a in actions:
                     if isinstance(a, SendMidi):
-                        midi.send(a.data)
+                        pacer.send(a.data)
                     elif isinstance(a, SendOsc):
                         if replier is not None:
                             replier.send(a.address, a.args)
@@ -182,6 +236,8 @@ class Bridge:
             self.ready.set()
             await self._serve(inbox, engine, midi, execute)
             execute(engine.release_all())
+            await asyncio.sleep(_FLUSH_S)  # the pacer spreads the note-offs; the driver delivers them
+            pacer.drain()
             await asyncio.sleep(_FLUSH_S)
         finally:
             self.ready.set()

@@ -236,9 +236,16 @@ def jack_server(period: int = 64, watchdog_s: float = 240.0):
         watchdog = threading.Timer(watchdog_s, proc.kill)
         watchdog.daemon = True
         watchdog.start()
+        # A test process stuck inside a JACK call (rare: seen about once in 20 runs on a loaded 2-core box)
+        # does not come back even when the server dies: dump every thread's stack and exit instead of
+        # hanging the suite until CI's own limit.
+        import faulthandler
+
+        faulthandler.dump_traceback_later(watchdog_s + 60.0, exit=True)
         try:
             yield name
         finally:
+            faulthandler.cancel_dump_traceback_later()
             watchdog.cancel()
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -259,6 +266,7 @@ def start_bridge(*args: str, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", *args],
+        preexec_fn=_die_with_parent,
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

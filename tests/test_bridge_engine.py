@@ -280,3 +280,22 @@ def test_note_reaches_the_model_at_its_note_off_or_when_the_grid_makes_it_final(
     assert len(fed_at) == n + 1
     assert 0.125 * spb <= fed_at[-1] - t_on <= 0.125 * spb + 0.002
     assert h.engine.stats.series["analysis_ms"]  # counted from the note-off stamp
+
+
+def test_pacer_spreads_a_burst_in_order():
+    import asyncio
+
+    from bridge.daemon import Pacer
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[float, int]] = []
+        pacer = Pacer(loop, lambda d: sent.append((loop.time(), d[1])), burst=8, window=0.0015)
+        for p in range(20):
+            pacer.send((0x90, p, 100))
+        first = [p for _, p in sent]
+        assert first == list(range(8))  # the first window goes at once
+        pacer.drain()  # (normally call_at timers send the rest)
+        return [p for _, p in sent]
+
+    assert asyncio.run(main()) == list(range(20))

@@ -24,6 +24,7 @@ from bridge_fixtures import (
     MidiRecv,
     MidiSend,
     OscPeer,
+    _die_with_parent,
     free_udp_port,
     jack_server,
     start_bridge,
@@ -121,7 +122,10 @@ def out_recv(bridge):
 
 def _peer(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(FIXTURES), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, str(FIXTURES), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_die_with_parent,
     )
 
 

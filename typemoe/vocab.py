@@ -28,10 +28,16 @@ import numpy as np
 import symusic
 
 # miditok's __init__ imports its optional `pytorch_data` submodule, and with it torch, whenever torch is
-# installed. We never use it, and the bridge must stay torch-free (DESIGN.md section 2), so unless torch is
-# already loaded we mark that one submodule unavailable; miditok catches the ImportError and goes on.
+# installed. We never use it, and the bridge must stay torch-free (DESIGN.md section 2), so while miditok is
+# first imported we mark that submodule unavailable (miditok catches the ImportError), then remove the mark
+# so that an explicit `import miditok.pytorch_data` later still works.
 if "miditok" not in sys.modules and "torch" not in sys.modules:
-    sys.modules.setdefault("miditok.pytorch_data", None)  # type: ignore[arg-type]
+    sys.modules["miditok.pytorch_data"] = None  # type: ignore[assignment]
+    try:
+        import miditok  # noqa: F401
+    finally:
+        if sys.modules.get("miditok.pytorch_data", 0) is None:
+            del sys.modules["miditok.pytorch_data"]
 from miditok import REMI, TokenizerConfig  # noqa: E402
 
 from typemoe import analysis

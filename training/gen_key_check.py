@@ -1,0 +1,71 @@
+"""Does generation stay in the prompt's key? Issue 8's check, as a command.
+
+    python -m training.gen_key_check --shards DIR [--model MODEL_DIR] [--n 50] [--bars 4]
+
+For `n` held-out pieces with a key label (test split, evenly spread): the first 8 bars are the prompt, the
+shipped (or given) ONNX model continues for `bars` bars (temperature 1.0, top-p 0.95, seed = index), and
+music21's key analysis (Krumhansl-Schmuckler) of the continuation is compared with the prompt's label and
+with music21's key of the prompt itself. The second is the fairer number: it compares one analyser with
+itself, while the first is capped by how often music21 agrees with the labels at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import music21
+
+from export.runtime import OrtModel
+from training.shards import ShardSet
+from typemoe import analysis
+from typemoe.shipped import default_model_dir
+
+
+def music21_key(vocab, ids) -> int | None:
+    """Key class music21 finds in the notes of `ids`, or None when there are none."""
+    score = vocab.decode(ids)
+    stream = music21.stream.Stream()
+    for n in score.tracks[0].notes if score.tracks else []:
+        note = music21.note.Note(int(n.pitch))
+        note.quarterLength = max(int(n.duration), 1) / 4
+        stream.insert(int(n.time) / 4, note)
+    return analysis.parse_key(stream.analyze("key")) if len(stream.notes) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", required=True, help="token shards from `typemoe data build` (test split used)")
+    p.add_argument("--model", default=None, help="exported model directory (default: the shipped model)")
+    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--bars", type=int, default=4)
+    args = p.parse_args(argv)
+    model = OrtModel(args.model or default_model_dir())
+    vocab = model.vocab
+    shards = ShardSet(args.shards, vocab=vocab)
+    bar = vocab.id("Bar_None")
+    pool = [i for i in shards.select(split="test") if shards.labels["key"][i] >= 0]
+    if not pool:
+        print(f"error: no key-labelled test pieces in {args.shards}", file=sys.stderr)
+        return 2
+    chosen = pool[:: max(1, len(pool) // args.n)][: args.n]
+    n = to_label = to_prompt = 0
+    for seed, i in enumerate(chosen):
+        toks = shards.tokens_of(i).tolist()
+        bars = [k for k, t in enumerate(toks) if t == bar]
+        prompt = toks[: bars[8] if len(bars) > 8 else len(toks)]
+        session = model.session()
+        session.feed([vocab.bos_id, *prompt])
+        key = music21_key(vocab, session.generate(n_bars=args.bars, temperature=1.0, top_p=0.95, seed=seed))
+        if key is None:
+            continue
+        n += 1
+        to_label += key == shards.labels["key"][i]
+        to_prompt += key == music21_key(vocab, prompt)
+    print(f"{n} continuations of {args.bars} bars: music21 key == prompt's label {to_label}/{n} = "
+          f"{to_label / max(n, 1):.2f}; == music21's key of the prompt {to_prompt}/{n} = {to_prompt / max(n, 1):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
+from typemoe.shipped import default_model_dir
+
 log = logging.getLogger(__name__)
 
 TOY = "toy"
@@ -57,13 +59,6 @@ class Model(Protocol):
     meter_names: list[str]
 
     def session(self) -> Session: ...
-
-
-def default_model_dir() -> Path:
-    """Where the shipped model lives (typemoe/default_model), whether or not it exists yet."""
-    import typemoe
-
-    return Path(typemoe.__file__).parent / "default_model"
 
 
 def load_model(spec: str | Path | None, *, provider: str = "auto") -> Model:

@@ -83,7 +83,7 @@ class Engine:
         self.clock = BeatClock(tempo=cfg.tempo, t0=now, follow_midi=cfg.clock != "internal")
         self.stats = Stats()
         self._parser = mp.MidiParser()
-        self._tok = StreamingTokenizer(vocab)
+        self._tok = StreamingTokenizer(vocab, max_history=0)  # the returned chunks are all we use
         self._reader = TokenReader(vocab)  # follows the stream: where the model's context ends
         self._origin: float | None = None
         self._beat = 0.0  # latest timeline beat (monotonic)

@@ -98,3 +98,15 @@ def test_velocity_zero_note_on_is_note_off(vocab, velocity):
     st.note_on(60, velocity, 0.0)
     st.note_on(60, 0, 0.5)
     assert st.n_open == 0
+
+
+def test_bounded_history_emits_the_same_chunks(vocab, real_pieces):
+    """A live session keeps no unbounded token list; the emitted chunks are unchanged."""
+    notes = playable(vocab, real_pieces[0][1])
+    full, chunks = stream(vocab, notes)
+    st = StreamingTokenizer(vocab, max_history=0)
+    got = []
+    for t, _kind, p, v in sorted([(t, 1, p, v) for t, d, p, v in notes] + [(t + d, 0, p, 0) for t, d, p, v in notes]):
+        got += st.note_on(p, v, t / TICKS_PER_BEAT) if v else st.note_off(p, t / TICKS_PER_BEAT)
+    got += st.flush(max(t + d for t, d, _, _ in notes) / TICKS_PER_BEAT + 1)
+    assert got == full and st.tokens == []

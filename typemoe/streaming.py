@@ -42,6 +42,9 @@ class StreamingTokenizer:
     """Feed note-ons and note-offs in time order; get REMI token ids back as soon as they are final."""
 
     vocab: TypedVocab
+    max_history: int | None = None
+    """Keep at most about this many emitted ids in `tokens` (None = all). A live session runs for hours and
+    its consumer (the bridge) takes the returned chunks, so it passes 0 and memory stays bounded."""
     tokens: list[int] = field(default_factory=list)
     _open: dict[int, _Open] = field(default_factory=dict)  # pitch -> sounding note
     _closed: list[_Closed] = field(default_factory=list)  # ended, not yet emitted, kept sorted
@@ -111,6 +114,8 @@ class StreamingTokenizer:
             self._closed.pop(0)
             out += self._note_tokens(head)
         self.tokens += out
+        if self.max_history is not None and len(self.tokens) > 2 * self.max_history:
+            del self.tokens[: len(self.tokens) - self.max_history]  # amortised O(1) per id
         return out
 
     def _is_final(self, head: _Closed) -> bool:

@@ -1,8 +1,9 @@
 """`typemoe analyze` and `typemoe generate`: a model on one MIDI file, from the command line.
 
-    typemoe analyze tune.mid [--model DIR] [--json]
+    typemoe analyze tune.mid [--model DIR] [--emotion-model DIR] [--json]
         key: G major (0.93)
         meter: 6/8 (0.88)
+        emotion: Q4 (0.61) high valence, low arousal (calm, relaxed)
     typemoe generate tune.mid --bars 8 --key "E minor" --temperature 0.9 --seed 1 --out tune_more.mid
 
 Torch-free: both run an exported model directory through export.runtime (numpy + onnxruntime). Given a
@@ -12,7 +13,11 @@ default, typemoe/default_model.
 
 analyze reads the piece the way the model was trained to (all pitched tracks merged, time and key
 signatures ignored) and reports the key and meter heads at the last token of the first context_len
-tokens, with their probabilities as confidences.
+tokens, with their probabilities as confidences. When an emotion classifier is at hand it also reports the
+piece's EMOPIA quadrant (Q1..Q4, the class head pooled over the same tokens): --emotion-model DIR, else the
+`emotion/` sub-directory of the model directory (typemoe/default_model/emotion/ for the shipped model; see
+typemoe/shipped.py). Without one the output has no emotion line. The sub-model is an exported model
+directory with its own manifest, verified at load like the main one: a corrupt file is refused by name.
 
 generate writes the prompt file unchanged (every track, tempo and timing as it was) plus one new
 track holding the continuation: `--bars` whole 4-beat bars starting at the first bar line after the
@@ -35,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from typemoe import analysis
-from typemoe.shipped import default_model_dir
+from typemoe.shipped import default_model_dir, emotion_dir
 from typemoe.vocab import FAMILIES
 
 log = logging.getLogger(__name__)
@@ -100,6 +105,38 @@ def open_model(path: Path | None):
             "(`typemoe export`) or install the train extra"
         ) from err
     return _TorchModel(ckpt)
+
+
+def open_emotion_model(path: Path | None, *, model: Path | None = None):
+    """The emotion classifier for analyze, an export.runtime.OrtModel, or None when there is none.
+
+    Args:
+        path: an exported emotion model directory (--emotion-model); None: the `emotion/` sub-directory of
+            `model`, or of the shipped default model when `model` is None, if that sub-directory exists.
+        model: the --model path of the main model.
+    Raises:
+        ToolError: the directory is missing (when given), corrupt (naming the file) or has no Q1..Q4 head.
+    """
+    if path is None:
+        path = emotion_dir(default_model_dir() if model is None else model)
+        if not path.is_dir():
+            return None
+    path = Path(path)
+    if not path.exists():
+        raise ToolError(f"emotion model {path} does not exist")
+    from export.runtime import ModelDirError, OrtModel
+
+    try:
+        emo = OrtModel(path, provider="auto")
+    except ModelDirError as err:
+        raise ToolError(f"emotion model: {err}") from err
+    names = emo.class_names
+    if not names or not set(names) <= set(analysis.EMOTIONS):
+        raise ToolError(
+            f"emotion model {path} has no emotion head (its classes: {names}); pass a model exported from "
+            "`typemoe finetune --task emotion`"
+        )
+    return emo
 
 
 class _TorchModel:
@@ -214,17 +251,37 @@ def _tokens(vocab, score, path: Path) -> list[int]:
         raise ToolError(f"{path}: {err}") from err
 
 
-def analyze(model, midi: Path) -> dict:
-    """{"key", "key_confidence", "meter", "meter_confidence"} of one MIDI file."""
-    ids = _tokens(model.vocab, read_midi(midi), midi)
+def analyze(model, midi: Path, emotion=None) -> dict:
+    """{"key", "key_confidence", "meter", "meter_confidence"} of one MIDI file; with an emotion model
+    (open_emotion_model) also "emotion" (Q1..Q4), "emotion_confidence" and "emotion_probs" {class: p}."""
+    score = read_midi(midi)
+    ids = _tokens(model.vocab, score, midi)
     seq = [model.vocab.bos_id, *ids][: model.context_len]
     out = model.session().feed(seq)
     k, m = int(np.argmax(out.key_probs)), int(np.argmax(out.meter_probs))
-    return {
+    res = {
         "key": model.key_names[k],
         "key_confidence": round(float(out.key_probs[k]), 4),
         "meter": model.meter_names[m],
         "meter_confidence": round(float(out.meter_probs[m]), 4),
+    }
+    if emotion is not None:
+        res.update(_emotion(emotion, score, ids if emotion.vocab.hash == model.vocab.hash else None, midi))
+    return res
+
+
+def _emotion(emo, score, ids: list[int] | None, midi: Path) -> dict:
+    """The pooled class head over the first context_len tokens, as `typemoe eval` scores it."""
+    if ids is None:  # another vocabulary than the main model's
+        ids = _tokens(emo.vocab, score, midi)
+    probs = emo.session().feed([emo.vocab.bos_id, *ids][: emo.context_len]).class_probs  # (C,)
+    probs = np.asarray(probs, dtype=np.float64)
+    probs /= probs.sum()
+    c = int(np.argmax(probs))
+    return {
+        "emotion": emo.class_names[c],
+        "emotion_confidence": round(float(probs[c]), 4),
+        "emotion_probs": {name: round(float(p), 4) for name, p in zip(emo.class_names, probs)},
     }
 
 
@@ -284,16 +341,23 @@ def _write(text: str) -> None:
 
 def _analyze_cmd(args: argparse.Namespace) -> int:
     try:
-        res = analyze(open_model(args.model), args.file)
+        model = open_model(args.model)
+        emotion = open_emotion_model(args.emotion_model, model=args.model)
+        res = analyze(model, args.file, emotion)
     except ToolError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
     if args.json:
         _write(json.dumps(res))
     else:
-        _write(
-            f"key: {res['key']} ({res['key_confidence']:.2f})\nmeter: {res['meter']} ({res['meter_confidence']:.2f})"
-        )
+        lines = [
+            f"key: {res['key']} ({res['key_confidence']:.2f})",
+            f"meter: {res['meter']} ({res['meter_confidence']:.2f})",
+        ]
+        if "emotion" in res:
+            gloss = analysis.EMOTION_GLOSS.get(res["emotion"], "")
+            lines.append(f"emotion: {res['emotion']} ({res['emotion_confidence']:.2f}) {gloss}".rstrip())
+        _write("\n".join(lines))
     return 0
 
 
@@ -325,12 +389,17 @@ def add_parsers(subparsers) -> None:
     """Register `analyze` and `generate` on an argparse subparsers object."""
     a = subparsers.add_parser(
         "analyze",
-        help="key and meter of a MIDI file, with confidences",
+        help="key, meter (and emotion, with an emotion model) of a MIDI file, with confidences",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.add_argument("file", type=Path, help="a MIDI file")
     a.add_argument("--model", type=Path, help="exported model dir or checkpoint (default: the shipped model)")
+    a.add_argument(
+        "--emotion-model",
+        type=Path,
+        help="exported emotion classifier dir (default: the emotion/ sub-dir of the model dir, if any)",
+    )
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(func=_analyze_cmd)
     g = subparsers.add_parser(

@@ -7,6 +7,7 @@ Torch-free: the bridge imports this to name the heads' outputs.
   mixolydian -> major, with the same tonic (the usual practice for folk-tune key labels).
 - Meter: the time-signature classes that the music21 corpus supports with 100+ pieces, plus "other".
   Families: "duple" (numerator 2 or 4), "triple" (3, and the compound 6/9/12, felt in threes), "other".
+- Emotion: EMOPIA's valence/arousal quadrants Q1..Q4 (EMOTION_GLOSS says what each means).
 - MIREX weighted key score: same 1.0, fifth 0.5, relative 0.3, parallel 0.2, else 0.
 """
 
@@ -24,6 +25,13 @@ METER_FAMILIES = ("duple", "triple", "other")
 
 GENRES: tuple[str, ...] = ("classical", "country", "folk", "jazz", "pop", "rap", "rnb", "rock")
 EMOTIONS: tuple[str, ...] = ("Q1", "Q2", "Q3", "Q4")
+# Russell's valence-arousal quadrants, as EMOPIA labels them
+EMOTION_GLOSS: dict[str, str] = {
+    "Q1": "high valence, high arousal (happy, excited)",
+    "Q2": "low valence, high arousal (tense, angry)",
+    "Q3": "low valence, low arousal (sad)",
+    "Q4": "high valence, low arousal (calm, relaxed)",
+}
 
 _LETTER_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 _MODE_MINOR = {

@@ -26,6 +26,7 @@ from bridge.config import BridgeConfig
 from bridge.events import (
     Analysis,
     BadDatagram,
+    CancelGenerate,
     Feed,
     Generate,
     Generated,
@@ -38,7 +39,7 @@ from bridge.events import (
     SendOsc,
     Tick,
 )
-from bridge.notes import BeatNote, TokenCursor, TokenReader
+from bridge.notes import BeatNote, TokenReader
 from bridge.stats import Stats
 from bridge.torchless import StreamingTokenizer
 
@@ -48,15 +49,23 @@ _GRID = 4  # wake-ups per beat (the tokenizer's grid), for bar reports and respo
 # A note this close to its deadline is due. The loop's timer wakes up to 1 ms late (epoll rounds up to ms),
 # so it is asked to wake this much early: sends then spread around the deadline instead of after it.
 _EARLY_S = 0.001
+_SILENCE_RETRIES = 2  # a continuation without notes is sampled again, at most this many times
 _ERRORS_PER_S = 20.0  # /typemoe/error replies (and warnings) per second at most
 
 
 @dataclass
 class _Pending:
+    """A continuation being generated: its chunks are read, placed and scheduled as they arrive."""
+
     request_id: int
     bars: float
     trigger_t: float
-    cursor: TokenCursor
+    reader: TokenReader  # continues from the live stream's cursor
+    shift: float | None = None  # whole beats added to every onset; fixed by the first note
+    first: float = 0.0  # timeline beat of the first note, before the shift
+    n_notes: int = 0
+    n_tokens: int = 0
+    attempt: int = 0  # how many silent continuations came before this one
 
 
 class _Bucket:
@@ -303,38 +312,53 @@ class Engine:
         if self._origin is None:
             self._origin = math.floor(self._beat / BEATS_PER_BAR) * BEATS_PER_BAR
         self._feed(self._tok.advance(self._beat - self._origin), t, out)
+        self._generate(bars, t, out)
+
+    def _generate(self, bars: float, trigger_t: float, out: list, attempt: int = 0) -> None:
         self._next_id += 1
-        self._pending = _Pending(self._next_id, bars, t, self._reader.cursor.copy())
-        out.append(
-            Generate(self._next_id, math.ceil(bars) + 1, self.cfg.temperature, self.cfg.top_p, self.cfg.seed)
+        self._pending = _Pending(
+            self._next_id, bars, trigger_t, TokenReader(self.vocab, self._reader.cursor), attempt=attempt
         )
+        seed = None if self.cfg.seed is None else self.cfg.seed + attempt
+        out.append(Generate(self._next_id, math.ceil(bars) + 1, self.cfg.temperature, self.cfg.top_p, seed))
 
     def _generated(self, ev: Generated, now: float, out: list) -> None:
         p = self._pending
         if p is None or ev.request_id != p.request_id:
             log.debug("dropping stale continuation %d", ev.request_id)
             return
-        self._pending = None
         if ev.error is not None:
+            self._pending = None
             self._error(ev.error, now, out)
             return
-        notes = TokenReader(self.vocab, p.cursor).read(ev.tokens)
-        if not notes:
-            log.info("the model continued with silence (%d tokens, no notes)", len(ev.tokens))
-            return
-        first = min(n.onset for n in notes) + self._origin
-        ready = self.clock.beat_at(now + self.cfg.latency_s + 0.002)
-        shift = max(0, math.ceil(ready - first)) * 1.0  # whole beats: the grid is kept
-        window_end = first + p.bars * BEATS_PER_BAR
-        notes = [
-            replace(n, onset=n.onset + self._origin + shift)
-            for n in notes
-            if n.onset + self._origin < window_end
-        ]
+        p.n_tokens += len(ev.tokens)
+        notes = p.reader.read(ev.tokens)
+        if notes and p.shift is None:  # the first note fixes where the continuation sits on the timeline
+            p.first = min(n.onset for n in notes) + self._origin
+            ready = self.clock.beat_at(now + self.cfg.latency_s + 0.002)
+            p.shift = max(0, math.ceil(ready - p.first)) * 1.0  # whole beats: the grid is kept
+            self.stats.add("first_note_ms", (now - p.trigger_t) * 1000.0)
+        window_end = p.first + p.bars * BEATS_PER_BAR
+        past_window = False
         for n in notes:
-            self._schedule(n)
-        self.stats.add("first_note_ms", (now - p.trigger_t) * 1000.0)
-        log.info("continuation: %d notes over %.1f bars from beat %.2f", len(notes), p.bars, first + shift)
+            if n.onset + self._origin >= window_end:
+                past_window = True
+                break
+            self._schedule(replace(n, onset=n.onset + self._origin + p.shift))
+            p.n_notes += 1
+        if past_window and not ev.done:  # the rest would be cut anyway: stop sampling
+            out.append(CancelGenerate(p.request_id))
+        if ev.done or past_window:
+            self._pending = None
+            if p.n_notes == 0 and p.attempt < _SILENCE_RETRIES:  # a musician asked for notes: ask again
+                log.info("the model continued with silence (%d tokens, no notes); sampling again", p.n_tokens)
+                self._generate(p.bars, p.trigger_t, out, p.attempt + 1)
+            elif p.n_notes == 0:
+                log.info("the model continued with silence %d times; giving up", p.attempt + 1)
+            else:
+                log.info(
+                    "continuation: %d notes over %.1f bars from beat %.2f", p.n_notes, p.bars, p.first + p.shift
+                )
 
     def _schedule(self, n: BeatNote) -> None:
         self._seq += 1
@@ -359,6 +383,8 @@ class Engine:
     def _stop_playback(self, out: list) -> None:
         ch = self.cfg.out_channel - 1
         self._queue.clear()
+        if self._pending is not None:
+            out.append(CancelGenerate(self._pending.request_id))
         self._pending = None
         for pitch in self._sounding:
             out.append(SendMidi(mp.note_off(pitch, ch)))

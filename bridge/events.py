@@ -57,12 +57,17 @@ class Analysis:
 
 @dataclass(frozen=True, slots=True)
 class Generated:
-    """A finished generation (token ids continuing the stream) or its failure."""
+    """Generated token ids continuing the stream, or the generation's failure.
+
+    A generation arrives in chunks, each ending on a whole note (so the first note can be scheduled while
+    the rest is still being sampled); the last chunk has done=True.
+    """
 
     request_id: int
     tokens: tuple[int, ...]
     error: str | None
     t: float
+    done: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,4 +133,11 @@ class Generate:
     seed: int | None = None
 
 
-Action = SendMidi | SendOsc | Feed | Recondition | ResetModel | Generate
+@dataclass(frozen=True, slots=True)
+class CancelGenerate:
+    """Stop the generation for this request (its notes are no longer wanted)."""
+
+    request_id: int
+
+
+Action = SendMidi | SendOsc | Feed | Recondition | ResetModel | Generate | CancelGenerate

@@ -7,12 +7,13 @@ uses, so the ONNX runtime plugs in unchanged and tests can use the rule-based `T
     session = model.session()
     out = session.feed(ids)                          # out.key_probs (24,), out.meter_probs (M,)
     ids = session.fork().generate(n_bars=2, temperature=1.0, top_p=0.95)
+    for i in session.fork().generate_steps(n_bars=2): ...   # the same, one id at a time (realtime)
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -41,15 +42,10 @@ class Session(Protocol):
 
     def fork(self) -> Session: ...
 
-    def generate(
-        self,
-        *,
-        n_tokens: int | None = None,
-        n_bars: int | None = None,
-        temperature: float = 1.0,
-        top_p: float = 0.95,
-        seed: int | None = None,
-    ) -> list[int]: ...
+    # keyword arguments: n_tokens, n_bars, temperature, top_p, seed (export.runtime.OrtSession.generate_steps)
+    def generate(self, **kwargs) -> list[int]: ...
+
+    def generate_steps(self, **kwargs) -> Iterator[int]: ...
 
 
 class Model(Protocol):

@@ -8,7 +8,7 @@ tonic triad in 8th notes, one Bar token per bar.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +81,10 @@ class ToySession:
             out = out[:n_tokens]
         self.feed(out)
         return out
+
+    def generate_steps(self, **kwargs) -> Iterator[int]:
+        """generate()'s ids one at a time (the toy makes them all at once)."""
+        yield from self.generate(**kwargs)
 
     def _key_probs(self) -> np.ndarray:
         if self._pc.sum() == 0:

@@ -1,8 +1,13 @@
 """ModelThread: every model call, in order, on one daemon thread off the I/O loop.
 
-The engine's model actions (Feed, Recondition, ResetModel, Generate) are queued here; results come back to
-the loop as events through `post`. Queued work stays bounded: consecutive Feeds merge into one prefill (a
-flood costs one model call per batch, not per note), and only the newest Generate waits.
+The engine's model actions (Feed, Recondition, ResetModel, Generate, CancelGenerate) are queued here;
+results come back to the loop as events through `post`. Queued work stays bounded: consecutive Feeds merge
+into one prefill (a flood costs one model call per batch, not per note), and only the newest Generate waits.
+
+A generation runs on a fork of the live session, one token per step, and queued work goes first between
+steps: a performer's note is analysed within one decode step even while a continuation is being sampled.
+Each finished note is posted at once (Generated chunks; the last has done=True), so the first note can be
+scheduled a few tokens after the trigger instead of after the whole continuation.
 
 The context is `[BOS] + control tokens + music`. The KV cache grows by the new ids only. Before it would
 overflow, the thread re-prefills itself (the control prefix first, then the recent music from a Bar token
@@ -14,13 +19,31 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from bridge.events import Analysis, Feed, Generate, Generated, ModelFailed, Recondition, ResetModel
+from bridge.events import (
+    Analysis,
+    CancelGenerate,
+    Feed,
+    Generate,
+    Generated,
+    ModelFailed,
+    Recondition,
+    ResetModel,
+)
+from typemoe.vocab import FAMILIES
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Generation:
+    job: Generate
+    steps: Iterator[int]
+    chunk: list[int] = field(default_factory=list)  # ids sampled since the last post
 
 
 class ModelThread:
@@ -49,6 +72,8 @@ class ModelThread:
         self._cond = threading.Condition()
         self._closed = False
         self._session = None
+        self._gen: _Generation | None = None  # the generation in progress (thread-only)
+        self._ends_note = np.asarray(model.vocab.family_of) == FAMILIES.index("Duration")  # (V,)
         self._thread = threading.Thread(target=self._run, name="typemoe-model", daemon=True)
         self.busy = False
 
@@ -70,7 +95,7 @@ class ModelThread:
             last = self._jobs[-1] if self._jobs else None
             if isinstance(action, Feed) and isinstance(last, Feed):
                 self._jobs[-1] = Feed(last.ids + action.ids, min(last.cause_t, action.cause_t))
-            elif isinstance(action, Generate):
+            elif isinstance(action, Generate | CancelGenerate):
                 self._jobs = deque(j for j in self._jobs if not isinstance(j, Generate))
                 self._jobs.append(action)
             else:
@@ -86,25 +111,43 @@ class ModelThread:
         self._prime()
         while True:
             with self._cond:
-                while not self._jobs and not self._closed:
+                while not self._jobs and self._gen is None and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return
-                job = self._jobs.popleft()
+                job = self._jobs.popleft() if self._jobs else None
                 self.busy = True
             try:
-                self._do(job)
+                if job is None:
+                    self._step()
+                else:
+                    self._do(job)
             except (
                 Exception
             ) as err:  # a model failure must not kill the bridge: report it, rebuild the context
-                log.exception("model call %s failed", type(job).__name__)
-                if isinstance(job, Generate):
-                    self._post(Generated(job.request_id, (), f"generation failed: {err}", self._now()))
+                gen = job if isinstance(job, Generate) else (self._gen.job if job is None else None)
+                log.exception("model call %s failed", type(job or gen).__name__)
+                if gen is not None:
+                    self._gen = None
+                    self._post(Generated(gen.request_id, (), f"generation failed: {err}", self._now()))
                 else:
                     self._post(ModelFailed(f"model failed: {err}", self._now()))
                     self._prime()
             finally:
                 self.busy = False
+
+    def _step(self) -> None:
+        """One token of the generation in progress; post a chunk when it completes a note, or at the end."""
+        gen = self._gen
+        nxt = next(gen.steps, None)
+        if nxt is None:
+            self._gen = None
+            self._post(Generated(gen.job.request_id, tuple(gen.chunk), None, self._now(), done=True))
+            return
+        gen.chunk.append(nxt)
+        if self._ends_note[nxt]:
+            self._post(Generated(gen.job.request_id, tuple(gen.chunk), None, self._now(), done=False))
+            gen.chunk = []
 
     def _do(self, job) -> None:
         if isinstance(job, Feed):
@@ -117,12 +160,14 @@ class ModelThread:
                 self._post(
                     Analysis(np.asarray(out.key_probs), np.asarray(out.meter_probs), job.cause_t, self._now())
                 )
-        elif isinstance(job, Generate):
-            fork = self._session.fork()
-            ids = fork.generate(
+        elif isinstance(job, Generate):  # replaces any generation in progress (its request is stale)
+            steps = self._session.fork().generate_steps(
                 n_bars=job.n_bars, temperature=job.temperature, top_p=job.top_p, seed=job.seed
             )
-            self._post(Generated(job.request_id, tuple(int(i) for i in ids), None, self._now()))
+            self._gen = _Generation(job, steps)
+        elif isinstance(job, CancelGenerate):
+            if self._gen is not None and self._gen.job.request_id == job.request_id:
+                self._gen = None
         elif isinstance(job, Recondition):
             self._controls = tuple(job.controls)
             self._prime(keep=self._ctx // 2)

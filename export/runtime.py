@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -550,7 +550,11 @@ class OrtSession:
             allowed &= ~((pos >= 0) & (pos <= self._bar_position))
         return allowed
 
-    def generate(
+    def generate(self, **kwargs) -> list[int]:
+        """generate_steps(**kwargs), collected: the new ids (also appended to the session)."""
+        return list(self.generate_steps(**kwargs))
+
+    def generate_steps(
         self,
         *,
         n_tokens: int | None = None,
@@ -559,7 +563,7 @@ class OrtSession:
         top_p: float = 0.95,
         seed: int | None = None,
         strict_positions: bool = True,
-    ) -> list[int]:
+    ) -> Iterator[int]:
         """Sample a grammar-valid continuation of the cached stream, feeding each new id.
 
         Args:
@@ -571,10 +575,12 @@ class OrtSession:
             top_p: nucleus sampling: keep the most likely ids until their probability reaches top_p.
             seed: seeds numpy's generator (None: fresh entropy).
             strict_positions: forbid Position tokens that go back (or repeat) within a bar.
-        Returns:
-            The new ids (also appended to the session).
+        Yields:
+            Each new id as soon as it is sampled and fed, so a realtime caller can act on the first note
+            before the rest exists, or stop early by dropping the iterator (the session then holds exactly
+            the ids yielded so far).
         Raises:
-            ValueError: neither n_tokens nor n_bars, or bad temperature / top_p.
+            ValueError (on the first next()): neither n_tokens nor n_bars, or bad temperature / top_p.
         """
         if n_tokens is None and n_bars is None:
             raise ValueError("generate() needs n_tokens or n_bars")
@@ -587,18 +593,17 @@ class OrtSession:
         vocab = self.model.vocab
         if self.last is None:  # nothing fed yet (start a piece), or just rewound (re-run the last token)
             self.feed([vocab.bos_id]) if not self.tokens else self._refeed_last()
-        out: list[int] = []
-        bars = 0
-        while len(out) < limit:
+        done = bars = 0
+        while done < limit:
             allowed = self.allowed_next(strict_positions=strict_positions)
             nxt = sample_next(self.last.logits, allowed, temperature=temperature, top_p=top_p, rng=rng)
             if n_bars is not None and vocab.family_of[nxt] == _BAR:
                 bars += 1
                 if bars >= n_bars:
-                    break
-            out.append(nxt)
+                    return
             self.feed([nxt])
-        return out
+            done += 1
+            yield nxt
 
 
 def sample_next(

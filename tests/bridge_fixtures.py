@@ -26,6 +26,7 @@ from bridge.config import BridgeConfig
 from bridge.engine import Engine
 from bridge.events import (
     Analysis,
+    CancelGenerate,
     Feed,
     Generate,
     Generated,
@@ -71,6 +72,7 @@ class Harness:
         self.osc: list[tuple[float, str, tuple]] = []
         self.fed: list[int] = []
         self.generates: list[Generate] = []
+        self.cancels: list[int] = []
         self.reconditions: list[tuple[int, ...]] = []
         self.resets = 0
         self.run(self.engine.start())
@@ -93,6 +95,8 @@ class Harness:
                     self.complete(a)
             elif isinstance(a, Recondition):
                 self.reconditions.append(a.controls)
+            elif isinstance(a, CancelGenerate):
+                self.cancels.append(a.request_id)
             elif isinstance(a, ResetModel):
                 self.resets += 1
                 self.session = self.model.session()

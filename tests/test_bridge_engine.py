@@ -10,7 +10,7 @@ from bridge_fixtures import C_MAJOR_TUNE, Harness, toy_vocab
 
 from bridge.clock import PPQN
 from bridge.engine import _EARLY_S as EARLY
-from bridge.events import Tick
+from bridge.events import Generated, Tick
 
 
 def _offline_ids(notes, origin_offset: float) -> list[int]:
@@ -299,3 +299,76 @@ def test_pacer_spreads_a_burst_in_order():
         return [p for _, p in sent]
 
     assert asyncio.run(main()) == list(range(20))
+
+
+def _chunks_after_each_note(tokens: tuple[int, ...]) -> list[tuple[int, ...]]:
+    ends = toy_vocab().family_of[list(tokens)] == 4  # Duration
+    chunks, cur = [], []
+    for i, end in zip(tokens, ends):
+        cur.append(i)
+        if end:
+            chunks.append(tuple(cur))
+            cur = []
+    return chunks + [tuple(cur)]
+
+
+def test_a_continuation_in_chunks_plays_exactly_like_one_in_a_piece():
+    played = []
+    for chunked in (False, True):
+        h = Harness(auto_generate=False)
+        h.play(C_MAJOR_TUNE[:8])
+        h.osc_in("/typemoe/continue", 2.0)
+        (g,) = h.generates
+        tokens = tuple(h.session.fork().generate(n_bars=g.n_bars, temperature=0.0, seed=0))
+        if chunked:
+            *parts, last = _chunks_after_each_note(tokens)
+            assert len(parts) >= 8
+            h.handle(Generated(g.request_id, parts[0], None, h.clock.now(), done=False))
+            assert h.engine.playing and h.engine._pending is not None  # scheduled before the rest exists
+            for part in parts[1:]:
+                h.handle(Generated(g.request_id, part, None, h.clock.now(), done=False))
+            h.handle(Generated(g.request_id, last, None, h.clock.now(), done=True))
+        else:
+            h.complete(g, tokens)
+        assert h.engine._pending is None
+        h.advance_beats(12)
+        played.append([(round(t - h.t0, 9), d) for t, d in h.midi])
+    assert played[0] == played[1] and len(played[0]) >= 16
+
+
+def test_generation_is_cancelled_when_its_notes_are_no_longer_wanted():
+    h = Harness(auto_generate=False)
+    h.play(C_MAJOR_TUNE[:4])
+    h.osc_in("/typemoe/continue", 1.0)
+    (g,) = h.generates
+    h.midi_in(0x90, 64, 80)  # the performer plays on: the pending continuation is dropped and stopped
+    assert h.cancels == [g.request_id] and h.engine._pending is None
+    h.midi_in(0x80, 64, 0)
+    h.osc_in("/typemoe/continue", 1.0)
+    g2 = h.generates[-1]
+    tokens = tuple(h.session.fork().generate(n_bars=4, temperature=0.0, seed=0))  # 4 bars for 1 wanted
+    chunks = _chunks_after_each_note(tokens)
+    for part in chunks:
+        h.handle(Generated(g2.request_id, part, None, h.clock.now(), done=False))
+        if h.engine._pending is None:
+            break
+    assert h.cancels[-1] == g2.request_id  # the notes past the bar were not worth sampling
+    h.advance_beats(8)
+    onsets = [o for _, _, o, _ in h.sent("/typemoe/note")]
+    assert onsets and max(onsets) - min(onsets) < 4.0
+    assert not h.hanging()
+
+
+def test_a_silent_continuation_is_sampled_again_twice_at_most():
+    h = Harness(auto_generate=False, cfg_overrides={"seed": 11})
+    h.play(C_MAJOR_TUNE[:4])
+    h.osc_in("/typemoe/continue", 1.0)
+    bar = toy_vocab().id("Bar_None")
+    for attempt in range(3):
+        g = h.generates[-1]
+        assert len(h.generates) == attempt + 1 and g.seed == 11 + attempt
+        h.handle(Generated(g.request_id, (bar,), None, h.clock.now(), done=True))  # an empty bar
+    assert len(h.generates) == 3 and h.engine._pending is None  # gave up after two retries
+    h.osc_in("/typemoe/continue", 1.0)
+    h.complete(h.generates[-1])
+    assert h.engine.playing and h.engine.stats.series["first_note_ms"]

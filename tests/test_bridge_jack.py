@@ -158,7 +158,7 @@ def test_tune_over_midi_gives_key_meter_and_a_continuation(bridge, out_recv):
     assert isinstance(pitch, int) and isinstance(onset, float) and dur > 0
     _wait_notes_done(recv, 0.5, 20.0)
     assert recv.note_ons(), "nothing arrived on TypeMoE Out"
-    assert not recv.hanging()
+    assert not recv.hanging(), f"{recv.events[-12:]}\n{bridge.log_text()}"
 
 
 def test_same_over_osc_only(bridge, out_recv):
@@ -177,7 +177,7 @@ def test_same_over_osc_only(bridge, out_recv):
     bridge.peer.send("/typemoe/continue", 1.0)
     assert bridge.peer.wait_for("/typemoe/note", 20.0), bridge.log_text()
     _wait_notes_done(recv, 0.5, 20.0)
-    assert recv.note_ons() and not recv.hanging()
+    assert recv.note_ons() and not recv.hanging(), f"{recv.events[-12:]}\n{bridge.log_text()}"
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import queue
+import time
 
 from bridge_fixtures import toy_vocab
 
-from bridge.events import Analysis, Feed, Generate, Generated, Recondition
-from bridge.toy_model import ToyModel
+from bridge.events import Analysis, CancelGenerate, Feed, Generate, Generated, Recondition
+from bridge.toy_model import ToyModel, ToySession
 from bridge.worker import ModelThread
+from typemoe.vocab import FAMILIES
 
 
 class _Recording(ToyModel):
@@ -69,3 +71,84 @@ def test_context_overflow_re_prefills_controls_first():
     primes = [f for f in model.feeds if f[0] == v.bos_id]
     assert all(f[1 : 1 + len(controls)] == list(controls) for f in primes[1:])
     assert all(len(f) <= 64 for f in model.feeds)
+
+
+class _SlowSession(ToySession):
+    """Generation takes DELAY seconds per token (a big model on a slow CPU)."""
+
+    DELAY = 0.01
+
+    def fork(self):
+        twin = super().fork()
+        twin.__class__ = _SlowSession
+        return twin
+
+    def generate_steps(self, **kwargs):
+        for i in self.generate(**kwargs):
+            time.sleep(self.DELAY)
+            yield i
+
+
+class _Slow(ToyModel):
+    def session(self):
+        return _SlowSession(self)
+
+
+def _note(v, pitch: int) -> tuple[int, ...]:
+    return (v.id("Bar_None"), v.id("Position_0"), v.id(f"Pitch_{pitch}"), int(v.velocity_id[90]),
+            v.duration_token_id(4))
+
+
+def _start(model):
+    results: queue.Queue = queue.Queue()
+    w = ModelThread(model, results.put, time.monotonic)
+    w.start()
+    return w, results
+
+
+def test_generation_streams_whole_notes_and_equals_the_one_piece_generation():
+    v = toy_vocab()
+    model = ToyModel(v)
+    w, results = _start(model)
+    w.submit(Feed(_note(v, 60), 0.0))
+    w.submit(Generate(7, 2, 1.0, 0.95, 5))
+    assert isinstance(results.get(timeout=10), Analysis)
+    chunks = []
+    while not chunks or not chunks[-1].done:
+        chunks.append(results.get(timeout=10))
+    w.close()
+    assert all(isinstance(c, Generated) and c.request_id == 7 and c.error is None for c in chunks)
+    assert len(chunks) > 8
+    for c in chunks[:-1]:  # every chunk before the last is whole notes: it ends on a Duration
+        assert c.tokens and v.family_of[c.tokens[-1]] == FAMILIES.index("Duration")
+    s = model.session()
+    s.feed([v.bos_id, *_note(v, 60)])
+    assert [i for c in chunks for i in c.tokens] == s.fork().generate(n_bars=2, temperature=1.0, seed=5)
+
+
+def test_a_note_played_during_a_generation_is_analysed_before_it_ends():
+    v = toy_vocab()
+    w, results = _start(_Slow(toy_vocab()))  # ~66 tokens: ~0.7 s of generation
+    w.submit(Generate(1, 2, 1.0, 0.95, 0))
+    first = results.get(timeout=10)
+    assert isinstance(first, Generated) and not first.done
+    w.submit(Feed(_note(v, 62), time.monotonic()))
+    seen = []
+    while not any(isinstance(r, Analysis) for r in seen):
+        seen.append(results.get(timeout=10))
+    w.close()
+    assert not any(isinstance(r, Generated) and r.done for r in seen)  # the generation was still running
+
+
+def test_cancel_stops_the_generation():
+    v = toy_vocab()
+    w, results = _start(_Slow(toy_vocab()))
+    w.submit(Generate(3, 2, 1.0, 0.95, 0))
+    assert isinstance(results.get(timeout=10), Generated)
+    w.submit(CancelGenerate(3))
+    w.submit(Feed(_note(v, 64), 0.0))  # processed after the cancel
+    while not isinstance(results.get(timeout=10), Analysis):
+        pass
+    time.sleep(0.2)  # ~20 more tokens' time: nothing more may come for request 3
+    assert results.empty()
+    w.close()

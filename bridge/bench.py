@@ -22,10 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -34,59 +31,11 @@ import numpy as np
 
 from bridge import osc_io
 from bridge.config import BridgeConfig
+from bridge.jackd import jack_server
 
 log = logging.getLogger(__name__)
 
 _SCALE = (60, 62, 64, 65, 67, 69, 71, 72)
-
-
-def _die_with_parent() -> None:
-    """Linux: jackd gets SIGTERM when the process that started it dies (no orphan server after a kill)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@contextlib.contextmanager
-def _jackd(name: str):
-    exe = shutil.which("jackd")
-    if exe is None:
-        raise RuntimeError("the bridge benchmark needs jackd (Debian/Ubuntu: apt-get install jackd2)")
-    import rtmidi
-
-    env = {**os.environ, "JACK_NO_START_SERVER": "1"}
-    proc = subprocess.Popen(
-        [exe, "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "64"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        preexec_fn=_die_with_parent,
-    )
-    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    os.environ.update(JACK_DEFAULT_SERVER=name, JACK_NO_START_SERVER="1")
-    try:
-        end = time.monotonic() + 10.0
-        while True:
-            try:
-                rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="bench probe").delete()
-                break
-            except rtmidi.RtMidiError as err:
-                if proc.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError("jackd did not start") from err
-                time.sleep(0.05)
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _free_port() -> int:
@@ -137,7 +86,7 @@ def run_bridge_bench(
     from bridge.model import load_model
 
     model = load_model(str(model_dir), provider=provider)  # a bad model fails before jackd starts
-    with _jackd(f"typemoe-bench-{os.getpid()}"):
+    with jack_server(f"typemoe-bench-{os.getpid()}", period=64):
         reply = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         reply.bind(("127.0.0.1", 0))
         cfg = BridgeConfig(

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge import jackd
 from bridge.clock import FakeClock
 from bridge.config import BridgeConfig
 from bridge.engine import Engine
@@ -38,6 +39,7 @@ from bridge.events import (
     SendOsc,
     Tick,
 )
+from bridge.jackd import die_with_parent
 from bridge.toy_model import ToyModel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,12 +191,7 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Linux: jackd gets SIGTERM when the process that started it dies (no orphan server after a kill)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+_die_with_parent = die_with_parent
 
 
 @contextlib.contextmanager
@@ -207,42 +204,11 @@ def jack_server(period: int = 64, watchdog_s: float = 240.0):
         raise RuntimeError("jackd is not installed")
     global _JACK_SERIAL
     _JACK_SERIAL += 1
-    name = f"typemoe-test-{os.getpid()}-{_JACK_SERIAL}"
-    env = {**os.environ, "JACK_NO_START_SERVER": "1"}
-    proc = subprocess.Popen(
-        [JACKD, "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", str(period)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        preexec_fn=_die_with_parent,
-    )
-    old = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    os.environ["JACK_DEFAULT_SERVER"] = name
-    os.environ["JACK_NO_START_SERVER"] = "1"
-    try:
-        import rtmidi
-
-        deadline = time.monotonic() + 10.0
-        while True:
-            try:
-                probe = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="probe")
-                probe.delete()
-                break
-            except rtmidi.RtMidiError as err:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"jackd did not start: {proc.stderr.read().decode(errors='replace')[-500:]}"
-                    ) from err
-                time.sleep(0.05)
-        # Safety net: a wedged JACK server would hang its clients forever; killing it makes them fail instead.
-        import threading
-
-        watchdog = threading.Timer(watchdog_s, proc.kill)
-        watchdog.daemon = True
-        watchdog.start()
-        # A test process stuck inside a JACK call (rare: seen about once in 20 runs on a loaded 2-core box)
-        # does not come back even when the server dies: dump every thread's stack and exit instead of
-        # hanging the suite until CI's own limit.
+    with jackd.jack_server(
+        f"typemoe-test-{os.getpid()}-{_JACK_SERIAL}", period=period, kill_after_s=watchdog_s
+    ) as name:
+        # A test process stuck inside a JACK call does not come back even when the server dies: dump every
+        # thread's stack and exit instead of hanging the suite until CI's own limit.
         import faulthandler
 
         faulthandler.dump_traceback_later(watchdog_s + 60.0, exit=True)
@@ -250,19 +216,6 @@ def jack_server(period: int = 64, watchdog_s: float = 240.0):
             yield name
         finally:
             faulthandler.cancel_dump_traceback_later()
-            watchdog.cancel()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def start_bridge(*args: str, log_path: Path) -> subprocess.Popen:

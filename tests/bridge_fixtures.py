@@ -218,6 +218,18 @@ def jack_server(period: int = 64, watchdog_s: float = 240.0):
             faulthandler.cancel_dump_traceback_later()
 
 
+@contextlib.contextmanager
+def jack_or_skip(period: int = 64):
+    """jack_server(), or skip the test when jackd cannot start here."""
+    import pytest
+
+    try:
+        with jack_server(period=period) as name:
+            yield name
+    except RuntimeError as err:
+        pytest.skip(f"cannot start jackd: {err}")
+
+
 def start_bridge(*args: str, log_path: Path) -> subprocess.Popen:
     """`python -m bridge.cli ARGS` with stderr to `log_path` (read it on failure)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -14,10 +14,14 @@ from __future__ import annotations
 import atexit
 import functools
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 N_CLASSES = 4
 
@@ -65,3 +69,11 @@ def make_tiny_model_dir(path: str | Path) -> Path:
         dst.rmdir()  # only an empty directory may be there
     shutil.copytree(_tiny_model_dir(), dst)
     return dst
+
+
+def analyze_without_torch(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """`typemoe analyze ARGS` in a fresh interpreter where `import torch` fails (the DAW-user install)."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from export import tools\n"
+            f"sys.exit(tools.run_cli(['analyze', *{list(args)!r}]))")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout)

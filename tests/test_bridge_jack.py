@@ -26,7 +26,7 @@ from bridge_fixtures import (
     OscPeer,
     _die_with_parent,
     free_udp_port,
-    jack_server,
+    jack_or_skip,
     start_bridge,
     stop_process,
 )
@@ -45,11 +45,8 @@ FIXTURES = Path(__file__).resolve().parent / "bridge_fixtures.py"
 
 @pytest.fixture(scope="module")
 def jack():
-    try:
-        with jack_server(period=64) as name:
-            yield name
-    except RuntimeError as err:
-        pytest.skip(f"cannot start jackd: {err}")
+    with jack_or_skip(period=64) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import struct
 import time
 
 import pytest
-from bridge_fixtures import MidiRecv, jack_server, stop_process
+from bridge_fixtures import MidiRecv, jack_or_skip, stop_process
 from test_bridge_jack import Running, _peer, pytestmark  # noqa: F401 - same skips and markers
 
 FLOOD_S = float(os.environ.get("TYPEMOE_FLOOD_S", "3"))
@@ -23,11 +23,8 @@ FLOOD_S = float(os.environ.get("TYPEMOE_FLOOD_S", "3"))
 
 @pytest.fixture
 def jack():
-    try:
-        with jack_server(period=64) as name:
-            yield name
-    except RuntimeError as err:
-        pytest.skip(f"cannot start jackd: {err}")
+    with jack_or_skip(period=64) as name:
+        yield name
 
 
 def _garbage(rng: random.Random, i: int) -> bytes:

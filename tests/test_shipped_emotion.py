@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from export_fixtures import analyze_without_torch
 
 from export import tools
 from export.runtime import MANIFEST_FILE, OrtModel, read_manifest
@@ -128,9 +127,6 @@ def test_emotion_model_without_emotion_head_is_refused(capsys):
 
 def test_analyze_with_emotion_runs_without_torch():
     """The DAW-user install (pip install -e ., no torch) gets the emotion line from the shipped model."""
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from export import tools\n"
-            f"sys.exit(tools.run_cli(['analyze', {str(TUNE)!r}, '--json']))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = analyze_without_torch(str(TUNE), "--json", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["emotion"] in analysis.EMOTIONS

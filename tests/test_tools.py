@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import symusic
+from export_fixtures import analyze_without_torch
 
 from export import tools
 from typemoe import analysis
@@ -114,10 +113,7 @@ def test_bad_model_dir_is_named(tune, tmp_path, capsys):
 
 def test_tools_run_without_torch(model_dir, tune):
     """With torch unimportable, analyze on an exported model still works (the DAW-user install)."""
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from export import tools\n"
-            f"sys.exit(tools.run_cli(['analyze', {str(tune)!r}, '--model', {str(model_dir)!r}, '--json']))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = analyze_without_torch(str(tune), "--model", str(model_dir), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["key"] in analysis.KEYS
 

@@ -168,6 +168,100 @@ def test_groove_is_skipped_as_drums_only(tmp_path):
     assert manifest["skipped"]["shared:groove"]["counts"] == {"drums-only": 3}
 
 
+# --------------------------------------------------------------------------- bounded work, bad input among good
+
+
+def _long_silence_midi(path: Path) -> None:
+    """The 48-byte file of the studio report: ticks_per_beat 1, two notes 2^27 beats apart."""
+    import mido
+
+    mid = mido.MidiFile(ticks_per_beat=1)
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    track.append(mido.Message("note_on", note=60, velocity=100, time=0))
+    track.append(mido.Message("note_off", note=60, velocity=0, time=1))
+    track.append(mido.Message("note_on", note=64, velocity=100, time=2**27))
+    track.append(mido.Message("note_off", note=64, velocity=0, time=1))
+    mid.save(path)
+
+
+def test_long_silence_and_over_budget_files_among_good_ones(folder, tmp_path, caplog, monkeypatch):
+    from typemoe import vocab as vocab_module
+
+    _long_silence_midi(folder / "long_silence.mid")
+    score_from_notes([(i * 2, 2, 60 + i % 24, 80) for i in range(300)]).dump_midi(folder / "huge.mid")
+    monkeypatch.setattr(vocab_module, "MAX_SCORE_TOKENS", 1000)  # huge.mid: 300 notes, up to 1,238 tokens
+    with caplog.at_level(logging.WARNING):
+        manifest = build(_cfg(folder, tmp_path / "out"))
+    spec = f"folder:{folder.resolve()}"
+    assert manifest["skipped"][spec]["counts"]["over the token budget"] == 1
+    assert "huge.mid" in caplog.text and "over the limit of 1,000" in caplog.text
+    shards = ShardSet(tmp_path / "out")
+    assert sorted(shards.ids) == ["long_silence.mid", "meta.mid", "plain.mid", "tune.mid"]
+    assert len(shards.tokens_of(shards.ids.index("long_silence.mid"))) == 14  # 2 notes, 6 bars, 2 positions
+
+
+def test_a_tokenizer_failure_names_the_file_and_the_build_goes_on(folder, tmp_path, caplog, monkeypatch):
+    from typemoe.vocab import TypedVocab
+
+    real = TypedVocab.encode_score
+
+    def flaky(self, score):
+        if score.note_num() == 5:  # plain.mid and meta.mid
+            raise MemoryError("simulated")
+        return real(self, score)
+
+    monkeypatch.setattr(TypedVocab, "encode_score", flaky)
+    with caplog.at_level(logging.WARNING):
+        manifest = build(_cfg(folder, tmp_path / "out"))
+    spec = f"folder:{folder.resolve()}"
+    assert manifest["skipped"][spec]["counts"]["tokenizer failed"] == 2
+    assert "plain.mid: MemoryError: simulated" in caplog.text
+    assert ShardSet(tmp_path / "out").ids == ["tune.mid"]
+
+
+def test_a_non_utf8_csv_row_is_named_and_the_build_keeps_the_rest(folder, tmp_path, caplog):
+    csv_path = folder.parent / "labels.csv"
+    csv_path.write_bytes(
+        b"path,key,meter,genre,emotion\n"
+        b"plain.mid,A minor,3/4,jazz,Q3\n"
+        b"tune.mid,C major,,caf\xe9,\n"  # Latin-1, not UTF-8
+        b"meta.mid,D major,,,\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        manifest = build(_cfg(folder, tmp_path / "out"))
+    spec = f"folder:{folder.resolve()}"
+    assert manifest["skipped"][spec]["counts"]["CSV row not UTF-8"] == 1
+    assert f"{csv_path}:3" in caplog.text and "save the CSV as UTF-8" in caplog.text
+    shards = ShardSet(tmp_path / "out")
+    assert sorted(shards.ids) == ["meta.mid", "plain.mid", "tune.mid"]  # the row's file is kept, unlabelled
+    assert shards[shards.ids.index("meta.mid")].key == analysis.parse_key("D major")  # rows after it too
+    assert shards[shards.ids.index("tune.mid")].key == -1
+
+
+def test_a_non_utf8_csv_header_is_refused_by_file_and_line(folder, tmp_path, capsys):
+    csv_path = folder.parent / "labels.csv"
+    csv_path.write_bytes(b"path,cl\xe9,meter\nplain.mid,A minor,3/4\n")
+    rc = cli.main(
+        [
+            "data",
+            "build",
+            "--source",
+            f"folder:{folder}",
+            "--labels",
+            str(csv_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{csv_path}:1: the header is not UTF-8" in err and "Traceback" not in err
+
+
 # --------------------------------------------------------------------------- augmentation
 
 
@@ -208,16 +302,6 @@ def test_phase_shift_delays_onsets_by_whole_beats(vocab):
         assert shift_phase(vocab, ids, beats).tolist() == vocab.encode_score(score.shift_time(4 * beats))
     with pytest.raises(ValueError, match="beats must be in 0..3"):
         shift_phase(vocab, ids, 4)
-
-
-def test_velocity_jitter_only_moves_velocities(vocab):
-    tr = Transposer(vocab)
-    ids = np.asarray(vocab.encode_score(score_from_notes(NOTES)))
-    out = tr.jitter_velocity(ids, np.random.default_rng(0), max_steps=2)
-    is_vel = tr.kind[ids] == 2
-    np.testing.assert_array_equal(out[~is_vel], ids[~is_vel])
-    assert (tr.kind[out[is_vel]] == 2).all()
-    assert (np.abs(tr.velocity_rank[out[is_vel]] - tr.velocity_rank[ids[is_vel]]) <= 2).all()
 
 
 # --------------------------------------------------------------------------- CLI

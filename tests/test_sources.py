@@ -249,3 +249,18 @@ def test_classical_piano_key_only_when_clear(shared_opts):
     assert pieces["midis/Beethoven/beethoven_opus10_3.mid"].key == analysis.parse_key("C minor")
     labelled = np.mean([p.key is not None for p in pieces.values()])
     assert 0.3 < labelled < 0.9  # many pieces change signature or end modally: left unlabelled
+
+
+def test_csv_rows_skip_a_non_utf8_row_by_file_and_line(tmp_path, caplog):
+    from training.sources import csv_rows
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes(
+        b'\xef\xbb\xbfpath,key\na.mid,"C\nmajor"\nb.mid,\xe9\nc.mid,D major\n'
+    )  # BOM, a 2-line cell
+    skips = SkipLog()
+    with caplog.at_level(logging.WARNING):
+        header, rows = csv_rows(path, skips)
+    assert header == ["path", "key"]
+    assert [(line, row["path"]) for line, row in rows] == [(3, "a.mid"), (5, "c.mid")]
+    assert skips.counts == {"CSV row not UTF-8": 1} and f"{path}:4" in caplog.text

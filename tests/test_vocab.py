@@ -12,8 +12,12 @@ from typemoe.vocab import TYPE_NAMES, ScoreError, TypedVocab, VocabError, tokeni
 def test_every_id_has_exactly_one_type(vocab):
     assert vocab.type_of.shape == (vocab.size,)
     assert set(np.unique(vocab.type_of)) == set(range(len(TYPE_NAMES)))
-    prefixes = {"structure": {"Bar", "Position"}, "pitch": {"Pitch"}, "velocity": {"Velocity"},
-                "duration": {"Duration"}}
+    prefixes = {
+        "structure": {"Bar", "Position"},
+        "pitch": {"Pitch"},
+        "velocity": {"Velocity"},
+        "duration": {"Duration"},
+    }
     for i, tok in enumerate(vocab.tokens):
         name = vocab.type_names[vocab.type_of[i]]
         if name != "control":
@@ -51,8 +55,11 @@ def test_bpe_and_unknown_types_rejected():
 
 
 def test_custom_grouping_is_saved(tmp_path):
-    groups = {"time": ("Bar", "Position", "Duration"), "note": ("Pitch", "Velocity"),
-              "control": ("PAD", "BOS", "EOS", "Key", "Meter", "Genre", "Emotion")}
+    groups = {
+        "time": ("Bar", "Position", "Duration"),
+        "note": ("Pitch", "Velocity"),
+        "control": ("PAD", "BOS", "EOS", "Key", "Meter", "Genre", "Emotion"),
+    }
     v = TypedVocab(REMI(tokenizer_config()), groups=groups)
     v.save(tmp_path)
     w = TypedVocab.load(tmp_path)
@@ -142,3 +149,159 @@ def test_velocity_and_duration_tables_match_miditok(vocab):
     for d in (1, 3, 4, 7, 16, 17, 18, 33, 47, 48, 60):
         ids = vocab.encode_score(score_from_notes([(0, d, 60, 100)]))
         assert ids[-1] == vocab.duration_token_id(d), d
+
+
+# --------------------------------------------------------------------------- bounded work for any input
+
+
+def _long_silence_midi(path, gap_beats: int = 2**27) -> None:
+    """The 48-byte file of the studio report: ticks_per_beat 1, two notes `gap_beats` beats apart."""
+    import mido
+
+    mid = mido.MidiFile(ticks_per_beat=1)
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    track += [
+        mido.Message("note_on", note=60, velocity=100, time=0),
+        mido.Message("note_off", note=60, velocity=0, time=1),
+        mido.Message("note_on", note=64, velocity=100, time=gap_beats),
+        mido.Message("note_off", note=64, velocity=0, time=1),
+    ]
+    mid.save(path)
+
+
+def _bar_runs(vocab, ids) -> list[int]:
+    """Lengths of the runs of consecutive Bar tokens."""
+    runs, n = [], 0
+    for i in ids:
+        if vocab.token(i) == "Bar_None":
+            n += 1
+        elif n:
+            runs.append(n)
+            n = 0
+    return runs
+
+
+def test_long_silence_file_tokenizes_quickly_in_bounded_memory(vocab, tmp_path):
+    import time
+    import tracemalloc
+
+    from typemoe.vocab import MAX_EMPTY_BARS
+
+    path = tmp_path / "long.mid"
+    _long_silence_midi(path)
+    assert path.stat().st_size < 64
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    ids = vocab.encode_score(symusic.Score(path))
+    elapsed = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert elapsed < 2.0 and peak < 20e6, (elapsed, peak)
+    # bar 0 holds the first note; the second is 2^25 bars later, on beat 2 of its bar
+    assert [vocab.token(i) for i in ids] == [
+        "Bar_None",
+        "Position_0",
+        "Pitch_60",
+        "Velocity_103",
+        "Duration_1.0.4",
+        *["Bar_None"] * (MAX_EMPTY_BARS + 1),
+        "Position_4",
+        "Pitch_64",
+        "Velocity_103",
+        "Duration_1.0.4",
+    ]
+
+
+def test_silences_are_cut_to_whole_empty_bars_and_short_ones_kept(vocab):
+    from typemoe.vocab import MAX_EMPTY_BARS
+
+    bar = 16
+    notes = [
+        (40 * bar + 3, 4, 60, 80),  # leading silence of 40 bars
+        (41 * bar + 5, 4, 62, 80),  # next bar
+        ((41 + MAX_EMPTY_BARS + 1) * bar + 7, 4, 64, 80),  # exactly MAX_EMPTY_BARS empty bars: kept
+        (500 * bar + 9, 80, 65, 80),
+    ]  # a long silence again
+    toks = [vocab.token(i) for i in vocab.encode_score(score_from_notes(notes))]
+    assert _bar_runs(vocab, vocab.encode_score(score_from_notes(notes))) == [
+        MAX_EMPTY_BARS + 1,
+        1,
+        MAX_EMPTY_BARS + 1,
+        MAX_EMPTY_BARS + 1,
+    ]
+    assert [t for t in toks if t.startswith("Position")] == [
+        "Position_3",
+        "Position_5",
+        "Position_7",
+        "Position_9",
+    ]
+    q = vocab.prepare_score(score_from_notes(notes)).tracks[0].notes.numpy()
+    assert q["time"].tolist() == [
+        4 * bar + 3,
+        5 * bar + 5,
+        (5 + MAX_EMPTY_BARS + 1) * bar + 7,
+        (5 + 2 * MAX_EMPTY_BARS + 2) * bar + 9,
+    ]
+    assert q["duration"].tolist() == [4, 4, 4, 80]  # durations untouched
+    dense = [(i * 8, 8, 60 + i % 12, 80) for i in range(64)]  # no gap: tokens as before
+    assert vocab.decode(vocab.encode_score(score_from_notes(dense))).tracks[0].notes.numpy()[
+        "time"
+    ].tolist() == [t for t, *_ in dense]
+
+
+def test_silence_cut_holds_after_quantizing(vocab):
+    """The result equals quantizing first and cutting on the grid, also where rounding moves a note into
+    the next bar (the cut before quantizing only keeps tick counts small)."""
+    import random
+
+    from typemoe.vocab import MAX_EMPTY_BARS, TICKS_PER_BAR, collapse_silences
+
+    tpq, bar = 480, 480 * 4
+    cases = [
+        [(0, 240, 60, 80), ((MAX_EMPTY_BARS + 1) * bar + bar - 1, 240, 62, 80)],  # the later note rounds up
+        [(bar - 1, 240, 60, 80), ((MAX_EMPTY_BARS + 2) * bar, 240, 62, 80)],  # the earlier note rounds up
+    ]
+    rng = random.Random(0)
+    for _ in range(50):
+        t, notes = 0, []
+        for p in rng.sample(range(40, 90), 20):
+            t += rng.choice([0, 7, 119, 120, 480, bar - 1, 5 * bar + 59, 6 * bar + 61, 9 * bar])
+            notes.append((t, rng.randint(1, 4 * bar), p, 80))
+        cases.append(notes)
+    for notes in cases:
+        score = score_from_notes(notes, tpq=tpq)
+        ref = score.resample(4, min_dur=1).tracks[0].notes.numpy()
+        want = sorted(zip(collapse_silences(ref["time"], TICKS_PER_BAR).tolist(), ref["pitch"].tolist()))
+        got = vocab.prepare_score(score).tracks[0].notes.numpy()
+        assert sorted(zip(got["time"].tolist(), got["pitch"].tolist())) == want
+        assert max(_bar_runs(vocab, vocab.encode_score(score))) <= MAX_EMPTY_BARS + 1
+
+
+def test_a_score_over_the_token_budget_is_refused(vocab, monkeypatch):
+    from typemoe import vocab as vocab_module
+    from typemoe.vocab import ScoreTooLong
+
+    notes = [(i * 4, 4, 60 + i % 12, 80) for i in range(100)]
+    assert len(vocab.encode_score(score_from_notes(notes))) > 400
+    monkeypatch.setattr(vocab_module, "MAX_SCORE_TOKENS", 300)
+    with pytest.raises(ScoreTooLong, match=r"100 notes over 25 bars .* over the limit of 300"):
+        vocab.encode_score(score_from_notes(notes))
+    with pytest.raises(ScoreTooLong, match="over the limit of 300"):  # a tick rate other than the grid's
+        vocab.encode_score(score_from_notes([(t * 120, d * 120, p, v) for t, d, p, v in notes], tpq=480))
+
+
+def test_note_times_past_the_midi_readers_range_are_refused(vocab, tmp_path):
+    import mido
+
+    mid = mido.MidiFile(ticks_per_beat=1)
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    track.append(mido.Message("note_on", note=60, velocity=100, time=0))
+    track.append(mido.Message("note_off", note=60, velocity=0, time=1))
+    track += [mido.MetaMessage("marker", text="x", time=2**28 - 1) for _ in range(9)]  # 2^31 ticks later
+    track.append(mido.Message("note_on", note=64, velocity=100, time=5))
+    track.append(mido.Message("note_off", note=64, velocity=0, time=1))
+    mid.save(tmp_path / "wrapped.mid")
+    with pytest.raises(ScoreError, match="more than 2\\^31 ticks apart"):
+        vocab.encode_score(symusic.Score(tmp_path / "wrapped.mid"))

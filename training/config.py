@@ -108,7 +108,18 @@ class TrainConfig:
     phase_shift: bool = True
     """Shift the music 0-3 beats against the 4-beat Bar grid, so no head can read meter off bar phase."""
     control_dropout: float = 0.5
-    """Conditional fine-tuning: each known control token is dropped with this probability."""
+    """Each known control token of a window that carries controls is dropped with this probability."""
+    control_p: float = 0.5
+    """Pre-training: the share of windows that carry their piece's control tokens ([BOS] + controls +
+    music), so the same model runs conditioned and unconditioned. Conditional fine-tuning: always 1.
+    The key/meter heads are not trained on windows with controls (they must read the music, not the
+    prefix). Classification tasks never carry controls."""
+    key_move_p: float = 0.25
+    """Of the windows with a key control, the share whose music starts in another key (the first part
+    transposed away) and reaches the control's key at a bar line: "continue this in another key"."""
+    humanize: bool = True
+    """Redraw each window as a performer might play it (training/humanize.py: velocity, timing,
+    articulation, top voice), so no head can read a source's signature."""
     log_every: int = 10
     eval_every: int = 200
     eval_pieces: int = 256
@@ -136,8 +147,9 @@ class TrainConfig:
             raise ValueError(f"labelled_fraction must be in [0, 1], got {self.labelled_fraction}")
         if not 0 <= self.transpose <= 11:
             raise ValueError(f"transpose must be in 0..11 semitones, got {self.transpose}")
-        if not 0.0 <= self.control_dropout <= 1.0:
-            raise ValueError(f"control_dropout must be in [0, 1], got {self.control_dropout}")
+        for name in ("control_dropout", "control_p", "key_move_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("log_every", "eval_every", "ckpt_every", "eval_pieces"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

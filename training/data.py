@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from training.humanize import Humanizer
 from typemoe.vocab import TypedVocab
 
 LABEL_TASKS = ("key", "meter", "genre", "emotion", "composer")
@@ -212,14 +213,23 @@ def make_sample(
     transpose: int = 0,
     phase_shift: bool = False,
     head_start_bar: int = 2,
-    controls: bool = False,
+    controls: bool | float = False,
     control_dropout: float = 0.0,
+    key_move_p: float = 0.0,
+    humanizer: Humanizer | None = None,
     tasks=LABEL_TASKS,
 ) -> Sample:
-    """One window of piece i; rng=None gives the deterministic view (first bar, no augmentation)."""
+    """One window of piece i; rng=None gives the deterministic view (first bar, no augmentation).
+
+    controls: True = the window carries its control prefix; a float p = it does with probability p
+    (drawn from rng; the deterministic view then carries none). The heads are trained only on windows
+    without a prefix (head_from = the end), so they learn to read the music, not the answer.
+    """
     tokens = pieces.tokens[i]
     labels = {t: int(pieces.label(t)[i]) for t in tasks}
     bars = np.flatnonzero(tokens == ops.bar)
+    if not isinstance(controls, bool):
+        controls = rng is not None and rng.random() < float(controls)
     n_ctrl_max = 4 if controls else 0
     room = seq_len - 1 - n_ctrl_max  # music tokens that fit
     if rng is None or bars.size == 0:
@@ -235,11 +245,15 @@ def make_sample(
             lo, hi = ops.transpose_range(tokens[start:start + room + 8], transpose)
             k = int(rng.integers(lo, hi + 1))
     music = tokens[start:start + room + 8]  # a little slack: the phase shift may add Bar tokens
+    if humanizer is not None and rng is not None:
+        music = humanizer(music, rng)
     music = ops.phase_shift(music, beats)[:room]
     if k:
         music = np.where(ops.is_pitch(music), music + k, music)
     if labels.get("key", -1) >= 0 and k:
         labels["key"] = (labels["key"] % 12 + k) % 12 + 12 * (labels["key"] // 12)
+    if controls and rng is not None and labels.get("key", -1) >= 0 and rng.random() < key_move_p:
+        music = _move_opening(music, rng, ops)
     ctrl: list[int] = []
     if controls:
         names = pieces.label_names
@@ -252,7 +266,26 @@ def make_sample(
     ids = np.concatenate([[ops.bos], ctrl, music]).astype(np.int64)
     bar_pos = np.flatnonzero(ids == ops.bar)
     head_from = int(bar_pos[head_start_bar - 1]) if bar_pos.size >= head_start_bar else len(ids)
+    if ctrl:
+        head_from = len(ids)  # a head that sees Key_X in its context would learn to copy it
     return Sample(ids=ids, head_from=head_from, shift=k, labels=labels, piece=i)
+
+
+def _move_opening(music: np.ndarray, rng: np.random.Generator, ops: TokenOps) -> np.ndarray:
+    """Transpose the music before a bar line a quarter to two thirds in by a random non-zero interval, so
+    the window starts in another key and arrives in the labelled one (the control's) at that bar."""
+    bars = np.flatnonzero(music == ops.bar)
+    cut = bars[(bars >= len(music) // 4) & (bars <= 2 * len(music) // 3)]
+    if cut.size == 0:
+        return music
+    at = int(rng.choice(cut))
+    lo, hi = ops.transpose_range(music[:at], 6)
+    steps = [d for d in range(lo, hi + 1) if d != 0]
+    if not steps:
+        return music
+    d = int(rng.choice(steps))
+    head = np.where(ops.is_pitch(music[:at]), music[:at] + d, music[:at])
+    return np.concatenate([head, music[at:]])
 
 
 @dataclass
@@ -317,6 +350,14 @@ class SamplerState:
         return dict(step=self.step, seed=self.seed, n_pieces=self.n_pieces, batch_size=self.batch_size)
 
 
+def window_controls(cfg) -> bool | float:
+    """Whether training windows carry control tokens: conditional always, pre-training with cfg.control_p,
+    classification never (an Emotion_* prefix would hand the classifier its label)."""
+    if cfg.task == "conditional":
+        return True
+    return float(cfg.control_p) if cfg.task == "pretrain" and cfg.control_p > 0 else False
+
+
 class WindowSampler:
     """The deterministic, rank-sharded stream of training windows (see the module docstring)."""
 
@@ -327,6 +368,7 @@ class WindowSampler:
         self.rank, self.world = rank, world
         self.micro_steps = cfg.check_world(world)
         self.state = SamplerState(seed=cfg.seed, n_pieces=len(pieces), batch_size=cfg.batch_size)
+        self.humanizer = Humanizer(vocab) if cfg.humanize else None
         self._perm_epoch, self._perm = -1, None
 
     def load_state(self, d: dict) -> None:
@@ -352,8 +394,8 @@ class WindowSampler:
         return make_sample(
             self.pieces, self._piece_of(g), np.random.default_rng((cfg.seed, g)), ops=self.ops,
             seq_len=cfg.seq_len, transpose=cfg.transpose, phase_shift=cfg.phase_shift,
-            head_start_bar=cfg.loss.head_start_bar, controls=cfg.task == "conditional",
-            control_dropout=cfg.control_dropout,
+            head_start_bar=cfg.loss.head_start_bar, controls=window_controls(cfg),
+            control_dropout=cfg.control_dropout, key_move_p=cfg.key_move_p, humanizer=self.humanizer,
         )
 
     def next_step(self) -> list[Batch]:

@@ -1,7 +1,7 @@
 """Fine-tuning a pre-trained checkpoint: piece classification or conditional generation.
 
-    typemoe finetune --task genre --from runs/small --data shards_genre/ --out runs/genre
-    typemoe finetune --task conditional --from runs/small --data /tmp/typemoe_m21 --out runs/cond
+The run behind `typemoe finetune` and `python -m training.finetune`; its flags and help text live in
+training/cli.py (torch-free, so that `--help` works without torch).
 
 Classification (genre, emotion, composer): a linear head over the mean-pooled final hidden states
 (TypeMoE's cls head) on top of the pre-trained trunk, trained with cross-entropy on the pieces that carry
@@ -17,7 +17,6 @@ are not trained here: with a Key_ token in the prefix they would learn to copy i
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from dataclasses import replace
@@ -25,23 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from training import ckpt, dist, loop
+from training import ckpt, cli, dist, loop
+from training.cli import CLS_TASKS
 from training.config import LossConfig, OptimConfig, TrainConfig
 from training.data import Pieces, load_pieces
-from training.pretrain import add_common_arguments, apply_overrides, split_pieces
+from training.pretrain import apply_overrides, split_pieces
 from typemoe import checkpoint
 from typemoe.model import TypeMoE
-
-CLS_TASKS = ("genre", "emotion", "composer")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, choices=(*CLS_TASKS, "conditional"))
-    p.add_argument("--from", dest="from_", type=Path, required=True, metavar="CKPT",
-                   help="pre-trained checkpoint: a run directory or a checkpoint directory")
-    add_common_arguments(p)
-    p.add_argument("--control-dropout", type=float, default=0.5,
-                   help="conditional: drop each control token with this probability")
 
 
 def label_set(pieces: Pieces, task: str) -> tuple[list[str], Pieces]:
@@ -152,9 +141,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m training.finetune") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    return run(cli.finetune_parser(prog).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ Output directory (training/shards.py reads it):
                     so a directory without it is an interrupted build
 
 Tokens come from `TypedVocab.encode_score`, which merges the non-drum tracks and drops time-signature,
-key-signature and tempo events: the labels never leak into the input. A rebuild whose inputs (piece
+key-signature and tempo events: the labels never leak into the input. It also cuts long silences and
+refuses a file over the token budget, so no input file can make a build run long or out of memory; a
+file that cannot be used is skipped and named, and the build keeps the others. A rebuild whose inputs (piece
 list, labels, file sizes and mtimes, tokenizer, options) hash to the stored fingerprint does nothing.
 """
 
@@ -108,8 +110,13 @@ def _init_worker(vocab_dir: Path | None) -> None:
 
 
 def tokenize_piece(vocab, piece: Piece) -> tuple[np.ndarray | None, str, str]:
-    """(uint16 ids, "", "") or (None, skip reason, detail) for a corrupt, empty or drums-only file."""
-    from typemoe.vocab import ScoreError
+    """(uint16 ids, "", "") or (None, skip reason, detail) for a file that cannot be used.
+
+    A corrupt, empty, drums-only or too long file, or one the tokenizer fails on, is a skip reason, never
+    an exception: one bad file must not cost a build its good ones. Long silences are cut and a score over
+    the token budget is refused by `TypedVocab.prepare_score`, so the work per file is bounded.
+    """
+    from typemoe.vocab import ScoreError, ScoreTooLong
 
     try:
         score = piece.load_score()
@@ -123,8 +130,12 @@ def tokenize_piece(vocab, piece: Piece) -> tuple[np.ndarray | None, str, str]:
         return None, "empty MIDI", "no notes"
     try:
         ids = vocab.encode_score(score)
+    except ScoreTooLong as err:
+        return None, "over the token budget", str(err)
     except ScoreError as err:
-        return None, "no notes in pitch range", str(err)
+        return None, "no usable notes", str(err)
+    except Exception as err:  # a tokenizer failure on one file is that file's problem, named in the log
+        return None, "tokenizer failed", f"{type(err).__name__}: {err}"
     assert max(ids, default=0) < 2**16, f"token id {max(ids)} does not fit uint16"
     return np.asarray(ids, dtype=np.uint16), "", ""
 
@@ -165,10 +176,17 @@ def _file_signature(piece: Piece) -> list:
     return [str(piece.midi), st.st_size, st.st_mtime_ns]
 
 
+def _tokenization() -> list:
+    """The encoding rules outside the vocabulary hash: changing them must rebuild the shards."""
+    from typemoe import vocab
+
+    return ["collapse_silences", vocab.MAX_EMPTY_BARS, vocab.MAX_SCORE_TOKENS]
+
+
 def fingerprint(cfg: BuildConfig, vocab_hash: str, pieces: list[Piece]) -> str:
     """sha256 of everything the shards depend on: options, tokenizer, and each piece's file and labels."""
     h = hashlib.sha256()
-    h.update(json.dumps([FORMAT, vocab_hash, cfg.sources, cfg.limit]).encode())
+    h.update(json.dumps([FORMAT, vocab_hash, _tokenization(), cfg.sources, cfg.limit]).encode())
     for p in pieces:
         row = [p.source, p.id, p.split, p.key, p.meter, p.genre, p.emotion, p.composer, _file_signature(p)]
         h.update(json.dumps(row).encode())

@@ -1,10 +1,6 @@
-"""SS-MTP pre-training entry point.
+"""SS-MTP pre-training: the run behind `typemoe train` and `python -m training.pretrain`.
 
-    typemoe train --preset small --data /tmp/typemoe_m21 --out runs/small
-    python -m training.pretrain --preset tiny --data shards/ --out runs/tiny --max-steps 200
-    torchrun --nproc_per_node=2 -m training.pretrain --preset tiny --data shards/ --out runs/ddp
-    typemoe train ... --resume            # continue runs/small/latest exactly
-
+Its flags and help text live in training/cli.py (torch-free, so that `--help` works without torch).
 Every bad input is reported before the first step: an unknown preset or bad value, a shard directory
 built with another tokenizer, an empty training split, an --out that already holds a run (without
 --resume), or a --resume whose configuration differs from the saved one.
@@ -12,46 +8,13 @@ built with another tokenizer, an empty training split, an --out that already hol
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from dataclasses import replace
-from pathlib import Path
 
-from training import dist, loop
+from training import cli, dist, loop
 from training.data import keep_label_fraction, load_pieces
 from training.presets import PRESETS
-
-
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags shared by train and finetune: data, output, run length and hardware."""
-    p.add_argument("--data", type=Path, action="append", required=True, metavar="DIR",
-                   help="token shard directory from `typemoe data build` (repeat for several)")
-    p.add_argument("--out", type=Path, required=True, help="run directory (it is also the checkpoint)")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the preset's)")
-    p.add_argument("--resume", action="store_true", help="continue --out's latest checkpoint exactly")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="windows per step, all ranks together")
-    p.add_argument("--micro-batch", type=int, default=None, help="windows per rank per forward")
-    p.add_argument("--seq-len", type=int, default=None, help="longest training window in tokens")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--log-every", type=int, default=None)
-    p.add_argument("--eval-every", type=int, default=None)
-    p.add_argument("--ckpt-every", type=int, default=None)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads per rank (0 = cores / ranks)")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model + training preset")
-    add_common_arguments(p)
-    p.add_argument("--objective", choices=("ssmtp", "clm"), default="ssmtp",
-                   help="ssmtp: LM + key + meter + semi-supervised terms; clm: LM only")
-    p.add_argument("--labelled-fraction", type=float, default=1.0,
-                   help="keep key/meter labels of this fraction of pieces (by piece id); the rest are unlabelled")
-    p.add_argument("--ffn", choices=("typemoe", "dense", "switch"), default=None,
-                   help="feed-forward kind: type-routed experts, the dense baseline or a learned top-1 router")
 
 
 def apply_overrides(cfg, args):
@@ -121,9 +84,7 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "python -m training.pretrain") -> int:
     """`python -m training.pretrain ...`, and the `typemoe train` row of typemoe/cli.py."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    return run(cli.train_parser(prog).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@
     folder:PATH          every .mid/.midi under PATH, labelled by an optional CSV with columns
                          path,key,meter,genre,emotion (any may be empty)
 
-Bad input never stops a build: a missing file, an unknown label value, a tune music21 cannot parse is
-logged with its name, counted per reason in a `SkipLog`, and the build goes on. Whether a MIDI file is
+Bad input never stops a build: a missing file, an unknown label value, a labels-CSV row that is not
+UTF-8, a tune music21 cannot parse is logged with its name (file:line for a CSV row), counted per reason
+in a `SkipLog`, and the build goes on. Whether a MIDI file is
 corrupt, empty or drums-only is found when it is tokenized (training/prepare.py), with the same log.
 
 Splits are by piece, from a hash of its source-relative id (90/5/5), never by window, so no piece is in
@@ -194,6 +195,41 @@ def read_source(spec: str, opts: SourceOptions, skips: SkipLog) -> list[Piece]:
 
 
 # --------------------------------------------------------------------------- label parsing
+
+
+def _undecodable(text: str) -> bool:
+    """True if `text` holds bytes that were not UTF-8 (read with errors="surrogateescape")."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def csv_rows(csv_path: Path, skips: SkipLog) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and the (line number, row) pairs of a UTF-8 labels CSV, keys and header stripped.
+
+    A row with a byte that is not UTF-8 is skipped and named as file:line, so one mistyped character costs
+    one row's labels, never the build. (Refusing the whole CSV would throw away every good row for one
+    bad byte; the MIDI files themselves are still found and built, only that row's labels are missing.)
+
+    Raises:
+        ValueError: the header line itself is not UTF-8.
+    """
+    with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.DictReader(f)
+        header = [(c or "").strip() for c in reader.fieldnames or []]
+        if any(_undecodable(c) for c in header):
+            raise ValueError(f"{csv_path}:1: the header is not UTF-8; save the CSV as UTF-8")
+        rows = []
+        for raw in reader:
+            row = {(k or "").strip(): v or "" for k, v in raw.items() if k is not None}
+            if any(_undecodable(v) for v in row.values()):
+                text = ",".join(row.values()).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                skips.add(
+                    "CSV row not UTF-8",
+                    f"{csv_path}:{reader.line_num}",
+                    f"{text[:120]!r}; save the CSV as UTF-8",
+                )
+                continue
+            rows.append((reader.line_num, row))
+    return header, rows
 
 
 def _label(parse: Callable, value: str, what: str, item: str, skips: SkipLog):
@@ -382,22 +418,18 @@ def read_shared(name: str, opts: SourceOptions, skips: SkipLog) -> list[Piece]:
     root = extract_archive(opts.shared_dir / f"{name}.tar.gz", opts.cache_dir)
     source = f"shared:{name}"
     pieces = []
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if opts.limit is not None and len(pieces) >= opts.limit:
-                break
-            rel = row[spec.path_column]
-            midi = root / rel
-            if not midi.is_file():
-                skips.add(
-                    "missing file", f"{source}/{rel}", "listed in the labels CSV but not in the archive"
-                )
-                continue
-            fields = (
-                spec.read_row(row, rel, skips, midi) if spec.needs_midi else spec.read_row(row, rel, skips)
-            )
-            if fields is not None:
-                pieces.append(Piece(id=rel, source=source, midi=midi, **fields))
+    _, rows = csv_rows(csv_path, skips)
+    for _, row in rows:
+        if opts.limit is not None and len(pieces) >= opts.limit:
+            break
+        rel = row[spec.path_column]
+        midi = root / rel
+        if not midi.is_file():
+            skips.add("missing file", f"{source}/{rel}", "listed in the labels CSV but not in the archive")
+            continue
+        fields = spec.read_row(row, rel, skips, midi) if spec.needs_midi else spec.read_row(row, rel, skips)
+        if fields is not None:
+            pieces.append(Piece(id=rel, source=source, midi=midi, **fields))
     log.info("%s: %d pieces", source, len(pieces))
     return pieces
 
@@ -423,35 +455,32 @@ def read_labels_csv(csv_path: Path, folder: Path, skips: SkipLog) -> dict[str, d
     if not csv_path.is_file():
         raise ValueError(f"labels CSV {csv_path} does not exist")
     out: dict[str, dict] = {}
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in reader.fieldnames or []]
-        if "path" not in cols:
-            raise ValueError(
-                f"{csv_path}: no 'path' column; expected columns {','.join(FOLDER_COLUMNS)}, got {cols}"
-            )
-        for line, raw in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "") for k, v in raw.items()}
-            path = Path(row["path"].strip())
-            item = f"{csv_path.name}:{line} {row['path']!r}"
-            full = path if path.is_absolute() else folder / path
-            if not row["path"].strip() or not full.is_file():
-                skips.add("missing file", item, f"{full} does not exist")
-                continue
-            rel = (
-                full.resolve().relative_to(folder.resolve()).as_posix()
-                if full.resolve().is_relative_to(folder.resolve())
-                else full.as_posix()
-            )
-            if rel in out:
-                log.warning("%s: %s is labelled twice; the later row wins", item, rel)
-            out[rel] = {
-                "midi": full,
-                "key": _label(analysis.parse_key, row.get("key", ""), "key", item, skips),
-                "meter": _label(analysis.parse_meter, row.get("meter", ""), "meter", item, skips),
-                "genre": _label(analysis.parse_genre, row.get("genre", ""), "genre", item, skips),
-                "emotion": _label(analysis.parse_emotion, row.get("emotion", ""), "emotion", item, skips),
-            }
+    cols, rows = csv_rows(csv_path, skips)
+    if "path" not in cols:
+        raise ValueError(
+            f"{csv_path}: no 'path' column; expected columns {','.join(FOLDER_COLUMNS)}, got {cols}"
+        )
+    for line, row in rows:
+        path = Path(row["path"].strip())
+        item = f"{csv_path.name}:{line} {row['path']!r}"
+        full = path if path.is_absolute() else folder / path
+        if not row["path"].strip() or not full.is_file():
+            skips.add("missing file", item, f"{full} does not exist")
+            continue
+        rel = (
+            full.resolve().relative_to(folder.resolve()).as_posix()
+            if full.resolve().is_relative_to(folder.resolve())
+            else full.as_posix()
+        )
+        if rel in out:
+            log.warning("%s: %s is labelled twice; the later row wins", item, rel)
+        out[rel] = {
+            "midi": full,
+            "key": _label(analysis.parse_key, row.get("key", ""), "key", item, skips),
+            "meter": _label(analysis.parse_meter, row.get("meter", ""), "meter", item, skips),
+            "genre": _label(analysis.parse_genre, row.get("genre", ""), "genre", item, skips),
+            "emotion": _label(analysis.parse_emotion, row.get("emotion", ""), "emotion", item, skips),
+        }
     return out
 
 

@@ -10,8 +10,11 @@ COMMANDS maps a command name to the module that implements it. That module offer
   - `add_parsers(subparsers)`: it registers its command(s) on an argparse subparsers object, each with
     `func(args) -> int` as a default (training/cli.py, `typemoe train` and `typemoe finetune`).
 Modules are imported only when their command runs, so `typemoe --help` is instant and imports neither
-torch nor music21, and this file never imports training/ or export/ statically (DESIGN.md section 2):
-it only names them. To add a command (eval, export, bench, analyze, generate), add a row.
+torch nor music21, and this file never imports training/ or export/ statically (the library does not
+import its users): it only names them. To add a command, add a row.
+
+A command that needs an optional package the user has not installed (torch, music21, onnx, ...) ends
+with a message that names the package and how to install it, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +22,28 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+TORCH_INSTALL_HINT = (
+    "for a CPU-only wheel: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu "
+    "(GPU wheels: https://pytorch.org/get-started/locally/), then pip install 'typemoe[train]'"
+)
+# optional packages (pyproject's train extra) -> how to get them
+OPTIONAL_PACKAGES: dict[str, str] = {
+    "torch": TORCH_INSTALL_HINT,
+    **{
+        name: "pip install 'typemoe[train]'"
+        for name in (
+            "onnx",
+            "onnxscript",
+            "music21",
+            "safetensors",
+            "tqdm",
+            "matplotlib",
+            "tensorboard",
+            "filelock",
+        )
+    },
+}
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,9 +74,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_package_message(command: str, err: ModuleNotFoundError) -> str | None:
+    """The message for an optional package that is not installed, or None for any other missing module."""
+    name = (err.name or "").split(".")[0]
+    if name not in OPTIONAL_PACKAGES:
+        return None
+    return f"error: `{command}` needs the Python package {name!r}, which is not installed; {OPTIONAL_PACKAGES[name]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _parser().parse_args(argv[:1]).command  # only the command name is ours
+    try:
+        return _run(command, argv)
+    except ModuleNotFoundError as err:
+        message = missing_package_message(f"typemoe {command}", err)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
+
+
+def _run(command: str, argv: list[str]) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     if hasattr(module, "main"):
         return int(module.main(argv[1:], prog=f"typemoe {command}") or 0)

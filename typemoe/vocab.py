@@ -10,9 +10,13 @@ The control tokens live in our own table rather than miditok's `add_to_vocab`, s
 never depends on how a miditok version persists added tokens: load rebuilds REMI from its saved config and
 checks that the base vocabulary is identical.
 
-Input stream (DESIGN.md section 3): all non-drum tracks merged into one, time-signature / key-signature /
-tempo meta events stripped, a grid of 4 positions per beat and Bar tokens every 4 beats (miditok falls back
-to 4/4 when `use_time_signatures` is off, which is exactly the performer's 4-beat grid).
+Input stream: all non-drum tracks merged into one, time-signature / key-signature / tempo meta events
+stripped, a grid of 4 positions per beat and Bar tokens every 4 beats (miditok falls back to 4/4 when
+`use_time_signatures` is off, which is exactly the performer's 4-beat grid).
+
+Bounded work for any file: a silence longer than MAX_EMPTY_BARS empty bars (before the first note too) is
+cut to MAX_EMPTY_BARS, by whole bars, so at most MAX_EMPTY_BARS + 1 Bar tokens ever follow each other;
+a score that would still give more than MAX_SCORE_TOKENS tokens is refused with `ScoreTooLong`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 import symusic
 
 # miditok's __init__ imports its optional `pytorch_data` submodule, and with it torch, whenever torch is
-# installed. We never use it, and the bridge must stay torch-free (DESIGN.md section 2), so while miditok is
+# installed. We never use it, and the bridge must stay torch-free, so while miditok is
 # first imported we mark that submodule unavailable (miditok catches the ImportError), then remove the mark
 # so that an explicit `import miditok.pytorch_data` later still works.
 if "miditok" not in sys.modules and "torch" not in sys.modules:
@@ -46,6 +50,10 @@ log = logging.getLogger(__name__)
 
 TICKS_PER_BEAT = 4  # onset grid: 16th notes
 BEATS_PER_BAR = 4
+TICKS_PER_BAR = TICKS_PER_BEAT * BEATS_PER_BAR
+MAX_EMPTY_BARS = 4  # a longer silence is cut to this many empty bars (whole bars, so positions keep)
+MAX_SCORE_TOKENS = 1_000_000  # a score above this after the cut is refused (about 250,000 notes)
+_LONGEST_DURATION_BEATS = 16  # durations are clipped here before quantizing; the longest token is 12 beats
 TYPE_NAMES = ("structure", "pitch", "velocity", "duration", "control")
 # Expert groups: type name -> token-type prefixes (the part of "Type_Value" before the first "_").
 DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
@@ -74,11 +82,40 @@ class VocabError(ValueError):
 
 
 class ScoreError(ValueError):
-    """A score that yields no tokens (empty, drums only, nothing in the pitch range)."""
+    """A score that yields no tokens (empty, drums only, nothing in the pitch range), or too many."""
+
+
+class ScoreTooLong(ScoreError):
+    """A score that would still give more than MAX_SCORE_TOKENS tokens once its silences are cut."""
+
+
+def collapse_silences(time: np.ndarray, bar_ticks: int, max_empty: int = MAX_EMPTY_BARS) -> np.ndarray:
+    """Onset times (int64) with every run of more than `max_empty` empty bars cut to `max_empty` bars.
+
+    The bars before the first onset count as a run too. Notes move by whole bars, so each keeps its
+    position in the bar and the order of all notes is unchanged.
+    """
+    time = np.asarray(time, dtype=np.int64)
+    bars = time // bar_ticks
+    occupied = np.unique(bars)  # sorted
+    empty_before = np.diff(occupied, prepend=-1) - 1
+    cut = np.cumsum(np.maximum(empty_before - max_empty, 0))  # bars removed up to each occupied bar
+    return time - cut[np.searchsorted(occupied, bars)] * bar_ticks
+
+
+def _check_budget(n_notes: int, last_bar: int) -> None:
+    """Refuse a score whose token count can exceed MAX_SCORE_TOKENS (4 tokens a note, 1 a bar at most)."""
+    bound = 4 * n_notes + last_bar + 1
+    if bound > MAX_SCORE_TOKENS:
+        raise ScoreTooLong(
+            f"score has {n_notes} notes over {last_bar + 1} bars (after cutting silences to "
+            f"{MAX_EMPTY_BARS} bars): up to {bound:,} tokens, over the limit of {MAX_SCORE_TOKENS:,}"
+        )
 
 
 def tokenizer_config() -> TokenizerConfig:
-    """The REMI configuration of DESIGN.md section 3 (no tempo, time-signature, program or chord tokens)."""
+    """The project's REMI configuration: one merged track of notes only (no tempo, time-signature, program
+    or chord tokens), 16th-note onsets, 16 velocity bins, durations up to 12 beats."""
     return TokenizerConfig(
         pitch_range=(21, 109),
         beat_res={(0, 4): TICKS_PER_BEAT, (4, 12): 2},
@@ -96,6 +133,25 @@ def tokenizer_config() -> TokenizerConfig:
         remove_duplicated_notes=False,
         use_pitchdrum_tokens=False,
     )
+
+
+def _track(name: str, notes: Mapping[str, np.ndarray]) -> symusic.Track:
+    track = symusic.Track(name, 0, False)
+    track.notes = symusic.Note.from_numpy(
+        time=notes["time"].astype(np.int32),
+        duration=notes["duration"].astype(np.int32),
+        pitch=notes["pitch"].astype(np.int8),
+        velocity=notes["velocity"].astype(np.int8),
+    )
+    return track
+
+
+def _resample(notes: Mapping[str, np.ndarray], tpq: int) -> dict[str, np.ndarray]:
+    """Notes quantized from `tpq` ticks per beat to the grid, with symusic's rounding (what miditok uses)."""
+    score = symusic.Score(tpq)
+    score.tracks.append(_track("merged", notes))
+    q = score.resample(TICKS_PER_BEAT, min_dur=1).tracks[0].notes.numpy()
+    return {k: q[k].astype(np.int64) for k in ("time", "duration", "pitch", "velocity")}
 
 
 def control_tokens() -> list[str]:
@@ -121,11 +177,15 @@ class TypedVocab:
         controls: Sequence[str] | None = None,
     ) -> None:
         if getattr(tokenizer, "is_trained", False):
-            raise VocabError("a BPE/Unigram-trained tokenizer merges several events into one id, so an id has no "
-                             "single type; use an untrained REMI tokenizer")
+            raise VocabError(
+                "a BPE/Unigram-trained tokenizer merges several events into one id, so an id has no "
+                "single type; use an untrained REMI tokenizer"
+            )
         if getattr(tokenizer, "is_multi_voc", False):
-            raise VocabError(f"{type(tokenizer).__name__} has several vocabularies (one id per embedding "
-                             "pooling); TypeMoE needs one flat vocabulary")
+            raise VocabError(
+                f"{type(tokenizer).__name__} has several vocabularies (one id per embedding "
+                "pooling); TypeMoE needs one flat vocabulary"
+            )
         groups = {k: tuple(v) for k, v in (groups or DEFAULT_GROUPS).items()}
         owner: dict[str, str] = {}
         for name, prefixes in groups.items():
@@ -147,12 +207,15 @@ class TypedVocab:
         type_of = []
         for t in self._tokens:
             if _prefix(t) not in owner:
-                raise VocabError(f"token {t!r} has type {_prefix(t)!r}, which no expert group claims "
-                                 f"(groups: {groups})")
+                raise VocabError(
+                    f"token {t!r} has type {_prefix(t)!r}, which no expert group claims (groups: {groups})"
+                )
             type_of.append(self.type_names.index(owner[_prefix(t)]))
         self.type_of = np.asarray(type_of, dtype=np.int64)  # (V,)
-        fam = [FAMILIES.index(_prefix(t)) if _prefix(t) in FAMILIES else FAMILIES.index("control")
-               for t in self._tokens]
+        fam = [
+            FAMILIES.index(_prefix(t)) if _prefix(t) in FAMILIES else FAMILIES.index("control")
+            for t in self._tokens
+        ]
         self.family_of = np.asarray(fam, dtype=np.int64)  # (V,)
         self.next_allowed = np.zeros((len(FAMILIES), self.size), dtype=bool)  # (6, V)
         for f, nxt in _NEXT_FAMILIES.items():
@@ -161,7 +224,11 @@ class TypedVocab:
         specials = {_prefix(t) for t in self._tokens if t.endswith("_None")}
         self.next_allowed[:, self.family_of == FAMILIES.index("control")] = False  # never sample controls
         assert {"PAD", "BOS", "EOS"} <= specials, f"missing special tokens: {specials}"
-        self.pad_id, self.bos_id, self.eos_id = self._ids["PAD_None"], self._ids["BOS_None"], self._ids["EOS_None"]
+        self.pad_id, self.bos_id, self.eos_id = (
+            self._ids["PAD_None"],
+            self._ids["BOS_None"],
+            self._ids["EOS_None"],
+        )
         self._calibrate()
 
     # ---- construction and persistence -------------------------------------------------------------
@@ -173,8 +240,13 @@ class TypedVocab:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(d / TOKENIZER_FILE)
-        meta = {"tokens": self._tokens, "groups": self.groups, "type_of": self.type_of.tolist(),
-                "n_base": self.n_base, "hash": self.hash}
+        meta = {
+            "tokens": self._tokens,
+            "groups": self.groups,
+            "type_of": self.type_of.tolist(),
+            "n_base": self.n_base,
+            "hash": self.hash,
+        }
         tmp = d / (TYPES_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(d / TYPES_FILE)
@@ -184,16 +256,20 @@ class TypedVocab:
         d = Path(directory)
         for f in (TOKENIZER_FILE, TYPES_FILE):
             if not (d / f).is_file():
-                raise VocabError(f"{d / f} is missing; a vocabulary directory holds {TOKENIZER_FILE} and {TYPES_FILE}")
+                raise VocabError(
+                    f"{d / f} is missing; a vocabulary directory holds {TOKENIZER_FILE} and {TYPES_FILE}"
+                )
         try:
             meta = json.loads((d / TYPES_FILE).read_text())
             tokenizer = REMI(params=d / TOKENIZER_FILE)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise VocabError(f"cannot read the vocabulary in {d}: {err}") from err
-        vocab = cls(tokenizer, groups=meta["groups"], controls=meta["tokens"][meta["n_base"]:])
+        vocab = cls(tokenizer, groups=meta["groups"], controls=meta["tokens"][meta["n_base"] :])
         if vocab._tokens != meta["tokens"] or vocab.hash != meta["hash"]:
-            raise VocabError(f"{d / TOKENIZER_FILE} does not rebuild the saved vocabulary (hash {meta['hash'][:12]} "
-                             f"!= {vocab.hash[:12]}); was it written by another miditok or TypeMoE version?")
+            raise VocabError(
+                f"{d / TOKENIZER_FILE} does not rebuild the saved vocabulary (hash {meta['hash'][:12]} "
+                f"!= {vocab.hash[:12]}); was it written by another miditok or TypeMoE version?"
+            )
         return vocab
 
     @property
@@ -244,44 +320,70 @@ class TypedVocab:
 
     # ---- scores <-> ids -----------------------------------------------------------------------------
     def prepare_score(self, score: symusic.Score) -> symusic.Score:
-        """Merge non-drum tracks, drop meta events, quantize to the grid, sort notes canonically.
+        """Merge non-drum tracks, drop meta events, cut long silences, quantize, sort notes canonically.
 
         The canonical order is (onset, duration, pitch, velocity) on the quantized grid; the streaming
-        tokenizer uses the same order, which is what makes streaming == offline exact.
+        tokenizer uses the same order, which is what makes streaming == offline exact. Silences longer
+        than MAX_EMPTY_BARS bars on the grid are cut to MAX_EMPTY_BARS (`collapse_silences`); a first,
+        looser cut before quantizing keeps every tick count within int32.
 
         Raises:
-            ScoreError: no non-drum notes in the tokenizer's pitch range.
+            ScoreError: no non-drum notes in the tokenizer's pitch range, or note times that overflowed.
+            ScoreTooLong: more than MAX_SCORE_TOKENS tokens even after the silences are cut.
         """
         lo, hi = self.tokenizer.config.pitch_range
-        q = score.resample(TICKS_PER_BEAT, min_dur=1) if score.ticks_per_quarter != TICKS_PER_BEAT else score.copy()
-        tracks = [t for t in q.tracks if not t.is_drum]
+        tracks = [t for t in score.tracks if not t.is_drum]
         if not tracks:
-            kind = "drums only" if len(q.tracks) else "no tracks"
+            kind = "drums only" if len(score.tracks) else "no tracks"
             raise ScoreError(f"score has no pitched notes ({kind})")
         arrays = [t.notes.numpy() for t in tracks]
-        notes = {k: np.concatenate([a[k] for a in arrays]) for k in ("time", "duration", "pitch", "velocity")}
+        notes = {
+            k: np.concatenate([a[k] for a in arrays]).astype(np.int64)
+            for k in ("time", "duration", "pitch", "velocity")
+        }
         keep = (notes["pitch"] >= lo) & (notes["pitch"] <= hi) & (notes["velocity"] > 0)  # miditok: inclusive
         notes = {k: v[keep] for k, v in notes.items()}
         if len(notes["time"]) == 0:
             raise ScoreError(f"score has no notes in the pitch range {lo}..{hi} (drums only or empty)")
+        if notes["time"].min() < 0:
+            raise ScoreError(
+                "score has notes at negative times (its MIDI events lie more than 2^31 ticks "
+                "apart, which the MIDI reader cannot represent)"
+            )
+        tpq = score.ticks_per_quarter
+        if tpq != TICKS_PER_BEAT:
+            # one bar more than the cap: rounding moves a note by at most one bar, so the exact cut after
+            # quantizing gives the same notes as quantizing first (which could overflow int32 ticks)
+            notes["time"] = collapse_silences(notes["time"], tpq * BEATS_PER_BAR, MAX_EMPTY_BARS + 1)
+            notes["duration"] = np.clip(notes["duration"], 0, _LONGEST_DURATION_BEATS * tpq)
+            # + 1: rounding can move the last note into the next bar
+            _check_budget(len(notes["time"]), int(notes["time"].max()) // (tpq * BEATS_PER_BAR) + 1)
+            notes = _resample(notes, tpq)
+        notes["time"] = collapse_silences(notes["time"], TICKS_PER_BAR)
+        _check_budget(len(notes["time"]), int(notes["time"].max()) // TICKS_PER_BAR)
         notes["duration"] = np.maximum(notes["duration"], 1)
         order = np.lexsort((notes["velocity"], notes["pitch"], notes["duration"], notes["time"]))
         out = symusic.Score(TICKS_PER_BEAT)
-        track = symusic.Track("merged", 0, False)
-        track.notes = symusic.Note.from_numpy(**{k: v[order].astype(np.int32 if k in ("time", "duration") else np.int8)
-                                                 for k, v in notes.items()})
-        out.tracks.append(track)
+        out.tracks.append(_track("merged", {k: v[order] for k, v in notes.items()}))
         return out
 
     def encode_score(self, score: symusic.Score) -> list[int]:
-        """REMI ids of a score's pitched notes (no BOS, no controls). Raises ScoreError when there are none."""
+        """REMI ids of a score's pitched notes (no BOS, no controls), silences cut as `prepare_score` does.
+
+        Raises:
+            ScoreError: no notes to encode; ScoreTooLong: more than MAX_SCORE_TOKENS tokens.
+        """
         seqs = self.tokenizer.encode(self.prepare_score(score))
         seq = seqs[0] if isinstance(seqs, list) else seqs
         return list(seq.ids)
 
     def decode(self, ids: Iterable[int]) -> symusic.Score:
         """Score (tpq = 4) of the music ids in `ids`; specials and control tokens are ignored."""
-        music = [int(i) for i in ids if 0 <= int(i) < self.n_base and self.family_of[int(i)] != FAMILIES.index("control")]
+        music = [
+            int(i)
+            for i in ids
+            if 0 <= int(i) < self.n_base and self.family_of[int(i)] != FAMILIES.index("control")
+        ]
         if not music:
             return symusic.Score(TICKS_PER_BEAT)
         return self.tokenizer.decode([music])
@@ -300,15 +402,18 @@ class TypedVocab:
         dur = np.concatenate([np.ones(n_vel), np.arange(1, max_dur + 1)]).astype(np.int32)
         probe = symusic.Score(TICKS_PER_BEAT)
         track = symusic.Track("probe", 0, False)
-        track.notes = symusic.Note.from_numpy(time=times, duration=dur, pitch=np.full(len(times), 60, np.int8),
-                                              velocity=vel)
+        track.notes = symusic.Note.from_numpy(
+            time=times, duration=dur, pitch=np.full(len(times), 60, np.int8), velocity=vel
+        )
         probe.tracks.append(track)
         seqs = self.tokenizer.encode(probe)
         toks = [self._tokens[i] for i in (seqs[0] if isinstance(seqs, list) else seqs).ids]
         vel_ids = [self._ids[t] for t in toks if t.startswith("Velocity_")]
         dur_ids = [self._ids[t] for t in toks if t.startswith("Duration_")]
         assert len(vel_ids) == len(dur_ids) == n_vel + n_dur, "probe did not give one token per note"
-        self.velocity_id = np.asarray([vel_ids[0]] + vel_ids[:n_vel], dtype=np.int64)  # index = velocity 0..127
+        self.velocity_id = np.asarray(
+            [vel_ids[0]] + vel_ids[:n_vel], dtype=np.int64
+        )  # index = velocity 0..127
         self.duration_id = np.asarray([dur_ids[n_vel]] + dur_ids[n_vel:], dtype=np.int64)  # index = ticks
         self.max_duration_ticks = max_dur
 

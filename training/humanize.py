@@ -1,0 +1,169 @@
+"""Performer-style augmentation of REMI training windows, on token ids.
+
+Every source leaves a signature in its tokens: the music21 conversion writes every velocity as 80,
+POP909 and EMOPIA are transcribed performances, ABC tunes are melody-only and exactly quantized. A head
+that reads the signature instead of the music fails on anyone else's MIDI (the first shipped meter head
+answered 4/4 for any tune not at velocity 80). So each training window is redrawn as a performer might
+have played it, with a fresh draw per window and per source alike:
+
+  velocity   one of: a random constant (the "every note at 90" export), a random smooth curve across the
+             window (phrasing), the original velocities with per-note noise and an offset (a different
+             player), or unchanged;
+  timing     onsets moved by one grid step (a sixteenth) for a random share of the notes: what +-1/8-beat
+             performance jitter leaves after quantization; durations scaled legato or staccato and
+             jittered by a grid step;
+  polyphony  sometimes only the top voice (a melody-only window from a polyphonic piece).
+
+A window is parsed into notes (onset tick, pitch, velocity rank, duration ticks), changed, and written
+back in the tokenizer's canonical order (onset, duration, pitch, velocity), with one note per pitch and
+onset, and with the window's Bar count kept. The window must start at a Bar token; leading control
+tokens are not allowed here (the caller adds them after).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from typemoe.vocab import FAMILIES, TypedVocab
+
+_BAR, _POS, _PITCH, _VEL, _DUR = (FAMILIES.index(f) for f in ("Bar", "Position", "Pitch", "Velocity", "Duration"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class HumanizeConfig:
+    """Probabilities of each change, drawn per window."""
+
+    p_const_velocity: float = 0.3
+    p_curve_velocity: float = 0.25
+    p_noisy_velocity: float = 0.3
+    """The rest of the mass keeps the velocities as they are."""
+    p_timing: float = 0.5
+    """Move some onsets by one grid step."""
+    max_moved: float = 0.3
+    """Largest share of notes moved in a timing-jittered window (drawn uniformly up to this)."""
+    p_articulation: float = 0.5
+    """Scale every duration by a legato/staccato factor in [0.5, 1.6] and jitter it."""
+    p_top_voice: float = 0.1
+    """Keep only the highest note of each onset (melody-only window)."""
+
+
+class Humanizer:
+    """Vocabulary tables built once; call with (music ids, rng) per window."""
+
+    def __init__(self, vocab: TypedVocab, cfg: HumanizeConfig | None = None):
+        self.cfg = cfg or HumanizeConfig()
+        toks = vocab.tokens
+        self.family = np.asarray(vocab.family_of)
+        self.bar = vocab.id("Bar_None")
+        pos = {i: int(t.split("_")[1]) for i, t in enumerate(toks) if t.startswith("Position_")}
+        self.pos_lo, self.n_pos = min(pos), len(pos)
+        self.value = np.zeros(len(toks), dtype=np.int64)  # (V,) position index / velocity rank / duration ticks
+        self.value[list(pos)] = list(pos.values())
+        vel = sorted((int(t.split("_")[1]), i) for i, t in enumerate(toks) if t.startswith("Velocity_"))
+        self.vel_ids = np.asarray([i for _, i in vel], dtype=np.int64)  # rank -> id, ascending velocity
+        self.value[self.vel_ids] = np.arange(len(vel))
+        ticks_per_beat = self.n_pos // 4
+        dur = []
+        for i, t in enumerate(toks):
+            if t.startswith("Duration_"):
+                a, b, res = (int(x) for x in t.split("_")[1].split("."))
+                dur.append((a * ticks_per_beat + b * ticks_per_beat // res, i))
+        dur.sort()
+        self.dur_ticks = np.asarray([d for d, _ in dur], dtype=np.int64)  # ascending
+        self.dur_ids = np.asarray([i for _, i in dur], dtype=np.int64)
+        self.value[self.dur_ids] = self.dur_ticks
+
+    # ------------------------------------------------------------------------------------------- parse
+
+    def notes(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
+        """(notes (N, 4) int64 [tick, pitch id, velocity rank, duration ticks], Bar tokens in ids)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        fam = self.family[ids]
+        n_bars = int((fam == _BAR).sum())
+        at = np.flatnonzero(fam == _PITCH)
+        at = at[at + 2 < len(ids)]
+        at = at[(fam[at + 1] == _VEL) & (fam[at + 2] == _DUR)]  # whole notes only (a cut window may end mid-note)
+        idx = np.arange(len(ids))
+        bar_of = np.cumsum(fam == _BAR) - 1  # (T,) bar index of each token
+        last_pos = np.maximum.accumulate(np.where(fam == _POS, idx, -1))  # (T,) index of the latest Position
+        pos = np.where(last_pos[at] >= 0, self.value[ids[np.maximum(last_pos[at], 0)]], 0)
+        tick = np.maximum(bar_of[at], 0) * self.n_pos + pos
+        notes = np.stack([tick, ids[at], self.value[ids[at + 1]], self.value[ids[at + 2]]], axis=1)
+        return notes.astype(np.int64), n_bars
+
+    def tokens(self, notes: np.ndarray, n_bars: int) -> np.ndarray:
+        """REMI ids of notes (canonical order, one note per pitch and onset), at least n_bars Bars."""
+        if len(notes):
+            order = np.lexsort((notes[:, 2], notes[:, 1], notes[:, 3], notes[:, 0]))
+            notes = notes[order]
+            keep = np.ones(len(notes), dtype=bool)  # drop a second note of the same pitch at the same onset
+            seen: set[tuple[int, int]] = set()
+            for j, (t, p) in enumerate(notes[:, :2].tolist()):
+                keep[j] = (t, p) not in seen
+                seen.add((t, p))
+            notes = notes[keep]
+        out: list[int] = []
+        bar, last_tick = -1, -1
+        dur_at = np.searchsorted(self.dur_ticks, notes[:, 3]) if len(notes) else []
+        for (tick, pitch, vel, _), d in zip(notes.tolist(), dur_at):
+            while bar < tick // self.n_pos:
+                out.append(self.bar)
+                bar += 1
+            if tick != last_tick:
+                out.append(self.pos_lo + tick % self.n_pos)
+                last_tick = tick
+            out += [pitch, int(self.vel_ids[vel]), int(self.dur_ids[min(int(d), len(self.dur_ids) - 1)])]
+        while bar < n_bars - 1:
+            out.append(self.bar)
+            bar += 1
+        return np.asarray(out, dtype=np.int64)
+
+    # ------------------------------------------------------------------------------------------ change
+
+    def _velocity(self, notes: np.ndarray, rng: np.random.Generator) -> None:
+        c, n_vel = self.cfg, len(self.vel_ids)
+        u = rng.random()
+        if u < c.p_const_velocity:  # constant, anywhere in ~30..120
+            notes[:, 2] = rng.integers(3, n_vel - 1)
+        elif u < c.p_const_velocity + c.p_curve_velocity:  # smooth curve across the window
+            span = max(int(notes[:, 0].max()) - int(notes[:, 0].min()), 1)
+            x = (notes[:, 0] - notes[:, 0].min()) / span
+            base, amp = rng.uniform(4, n_vel - 4), rng.uniform(1, 5)
+            phase, cycles = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 3)
+            curve = base + amp * np.sin(2 * np.pi * cycles * x + phase) + rng.normal(0, 0.7, len(notes))
+            notes[:, 2] = np.clip(np.rint(curve), 1, n_vel - 1)
+        elif u < c.p_const_velocity + c.p_curve_velocity + c.p_noisy_velocity:  # another player
+            moved = notes[:, 2] + rng.integers(-4, 5) + np.rint(rng.normal(0, 1.5, len(notes)))
+            notes[:, 2] = np.clip(moved, 1, n_vel - 1)
+
+    def _timing(self, notes: np.ndarray, rng: np.random.Generator) -> None:
+        c = self.cfg
+        if rng.random() < c.p_timing:
+            moved = rng.random(len(notes)) < rng.uniform(0.05, c.max_moved)
+            notes[moved, 0] += rng.choice((-1, 1), size=int(moved.sum()))
+            notes[:, 0] = np.maximum(notes[:, 0], 0)
+        if rng.random() < c.p_articulation:
+            scaled = notes[:, 3] * np.exp(rng.uniform(np.log(0.5), np.log(1.6)))
+            scaled += rng.integers(-1, 2, len(notes)) * (rng.random(len(notes)) < 0.3)
+            notes[:, 3] = np.clip(np.rint(scaled), self.dur_ticks[0], self.dur_ticks[-1])
+
+    def _top_voice(self, notes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.random() >= self.cfg.p_top_voice or len(notes) == 0:
+            return notes
+        order = np.lexsort((-notes[:, 1], notes[:, 0]))  # by onset, highest pitch first
+        notes = notes[order]
+        first = np.ones(len(notes), dtype=bool)
+        first[1:] = notes[1:, 0] != notes[:-1, 0]
+        return notes[first]
+
+    def __call__(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A humanized copy of a music window (starting at a Bar); a window without notes comes back as is."""
+        notes, n_bars = self.notes(ids)
+        if len(notes) == 0:
+            return np.asarray(ids, dtype=np.int64)
+        notes = self._top_voice(notes, rng)
+        self._velocity(notes, rng)
+        self._timing(notes, rng)
+        return self.tokens(notes, n_bars)

@@ -1,0 +1,169 @@
+"""Meter from rhythm and from the model, fused: torch-free (numpy), read by analyze, eval and the bridge.
+
+REMI's Bar token falls every 4 beats of the performer's grid, whatever the meter, so a 3/4 bar drifts
+across it and the model's meter head must find a period the grid does not mark. The onset
+autocorrelation finds exactly that period, and does not care about velocity. So the meter estimate is a
+multinomial logistic regression over
+
+  - the autocorrelation of two onset signals on the sixteenth grid, at lags 1..48 (three 4/4 bars):
+    one weighted by a durational accent (long notes fall on strong beats), one by onset count only (so
+    legato and staccato playing give the same evidence);
+  - the model's meter-head log-probabilities, when a model is there (zeros otherwise).
+
+Its weights are fitted by training/fit_meter.py on humanized training windows and saved beside the
+model as `meter_fusion.json`. The fit is plain numpy (full-batch gradient descent on the softmax
+cross-entropy with L2), so the runtime stays free of torch and scikit-learn.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GRID = 4  # ticks per beat (the tokenizer's sixteenth grid)
+MAX_LAG = 48
+ACCENT_CAP_BEATS = 2.0
+FILE = "meter_fusion.json"
+
+
+def autocorrelation(s: np.ndarray, max_lag: int = MAX_LAG) -> np.ndarray:
+    """(max_lag + 1,) unbiased autocorrelation of the mean-removed s over its lag-0 value (0 if undefined)."""
+    n = len(s)
+    out = np.zeros(max_lag + 1)
+    if n < 2:
+        return out
+    s = s - s.mean()
+    lags = min(max_lag, n - 1)
+    full = np.correlate(s, s, mode="full")[n - 1 : n + lags]  # lags 0..lags
+    out[: lags + 1] = full / (n - np.arange(lags + 1))
+    return out / out[0] if out[0] > 0 else np.zeros(max_lag + 1)
+
+
+def rhythm_features(onset_beats: np.ndarray, duration_beats: np.ndarray) -> np.ndarray:
+    """(2 * MAX_LAG,) autocorrelations (lags 1..MAX_LAG) of the accent and the count onset signals."""
+    onset = np.asarray(onset_beats, dtype=np.float64)
+    if onset.size == 0:
+        return np.zeros(2 * MAX_LAG)
+    ticks = np.round((onset - onset.min()) * GRID).astype(np.int64)
+    accent = np.zeros(int(ticks.max()) + 1)
+    count = np.zeros_like(accent)
+    np.add.at(accent, ticks, np.minimum(np.asarray(duration_beats, dtype=np.float64), ACCENT_CAP_BEATS))
+    np.add.at(count, ticks, 1.0)
+    count = np.minimum(count, 1.0)  # a chord is one onset
+    return np.concatenate([autocorrelation(accent)[1:], autocorrelation(count)[1:]])
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class MeterFusion:
+    """Softmax regression: probs = softmax([rhythm, head log-probs] @ W + b)."""
+
+    weights: np.ndarray  # (F, M)
+    bias: np.ndarray  # (M,)
+    meters: tuple[str, ...]
+    uses_head: bool
+    mean: np.ndarray  # (F,) feature standardisation
+    scale: np.ndarray  # (F,)
+    info: dict
+
+    def features(self, rhythm: np.ndarray, head_log_probs: np.ndarray | None) -> np.ndarray:
+        parts = [np.asarray(rhythm, dtype=np.float64)]
+        if self.uses_head:
+            if head_log_probs is None:
+                raise ValueError("this meter fusion was fitted with the model's meter head; pass its log-probs")
+            parts.append(np.maximum(np.asarray(head_log_probs, dtype=np.float64), -20.0))
+        return (np.concatenate(parts, axis=-1) - self.mean) / self.scale
+
+    def probs(self, rhythm: np.ndarray, head_log_probs: np.ndarray | None = None) -> np.ndarray:
+        """(M,) meter probabilities (or (N, M) for stacked inputs)."""
+        return np.exp(_log_softmax(self.features(rhythm, head_log_probs) @ self.weights + self.bias))
+
+    @classmethod
+    def fit(
+        cls,
+        rhythm: np.ndarray,
+        labels: np.ndarray,
+        meters: tuple[str, ...],
+        head_log_probs: np.ndarray | None = None,
+        *,
+        l2: float = 1e-3,
+        steps: int = 1500,
+        lr: float = 0.5,
+        info: dict | None = None,
+    ) -> MeterFusion:
+        """Full-batch gradient descent on the mean cross-entropy, classes balanced (each class's samples
+        weigh 1 / its count, so 4/4 cannot win by frequency alone)."""
+        x = np.asarray(rhythm, dtype=np.float64)
+        if head_log_probs is not None:
+            x = np.concatenate([x, np.maximum(np.asarray(head_log_probs, dtype=np.float64), -20.0)], axis=1)
+        y = np.asarray(labels, dtype=np.int64)
+        M = len(meters)
+        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+        x = (x - mean) / scale
+        counts = np.bincount(y, minlength=M).astype(np.float64)
+        w_sample = 1.0 / np.maximum(counts[y], 1.0)
+        w_sample /= w_sample.sum()
+        onehot = np.eye(M)[y]
+        W, b = np.zeros((x.shape[1], M)), np.log(np.maximum(counts, 1.0) / counts.sum()) * 0.0
+        mW, vW, mb, vb = np.zeros_like(W), np.zeros_like(W), np.zeros_like(b), np.zeros_like(b)
+        for t in range(1, steps + 1):  # Adam
+            p = np.exp(_log_softmax(x @ W + b))
+            g = (p - onehot) * w_sample[:, None]  # (N, M)
+            gW, gb = x.T @ g + l2 * W, g.sum(axis=0)
+            mW, vW = 0.9 * mW + 0.1 * gW, 0.999 * vW + 0.001 * gW**2
+            mb, vb = 0.9 * mb + 0.1 * gb, 0.999 * vb + 0.001 * gb**2
+            c1, c2 = 1 - 0.9**t, 1 - 0.999**t
+            W -= lr * 0.02 * (mW / c1) / (np.sqrt(vW / c2) + 1e-8)
+            b -= lr * 0.02 * (mb / c1) / (np.sqrt(vb / c2) + 1e-8)
+        return cls(W, b, tuple(meters), head_log_probs is not None, mean, scale, dict(info or {}))
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / FILE
+        doc = {
+            "format": "typemoe-meter-fusion",
+            "version": 1,
+            "meters": list(self.meters),
+            "uses_head": self.uses_head,
+            "grid": GRID,
+            "max_lag": MAX_LAG,
+            "weights": self.weights.tolist(),
+            "bias": self.bias.tolist(),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "info": self.info,
+        }
+        path.write_text(json.dumps(doc) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> MeterFusion | None:
+        """The fusion saved in a model directory, or None when it has none.
+
+        Raises:
+            ValueError: a meter_fusion.json that is corrupt or from another format.
+        """
+        path = Path(directory) / FILE
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc.get("format") != "typemoe-meter-fusion" or doc.get("max_lag") != MAX_LAG:
+                raise ValueError(f"format {doc.get('format')!r}, max_lag {doc.get('max_lag')!r}")
+            return cls(
+                np.asarray(doc["weights"]),
+                np.asarray(doc["bias"]),
+                tuple(doc["meters"]),
+                bool(doc["uses_head"]),
+                np.asarray(doc["mean"]),
+                np.asarray(doc["scale"]),
+                dict(doc.get("info", {})),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a readable meter fusion: {err}") from err

@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     from export.runtime import OrtModel
 
     p = argparse.ArgumentParser(prog="python -m training.fit_meter", description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="exported model directory (the fusion is saved there)")
+    p.add_argument(
+        "--model", type=Path, required=True, help="exported model directory (the fusion is saved there)"
+    )
     p.add_argument("--data", type=Path, action="append", required=True, help="token shard directory")
     p.add_argument("--max-pieces", type=int, default=6000, help="train pieces sampled (one window each)")
     p.add_argument("--seed", type=int, default=0)
@@ -77,10 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     ctx = min(model.context_len, 1024)
-    tr = window_samples(pieces.with_split("train"), model.vocab, model, max_pieces=args.max_pieces, seed=args.seed,
-                        context=ctx)
-    va = window_samples(pieces.with_split("val"), model.vocab, model, max_pieces=2000, seed=args.seed + 1,
-                        context=ctx)
+    tr = window_samples(
+        pieces.with_split("train"),
+        model.vocab,
+        model,
+        max_pieces=args.max_pieces,
+        seed=args.seed,
+        context=ctx,
+    )
+    va = window_samples(
+        pieces.with_split("val"), model.vocab, model, max_pieces=2000, seed=args.seed + 1, context=ctx
+    )
     meters = tuple(model.meter_names)
     rhythm_only = MeterFusion.fit(tr[0], tr[2], meters)
     fused = MeterFusion.fit(tr[0], tr[2], meters, tr[1])

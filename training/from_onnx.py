@@ -94,7 +94,9 @@ def recover(onnx_path: str | Path) -> tuple[TypeMoE, dict]:
         raise RecoverError(f"{onnx_path}: no weights found for {missing}")
     for k, v in state.items():
         if own[k].shape != v.shape:
-            raise RecoverError(f"{onnx_path}: {k} has shape {tuple(v.shape)}, the config wants {tuple(own[k].shape)}")
+            raise RecoverError(
+                f"{onnx_path}: {k} has shape {tuple(v.shape)}, the config wants {tuple(own[k].shape)}"
+            )
     model.load_state_dict(state, strict=False)
     if not np.allclose(heads_w[:V], sd["wte.weight"], atol=1e-6):
         raise RecoverError(f"{onnx_path}: the LM head is not tied to the embedding")

@@ -28,7 +28,9 @@ import numpy as np
 
 from typemoe.vocab import FAMILIES, TypedVocab
 
-_BAR, _POS, _PITCH, _VEL, _DUR = (FAMILIES.index(f) for f in ("Bar", "Position", "Pitch", "Velocity", "Duration"))
+_BAR, _POS, _PITCH, _VEL, _DUR = (
+    FAMILIES.index(f) for f in ("Bar", "Position", "Pitch", "Velocity", "Duration")
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,7 +61,9 @@ class Humanizer:
         self.bar = vocab.id("Bar_None")
         pos = {i: int(t.split("_")[1]) for i, t in enumerate(toks) if t.startswith("Position_")}
         self.pos_lo, self.n_pos = min(pos), len(pos)
-        self.value = np.zeros(len(toks), dtype=np.int64)  # (V,) position index / velocity rank / duration ticks
+        self.value = np.zeros(
+            len(toks), dtype=np.int64
+        )  # (V,) position index / velocity rank / duration ticks
         self.value[list(pos)] = list(pos.values())
         vel = sorted((int(t.split("_")[1]), i) for i, t in enumerate(toks) if t.startswith("Velocity_"))
         self.vel_ids = np.asarray([i for _, i in vel], dtype=np.int64)  # rank -> id, ascending velocity
@@ -84,7 +88,9 @@ class Humanizer:
         n_bars = int((fam == _BAR).sum())
         at = np.flatnonzero(fam == _PITCH)
         at = at[at + 2 < len(ids)]
-        at = at[(fam[at + 1] == _VEL) & (fam[at + 2] == _DUR)]  # whole notes only (a cut window may end mid-note)
+        at = at[
+            (fam[at + 1] == _VEL) & (fam[at + 2] == _DUR)
+        ]  # whole notes only (a cut window may end mid-note)
         idx = np.arange(len(ids))
         bar_of = np.cumsum(fam == _BAR) - 1  # (T,) bar index of each token
         last_pos = np.maximum.accumulate(np.where(fam == _POS, idx, -1))  # (T,) index of the latest Position

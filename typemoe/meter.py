@@ -77,7 +77,9 @@ class MeterFusion:
         parts = [np.asarray(rhythm, dtype=np.float64)]
         if self.uses_head:
             if head_log_probs is None:
-                raise ValueError("this meter fusion was fitted with the model's meter head; pass its log-probs")
+                raise ValueError(
+                    "this meter fusion was fitted with the model's meter head; pass its log-probs"
+                )
             parts.append(np.maximum(np.asarray(head_log_probs, dtype=np.float64), -20.0))
         return (np.concatenate(parts, axis=-1) - self.mean) / self.scale
 

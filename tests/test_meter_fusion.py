@@ -1,0 +1,53 @@
+"""typemoe.meter: rhythm features see the bar period, the fusion learns it, and it saves and loads."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from typemoe.meter import MeterFusion, rhythm_features
+
+METERS = ("4/4", "3/4")
+
+
+def _piece(beats_per_bar: int, rng: np.random.Generator, bars: int = 16):
+    """A bar-periodic rhythm: a long note on each downbeat, random short notes in between."""
+    onsets, durs = [], []
+    for b in range(bars):
+        onsets.append(b * beats_per_bar)
+        durs.append(1.5)
+        for t in range(1, beats_per_bar * 2):
+            if rng.random() < 0.5:
+                onsets.append(b * beats_per_bar + t / 2)
+                durs.append(0.5)
+    return np.asarray(onsets, float), np.asarray(durs, float)
+
+
+def test_features_peak_at_the_bar_length():
+    rng = np.random.default_rng(0)
+    f3 = rhythm_features(*_piece(3, rng))
+    f4 = rhythm_features(*_piece(4, rng))
+    assert f3[12 - 1] > f3[16 - 1] and f4[16 - 1] > f4[12 - 1]  # lag L is index L - 1
+    assert rhythm_features(np.zeros(0), np.zeros(0)).shape == f3.shape
+
+
+def test_fusion_separates_meters_and_round_trips(tmp_path):
+    rng = np.random.default_rng(1)
+    X, y = [], []
+    for i in range(200):
+        m = i % 2
+        X.append(rhythm_features(*_piece(4 if m == 0 else 3, rng)))
+        y.append(m)
+    X, y = np.asarray(X), np.asarray(y)
+    fit = MeterFusion.fit(X[:150], y[:150], METERS, steps=300)
+    assert (fit.probs(X[150:]).argmax(1) == y[150:]).mean() > 0.95
+    fit.save(tmp_path)
+    back = MeterFusion.load(tmp_path)
+    assert np.allclose(back.probs(X[150:]), fit.probs(X[150:]))
+    assert MeterFusion.load(tmp_path / "nowhere") is None
+    (tmp_path / "meter_fusion.json").write_text("{not json")
+    try:
+        MeterFusion.load(tmp_path)
+    except ValueError as err:
+        assert "meter_fusion.json" in str(err)
+    else:
+        raise AssertionError("a corrupt meter_fusion.json must be refused")

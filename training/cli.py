@@ -94,6 +94,25 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="feed-forward kind: type-routed experts, the dense baseline or a learned top-1 router",
     )
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="start from this checkpoint's weights (a run directory, a checkpoint directory, or one rebuilt "
+        "from the shipped model by `python -m training.from_onnx`); a new run: fresh optimizer and schedule",
+    )
+    p.add_argument(
+        "--control-p",
+        type=float,
+        default=None,
+        help="share of windows that carry their control tokens (default: the preset's, 0.5)",
+    )
+    p.add_argument(
+        "--no-humanize",
+        action="store_true",
+        help="train on the windows as they are, without performer augmentation (for ablations only)",
+    )
 
 
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:

@@ -36,7 +36,26 @@ def build_config(args, vocab):
     model_kw = {"ffn": args.ffn} if getattr(args, "ffn", None) else {}
     cfg = PRESETS[args.preset](vocab, **model_kw)
     cfg = apply_overrides(cfg, args)
-    return replace(cfg, objective=args.objective, labelled_fraction=args.labelled_fraction)
+    cfg = replace(cfg, objective=args.objective, labelled_fraction=args.labelled_fraction)
+    if getattr(args, "control_p", None) is not None:
+        cfg = replace(cfg, control_p=args.control_p)
+    if getattr(args, "no_humanize", False):
+        cfg = replace(cfg, humanize=False)
+    return cfg
+
+
+def init_model(path, cfg):
+    """The weights to start from (--init): they must have the preset's shapes."""
+    from training import ckpt
+    from typemoe import checkpoint
+
+    try:
+        model = checkpoint.load(ckpt.resolve(path))
+    except checkpoint.CheckpointError as err:
+        raise ValueError(f"--init {path}: {err}") from err
+    if model.cfg != cfg.model:
+        raise ValueError(f"--init {path}: its model shapes differ from the preset's ({model.cfg} vs {cfg.model})")
+    return model.train()
 
 
 def split_pieces(pieces, dirs):
@@ -71,8 +90,12 @@ def run(args) -> int:
              f"d{cfg.model.d_model} L{cfg.model.n_layer} | {d.world} rank(s) on {d.device} | "
              f"{cfg.batch_size} windows x <= {cfg.seq_len} tokens a step, {cfg.max_steps} steps")
         meta = {"data": [str(p) for p in args.data], "labelled_fraction": cfg.labelled_fraction}
+        model = None
+        if getattr(args, "init", None) is not None:
+            model = init_model(args.init, cfg)
+            meta["init"] = str(args.init)
         loop.train(cfg, vocab=vocab, train_pieces=train, val_pieces=val, out_dir=args.out, d=d, meta=meta,
-                   resume=args.resume, echo=echo)
+                   resume=args.resume, echo=echo, model=model)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from training.evaluate import EvalConfig, evaluate, write_outputs
+from training.evaluate import EvalConfig, evaluate, require_music21, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,17 @@ ABLATION_VARIANTS: dict[str, list[str]] = {  # name -> training.pretrain flags
     "clm": ["--ffn", "typemoe", "--objective", "clm"],
 }
 LABEL_FRACTIONS = (0.05, 0.10, 0.25, 1.0)
-TABLE_COLUMNS = ("continuation.hits@1", "continuation.hits@5", "continuation.bleu2", "key.accuracy", "key.mirex",
-                 "key.streaming.4", "meter.accuracy", "meter.family_accuracy", "meter.streaming.4")
+TABLE_COLUMNS = (
+    "continuation.hits@1",
+    "continuation.hits@5",
+    "continuation.bleu2",
+    "key.accuracy",
+    "key.mirex",
+    "key.streaming.4",
+    "meter.accuracy",
+    "meter.family_accuracy",
+    "meter.streaming.4",
+)
 LABEL_COLUMNS = ("key.accuracy", "key.mirex", "key.streaming.4", "meter.accuracy", "meter.family_accuracy")
 
 
@@ -94,8 +103,20 @@ def train_variant(cfg: AblationConfig, shards: Path, run: Path, flags: list[str]
         return run
     if run.exists() and any(run.iterdir()):
         raise RuntimeError(f"{run} holds an unfinished or different run (step {step}); remove it to retrain")
-    argv = ["--preset", cfg.preset, "--data", str(shards), "--out", str(run), "--max-steps", str(cfg.steps),
-            "--seed", str(cfg.seed), *flags, *cfg.train_args]
+    argv = [
+        "--preset",
+        cfg.preset,
+        "--data",
+        str(shards),
+        "--out",
+        str(run),
+        "--max-steps",
+        str(cfg.steps),
+        "--seed",
+        str(cfg.seed),
+        *flags,
+        *cfg.train_args,
+    ]
     log.info("training %s: %s", run.name, " ".join(argv))
     code = pretrain.main(argv)
     if code != 0:
@@ -123,21 +144,34 @@ def _evaluate_run(cfg: AblationConfig, run: Path, groups: tuple[str, ...], out: 
 def run_ablation(cfg: AblationConfig) -> dict:
     """Train and evaluate the four variants; writes <out>.json / .md (the comparison) next to per-variant
     results in <out dir>/<name>/results.json. Returns {variant: flat results}."""
+    require_music21(replace(cfg.eval, groups=("continuation", "keymeter", "experts")))  # before any training
     out = cfg.eval.out
     out.parent.mkdir(parents=True, exist_ok=True)
     shards = _shards(cfg, out.parent)
     rows = {}
     for name, flags in ABLATION_VARIANTS.items():
         run = train_variant(cfg, shards, out.parent / "runs" / name, flags)
-        rows[name] = _evaluate_run(cfg, run, ("continuation", "keymeter", "experts"),
-                                   out.parent / name / "results.json")
-    doc = {"kind": "ablation", "steps": cfg.steps, "preset": cfg.preset, "seed": cfg.seed, "data": cfg.eval.data,
-           "variants": rows}
+        rows[name] = _evaluate_run(
+            cfg, run, ("continuation", "keymeter", "experts"), out.parent / name / "results.json"
+        )
+    doc = {
+        "kind": "ablation",
+        "steps": cfg.steps,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "data": cfg.eval.data,
+        "variants": rows,
+    }
     out.write_text(json.dumps(doc, indent=1, default=float) + "\n")
-    md = [f"# Ablation: {cfg.steps} steps of preset {cfg.preset} on `{cfg.eval.data}` (seed {cfg.seed})", "",
-          "typemoe = TypeMoE + SS-MTP; dense = dense FFN, same active parameters; switch = learned top-1 "
-          "router; clm = TypeMoE trained on language modelling only.", "",
-          _table(rows, TABLE_COLUMNS, "variant"), ""]
+    md = [
+        f"# Ablation: {cfg.steps} steps of preset {cfg.preset} on `{cfg.eval.data}` (seed {cfg.seed})",
+        "",
+        "typemoe = TypeMoE + SS-MTP; dense = dense FFN, same active parameters; switch = learned top-1 "
+        "router; clm = TypeMoE trained on language modelling only.",
+        "",
+        _table(rows, TABLE_COLUMNS, "variant"),
+        "",
+    ]
     out.with_suffix(".md").write_text("\n".join(md))
     return rows
 
@@ -146,24 +180,44 @@ def run_label_efficiency(cfg: AblationConfig) -> dict:
     """Train with 5/10/25/100 % of the key/meter labels, evaluate the heads, plot the curve."""
     from training import eval_plots
 
+    require_music21(replace(cfg.eval, groups=("keymeter",)))  # before any training
     out = cfg.eval.out
     out.parent.mkdir(parents=True, exist_ok=True)
     shards = _shards(cfg, out.parent)
     rows = {}
     for frac in LABEL_FRACTIONS:
         name = f"labels_{round(100 * frac)}pct"
-        run = train_variant(cfg, shards, out.parent / "runs" / name,
-                            ["--ffn", "typemoe", "--objective", "ssmtp", "--labelled-fraction", str(frac)])
+        run = train_variant(
+            cfg,
+            shards,
+            out.parent / "runs" / name,
+            ["--ffn", "typemoe", "--objective", "ssmtp", "--labelled-fraction", str(frac)],
+        )
         rows[f"{100 * frac:g}%"] = _evaluate_run(cfg, run, ("keymeter",), out.parent / name / "results.json")
-    doc = {"kind": "label_efficiency", "steps": cfg.steps, "preset": cfg.preset, "seed": cfg.seed,
-           "data": cfg.eval.data, "fractions": list(LABEL_FRACTIONS), "variants": rows}
+    doc = {
+        "kind": "label_efficiency",
+        "steps": cfg.steps,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "data": cfg.eval.data,
+        "fractions": list(LABEL_FRACTIONS),
+        "variants": rows,
+    }
     out.write_text(json.dumps(doc, indent=1, default=float) + "\n")
     first = next(iter(rows.values()))
     curves = {f"{t} head": [r.get(f"{t}.accuracy") for r in rows.values()] for t in ("key", "meter")}
-    bases = {"Krumhansl (key)": first.get("key.baselines.krumhansl"),
-             "autocorrelation (meter)": first.get("meter.baselines.autocorrelation")}
-    eval_plots.label_efficiency(list(LABEL_FRACTIONS), curves, out.parent / f"{out.stem}.label_efficiency.png", bases)
-    md = [f"# Label efficiency: {cfg.steps} steps of preset {cfg.preset} on `{cfg.eval.data}` (seed {cfg.seed})",
-          "", _table(rows, LABEL_COLUMNS, "labels kept"), ""]
+    bases = {
+        "Krumhansl (key)": first.get("key.baselines.krumhansl"),
+        "autocorrelation (meter)": first.get("meter.baselines.autocorrelation"),
+    }
+    eval_plots.label_efficiency(
+        list(LABEL_FRACTIONS), curves, out.parent / f"{out.stem}.label_efficiency.png", bases
+    )
+    md = [
+        f"# Label efficiency: {cfg.steps} steps of preset {cfg.preset} on `{cfg.eval.data}` (seed {cfg.seed})",
+        "",
+        _table(rows, LABEL_COLUMNS, "labels kept"),
+        "",
+    ]
     out.with_suffix(".md").write_text("\n".join(md))
     return rows

@@ -4,25 +4,29 @@
         key: G major (0.93)
         meter: 6/8 (0.88)
         emotion: Q4 (0.61) high valence, low arousal (calm, relaxed)
-    typemoe generate tune.mid --bars 8 --key "E minor" --temperature 0.9 --seed 1 --out tune_more.mid
+    typemoe generate tune.mid --bars 8 --key "E minor" --guidance 2 --key-lock --seed 1 --out tune_more.mid
 
 Torch-free: both run an exported model directory through export.runtime (numpy + onnxruntime). Given a
-PyTorch checkpoint instead (a training --out dir or a checkpoint dir), they fall back to the torch
-model (typemoe.model + typemoe.sample's sampling rule) when torch is installed. No --model: the shipped
-default, typemoe/default_model.
+PyTorch checkpoint instead (a training --out dir or a checkpoint dir), they run it through
+typemoe.torch_session when torch is installed. Either way the decoder is typemoe.decoding, the one the
+bridge and `typemoe eval` use. No --model: the shipped default, typemoe/default_model.
 
-analyze reads the piece the way the model was trained to (all pitched tracks merged, time and key
-signatures ignored) and reports the key and meter heads at the last token of the first context_len
-tokens, with their probabilities as confidences. When an emotion classifier is at hand it also reports the
-piece's EMOPIA quadrant (Q1..Q4, the class head pooled over the same tokens): --emotion-model DIR, else the
-`emotion/` sub-directory of the model directory (typemoe/default_model/emotion/ for the shipped model; see
+analyze reads the whole piece the way the bridge hears it (all pitched tracks merged, time and key
+signatures ignored, fed bar by bar through one session whose context slides when full) and reports the key
+and meter heads at the end, with their probabilities as confidences; --json adds where the estimate stood
+after 1, 2, 4 and 8 bars ("after_bars"). When an emotion classifier is at hand it also reports the piece's
+EMOPIA quadrant (Q1..Q4, the class head pooled over every token): --emotion-model DIR, else the `emotion/`
+sub-directory of the model directory (typemoe/default_model/emotion/ for the shipped model; see
 typemoe/shipped.py). Without one the output has no emotion line. The sub-model is an exported model
 directory with its own manifest, verified at load like the main one: a corrupt file is refused by name.
 
-generate writes the prompt file unchanged (every track, tempo and timing as it was) plus one new
-track holding the continuation: `--bars` whole 4-beat bars starting at the first bar line after the
-prompt's last note. Control tokens (--key, --meter, --genre, --emotion) go before the music, as in
-conditional fine-tuning; a model not fine-tuned with them is free to ignore them.
+generate writes the prompt file unchanged (every track, tempo and timing as it was; a tempo of 120 qpm is
+added when the prompt has none) plus one new track holding the continuation. The continuation starts on
+the prompt's next bar line of the meter (--meter, else the model's meter estimate at the end of the
+prompt, else 4/4) with a note on that downbeat, and lasts --bars bars of that meter. Control tokens
+(--key, --meter, --genre, --emotion) go before the music; --guidance G > 1 strengthens them with
+classifier-free guidance, and --key-lock allows only the pitches of --key's scale. The notes are clean:
+on the grid, no same-pitch duplicates or overlaps (typemoe.note_writer).
 
 add_parsers(subparsers) registers both commands (func(args) -> exit code).
 """
@@ -39,27 +43,19 @@ from pathlib import Path
 
 import numpy as np
 
-from typemoe import analysis
+from export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
+from typemoe import analysis, decoding, note_writer
 from typemoe.shipped import default_model_dir, emotion_dir
-from typemoe.vocab import FAMILIES
 
 log = logging.getLogger(__name__)
-_BAR, _CONTROL = FAMILIES.index("Bar"), FAMILIES.index("control")
 
 CONTINUATION_TRACK = "TypeMoE continuation"
-TOKENS_PER_BAR_CAP = 256
-BEATS_PER_BAR = 4
+REPORT_BARS = (1, 2, 4, 8)  # analyze --json: the estimate after these many bars
+DEFAULT_METER = "4/4"  # REMI's own bar, when neither --meter nor a meter estimate is at hand
 
 
 class ToolError(ValueError):
     """A bad input file, model or option, named in the message."""
-
-
-@dataclass
-class Heads:
-    logits: np.ndarray  # (V,)
-    key_probs: np.ndarray
-    meter_probs: np.ndarray
 
 
 # --------------------------------------------------------------------------- models
@@ -73,7 +69,8 @@ def _checkpoint_dir(path: Path) -> Path | None:
 
 
 def open_model(path: Path | None):
-    """An export.runtime.OrtModel, or a _TorchModel for a PyTorch checkpoint. Raises ToolError."""
+    """An export.runtime.OrtModel, or a typemoe.torch_session.TorchModel for a PyTorch checkpoint (both
+    serve typemoe.decoding sessions). Raises ToolError."""
     if path is None:
         path = default_model_dir()
         if not path.is_dir() or not any(path.iterdir()):
@@ -84,7 +81,7 @@ def open_model(path: Path | None):
     path = Path(path)
     if not path.exists():
         raise ToolError(f"model {path} does not exist")
-    from export.runtime import MANIFEST_FILE, ModelDirError, OrtModel
+    from export.runtime import ModelDirError, OrtModel
 
     if (path / MANIFEST_FILE).is_file():
         try:
@@ -94,8 +91,9 @@ def open_model(path: Path | None):
     ckpt = _checkpoint_dir(path)
     if ckpt is None:
         raise ToolError(
-            f"{path} is neither an exported model directory ({MANIFEST_FILE}) nor a TypeMoE "
-            "checkpoint (config.json + model.safetensors, or a training run with latest/)"
+            f"{path} has no {MANIFEST_FILE}, so it is not an exported model directory (`{EXPORT_COMMAND}` "
+            "writes one), nor a TypeMoE checkpoint (config.json + model.safetensors, or a training run "
+            "with latest/)"
         )
     try:
         import torch  # noqa: F401
@@ -104,7 +102,9 @@ def open_model(path: Path | None):
             f"{path} is a PyTorch checkpoint and torch is not installed; export it to ONNX "
             "(`typemoe export`) or install the train extra"
         ) from err
-    return _TorchModel(ckpt)
+    from typemoe.torch_session import TorchModel
+
+    return TorchModel(ckpt)
 
 
 def open_emotion_model(path: Path | None, *, model: Path | None = None):
@@ -139,94 +139,6 @@ def open_emotion_model(path: Path | None, *, model: Path | None = None):
     return emo
 
 
-class _TorchModel:
-    """The slice of export.runtime.OrtModel these tools use, for a PyTorch checkpoint."""
-
-    def __init__(self, ckpt_dir: Path):
-        from typemoe import checkpoint
-        from typemoe.vocab import TypedVocab
-
-        self.model = checkpoint.load(ckpt_dir)
-        _, _, meta = checkpoint.read_config(ckpt_dir)
-        self.vocab = TypedVocab.load(ckpt_dir)
-        self.context_len = self.model.cfg.context_len
-        self.key_names = list(meta.get("key_names") or analysis.KEYS)
-        self.meter_names = list(meta.get("meter_names") or analysis.METERS[: self.model.cfg.n_meters])
-
-    def session(self) -> _TorchSession:
-        return _TorchSession(self)
-
-
-class _TorchSession:
-    """feed / generate on a torch KV cache, with export.runtime's sliding and grammar rules."""
-
-    def __init__(self, owner: _TorchModel):
-        self.owner = owner
-        self.tokens: list[int] = []
-        self.past = None
-        self.last: Heads | None = None
-
-    def _run(self, ids: list[int]) -> Heads:
-        import torch
-
-        m = self.owner.model
-        with torch.inference_mode():
-            past = self.past if self.past is not None else m.empty_past(1)
-            out = m(torch.as_tensor([ids], dtype=torch.long), past=past)
-        self.past = out.present
-        self.last = Heads(
-            out.logits[0, -1].float().numpy(),
-            torch.softmax(out.key_logits[0, -1].float(), -1).numpy(),
-            torch.softmax(out.meter_logits[0, -1].float(), -1).numpy(),
-        )
-        return self.last
-
-    def feed(self, ids: Sequence[int]) -> Heads:
-        ids = [int(i) for i in ids]
-        ctx = self.owner.context_len
-        if len(self.tokens) + len(ids) <= ctx:
-            self.tokens += ids
-            return self._run(ids)
-        every = self.tokens + ids  # full: re-prefill the control prefix + the most recent tokens
-        vocab = self.owner.vocab
-        n_ctrl = 0
-        while n_ctrl < min(len(every), ctx // 4) and vocab.family_of[every[n_ctrl]] == _CONTROL:
-            n_ctrl += 1
-        self.tokens = every[:n_ctrl] + every[n_ctrl:][-(3 * ctx // 4 - n_ctrl) :]
-        self.past = None
-        return self._run(self.tokens)
-
-    def generate(self, *, n_bars: int, temperature: float, top_p: float, seed: int | None) -> list[int]:
-        import torch
-
-        from typemoe.sample import sample_next
-
-        vocab = self.owner.vocab
-        gen = torch.Generator()
-        gen.manual_seed(seed) if seed is not None else gen.seed()
-        out: list[int] = []
-        bars = 0
-        while len(out) < n_bars * TOKENS_PER_BAR_CAP:
-            last = self.tokens[-1] if self.tokens else vocab.bos_id
-            allowed = torch.as_tensor(vocab.next_allowed[vocab.family_of[last]])[None]  # (1, V)
-            nxt = int(
-                sample_next(
-                    torch.as_tensor(self.last.logits)[None],
-                    temperature=temperature,
-                    top_p=top_p,
-                    allowed=allowed,
-                    generator=gen,
-                )[0]
-            )
-            if vocab.family_of[nxt] == _BAR:
-                bars += 1
-                if bars >= n_bars:
-                    break
-            out.append(nxt)
-            self.feed([nxt])
-        return out
-
-
 # --------------------------------------------------------------------------- analyze
 
 
@@ -251,31 +163,70 @@ def _tokens(vocab, score, path: Path) -> list[int]:
         raise ToolError(f"{path}: {err}") from err
 
 
-def analyze(model, midi: Path, emotion=None) -> dict:
-    """{"key", "key_confidence", "meter", "meter_confidence"} of one MIDI file; with an emotion model
-    (open_emotion_model) also "emotion" (Q1..Q4), "emotion_confidence" and "emotion_probs" {class: p}."""
-    score = read_midi(midi)
-    ids = _tokens(model.vocab, score, midi)
-    seq = [model.vocab.bos_id, *ids][: model.context_len]
-    out = model.session().feed(seq)
+def bar_chunks(vocab, ids: Sequence[int], max_len: int) -> list[list[int]]:
+    """`ids` cut before every Bar token (one chunk per bar), long bars cut further to max_len ids, so a
+    session fed chunk by chunk runs every token once even when its context slides."""
+    bar = vocab.id("Bar_None")
+    chunks: list[list[int]] = []
+    for i in ids:
+        if not chunks or i == bar or len(chunks[-1]) >= max_len:
+            chunks.append([])
+        chunks[-1].append(int(i))
+    return chunks
+
+
+def _estimate(model, out) -> dict:
     k, m = int(np.argmax(out.key_probs)), int(np.argmax(out.meter_probs))
-    res = {
+    return {
         "key": model.key_names[k],
         "key_confidence": round(float(out.key_probs[k]), 4),
         "meter": model.meter_names[m],
         "meter_confidence": round(float(out.meter_probs[m]), 4),
     }
+
+
+def listen(model, ids: Sequence[int], *, report_bars: Sequence[int] = ()) -> tuple[object, dict[int, object]]:
+    """Feed [BOS, *ids] through one session bar by bar, as the bridge hears a performance.
+
+    Returns the session (its `last` holds the heads at the end) and the StepOut after each of
+    `report_bars` whole bars the piece has.
+    """
+    session = model.session()
+    session.feed([model.vocab.bos_id])
+    bar = model.vocab.id("Bar_None")
+    seen, after = 0, {}
+    for chunk in bar_chunks(model.vocab, ids, max(1, model.context_len // 4)):
+        if chunk[0] == bar:
+            seen += 1
+            if seen - 1 in report_bars:  # the chunk opens bar `seen`: bar seen-1 is complete
+                after[seen - 1] = session.last
+        session.feed(chunk)
+    if seen in report_bars:
+        after[seen] = session.last
+    return session, after
+
+
+def analyze(model, midi: Path, emotion=None) -> dict:
+    """{"key", "key_confidence", "meter", "meter_confidence", "after_bars"} of one MIDI file, the estimate
+    at the end of the whole piece and after 1, 2, 4 and 8 bars ({"1": {"key", ...}, ...}, bars the piece
+    has); with an emotion model (open_emotion_model) also "emotion" (Q1..Q4), "emotion_confidence" and
+    "emotion_probs" {class: p}."""
+    score = read_midi(midi)
+    ids = _tokens(model.vocab, score, midi)
+    session, after = listen(model, ids, report_bars=REPORT_BARS)
+    res = _estimate(model, session.last)
+    res["after_bars"] = {str(b): _estimate(model, out) for b, out in sorted(after.items())}
     if emotion is not None:
         res.update(_emotion(emotion, score, ids if emotion.vocab.hash == model.vocab.hash else None, midi))
     return res
 
 
 def _emotion(emo, score, ids: list[int] | None, midi: Path) -> dict:
-    """The pooled class head over the first context_len tokens, as `typemoe eval` scores it."""
+    """The class head pooled over every token of the piece (the running mean of a session fed bar by bar)."""
     if ids is None:  # another vocabulary than the main model's
         ids = _tokens(emo.vocab, score, midi)
-    probs = emo.session().feed([emo.vocab.bos_id, *ids][: emo.context_len]).class_probs  # (C,)
-    probs = np.asarray(probs, dtype=np.float64)
+    session, _ = listen(emo, ids)
+    probs = np.asarray(session.last.class_probs, dtype=np.float64)  # (C,)
     probs /= probs.sum()
     c = int(np.argmax(probs))
     return {
@@ -288,48 +239,82 @@ def _emotion(emo, score, ids: list[int] | None, midi: Path) -> dict:
 # --------------------------------------------------------------------------- generate
 
 
-def continuation_score(
-    model, prompt_path: Path, *, bars: int, controls: dict, temperature: float, top_p: float, seed: int | None
-):
-    """The prompt score with one more track holding `bars` generated bars. Returns (score, n_new_notes)."""
-    import symusic
+@dataclass
+class Continuation:
+    score: object  # symusic.Score: the prompt plus the continuation track
+    n_notes: int
+    meter: str  # the meter whose bars were counted
+    meter_source: str  # "--meter" | "estimate" | "default"
+    start_beat: float  # where the continuation starts, in quarter notes from the file's start
 
+
+def _meter_for(model, session, asked: str | None) -> tuple[str, str]:
+    if asked:
+        return analysis.meter_name(analysis.parse_meter(asked)), "--meter"
+    out = session.last
+    if out is not None and getattr(out, "meter_probs", None) is not None:
+        name = model.meter_names[int(np.argmax(out.meter_probs))]
+        try:
+            decoding.meter_beats(name)
+            return name, "estimate"
+        except ValueError:  # "other": no bar length
+            pass
+    return DEFAULT_METER, "default"
+
+
+def continuation_score(
+    model,
+    prompt_path: Path,
+    *,
+    bars: int,
+    controls: dict,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    guidance: float = 1.0,
+    key_lock: bool = False,
+) -> Continuation:
+    """The prompt score with one more track holding `bars` generated bars of the prompt's meter."""
     if bars < 1:
         raise ToolError(f"--bars must be >= 1, got {bars}")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ToolError(f"need --temperature >= 0 and 0 < --top-p <= 1, got {temperature}, {top_p}")
+    try:
+        decoding.check_sampling(temperature, top_p, guidance)
+    except ValueError as err:
+        raise ToolError(f"--temperature/--top-p/--guidance: {err}") from err
+    if key_lock and not controls.get("key"):
+        raise ToolError("--key-lock needs --key (the key whose scale to keep)")
     vocab = model.vocab
     score = read_midi(prompt_path)
     ids = _tokens(vocab, score, prompt_path)
     try:
         ctrl = vocab.control_ids(**controls)
+        if controls.get("meter"):
+            decoding.meter_beats(controls["meter"])
     except (ValueError, KeyError) as err:
         raise ToolError(f"bad control: {err}") from err
-    bar_id = int(np.flatnonzero(vocab.family_of == _BAR)[0])
-    # the Bar appended after the prompt opens bar number start_bar (bars count from 0)
-    start_bar = sum(1 for i in ids if vocab.family_of[i] == _BAR)
     session = model.session()
-    session.feed([vocab.bos_id, *ctrl, *ids, bar_id])
-    new = session.generate(n_bars=bars, temperature=temperature, top_p=top_p, seed=seed)
-    decoded = vocab.decode([bar_id] * start_bar + [bar_id, *new])  # only the new notes, at their bar
-    tpq_in = decoded.ticks_per_quarter
-    scale = score.ticks_per_quarter / tpq_in
-    track = symusic.Track(CONTINUATION_TRACK, 0, False)
-    start = start_bar * BEATS_PER_BAR * tpq_in
-    for t in decoded.tracks:
-        for n in t.notes:
-            if n.time >= start:
-                track.notes.append(
-                    symusic.Note(
-                        int(round(n.time * scale)),
-                        max(1, int(round(n.duration * scale))),
-                        n.pitch,
-                        n.velocity,
-                    )
-                )
+    for chunk in bar_chunks(vocab, [vocab.bos_id, *ctrl, *ids], max(1, model.context_len // 4)):
+        session.feed(chunk)
+    meter, source = _meter_for(model, session, controls.get("meter"))
+    start = session.next_bar_line(meter)
+    bars_before = session.bars
+    new = session.generate(
+        n_bars=bars,
+        meter=meter,
+        on_downbeat=True,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        guidance=guidance,
+        key_lock=controls.get("key") if key_lock else None,
+    )
+    notes = note_writer.continuation_notes(
+        vocab, new, bars_before=bars_before, ticks_per_quarter=score.ticks_per_quarter
+    )
     out = score.copy()
-    out.tracks.append(track)
-    return out, len(track.notes)
+    out.tracks.append(note_writer.to_track(notes, CONTINUATION_TRACK))
+    note_writer.ensure_tempo(out)
+    return Continuation(out, len(notes), meter, source, start)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -364,7 +349,7 @@ def _analyze_cmd(args: argparse.Namespace) -> int:
 def _generate_cmd(args: argparse.Namespace) -> int:
     controls = {"key": args.key, "meter": args.meter, "genre": args.genre, "emotion": args.emotion}
     try:
-        score, n_new = continuation_score(
+        res = continuation_score(
             open_model(args.model),
             args.file,
             bars=args.bars,
@@ -372,16 +357,21 @@ def _generate_cmd(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             top_p=args.top_p,
             seed=args.seed,
+            guidance=args.guidance,
+            key_lock=args.key_lock,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        score.dump_midi(str(args.out))
+        res.score.dump_midi(str(args.out))
     except ToolError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
     except OSError as err:
         sys.stderr.write(f"error: cannot write {args.out}: {err}\n")
         return 2
-    _write(f"wrote {args.out}: the prompt plus {args.bars} bar(s), {n_new} new notes")
+    _write(
+        f"wrote {args.out}: the prompt plus {args.bars} bar(s) of {res.meter} ({res.meter_source}) from beat "
+        f"{res.start_beat:g}, {res.n_notes} new notes"
+    )
     return 0
 
 
@@ -409,16 +399,25 @@ def add_parsers(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g.add_argument("file", type=Path, help="the prompt, a MIDI file")
-    g.add_argument("--bars", type=int, required=True, help="bars (4 beats each) to add")
+    g.add_argument("--bars", type=int, required=True, help="bars of the meter to add")
     g.add_argument("--out", type=Path, required=True, help="output MIDI: the prompt, then the continuation")
     g.add_argument("--model", type=Path, help="exported model dir or checkpoint (default: the shipped model)")
     g.add_argument("--key", help='control token, e.g. "E minor"')
-    g.add_argument("--meter", help='control token, e.g. "6/8"')
+    g.add_argument(
+        "--meter", help='control token and bar length, e.g. "6/8" (default: the model\'s estimate)'
+    )
     g.add_argument("--genre", help=f"control token: {', '.join(analysis.GENRES)}")
     g.add_argument("--emotion", help="control token: Q1..Q4")
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=0.95)
     g.add_argument("--seed", type=int)
+    g.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance weight for the controls (1 = off)",
+    )
+    g.add_argument("--key-lock", action="store_true", help="only pitches of --key's scale")
     g.set_defaults(func=_generate_cmd)
 
 

@@ -52,24 +52,20 @@ def test_import_leaves_torch_out():
 
 
 @pytest.mark.parametrize("n_prompt, n_new", [(9, 40), (200, 100)])  # the second crosses the 256 context
-def test_greedy_generation_equals_pytorch(ort_model, torch_model, n_prompt, n_new):
-    import torch
-
-    from typemoe.sample import Grammar, generate
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generation_equals_pytorch(ort_model, torch_model, n_prompt, n_new, temperature):
+    """The one decoder on both backends: same prompt and seed -> same ids, greedy and sampled, with a slide."""
+    from typemoe.decoding import Session
+    from typemoe.torch_session import TorchEngine
 
     vocab = ort_model.vocab
-    prompt = _music(vocab, n_prompt, seed=n_prompt)
-    want = generate(
-        torch_model,
-        torch.tensor([prompt]),
-        max_new_tokens=n_new,
-        temperature=0.0,
-        grammar=Grammar.from_vocab(vocab),
-    )[0].tolist()
-    s = ort_model.session()
-    s.feed(prompt)
-    got = s.generate(n_tokens=n_new, temperature=0.0, strict_positions=False)
-    assert got == want
+    prompt = [vocab.bos_id, *vocab.control_ids(key="D major"), *_music(vocab, n_prompt, seed=n_prompt)]
+    runs = []
+    for session in (Session(TorchEngine(torch_model, vocab=vocab)), ort_model.session()):
+        session.feed(prompt)
+        runs.append(session.generate(n_tokens=n_new, temperature=temperature, top_p=0.95, seed=11))
+        assert session.tokens[:2] == prompt[:2]  # the control prefix survived any slide
+    assert runs[0] == runs[1]
 
 
 def test_feeding_in_pieces_equals_one_prefill(ort_model):
@@ -174,7 +170,7 @@ def test_cuda_request_falls_back_with_a_clear_line(caplog, monkeypatch):
     import onnxruntime
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    with caplog.at_level(logging.WARNING, logger="export.runtime"):
+    with caplog.at_level(logging.WARNING, logger="export.ort_graph"):
         assert resolve_provider("cuda") == "cpu"
         assert resolve_provider("auto") == "cpu"
     assert "CUDA requested" in caplog.text and "falling back to CPU" in caplog.text

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import symusic
 from export_fixtures import analyze_without_torch
@@ -44,9 +43,40 @@ def tune(tmp_path_factory) -> Path:
 def test_analyze_json(model_dir, tune, capsys):
     assert tools.run_cli(["analyze", str(tune), "--model", str(model_dir), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert set(res) == {"key", "key_confidence", "meter", "meter_confidence"}
+    assert set(res) == {"key", "key_confidence", "meter", "meter_confidence", "after_bars"}
     assert res["key"] in analysis.KEYS and res["meter"] in analysis.METERS
     assert 0.0 < res["key_confidence"] <= 1.0 and 0.0 < res["meter_confidence"] <= 1.0
+    assert list(res["after_bars"]) == ["1", "2", "4", "8"]  # the tune has more than 8 bars
+    assert set(res["after_bars"]["4"]) == {"key", "key_confidence", "meter", "meter_confidence"}
+
+
+def test_analyze_reads_the_whole_piece(model_dir, tmp_path):
+    """A piece longer than the context: the estimate is the one at its end, after the context slid."""
+    from conftest import music21_scores
+
+    from export.runtime import OrtModel
+
+    model = OrtModel(model_dir, provider="cpu")
+    tune_score = music21_scores(1)[0][1]
+    long_score = tune_score.copy()
+    span = tune_score.end()
+    for k in (1, 2):  # the tune three times over
+        for n in tune_score.tracks[0].notes:
+            long_score.tracks[0].notes.append(
+                symusic.Note(n.time + k * span, n.duration, n.pitch, n.velocity)
+            )
+    path = tmp_path / "long.mid"
+    long_score.dump_midi(str(path))
+    ids = model.vocab.encode_score(long_score)
+    assert len(ids) > 2 * model.context_len, "pick a longer tune"
+    res = tools.analyze(model, path)
+    first = model.session().feed([model.vocab.bos_id, *ids][: model.context_len])
+    end = model.session()
+    end.feed([model.vocab.bos_id])
+    for chunk in tools.bar_chunks(model.vocab, ids, model.context_len // 4):
+        out = end.feed(chunk)
+    assert res["key_confidence"] == round(float(out.key_probs.max()), 4)
+    assert res["key_confidence"] != round(float(first.key_probs.max()), 4)
 
 
 def test_analyze_text_and_torch_fallback_agree(model_dir, ckpt_dir, tune, capsys):
@@ -75,8 +105,26 @@ def _notes(track) -> list[tuple[int, int, int]]:
 def test_generate_writes_prompt_then_continuation(which, model_dir, ckpt_dir, tune, tmp_path, capsys):
     model = model_dir if which == "onnx" else ckpt_dir
     out = tmp_path / "out.mid"
-    code = tools.run_cli(["generate", str(tune), "--bars", "4", "--model", str(model), "--key", "G major",
-                       "--meter", "2/4", "--temperature", "0.9", "--seed", "3", "--out", str(out)])
+    code = tools.run_cli(
+        [
+            "generate",
+            str(tune),
+            "--bars",
+            "4",
+            "--model",
+            str(model),
+            "--key",
+            "G major",
+            "--meter",
+            "2/4",
+            "--temperature",
+            "0.9",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     prompt, result = symusic.Score(str(tune)), symusic.Score(str(out))  # parses as MIDI
     assert result.ticks_per_quarter == prompt.ticks_per_quarter
@@ -93,22 +141,67 @@ def test_generate_writes_prompt_then_continuation(which, model_dir, ckpt_dir, tu
 def test_generate_is_reproducible_and_checks_options(model_dir, tune, tmp_path, capsys):
     a, b = tmp_path / "a.mid", tmp_path / "b.mid"
     for out in (a, b):
-        assert tools.run_cli(["generate", str(tune), "--bars", "2", "--model", str(model_dir), "--seed", "7",
-                           "--out", str(out)]) == 0
+        assert (
+            tools.run_cli(
+                [
+                    "generate",
+                    str(tune),
+                    "--bars",
+                    "2",
+                    "--model",
+                    str(model_dir),
+                    "--seed",
+                    "7",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     assert _notes(symusic.Score(str(a)).tracks[-1]) == _notes(symusic.Score(str(b)).tracks[-1])
     capsys.readouterr()
-    assert tools.run_cli(["generate", str(tune), "--bars", "2", "--model", str(model_dir), "--key", "H major",
-                       "--out", str(tmp_path / "c.mid")]) == 2
+    assert (
+        tools.run_cli(
+            [
+                "generate",
+                str(tune),
+                "--bars",
+                "2",
+                "--model",
+                str(model_dir),
+                "--key",
+                "H major",
+                "--out",
+                str(tmp_path / "c.mid"),
+            ]
+        )
+        == 2
+    )
     assert "H major" in capsys.readouterr().err
-    assert tools.run_cli(["generate", str(tune), "--bars", "0", "--model", str(model_dir),
-                       "--out", str(tmp_path / "c.mid")]) == 2
+    assert (
+        tools.run_cli(
+            [
+                "generate",
+                str(tune),
+                "--bars",
+                "0",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(tmp_path / "c.mid"),
+            ]
+        )
+        == 2
+    )
     assert "--bars" in capsys.readouterr().err
 
 
 def test_bad_model_dir_is_named(tune, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert tools.run_cli(["analyze", str(tune), "--model", str(tmp_path / "empty")]) == 2
-    assert "empty" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "empty" in err and "manifest.json" in err
+    assert "typemoe export --checkpoint CKPT --out DIR" in err and "python -m export" not in err
 
 
 def test_tools_run_without_torch(model_dir, tune):
@@ -118,16 +211,136 @@ def test_tools_run_without_torch(model_dir, tune):
     assert json.loads(proc.stdout)["key"] in analysis.KEYS
 
 
-def test_continuation_bars_are_whole(model_dir, tune):
-    """The new notes start at the bar line after the prompt (4-beat bars from the prompt's time 0)."""
-    model = tools.open_model(model_dir)
-    score, n_new = tools.continuation_score(model, tune, bars=3, controls={}, temperature=1.0, top_p=0.95, seed=0)
-    tpq = score.ticks_per_quarter
-    last_onset_beats = max(n.time for n in score.tracks[0].notes) / tpq
-    first_bar = int(np.floor(last_onset_beats / 4)) + 1
-    new_beats = [n.time / tpq for n in score.tracks[-1].notes]
-    assert n_new == len(new_beats) > 0
-    assert min(new_beats) >= 4 * first_bar - 1e-9 and max(new_beats) < 4 * (first_bar + 3)
+def _waltz(path: Path, n_bars: int = 7, tpq: int = 480) -> Path:
+    """A 3/4 tune of quarter notes (and a held chord tone), n_bars bars, no tempo event."""
+    score = symusic.Score(tpq)
+    track = symusic.Track("waltz", 0, False)
+    for bar in range(n_bars):
+        for beat, pitch in enumerate((60, 64, 67)):
+            track.notes.append(symusic.Note((3 * bar + beat) * tpq, tpq, pitch + (bar % 2) * 2, 80))
+        track.notes.append(symusic.Note(3 * bar * tpq, 3 * tpq, 48, 70))
+    score.tracks.append(track)
+    score.time_signatures.append(symusic.TimeSignature(0, 3, 4))
+    score.dump_midi(str(path))
+    return path
+
+
+@pytest.mark.parametrize("which", ["onnx", "torch"])
+def test_a_waltz_continues_on_its_own_bar_line(which, model_dir, ckpt_dir, tmp_path):
+    """7 bars of 3/4 end at beat 21, which is no 4-beat bar line: the continuation starts there, on the
+    downbeat, and lasts 3 bars of 3 beats; its notes are clean and the file carries a tempo."""
+    prompt = _waltz(tmp_path / "waltz.mid")
+    model = tools.open_model(model_dir if which == "onnx" else ckpt_dir)
+    for seed in range(3):
+        res = tools.continuation_score(
+            model, prompt, bars=3, controls={"meter": "3/4"}, temperature=1.0, top_p=0.95, seed=seed
+        )
+        tpq = res.score.ticks_per_quarter
+        beats = [n.time / tpq for n in res.score.tracks[-1].notes]
+        assert res.meter == "3/4" and res.start_beat == 21
+        assert res.n_notes == len(beats) > 0 and min(beats) == 21 and max(beats) < 21 + 3 * 3, beats
+        _assert_clean(res.score.tracks[-1])
+        assert len(res.score.tempos) == 1
+
+
+def _assert_clean(track) -> None:
+    notes = sorted((n.pitch, n.time, n.duration) for n in track.notes)
+    for (p, t, d), (q, u, _) in zip(notes, notes[1:]):
+        assert p != q or t + d <= u, f"pitch {p}: a note at {t} (+{d}) overlaps the one at {u}"
+
+
+def test_generated_file_is_clean_and_keeps_the_prompts_tempo(model_dir, tune, tmp_path, capsys):
+    """Without --meter the meter comes from the model's estimate; the output carries the prompt's tempo."""
+    score = symusic.Score(str(tune))
+    score.tempos.append(symusic.Tempo(0, 96.0))
+    prompt = tmp_path / "with_tempo.mid"
+    score.dump_midi(str(prompt))
+    out = tmp_path / "out.mid"
+    assert (
+        tools.run_cli(
+            [
+                "generate",
+                str(prompt),
+                "--bars",
+                "4",
+                "--model",
+                str(model_dir),
+                "--seed",
+                "2",
+                "--temperature",
+                "1.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    line = capsys.readouterr().out
+    assert "(estimate)" in line or "(default)" in line
+    result = symusic.Score(str(out))
+    assert [round(t.qpm) for t in result.tempos] == [96]
+    _assert_clean(result.tracks[-1])
+    tpq = result.ticks_per_quarter
+    assert all(n.time % (tpq // 4) == 0 for n in result.tracks[-1].notes)  # exactly on the 16th grid
+
+
+def test_key_lock_and_guidance_options(model_dir, tune, tmp_path, capsys):
+    out = tmp_path / "locked.mid"
+    assert (
+        tools.run_cli(
+            [
+                "generate",
+                str(tune),
+                "--bars",
+                "4",
+                "--model",
+                str(model_dir),
+                "--key",
+                "Eb major",
+                "--key-lock",
+                "--guidance",
+                "2",
+                "--temperature",
+                "1.5",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    from typemoe.decoding import scale_pitch_classes
+
+    scale = scale_pitch_classes("Eb major")
+    notes = symusic.Score(str(out)).tracks[-1].notes
+    assert len(notes) > 0 and all(scale[n.pitch % 12] for n in notes)
+    capsys.readouterr()
+    assert (
+        tools.run_cli(
+            ["generate", str(tune), "--bars", "2", "--model", str(model_dir), "--key-lock", "--out", str(out)]
+        )
+        == 2
+    )
+    assert "--key-lock needs --key" in capsys.readouterr().err
+    assert (
+        tools.run_cli(
+            [
+                "generate",
+                str(tune),
+                "--bars",
+                "2",
+                "--model",
+                str(model_dir),
+                "--guidance",
+                "-1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "guidance" in capsys.readouterr().err
 
 
 def test_console_script_wiring(model_dir, tune, monkeypatch, capsys):

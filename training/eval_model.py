@@ -2,14 +2,16 @@
 
     model = open_model("runs/pretrain")            # a training --out DIR, DIR/latest, or an export dir
     out = model.outputs_at(seq, [p1, p2])          # heads after reading seq[:p] for each p
-    ids = model.generate(prefix, 64, temperature=0)  # grammar-masked continuation
+    ids = model.generate(prefix, 64, temperature=0)  # grammar-masked continuation; guidance=, key_lock=,
+                                                     # meter=... pass through to typemoe.decoding
 
 `outputs_at` returns, for each p, what the model says after reading seq[:p]: next-token logits (for
 seq[p]), key and meter probabilities. The torch path runs one forward over seq[:max(p)]; the ONNX path
 feeds the tokens chunk by chunk through one export.runtime session and reads the heads at each p, so
 the two agree up to float error. Sequences longer than the context are cut to it by the caller.
-Both generate under the same plain REMI grammar mask (typemoe.sample's; the runtime's stricter
-no-going-back Position rule is off here), so greedy continuations, and BLEU-2, agree too.
+Both generate through the one decoder, typemoe.decoding (the torch path on typemoe.torch_session's
+backend), with the decoding rules the bridge ships (strict Positions, no repeated pitch at a position, the
+slide that keeps the control prefix): what `typemoe eval` scores is what the runtime plays.
 
 The classification head (fine-tuned models) is read with `class_probs(seq)`: the pooled head over the
 whole sequence. `expert_routes(seq)` gives, per layer, the expert each token went to (torch only; the
@@ -64,8 +66,10 @@ def open_model(path: str | Path | None, *, provider: str = "cpu") -> TorchModel 
     if path is None:
         path = default_model_dir()
         if not path.is_dir() or not any(path.iterdir()):
-            raise ModelOpenError(f"no --model given and the shipped default model ({path}) does not exist yet; "
-                                 "pass --model CHECKPOINT_OR_EXPORTED_DIR")
+            raise ModelOpenError(
+                f"no --model given and the shipped default model ({path}) does not exist yet; "
+                "pass --model CHECKPOINT_OR_EXPORTED_DIR"
+            )
     path = Path(path)
     if not path.exists():
         raise ModelOpenError(f"model path {path} does not exist")
@@ -75,13 +79,16 @@ def open_model(path: str | Path | None, *, provider: str = "cpu") -> TorchModel 
         from training import ckpt
         from typemoe.checkpoint import CheckpointError
     except ImportError as err:  # torch missing
-        raise ModelOpenError(f"{path} is not an exported ONNX model dir, and reading a PyTorch checkpoint "
-                             f"needs torch: {err}") from err
+        raise ModelOpenError(
+            f"{path} is not an exported ONNX model dir, and reading a PyTorch checkpoint needs torch: {err}"
+        ) from err
     try:
         return TorchModel(ckpt.resolve(path))
     except CheckpointError as err:
-        raise ModelOpenError(f"{path} is neither an exported ONNX model dir (no {ONNX_MANIFEST} + *.onnx) nor a "
-                             f"TypeMoE checkpoint: {err}") from err
+        raise ModelOpenError(
+            f"{path} is neither an exported ONNX model dir (no {ONNX_MANIFEST} + *.onnx) nor a "
+            f"TypeMoE checkpoint: {err}"
+        ) from err
 
 
 class TorchModel:
@@ -93,7 +100,7 @@ class TorchModel:
         import torch
 
         from typemoe import checkpoint
-        from typemoe.sample import Grammar
+        from typemoe.torch_session import TorchEngine
         from typemoe.vocab import TypedVocab
 
         self.path = Path(ckpt_dir)
@@ -107,7 +114,7 @@ class TorchModel:
         self.class_names = list(self.meta["class_names"]) if self.meta.get("class_names") else None
         self.task = self.meta.get("task")
         self.ffn = self.cfg.ffn
-        self._grammar = Grammar.from_vocab(self.vocab)
+        self._engine = TorchEngine(self.model, vocab=self.vocab)
         self._torch = torch
         self._device = device
 
@@ -133,14 +140,21 @@ class TorchModel:
             return None
         return _softmax(self._forward(seq).cls_logits[0].float().cpu().numpy())
 
-    def generate(self, prefix: Sequence[int], n_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = 0) -> list[int]:
-        from typemoe.sample import generate
+    def generate(
+        self,
+        prefix: Sequence[int],
+        n_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        **steer,
+    ) -> list[int]:
+        from typemoe.decoding import Session, continuation
 
-        prompt = self._torch.as_tensor(np.asarray(prefix, dtype=np.int64)[None], device=self._device)
-        new = generate(self.model, prompt, max_new_tokens=n_tokens, temperature=temperature, top_p=top_p,
-                       grammar=self._grammar, seed=seed)
-        return [int(i) for i in new[0].tolist()]
+        return continuation(
+            Session(self._engine), prefix, n_tokens, temperature=temperature, top_p=top_p, seed=seed, **steer
+        )
 
     def expert_routes(self, seq: Sequence[int]) -> np.ndarray | None:
         """(L, T) expert of every token in every layer: the token type for TypeMoE, the learned route for
@@ -181,7 +195,9 @@ class OnnxModel:
         if not at or at[0] < 1 or at[-1] > len(seq) or any(b < a for a, b in zip(at, at[1:])):
             raise ValueError(f"read positions must be non-decreasing in 1..{len(seq)}, got {at[:5]}...")
         if at[-1] > self.context_len:
-            raise ValueError(f"read position {at[-1]} is past the context ({self.context_len}); cut the sequence")
+            raise ValueError(
+                f"read position {at[-1]} is past the context ({self.context_len}); cut the sequence"
+            )
         session = self.ort.session()
         logits, keys, meters = [], [], []
         done = 0
@@ -199,13 +215,21 @@ class OnnxModel:
             return None
         return self.ort.session().feed(list(seq)).class_probs
 
-    def generate(self, prefix: Sequence[int], n_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = 0) -> list[int]:
-        session = self.ort.session()
-        session.feed(list(prefix))
-        # the plain REMI grammar mask, as typemoe.sample uses: greedy continuations equal the torch path's
-        return session.generate(n_tokens=n_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                                strict_positions=False)
+    def generate(
+        self,
+        prefix: Sequence[int],
+        n_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        **steer,
+    ) -> list[int]:
+        from typemoe.decoding import continuation
+
+        return continuation(
+            self.ort.session(), prefix, n_tokens, temperature=temperature, top_p=top_p, seed=seed, **steer
+        )
 
     def expert_routes(self, seq: Sequence[int]) -> np.ndarray | None:
         return None

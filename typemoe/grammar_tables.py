@@ -1,0 +1,79 @@
+"""What each token id means to the decoder: grammar rows, grid positions, pitches, bars, controls; scales
+and meters. Torch-free (numpy); typemoe.decoding reads these tables, and re-exports the names.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+
+from typemoe import analysis
+from typemoe.vocab import BEATS_PER_BAR, FAMILIES, TICKS_PER_BEAT
+
+_BAR, _POSITION, _PITCH, _CONTROL = (FAMILIES.index(f) for f in ("Bar", "Position", "Pitch", "control"))
+# Scale steps above the tonic. Minor is the natural minor plus the raised 7th (harmonic minor's leading
+# tone), because minor-key music uses it at nearly every cadence and key finders expect it.
+SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10, 11)}
+
+
+class Tables:
+    """Per-id lookups the decoder needs: grammar rows and what each id means on the time grid."""
+
+    def __init__(self, next_allowed: np.ndarray, family_of: np.ndarray, *, vocab: Any = None):
+        self.next_allowed = np.asarray(next_allowed, dtype=bool)  # (G, V)
+        self.family_of = np.asarray(family_of, dtype=np.int64)  # (V,)
+        V = self.family_of.shape[0]
+        if self.next_allowed.ndim != 2 or self.next_allowed.shape[1] != V:
+            raise ValueError(f"next_allowed {self.next_allowed.shape} must be (G, {V}) for family_of ({V},)")
+        if V and not 0 <= self.family_of.min() <= self.family_of.max() < self.next_allowed.shape[0]:
+            raise ValueError(f"family ids must lie in 0..{self.next_allowed.shape[0] - 1}")
+        self.position_of = np.full(V, -1, dtype=np.int64)  # grid position of each Position_<p>, else -1
+        self.pitch_of = np.full(V, -1, dtype=np.int64)  # MIDI pitch of each Pitch_<p>, else -1
+        self.is_bar = np.zeros(V, dtype=bool)
+        self.is_control = np.zeros(V, dtype=bool)  # BOS, Key_, Meter_, ...: the conditioning prefix
+        self.bos_id = None
+        self.positions_per_beat, self.beats_per_bar = TICKS_PER_BEAT, BEATS_PER_BAR
+        if vocab is not None:
+            for i in np.flatnonzero(self.family_of == _POSITION):
+                self.position_of[i] = int(vocab.token(int(i)).split("_", 1)[1])
+            for i in np.flatnonzero(self.family_of == _PITCH):
+                self.pitch_of[i] = int(vocab.token(int(i)).split("_", 1)[1])
+            self.is_bar = self.family_of == _BAR
+            self.is_control = self.family_of == _CONTROL
+            self.bos_id = int(vocab.bos_id)
+
+    @classmethod
+    def unconstrained(cls, size: int) -> Tables:
+        """Any id may follow any id (no grammar)."""
+        return cls(np.ones((1, size), dtype=bool), np.zeros(size, dtype=np.int64))
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tables_of(vocab) -> Tables:
+    """The (cached) Tables of a TypedVocab."""
+    t = _TABLES.get(vocab)
+    if t is None:
+        t = _TABLES[vocab] = Tables(vocab.next_allowed, vocab.family_of, vocab=vocab)
+    return t
+
+
+def scale_pitch_classes(key: str | int) -> np.ndarray:
+    """(12,) bool: the pitch classes of a key's scale (SCALES). Raises ValueError naming a bad key."""
+    k = analysis.parse_key(key)
+    tonic, mode = k % 12, analysis.MODES[k // 12]
+    out = np.zeros(12, dtype=bool)
+    out[[(tonic + s) % 12 for s in SCALES[mode]]] = True
+    return out
+
+
+def meter_beats(meter: str | int) -> float:
+    """Quarter-note beats in one bar of a meter: 3/4 -> 3, 6/8 -> 3, 12/8 -> 6. Raises ValueError."""
+    name = analysis.meter_name(analysis.parse_meter(meter))
+    if name == "other":
+        raise ValueError(f"meter {meter!r} has no bar length the decoder knows; pass e.g. '3/4' or '6/8'")
+    num, den = (int(x) for x in name.split("/"))
+    return num * 4 / den

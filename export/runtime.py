@@ -51,6 +51,8 @@ from export.ort_graph import (  # noqa: F401
     resolve_provider,
 )
 from typemoe.decoding import TOKENS_PER_BAR_CAP, Session, StepOut, sample_next, softmax  # noqa: F401
+from typemoe.meter import FILE as METER_FILE
+from typemoe.meter import MeterFusion, MeterReader
 from typemoe.vocab import TypedVocab, VocabError
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,14 @@ class OrtModel:
         self.class_names: list[str] | None = list(labels["classes"]) if labels.get("classes") else None
         self.n_layer, self.n_head = int(self.config["n_layer"]), int(self.config["n_head"])
         self.d_head = int(self.config["d_model"]) // self.n_head
+        try:
+            fusion = MeterFusion.load(self.model_dir)
+        except ValueError as err:
+            raise ModelDirError(str(err)) from err
+        if fusion is not None and list(fusion.meters) != self.meter_names:
+            raise ModelDirError(f"{self.model_dir / METER_FILE}: meter classes differ from the graph's")
+        self.meter = MeterReader(fusion, self.vocab)
+        """The meter answer: meter_fusion.json (rhythm + head) when the directory has one, else the head."""
 
     def _open(self, device: str, precision: str, threads: int) -> OrtGraph:
         """The graph for this provider: fp16 on CUDA, fp32 on CPU by default; a failed CUDA start falls

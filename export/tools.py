@@ -175,14 +175,24 @@ def bar_chunks(vocab, ids: Sequence[int], max_len: int) -> list[list[int]]:
     return chunks
 
 
-def _estimate(model, out) -> dict:
-    k, m = int(np.argmax(out.key_probs)), int(np.argmax(out.meter_probs))
+def _estimate(model, out, ids: Sequence[int]) -> dict:
+    """Key from the key head; meter from the model directory's meter reader (the notes' rhythm fused with
+    the meter head, typemoe.meter) when it has one, else the meter head."""
+    reader = getattr(model, "meter", None)
+    meter_probs = reader.probs(ids, out.meter_probs) if reader is not None else out.meter_probs
+    k, m = int(np.argmax(out.key_probs)), int(np.argmax(meter_probs))
     return {
         "key": model.key_names[k],
         "key_confidence": round(float(out.key_probs[k]), 4),
         "meter": model.meter_names[m],
-        "meter_confidence": round(float(out.meter_probs[m]), 4),
+        "meter_confidence": round(float(meter_probs[m]), 4),
     }
+
+
+def _prefix_bars(vocab, ids: Sequence[int], bars: int) -> list[int]:
+    """The ids of the first `bars` whole bars (up to the Bar token that opens bar bars + 1)."""
+    at = np.flatnonzero(np.asarray(ids) == vocab.id("Bar_None"))
+    return list(ids[: int(at[bars])] if len(at) > bars else ids)
 
 
 def listen(model, ids: Sequence[int], *, report_bars: Sequence[int] = ()) -> tuple[object, dict[int, object]]:
@@ -214,8 +224,10 @@ def analyze(model, midi: Path, emotion=None) -> dict:
     score = read_midi(midi)
     ids = _tokens(model.vocab, score, midi)
     session, after = listen(model, ids, report_bars=REPORT_BARS)
-    res = _estimate(model, session.last)
-    res["after_bars"] = {str(b): _estimate(model, out) for b, out in sorted(after.items())}
+    res = _estimate(model, session.last, ids)
+    res["after_bars"] = {
+        str(b): _estimate(model, out, _prefix_bars(model.vocab, ids, b)) for b, out in sorted(after.items())
+    }
     if emotion is not None:
         res.update(_emotion(emotion, score, ids if emotion.vocab.hash == model.vocab.hash else None, midi))
     return res
@@ -253,7 +265,7 @@ def _meter_for(model, session, asked: str | None) -> tuple[str, str]:
         return analysis.meter_name(analysis.parse_meter(asked)), "--meter"
     out = session.last
     if out is not None and getattr(out, "meter_probs", None) is not None:
-        name = model.meter_names[int(np.argmax(out.meter_probs))]
+        name = _estimate(model, out, session.tokens)["meter"]
         try:
             decoding.meter_beats(name)
             return name, "estimate"

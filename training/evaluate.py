@@ -305,21 +305,37 @@ def _readings(model, piece: EvalPiece, window: int, whole_max_tokens: int | None
     out = model.outputs_at(seq, order)
     kp = dict(names=model.key_names, parse=analysis.parse_key)
     mp = dict(names=model.meter_names, parse=analysis.parse_meter)
+    reader = meter_reader(model)
+
+    def meter(ids, head):  # the model's meter answer: rhythm + head when the model has a fusion
+        return reader.probs(ids, head) if reader is not None else head
+
+    end = order.index(reads["whole"])
     rec = {
         "first": (
-            _parse_pred(probs=out.key_probs[order.index(reads["whole"])], **kp),
-            _parse_pred(probs=out.meter_probs[order.index(reads["whole"])], **mp),
+            _parse_pred(probs=out.key_probs[end], **kp),
+            _parse_pred(probs=meter(seq, out.meter_probs[end]), **mp),
         )
     }
     for n in STREAM_BARS:
         row = order.index(reads[n])
-        rec[n] = (_parse_pred(probs=out.key_probs[row], **kp), _parse_pred(probs=out.meter_probs[row], **mp))
+        rec[n] = (
+            _parse_pred(probs=out.key_probs[row], **kp),
+            _parse_pred(probs=meter(seq[: reads[n]], out.meter_probs[row]), **mp),
+        )
     if whole_max_tokens is not None:
         music = piece.tokens[:whole_max_tokens]
         k_end, m_end, k_mean, m_mean = read_whole_piece(model, music, window)
-        rec["whole"] = (_parse_pred(probs=k_end, **kp), _parse_pred(probs=m_end, **mp))
-        rec["whole_mean"] = (_parse_pred(probs=k_mean, **kp), _parse_pred(probs=m_mean, **mp))
+        rec["whole"] = (_parse_pred(probs=k_end, **kp), _parse_pred(probs=meter(music, m_end), **mp))
+        rec["whole_mean"] = (_parse_pred(probs=k_mean, **kp), _parse_pred(probs=meter(music, m_mean), **mp))
     return rec
+
+
+def meter_reader(model):
+    """The exported model directory's typemoe.meter.MeterReader when it holds a meter fusion, else None
+    (the meter head answers alone)."""
+    reader = getattr(getattr(model, "ort", None), "meter", None)
+    return reader if reader is not None and reader.fusion is not None else None
 
 
 def _baseline_readings(vocab, piece: EvalPiece, window: int, whole_max_tokens: int | None) -> dict:

@@ -169,3 +169,29 @@ class MeterFusion:
             )
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path} is not a readable meter fusion: {err}") from err
+
+
+class MeterReader:
+    """A model directory's meter answer: the fusion of the notes' rhythm and the meter head.
+
+    Args:
+        fusion: the directory's MeterFusion (MeterFusion.load), or None: then the head alone answers.
+        vocab: the model's TypedVocab (to read notes out of token ids).
+    """
+
+    def __init__(self, fusion: MeterFusion | None, vocab):
+        from typemoe.remi_notes import RemiNotes
+
+        self.fusion = fusion
+        self.remi = RemiNotes(vocab)
+
+    def probs(self, ids, head_meter_probs: np.ndarray) -> np.ndarray:
+        """(M,) meter probabilities after hearing the token ids `ids` (control and special ids are ignored),
+        given the meter head's probabilities at their end."""
+        head = np.asarray(head_meter_probs, dtype=np.float64)
+        if self.fusion is None:
+            return head
+        onset, duration = self.remi.beats(np.asarray(ids, dtype=np.int64))
+        if len(onset) < 2:
+            return head  # no rhythm yet: nothing to fuse
+        return self.fusion.probs(rhythm_features(onset, duration), np.log(np.maximum(head, 1e-9)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,4 +80,33 @@ def read_manifest(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
                     f"{f} is corrupt: its size or sha256 differs from {MANIFEST_FILE} "
                     "(re-copy or re-export the model directory)"
                 )
+    return manifest
+
+
+def refresh_manifest(
+    model_dir: Path, *, keep_graphs: Sequence[str] | None = None, note: str = ""
+) -> dict[str, Any]:
+    """Re-list every file of a model directory in its manifest (after adding meter_fusion.json, say),
+    first deleting the ONNX graphs not in keep_graphs (a slim shipped directory). Everything else in the
+    manifest is kept; `note` goes under "shipped"."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir, verify=False)
+    if keep_graphs is not None:
+        unknown = set(keep_graphs) - set(PRECISIONS.values())
+        if unknown or not keep_graphs:
+            raise ModelDirError(
+                f"keep_graphs must name some of {sorted(PRECISIONS.values())}, got {keep_graphs}"
+            )
+        for graph in PRECISIONS.values():
+            if graph not in keep_graphs and (model_dir / graph).is_file():
+                (model_dir / graph).unlink()
+        manifest["shipped"] = {"graphs": list(keep_graphs), "why": note}
+    manifest["files"] = {
+        f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+        for f in sorted(model_dir.iterdir())
+        if f.is_file() and f.name != MANIFEST_FILE
+    }
+    tmp = model_dir / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(model_dir / MANIFEST_FILE)
     return manifest

@@ -61,6 +61,7 @@ def family_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from export.model_dir import refresh_manifest
     from export.runtime import OrtModel
 
     p = argparse.ArgumentParser(prog="python -m training.fit_meter", description=__doc__.split("\n")[0])
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     fused.info = {**report, "data": [str(d) for d in args.data], "seed": args.seed}
     if not args.dry_run:
         print(f"saved {fused.save(args.model)}")
+        if (args.model / "manifest.json").is_file():
+            refresh_manifest(args.model)  # the fusion is part of the model: its sha256 is checked at load
     return 0
 
 

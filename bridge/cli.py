@@ -6,7 +6,6 @@
     typemoe-bridge --mode manual --trigger-cc 20 --tempo 96
     typemoe-bridge --config bridge.toml              # same settings as TOML; flags win
     typemoe-bridge --demo [--model toy]              # built-in tune, no DAW; writes demo_continuation.mid
-    python -m bridge.cli ...                         # the same
 
 Runs in the foreground, logs to stderr, stops on Ctrl-C / SIGTERM with every note off.
 """
@@ -19,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bridge import config
+from bridge import config, osc_api
 from bridge.config import BridgeConfig
 
 log = logging.getLogger("bridge")
@@ -32,16 +31,16 @@ _HELP = {
     "connect_out": "connect to an existing output port whose name contains NAME",
     "no_midi": "open no MIDI ports (OSC only)",
     "out_channel": "MIDI channel of generated notes (1-16)",
-    "trigger_cc": f"CC number whose rising edge (>= 64) asks for a continuation; -1 = none (default {config.DEFAULT_TRIGGER_CC})",
-    "port_check_s": "seconds between looks for a vanished --connect-* port",
-    "osc_host": "address the OSC server binds (0.0.0.0 = all interfaces)",
+    "trigger_cc": "CC number whose rising edge (>= 64) asks for a continuation; -1 = none",
+    "port_check_s": "seconds between checks of the JACK server and of --connect-* ports",
+    "osc_host": "address the OSC server binds; anything but loopback lets the network drive the bridge",
     "osc_port": "OSC input port",
     "reply_host": "host that receives OSC replies",
     "reply_port": "port that receives OSC replies",
     "clock": "auto: follow MIDI beat clock when it arrives; internal; midi",
     "tempo": "internal tempo, BPM",
-    "latency_ms": "send notes this much early (the DAW's output latency)",
-    "model": "exported model directory, or 'toy' (rule-based, to test routing); default: the shipped model",
+    "latency_ms": "send notes this much early: the DAW's output latency (see examples/README.md)",
+    "model": "exported model directory, or 'toy' (rule-based, to test routing); none = the shipped model",
     "provider": "ONNX Runtime provider",
     "mode": "respond (call and response) | manual | analyze",
     "respond_after_beats": "respond mode: beats of silence before answering",
@@ -49,7 +48,7 @@ _HELP = {
     "max_bars": "longest continuation in bars",
     "temperature": "sampling temperature (0 = greedy)",
     "top_p": "nucleus sampling mass",
-    "seed": "sampling seed",
+    "seed": "sampling seed; none = a new one each time",
     "condition_key": "steer generation to a key, e.g. 'A minor'",
     "condition_meter": "steer generation to a meter, e.g. '6/8'",
     "inbox_size": "events queued before dropping",
@@ -61,26 +60,35 @@ _HELP = {
 }
 
 
+_METAVAR = {"connect_in": "NAME", "connect_out": "NAME", "tempo": "BPM", "temperature": "T", "model": "DIR"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="typemoe-bridge",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="OSC in: /typemoe/note, /continue, /condition, /tempo, /set, /reset, /panic, "
-        "/ping. OSC out: /typemoe/key, /meter, /note, /error, /pong.",
+        epilog=osc_api.table_text(),
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below")
     p.add_argument("--list-ports", action="store_true", help="list MIDI ports and exit")
     p.add_argument("--demo", action="store_true", help="play a built-in tune through the bridge and exit")
-    p.add_argument("--demo-out", default="demo_continuation.mid", help="MIDI file the demo writes")
-    p.add_argument("--demo-tune", default=None, help="demo tune: a MIDI file or a music21 corpus name")
-    p.add_argument("--demo-tempo", type=float, default=300.0, help="demo tempo (BPM)")
+    p.add_argument(
+        "--demo-out", default="demo_continuation.mid", metavar="FILE", help="MIDI file the demo writes"
+    )
+    p.add_argument(
+        "--demo-tune", default=None, metavar="TUNE", help="demo tune: a MIDI file, or a music21 corpus name"
+    )
+    p.add_argument("--demo-tempo", type=float, default=300.0, metavar="BPM", help="demo tempo (BPM)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every event (DEBUG)")
     defaults = BridgeConfig()
     for f in config.fields(BridgeConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else f.type.__name__
-        help_text = f"{_HELP.get(f.name, '')} (default: {getattr(defaults, f.name)})"
+        default = getattr(defaults, f.name)
+        shown = "none" if default in (None, "") else default
+        help_text = _HELP[f.name] if kind == "bool" else f"{_HELP[f.name]} (default: {shown})"
         if kind == "bool":
             p.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
         else:
@@ -97,9 +105,34 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 choices=choices,
                 help=help_text,
-                metavar=f.name.split("_")[-1].upper() if choices is None else None,
+                metavar=_METAVAR.get(f.name, f.name.split("_")[-1].upper()) if choices is None else None,
             )
     return p
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("typemoe")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def _check_condition(cfg: BridgeConfig) -> None:
+    """A bad --condition-key/--condition-meter is a usage error before anything opens (ValueError)."""
+    from typemoe import analysis
+
+    if cfg.condition_key:
+        try:
+            analysis.parse_key(cfg.condition_key)
+        except ValueError as err:
+            raise ValueError(f"--condition-key: {err}") from None
+    if cfg.condition_meter:
+        try:
+            analysis.parse_meter(cfg.condition_meter)
+        except ValueError as err:
+            raise ValueError(f"--condition-meter: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         file_values = config.load_toml(args.config) if args.config else {}
         cfg = config.make_config(file_values, **overrides)
+        _check_condition(cfg)
     except ValueError as err:
         print(f"typemoe-bridge: {err}", file=sys.stderr)
         return 2
@@ -117,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.list_ports:
         return _list_ports(cfg)
+    from bridge.demo import DemoTuneError
     from bridge.midi_io import MidiSetupError
     from bridge.model import ModelNotFoundError, load_model
 
@@ -127,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         from bridge.daemon import Bridge
 
         return asyncio.run(Bridge(cfg, model).run())
-    except (ModelNotFoundError, MidiSetupError, OSError) as err:
+    except (ModelNotFoundError, MidiSetupError, DemoTuneError, OSError) as err:
         print(f"typemoe-bridge: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C before the loop installed its handler

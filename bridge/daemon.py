@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 from bridge import osc_io
 from bridge.clock import Clock, MonotonicClock
+from bridge.coalesce import Coalescer
 from bridge.config import BridgeConfig
-from bridge.engine import Engine
-from bridge.events import MidiIn, SendMidi, SendOsc, Stop, Tick
+from bridge.engine import CONFIRM_S, Engine
+from bridge.events import MidiIn, OscIn, SendMidi, SendOsc, Stop, Tick
 from bridge.midi_io import MidiPorts
 from bridge.worker import ModelThread
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 _TRANSPORT = (0xF8, 0xFA, 0xFB, 0xFC)  # MIDI clock, Start, Continue, Stop
 _FLUSH_S = 0.05  # after the final note-offs: a few audio periods for the driver to deliver them
+_COALESCE_S = 0.05  # control messages (/condition, /tempo, /set NAME): last value wins within this window
+# Datagrams that always get into the inbox, full or not, and are handled before the rest of their batch.
+_URGENT = (b"/typemoe/ping\x00", b"/typemoe/panic\x00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +216,9 @@ class Bridge:
                 midi.open()
             if self.open_osc:
                 server = await osc_io.open_server(
-                    cfg.osc_host, cfg.osc_port, lambda d: inbox.post(_Datagram(d, now()))
+                    cfg.osc_host,
+                    cfg.osc_port,
+                    lambda d: inbox.post(_Datagram(d, now()), force=d.startswith(_URGENT)),
                 )
                 replier = osc_io.Replier(cfg.reply_host, cfg.reply_port)
             worker.start()
@@ -234,11 +240,16 @@ class Bridge:
             execute(engine.start())
             log.info("bridge ready: mode %s, clock %s, tempo %.1f", cfg.mode, cfg.clock, cfg.tempo)
             self.ready.set()
-            await self._serve(inbox, engine, midi, execute)
-            execute(engine.release_all())
-            await asyncio.sleep(_FLUSH_S)  # the pacer spreads the note-offs; the driver delivers them
-            pacer.drain()
-            await asyncio.sleep(_FLUSH_S)
+            try:
+                await self._serve(inbox, engine, midi, execute)
+            finally:  # every way out (Stop, an error, cancellation) ends the notes, twice
+                execute(engine.release_all())
+                await asyncio.sleep(max(_FLUSH_S, CONFIRM_S))  # the pacer spreads them; the driver delivers
+                pacer.drain()
+                execute(engine.confirm_now())  # the second release, for a link that dropped the first
+                await asyncio.sleep(_FLUSH_S)
+                pacer.drain()
+                await asyncio.sleep(_FLUSH_S)
         finally:
             self.ready.set()
             worker.close()
@@ -252,23 +263,67 @@ class Bridge:
 
     async def _serve(self, inbox: Inbox, engine: Engine, midi: MidiPorts, execute) -> None:
         cfg, clock = self.cfg, self.clock
-        watch_ports = self.open_midi and (cfg.connect_in is not None or cfg.connect_out is not None)
+        watch_ports = self.open_midi  # the JACK server, and --connect-* ports
         next_check = clock.now()
         next_stats = next_check + cfg.stats_every_s
+        coalescer = Coalescer(_COALESCE_S)
+
+        def handle(event) -> None:
+            try:
+                execute(engine.handle(event, clock.now()))
+            except Exception as err:  # noqa: BLE001 - one bad event must not end a performance
+                engine.stats.count("internal_errors")
+                log.error("internal error on %s: %s", type(event).__name__, osc_io.cut(repr(err)))
+
         while True:
             now = clock.now()
-            batch = await inbox.get_batch(engine.next_deadline(now) - now)
+            deadline = engine.next_deadline(now)
+            held = coalescer.deadline()
+            if held is not None:
+                deadline = min(deadline, held)
+            batch = await inbox.get_batch(deadline - now)
+            if any(isinstance(ev, Stop) for ev in batch):
+                log.info("stopping: %s", next(ev for ev in batch if isinstance(ev, Stop)).reason)
+                return
+            # Urgent datagrams (ping, panic) are decoded first: a flood of others waits behind them.
+            urgent = [ev for ev in batch if isinstance(ev, _Datagram) and ev.data.startswith(_URGENT)]
+            events: list = [e for ev in urgent for e in osc_io.decode(ev.data, ev.t)]
             for ev in batch:
-                if isinstance(ev, Stop):
-                    log.info("stopping: %s", ev.reason)
-                    return
-                for e in osc_io.decode(ev.data, ev.t) if isinstance(ev, _Datagram) else (ev,):
-                    execute(engine.handle(e, clock.now()))
+                if isinstance(ev, _Datagram):
+                    if not ev.data.startswith(_URGENT):
+                        events += osc_io.decode(ev.data, ev.t)
+                else:
+                    events.append(ev)
+            # Pings first, and one pong per batch however many pings it held (a bundle of 2,500 pings
+            # is one answer); panics next, before the notes and settings queued behind them.
+            pings = [e for e in events if isinstance(e, OscIn) and e.address == "/typemoe/ping"]
+            if pings:
+                handle(pings[0])
+                if len(pings) > 1:
+                    engine.stats.count("pings_merged", len(pings) - 1)
+            panics = [
+                i for i, e in enumerate(events) if isinstance(e, OscIn) and e.address == "/typemoe/panic"
+            ]
+            for i in panics:
+                handle(events[i])
+            for i, e in enumerate(events):
+                if isinstance(e, OscIn):
+                    if e.address in ("/typemoe/ping", "/typemoe/panic"):
+                        continue
+                    if panics and i < panics[-1] and e.address == "/typemoe/continue":
+                        continue  # asked for before the panic that was handled first: not wanted now
+                    for m in coalescer.admit(e, clock.now()):
+                        handle(m)
+                else:
+                    handle(e)
+            for m in coalescer.due(clock.now()):
+                handle(m)
             if not batch:
-                execute(engine.handle(Tick(now), clock.now()))
+                handle(Tick(now))
             now = clock.now()
             if watch_ports and now >= next_check:
-                midi.check()
+                if midi.check():  # a new output: whatever the old one left sounding must end there too
+                    execute(engine.release_all())
                 next_check = now + cfg.port_check_s
             if cfg.stats_every_s > 0 and now >= next_stats:
                 engine.stats.count("inbox_dropped", inbox.dropped - engine.stats.counts["inbox_dropped"])

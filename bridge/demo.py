@@ -35,19 +35,28 @@ class TuneNote:
     velocity: int
 
 
+class DemoTuneError(ValueError):
+    """--demo-tune names no readable tune; the message says which and why."""
+
+
+_MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
+
+
 def load_tune(source: str | Path | None = None) -> list[TuneNote]:
-    """Notes of a MIDI file, or of a music21 corpus piece name (needs music21), or of the built-in tune."""
+    """Notes of a MIDI file, or of a music21 corpus piece name (needs music21), or of the built-in tune.
+
+    Raises:
+        DemoTuneError: no such file, an unreadable one, or a corpus name that cannot be found.
+    """
     path = Path(source) if source is not None else DEMO_TUNE
     if source is not None and not path.exists():
-        import tempfile
-
-        from music21 import corpus  # optional: only for corpus names
-
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "tune.mid"
-            corpus.parse(str(source)).write("midi", fp=str(out))
-            return load_tune(out)
-    score = symusic.Score(str(path))
+        if path.suffix.lower() in _MIDI_SUFFIXES or len(path.parts) > 1:
+            raise DemoTuneError(f"--demo-tune: no MIDI file {str(source)!r}")
+        return _corpus_tune(str(source))
+    try:
+        score = symusic.Score(str(path))
+    except Exception as err:  # noqa: BLE001 - symusic raises plain RuntimeError/ValueError on bad files
+        raise DemoTuneError(f"--demo-tune: cannot read {str(path)!r} as MIDI: {err}") from None
     tpq = score.ticks_per_quarter
     notes = [
         TuneNote(n.time / tpq, max(n.duration / tpq, 0.05), n.pitch, n.velocity or 80)
@@ -55,7 +64,28 @@ def load_tune(source: str | Path | None = None) -> list[TuneNote]:
         if not track.is_drum
         for n in track.notes
     ]
+    if not notes:
+        raise DemoTuneError(f"--demo-tune: {str(path)!r} has no pitched notes")
     return sorted(notes, key=lambda n: (n.onset, n.pitch))
+
+
+def _corpus_tune(name: str) -> list[TuneNote]:
+    import tempfile
+
+    try:
+        from music21 import corpus  # optional: only for corpus names
+    except ModuleNotFoundError:
+        raise DemoTuneError(
+            f"--demo-tune: {name!r} is not a file, and music21 (for corpus names) is not installed"
+        ) from None
+    try:
+        score = corpus.parse(name)
+    except Exception as err:  # noqa: BLE001 - music21 raises its own CorpusException
+        raise DemoTuneError(f"--demo-tune: {name!r} is neither a file nor a music21 corpus work") from err
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tune.mid"
+        score.write("midi", fp=str(out))
+        return load_tune(out)
 
 
 def write_midi(path: Path, tune: list[TuneNote], continuation: list[tuple[float, float, int, int]]) -> None:

@@ -33,6 +33,7 @@ from bridge.events import (
     MidiIn,
     ModelFailed,
     OscIn,
+    Probe,
     Recondition,
     ResetModel,
     SendMidi,
@@ -51,6 +52,22 @@ _GRID = 4  # wake-ups per beat (the tokenizer's grid), for bar reports and respo
 _EARLY_S = 0.001
 _SILENCE_RETRIES = 2  # a continuation without notes is sampled again, at most this many times
 _ERRORS_PER_S = 20.0  # /typemoe/error replies (and warnings) per second at most
+# A stop that cut sounding notes sends their note-offs again this much later (and All Notes Off on the
+# channels used once nothing sounds), and a continuation that ended by itself gets the same late All Notes
+# Off: a MIDI link that loses events under load then still ends every note. (Measured: a JACK dummy server
+# at 64-frame periods with both cores busy lost 48 of 11,840 events between two plain rtmidi clients, none
+# when idle; the losses are single events in overrun periods, so a second release 60 ms later gets
+# through.) 60 ms is a few audio periods at any common size and well under a beat.
+CONFIRM_S = 0.06
+_ERROR_CHARS = 200  # an error text is cut to this many characters (reply and log line)
+# Hysteresis of the readout: the reported key (meter) changes only when the new estimate's probability
+# beats the reported one's, in the same final analysis, by this margin (provisional analyses of held notes
+# never change it). Relative keys (A major / F# minor) share their notes and their probabilities cross
+# back and forth on ambiguous bars. Measured with `bridge.bench` on the demo chorale (first 96 beats, the
+# shipped model): 26.6 key changes a minute at 0.15 when provisional analyses could change the key, 10.6 at
+# 0.15 without, 5.3 at 0.25 without; a real modulation moves the probabilities by more and gets through.
+KEY_MARGIN = 0.25
+METER_MARGIN = 0.15
 
 
 @dataclass
@@ -109,23 +126,32 @@ class Engine:
         self._queue: list[
             tuple
         ] = []  # (beat, order, seq, pitch, velocity, duration) heap; order 0 = off, 1 = on
-        self._sounding: dict[int, int] = {}  # pitch -> seq of the generated note sounding
+        self._sounding: dict[tuple[int, int], int] = {}  # (channel, pitch) -> seq of the note sounding
+        self._used: set[int] = set()  # channels with notes sent since their last All Notes Off
+        self._confirm: list[tuple[float, int, int]] = []  # (time, channel, pitch) to release again
+        self._now = now
         self._seq = 0
         self._synced = False
         self._controls = (cfg.condition_key, cfg.condition_meter)
+        self._control_ids = tuple(vocab.control_ids(key=self._controls[0], meter=self._controls[1]))
         self._waiting_off: float | None = None  # stamp of a note-off whose note is not yet in the stream
 
     # ---- public ------------------------------------------------------------------------------------------
     def start(self) -> list:
-        """Initial actions (the configured condition)."""
+        """Initial actions: All Notes Off on the output channel (a crashed run may have left a note on; it
+        is sent again CONFIRM_S later), then the configured condition."""
+        out: list = [SendMidi(mp.all_notes_off(self.cfg.out_channel - 1))]
+        self._used.add(self.cfg.out_channel - 1)  # and again CONFIRM_S later, as after any stop
+        self._confirm.append((self._now + CONFIRM_S, -1, -1))
         if any(self._controls):
-            return [
+            out.append(
                 Recondition(tuple(self.vocab.control_ids(key=self._controls[0], meter=self._controls[1])))
-            ]
-        return []
+            )
+        return out
 
     def handle(self, event, now: float) -> list:
         out: list = []
+        self._now = max(self._now, now)
         if isinstance(event, MidiIn):
             self._midi(event, out)
         elif isinstance(event, OscIn):
@@ -155,13 +181,22 @@ class Engine:
         t = self.clock.time_at((math.floor(beat * _GRID - 0.5 + 1e-6) + 1.5 + 1e-3) / _GRID)  # after now
         if self._queue:
             t = min(t, self.clock.time_at(self._queue[0][0]) - self.cfg.latency_s - _EARLY_S)
+        if self._confirm:
+            t = min(t, min(c[0] for c in self._confirm))
         return t
 
     def release_all(self) -> list:
-        """Note-off for every generated note sounding, then All Notes Off (shutdown, panic)."""
+        """Note-off for every generated note sounding (on its channel), then All Notes Off on every channel
+        used and on the output channel (shutdown, panic)."""
         out: list = []
-        self._stop_playback(out)
-        out.append(SendMidi(mp.all_notes_off(self.cfg.out_channel - 1)))
+        self._used.add(self.cfg.out_channel - 1)
+        self._stop_playback(out, force=True)
+        return out
+
+    def confirm_now(self) -> list:
+        """The delayed second release, at once (shutdown: the process will not be there later)."""
+        out: list = []
+        self._confirm_due(math.inf, out)
         return out
 
     @property
@@ -187,12 +222,12 @@ class Engine:
                     self.clock.on_pulse(ev.t)
                 elif m.status == mp.START:
                     self.clock.on_start()
-                    self._stop_playback(out)
+                    self._stop_playback(out, force=True)
                 elif m.status == mp.CONTINUE:
                     self.clock.on_continue()
                 else:
                     self.clock.on_stop()
-                    self._stop_playback(out)
+                    self._stop_playback(out, force=True)
             elif isinstance(m, mp.SongPosition):
                 self.clock.on_song_position(m.sixteenths)
 
@@ -216,6 +251,9 @@ class Engine:
             log.debug("note on %d vel %d at beat %.3f", pitch, velocity, beat)
             self._held[pitch] = beat - self._origin
             self._feed(self._tok.note_on(pitch, velocity, beat - self._origin), t, out)
+            # The note is final only when it ends (its duration is a token): analyse at once with what is
+            # known, the held notes as long as they are so far, on a fork the model throws away.
+            out.append(Probe(tuple(self._tok.provisional(beat - self._origin)), t))
             if self._phrase is None:
                 self._phrase = [beat, beat]
         elif pitch in self._held:
@@ -264,6 +302,7 @@ class Engine:
             self._report(out, key=True, meter=True)
         self._maybe_respond(now, out)
         self._play_due(now, out)
+        self._confirm_due(now, out)
 
     def _maybe_respond(self, now: float, out: list) -> None:
         if (
@@ -282,12 +321,26 @@ class Engine:
         self._request(bars, now, out)
 
     # ---- analysis out --------------------------------------------------------------------------------------
+    @staticmethod
+    def _hold(names: list[str], probs, current: tuple[str, float] | None, margin: float) -> tuple[str, float]:
+        """The estimate to report: the argmax, unless the reported one is within `margin` of it."""
+        best = int(probs.argmax())
+        if current is not None and current[0] in names:
+            i = names.index(current[0])
+            if float(probs[best]) < float(probs[i]) + margin:
+                best = i
+        return names[best], float(probs[best])
+
     def _analysis(self, ev: Analysis, now: float, out: list) -> None:
-        k, m = int(ev.key_probs.argmax()), int(ev.meter_probs.argmax())
-        key = (self.key_names[k], float(ev.key_probs[k]))
-        meter = (self.meter_names[m], float(ev.meter_probs[m]))
+        # A provisional analysis (held notes, lengths so far) refreshes the reported estimate's confidence
+        # but never changes it: changes need the final notes.
+        margin = math.inf if ev.provisional else 0.0
+        key = self._hold(self.key_names, ev.key_probs, self._key, KEY_MARGIN + margin)
+        meter = self._hold(self.meter_names, ev.meter_probs, self._meter, METER_MARGIN + margin)
         new_key = self._key is None or self._key[0] != key[0] or self.cfg.analysis_every_note
         new_meter = self._meter is None or self._meter[0] != meter[0] or self.cfg.analysis_every_note
+        if new_key and self._key is not None and self._key[0] != key[0]:
+            self.stats.count("key_changes")
         self._key, self._meter = key, meter
         if new_key:
             self.stats.add("analysis_ms", (now - ev.cause_t) * 1000.0)
@@ -357,7 +410,10 @@ class Engine:
                 log.info("the model continued with silence %d times; giving up", p.attempt + 1)
             else:
                 log.info(
-                    "continuation: %d notes over %.1f bars from beat %.2f", p.n_notes, p.bars, p.first + p.shift
+                    "continuation: %d notes over %.1f bars from beat %.2f",
+                    p.n_notes,
+                    p.bars,
+                    p.first + p.shift,
                 )
 
     def _schedule(self, n: BeatNote) -> None:
@@ -368,27 +424,55 @@ class Engine:
     def _play_due(self, now: float, out: list) -> None:
         ch = self.cfg.out_channel - 1
         horizon = self.clock.beat_at(now + self.cfg.latency_s + _EARLY_S)
+        was_playing = bool(self._queue)
         while self._queue and self._queue[0][0] <= horizon:
             beat, order, seq, pitch, velocity, duration = heapq.heappop(self._queue)
             if order == 1:
-                if pitch in self._sounding:
+                if (ch, pitch) in self._sounding:
                     out.append(SendMidi(mp.note_off(pitch, ch)))
                 out.append(SendMidi(mp.note_on(pitch, velocity, ch)))
                 out.append(SendOsc("/typemoe/note", (pitch, velocity, float(beat), float(duration))))
-                self._sounding[pitch] = seq
-            elif self._sounding.get(pitch) == seq:
+                self._sounding[(ch, pitch)] = seq
+                self._used.add(ch)
+            elif self._sounding.get((ch, pitch)) == seq:
                 out.append(SendMidi(mp.note_off(pitch, ch)))
-                del self._sounding[pitch]
+                del self._sounding[(ch, pitch)]
+        if was_playing and not self.playing and self._pending is None:  # the continuation ended
+            self._confirm.append((now + CONFIRM_S, -1, -1))  # then All Notes Off if nothing sounds
 
-    def _stop_playback(self, out: list) -> None:
-        ch = self.cfg.out_channel - 1
+    def _stop_playback(self, out: list, *, force: bool = False) -> None:
+        """End playback: cancel the generation, note-off for each sounding note on the channel it was
+        played on, All Notes Off on every channel used, and a delayed second release of the cut notes.
+        Without `force`, a stop with nothing to stop sends nothing."""
+        active = bool(self._queue or self._sounding or self._pending is not None)
         self._queue.clear()
         if self._pending is not None:
             out.append(CancelGenerate(self._pending.request_id))
         self._pending = None
-        for pitch in self._sounding:
+        for ch, pitch in self._sounding:
             out.append(SendMidi(mp.note_off(pitch, ch)))
+            self._confirm.append((self._now + CONFIRM_S, ch, pitch))
         self._sounding.clear()
+        if active or force:
+            for ch in sorted(self._used):
+                out.append(SendMidi(mp.all_notes_off(ch)))
+            if self._used:
+                self._confirm.append((self._now + CONFIRM_S, -1, -1))
+
+    def _confirm_due(self, now: float, out: list) -> None:
+        """The second release: note-off again for cut notes not sounding anew, then All Notes Off on the
+        channels used once nothing sounds (a burst may have lost the first ones on the way)."""
+        if not self._confirm or min(c[0] for c in self._confirm) > now:
+            return
+        due = [c for c in self._confirm if c[0] <= now]
+        self._confirm = [c for c in self._confirm if c[0] > now]
+        for _, ch, pitch in due:
+            if ch >= 0 and (ch, pitch) not in self._sounding:
+                out.append(SendMidi(mp.note_off(pitch, ch)))
+        if not self._sounding and not self._queue:
+            for ch in sorted(self._used):
+                out.append(SendMidi(mp.all_notes_off(ch)))
+            self._used.clear()
 
     # ---- OSC commands ----------------------------------------------------------------------------------------
     def _command(self, cmd, t: float, out: list) -> None:
@@ -397,10 +481,11 @@ class Engine:
         elif isinstance(cmd, osc_api.ContinueCmd):
             self._request(cmd.bars, t, out)
         elif isinstance(cmd, osc_api.ConditionCmd):
-            ids = self.vocab.control_ids(key=cmd.key, meter=cmd.meter)  # ValueError names a bad key/meter
-            self._controls = (cmd.key, cmd.meter)
-            log.info("condition: key %r meter %r", cmd.key or "free", cmd.meter or "free")
-            out.append(Recondition(tuple(ids)))
+            ids = tuple(self.vocab.control_ids(key=cmd.key, meter=cmd.meter))  # ValueError names a bad one
+            if ids != self._control_ids:  # a knob resending the same value costs nothing
+                self._controls, self._control_ids = (cmd.key, cmd.meter), ids
+                log.info("condition: key %r meter %r", cmd.key or "free", cmd.meter or "free")
+                out.append(Recondition(ids))
         elif isinstance(cmd, osc_api.TempoCmd):
             if self.clock.synced(t) or self.cfg.clock == "midi":
                 raise osc_api.OscInputError(
@@ -409,6 +494,8 @@ class Engine:
             self.clock.set_tempo(cmd.bpm, t)
             log.info("tempo %.1f BPM", cmd.bpm)
         elif isinstance(cmd, osc_api.SetCmd):
+            if cmd.name == "out_channel" and cmd.value != self.cfg.out_channel:
+                self._stop_playback(out)  # its notes end on the channel they were played on
             self.cfg = replace(self.cfg, **{cmd.name: cmd.value})  # __post_init__ validates
             self._notes_in.rate = self.cfg.max_notes_per_s
             if cmd.name == "mode" and cmd.value == "analyze":
@@ -419,8 +506,10 @@ class Engine:
         elif cmd.name == "panic":
             out += self.release_all()
             self._phrase = None
-        else:
+        elif cmd.name == "reset":
             self._reset(out)
+        else:
+            raise osc_api.OscInputError(f"no handler for {cmd!r}")
 
     def _reset(self, out: list) -> None:
         self._stop_playback(out)
@@ -433,6 +522,8 @@ class Engine:
         log.info("context reset")
 
     def _error(self, message: str, t: float, out: list) -> None:
+        if len(message) > _ERROR_CHARS:
+            message = f"{message[: _ERROR_CHARS - 24]}... ({len(message) - _ERROR_CHARS + 24} more chars)"
         self.stats.count("errors")
         if self._errors.take(t):
             log.warning("bad input: %s", message)

@@ -53,6 +53,7 @@ class Analysis:
     meter_probs: np.ndarray  # (n_meters,)
     cause_t: float  # stamp of the oldest input whose tokens this includes
     t: float
+    provisional: bool = False  # from a Probe: held notes counted with their length so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,15 @@ class Feed:
 
 
 @dataclass(frozen=True, slots=True)
+class Probe:
+    """Analyse the context plus these ids on a throwaway fork (held notes with their length so far); the
+    context itself is unchanged. Only the newest waiting Probe runs."""
+
+    ids: tuple[int, ...]
+    cause_t: float
+
+
+@dataclass(frozen=True, slots=True)
 class Recondition:
     """Replace the control-token prefix; the context is re-prefilled behind it."""
 
@@ -140,4 +150,4 @@ class CancelGenerate:
     request_id: int
 
 
-Action = SendMidi | SendOsc | Feed | Recondition | ResetModel | Generate | CancelGenerate
+Action = SendMidi | SendOsc | Feed | Probe | Recondition | ResetModel | Generate | CancelGenerate

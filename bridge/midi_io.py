@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from collections import deque
@@ -37,6 +38,34 @@ WINDOWS_HELP = (
 
 class MidiSetupError(RuntimeError):
     """The MIDI backend or a port cannot be opened; the message says what to do."""
+
+
+_SERVER_DOWN_REPEAT_S = 10.0  # while the JACK server is gone, the error is logged again this often
+_KNOCK_EVERY = 6  # the socket file is looked at on every check; connected to (a killed server?) every 6th
+
+
+def jack_server_socket() -> str:
+    """Where jackd (JACK2, Linux) listens for clients: /dev/shm/jack_<server>_<uid>_0."""
+    server = os.environ.get("JACK_DEFAULT_SERVER") or "default"
+    return f"/dev/shm/jack_{server}_{os.getuid()}_0"
+
+
+def jack_server_identity(path: str, *, knock: bool = True) -> tuple[int, int] | None:
+    """(inode, ctime) of a JACK server's socket, or None when there is none (or, with `knock`, when no
+    server answers there).
+
+    A stopped server removes its socket; a killed one leaves it behind, and only a connect() tells a live
+    one from that. A restarted server has a new socket (another inode): our ports on the old one are gone.
+    """
+    try:
+        st = os.stat(path)
+        if knock:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(0.2)
+                s.connect(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_ctime_ns)
 
 
 def _api_order(name: str) -> list[int]:
@@ -147,6 +176,10 @@ class MidiPorts:
         self.api = ""
         self.dropped = 0
         self._warned: set[str] = set()
+        self._server: tuple[str, tuple[int, int]] | None = None  # JACK: socket path and identity at open
+        self._lost_since: float | None = None  # the JACK server went away at this time.monotonic()
+        self._lost_logged = 0.0
+        self._checks = 0
 
     def open(self) -> None:
         """Open the backend and the ports.
@@ -180,7 +213,15 @@ class MidiPorts:
             raise MidiSetupError(WINDOWS_HELP) from err
         except rtmidi.RtMidiError as err:
             raise MidiSetupError(f"cannot create a virtual MIDI port on {self.api}: {err}") from err
-        self.check()
+        self._server = None
+        if self.api == "jack":
+            path = jack_server_socket()
+            ident = jack_server_identity(path)
+            if ident is not None:
+                self._server = (path, ident)
+            else:
+                log.info("JACK server socket %s not found: a lost server will not be detected", path)
+        self._follow_ports()
 
     def _callback(self, message: tuple[list[int], float], _data: object = None) -> None:
         self._on_message(tuple(message[0]), self._stamper.stamp(message[1]))
@@ -207,7 +248,61 @@ class MidiPorts:
             self.dropped += 1
             log.debug("MIDI send failed: %s", err)
 
-    def check(self) -> None:
+    def check(self) -> bool:
+        """Watch the JACK server and the --connect-* ports (call it from the loop every few 100 ms).
+
+        A lost JACK server is logged as an error (again every 10 s while it is gone), and the ports are
+        re-opened when a server answers again. Returns True when the output was (re)opened, so that the
+        caller can release every note there.
+        """
+        out_before = self._out_target
+        if self._server is not None or self._lost_since is not None:
+            if self._check_server():
+                return True
+            if self._lost_since is not None:
+                return False
+        self._follow_ports()
+        return self.cfg.connect_out is not None and self._out_target is not None and out_before is None
+
+    def _check_server(self) -> bool:
+        path = self._server[0] if self._server is not None else jack_server_socket()
+        self._checks += 1
+        ident = jack_server_identity(
+            path, knock=self._lost_since is not None or self._checks % _KNOCK_EVERY == 0
+        )
+        now = time.monotonic()
+        if self._lost_since is None:
+            if ident == self._server[1]:
+                return False
+            self._lost_since = self._lost_logged = now
+            log.error(
+                "JACK server %s: MIDI in and out are dead (%s); waiting for it to come back",
+                "restarted" if ident is not None else "is gone",
+                "our ports were on the old server" if ident is not None else f"no server answers at {path}",
+            )
+        if ident is None:
+            if now - self._lost_logged >= _SERVER_DOWN_REPEAT_S:
+                self._lost_logged = now
+                log.error("JACK server still gone after %.0f s: MIDI is dead", now - self._lost_since)
+            return False
+        try:
+            self.close()
+            self.open()
+        except MidiSetupError as err:
+            log.error("JACK server is back but the ports cannot be re-opened: %s", err)
+            self._server = (path, ident)  # tried again at the next check
+            self._in = self._out = None
+            return False
+        log.warning("JACK server is back after %.1f s: MIDI ports re-opened", now - self._lost_since)
+        self._lost_since = None
+        return True
+
+    @property
+    def lost(self) -> bool:
+        """True while the JACK server is gone (MIDI in and out are dead)."""
+        return self._lost_since is not None
+
+    def _follow_ports(self) -> None:
         """Follow --connect-* ports: notice one that vanished, reconnect one that (re)appeared."""
         if self.cfg.connect_in is not None and self._in is not None:
             self._in_target = self._follow(self._in, self.cfg.connect_in, self._in_target, "in")
@@ -253,6 +348,8 @@ class MidiPorts:
         self._quiesce_input()
         for port in (self._in, self._out):
             if port is not None:
-                port.close_port()
+                with contextlib.suppress(rtmidi.RtMidiError):
+                    port.close_port()
                 port.delete()
         self._in = self._out = None
+        self._in_target = self._out_target = None

@@ -1,4 +1,4 @@
-"""The OSC address table (DESIGN.md section 8): address -> argument checking -> a typed command.
+"""The OSC protocol as one table (`ADDRESSES`): address -> argument checking -> a typed command.
 
 Pure: no sockets. `parse_command(address, args)` returns a command object or raises `OscInputError` whose
 message is what /typemoe/error replies. Max sends integers as `i`, Pd sends every number as `f`: numeric
@@ -75,20 +75,20 @@ _FIELD_TYPES = {f: t for f, t in config.BridgeConfig.__annotations__.items()}
 
 def _number(x: object, what: str) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise OscInputError(f"{what} must be a number, got {x!r}")
+        raise OscInputError(f"{what} must be a number, got {_short(x)}")
     return float(x)
 
 
 def _integer(x: object, what: str, lo: int, hi: int) -> int:
     v = _number(x, what)
     if v != int(v) or not lo <= v <= hi:
-        raise OscInputError(f"{what} must be a whole number in {lo}..{hi}, got {x!r}")
+        raise OscInputError(f"{what} must be a whole number in {lo}..{hi}, got {_short(x)}")
     return int(v)
 
 
 def _string(x: object, what: str) -> str:
     if not isinstance(x, str):
-        raise OscInputError(f"{what} must be a string, got {x!r}")
+        raise OscInputError(f"{what} must be a string, got {_short(x)}")
     return x
 
 
@@ -97,9 +97,87 @@ def _free(x: str) -> str:
     return "" if x.strip().lower() in ("", "free", "none", "-") else x
 
 
-def _arity(address: str, args: tuple, lo: int, hi: int, usage: str) -> None:
-    if not lo <= len(args) <= hi:
-        raise OscInputError(f"{address} takes {usage}; got {len(args)} argument(s) {args!r}")
+def _note(args: tuple) -> NoteCmd:
+    channel = _integer(args[2], "channel", 1, 16) - 1 if len(args) == 3 else 0
+    return NoteCmd(_integer(args[0], "pitch", 0, 127), _integer(args[1], "velocity", 0, 127), channel)
+
+
+def _continue(args: tuple) -> ContinueCmd:
+    if not args:
+        return ContinueCmd(None)
+    bars = _number(args[0], "bars")
+    if not 0.25 <= bars <= 64:
+        raise OscInputError(f"bars must be in 0.25..64, got {bars}")
+    return ContinueCmd(bars)
+
+
+def _condition(args: tuple) -> ConditionCmd:
+    key = _free(_string(args[0], "key"))
+    return ConditionCmd(key, _free(_string(args[1], "meter")) if len(args) > 1 else "")
+
+
+def _tempo(args: tuple) -> TempoCmd:
+    bpm = _number(args[0], "bpm")
+    if not 20 <= bpm <= 400:
+        raise OscInputError(f"bpm must be in 20..400, got {bpm}")
+    return TempoCmd(bpm)
+
+
+def _set(args: tuple) -> SetCmd:
+    key = _string(args[0], "setting name")
+    key = _ALIASES.get(key, key)
+    if key not in SETTABLE:
+        raise OscInputError(f"unknown setting {_short(args[0])}; settable: {', '.join(SETTABLE)}")
+    return SetCmd(key, _coerce(key, args[1]))
+
+
+@dataclass(frozen=True)
+class Address:
+    """One row of the protocol: /typemoe/<name>, its arguments, what it does, and its parser."""
+
+    name: str
+    min_args: int
+    max_args: int
+    usage: str
+    doc: str
+    parse: object  # (args) -> command
+
+
+# The whole input protocol. The help text and the README's table are generated from it (`table_text`);
+# an address not listed here is an error, never a default action.
+ADDRESSES = (
+    Address("note", 2, 3, "pitch i, velocity i [, channel i]", "a performer note (velocity 0 = off)", _note),
+    Address("continue", 0, 1, "[bars f]", "ask for a continuation now", _continue),
+    Address("condition", 1, 2, "key s [, meter s]", 'steer key/meter ("" or "free" = free)', _condition),
+    Address("tempo", 1, 1, "bpm f", "internal clock tempo (ignored while following MIDI clock)", _tempo),
+    Address("set", 2, 2, "name s, value", "change a setting (see 'settable' below)", _set),
+    Address("reset", 0, 0, "", "forget the performer's context", lambda a: SimpleCmd("reset")),
+    Address("panic", 0, 0, "", "stop playback: note-offs, then All Notes Off", lambda a: SimpleCmd("panic")),
+    Address("ping", 0, 0, "", "answered with /typemoe/pong", lambda a: SimpleCmd("ping")),
+)
+_BY_NAME = {a.name: a for a in ADDRESSES}
+REPLIES = (
+    ("key", "name s, confidence f", "the key estimate, on change and every bar"),
+    ("meter", "name s, confidence f", "the meter estimate, on change and every bar"),
+    ("note", "pitch i, velocity i, beat f, dur f", "each generated note as it is sent"),
+    ("error", "message s", "why an input message was refused"),
+    ("pong", "", "the answer to /typemoe/ping"),
+)
+
+
+def table_text() -> str:
+    """The protocol as a plain-text table (CLI help, docs)."""
+    rows = ["OSC in (to --osc-port):"]
+    rows += [f"  {PREFIX}{a.name:<10} {a.usage:<36} {a.doc}" for a in ADDRESSES]
+    rows.append("OSC out (to --reply-port):")
+    rows += [f"  {PREFIX}{n:<10} {u:<36} {d}" for n, u, d in REPLIES]
+    rows.append("settable: " + ", ".join(SETTABLE))
+    return "\n".join(rows)
+
+
+def _short(x: object, limit: int = 80) -> str:
+    text = repr(x) if not isinstance(x, tuple) or len(x) < 16 else f"({len(x)} values)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_command(address: str, args: tuple):
@@ -109,43 +187,14 @@ def parse_command(address: str, args: tuple):
         OscInputError: unknown address, wrong argument count or types, values out of range.
     """
     if not address.startswith(PREFIX):
-        raise OscInputError(f"unknown address {address!r}; the bridge listens to /typemoe/...")
-    name = address[len(PREFIX) :]
-    if name == "note":
-        _arity(address, args, 2, 3, "pitch i, velocity i [, channel i]")
-        channel = _integer(args[2], "channel", 1, 16) - 1 if len(args) == 3 else 0
-        return NoteCmd(_integer(args[0], "pitch", 0, 127), _integer(args[1], "velocity", 0, 127), channel)
-    if name == "continue":
-        _arity(address, args, 0, 1, "[bars f]")
-        if not args:
-            return ContinueCmd(None)
-        bars = _number(args[0], "bars")
-        if not 0.25 <= bars <= 64:
-            raise OscInputError(f"bars must be in 0.25..64, got {bars}")
-        return ContinueCmd(bars)
-    if name == "condition":
-        _arity(address, args, 1, 2, 'key s, meter s ("" or "free" = free)')
-        key = _free(_string(args[0], "key"))
-        return ConditionCmd(key, _free(_string(args[1], "meter")) if len(args) > 1 else "")
-    if name == "tempo":
-        _arity(address, args, 1, 1, "bpm f")
-        bpm = _number(args[0], "bpm")
-        if not 20 <= bpm <= 400:
-            raise OscInputError(f"bpm must be in 20..400, got {bpm}")
-        return TempoCmd(bpm)
-    if name == "set":
-        _arity(address, args, 2, 2, "name s, value")
-        key = _string(args[0], "setting name")
-        key = _ALIASES.get(key, key)
-        if key not in SETTABLE:
-            raise OscInputError(f"unknown setting {args[0]!r}; settable: {', '.join(SETTABLE)}")
-        return SetCmd(key, _coerce(key, args[1]))
-    if name in ("reset", "panic", "ping"):
-        _arity(address, args, 0, 0, "no arguments")
-        return SimpleCmd(name)
-    raise OscInputError(
-        f"unknown address {address!r}; known: note, continue, condition, tempo, set, reset, panic, ping"
-    )
+        raise OscInputError(f"unknown address {_short(address)}; the bridge listens to /typemoe/...")
+    row = _BY_NAME.get(address[len(PREFIX) :])
+    if row is None:
+        raise OscInputError(f"unknown address {_short(address)}; known: {', '.join(_BY_NAME)}")
+    if not row.min_args <= len(args) <= row.max_args:
+        usage = row.usage or "no arguments"
+        raise OscInputError(f"{address} takes {usage}; got {len(args)} argument(s) {_short(args)}")
+    return row.parse(args)
 
 
 def _coerce(name: str, value: object) -> object:

@@ -89,7 +89,8 @@ class ToySession:
     def _key_probs(self) -> np.ndarray:
         if self._pc.sum() == 0:
             return np.full(24, 1 / 24)
-        scores = [np.corrcoef(self._pc, np.roll(p, k))[0, 1] for p in (_MAJOR, _MINOR) for k in range(12)]
+        with np.errstate(invalid="ignore", divide="ignore"):  # one pitch class: no correlation (nan -> 0)
+            scores = [np.corrcoef(self._pc, np.roll(p, k))[0, 1] for p in (_MAJOR, _MINOR) for k in range(12)]
         z = np.exp(8.0 * np.nan_to_num(np.asarray(scores)))
         return z / z.sum()
 

@@ -9,9 +9,8 @@ steps: a performer's note is analysed within one decode step even while a contin
 Each finished note is posted at once (Generated chunks; the last has done=True), so the first note can be
 scheduled a few tokens after the trigger instead of after the whole continuation.
 
-The context is `[BOS] + control tokens + music`. The KV cache grows by the new ids only. Before it would
-overflow, the thread re-prefills itself (the control prefix first, then the recent music from a Bar token
-on), so the control prefix never slides out of the window.
+What the context holds and when it is rebuilt is decided by bridge.context.ContextPolicy (pure, tested
+without threads); this thread only carries out its plans on the session.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bridge.context import ContextPolicy, Plan
 from bridge.events import (
     Analysis,
     CancelGenerate,
@@ -31,6 +31,7 @@ from bridge.events import (
     Generate,
     Generated,
     ModelFailed,
+    Probe,
     Recondition,
     ResetModel,
 )
@@ -63,11 +64,12 @@ class ModelThread:
         self._post = post
         self._now = now
         self._ctx = int(model.context_len)
-        self._reserve = reserve if reserve is not None else self._ctx // 4
-        self._bos = int(model.vocab.bos_id)
-        self._bar = int(model.vocab.id("Bar_None"))
-        self._controls: tuple[int, ...] = ()
-        self._history: deque[int] = deque(maxlen=self._ctx)
+        self._policy = ContextPolicy(
+            context_len=self._ctx,
+            reserve=reserve if reserve is not None else self._ctx // 4,
+            bos=int(model.vocab.bos_id),
+            bar=int(model.vocab.id("Bar_None")),
+        )
         self._jobs: deque = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -95,6 +97,17 @@ class ModelThread:
             last = self._jobs[-1] if self._jobs else None
             if isinstance(action, Feed) and isinstance(last, Feed):
                 self._jobs[-1] = Feed(last.ids + action.ids, min(last.cause_t, action.cause_t))
+            elif isinstance(action, Recondition | ResetModel):
+                # Each re-prefills the whole context, so a queued one that has not run yet is superseded:
+                # a knob sending 100 values a second costs one re-prefill per model call, not one per value.
+                # A reset also drops the queued feeds (their music is forgotten) but keeps a queued
+                # Recondition (the controls survive a reset).
+                drop = Recondition if isinstance(action, Recondition) else (ResetModel, Feed, Probe)
+                self._jobs = deque(j for j in self._jobs if not isinstance(j, drop))
+                self._jobs.append(action)
+            elif isinstance(action, Probe):  # only the newest matters
+                self._jobs = deque(j for j in self._jobs if not isinstance(j, Probe))
+                self._jobs.append(action)
             elif isinstance(action, Generate | CancelGenerate):
                 self._jobs = deque(j for j in self._jobs if not isinstance(j, Generate))
                 self._jobs.append(action)
@@ -108,7 +121,7 @@ class ModelThread:
 
     # ---- the thread ------------------------------------------------------------------------------------
     def _run(self) -> None:
-        self._prime()
+        self._apply(self._policy.rebuild())
         while True:
             with self._cond:
                 while not self._jobs and self._gen is None and not self._closed:
@@ -132,7 +145,7 @@ class ModelThread:
                     self._post(Generated(gen.request_id, (), f"generation failed: {err}", self._now()))
                 else:
                     self._post(ModelFailed(f"model failed: {err}", self._now()))
-                    self._prime()
+                    self._apply(self._policy.reset())
             finally:
                 self.busy = False
 
@@ -151,14 +164,22 @@ class ModelThread:
 
     def _do(self, job) -> None:
         if isinstance(job, Feed):
-            self._history.extend(job.ids)
-            if self._session.n_past + len(job.ids) > self._ctx - self._reserve:
-                out = self._prime(keep=self._ctx // 2)
-            else:
-                out = self._session.feed(list(job.ids))
+            out = self._apply(self._policy.feed(job.ids, self._session.n_past))
             if out is not None:
                 self._post(
                     Analysis(np.asarray(out.key_probs), np.asarray(out.meter_probs), job.cause_t, self._now())
+                )
+        elif isinstance(job, Probe):
+            if job.ids and self._session.n_past + len(job.ids) < self._ctx:
+                out = self._session.fork().feed(list(job.ids))
+                self._post(
+                    Analysis(
+                        np.asarray(out.key_probs),
+                        np.asarray(out.meter_probs),
+                        job.cause_t,
+                        self._now(),
+                        provisional=True,
+                    )
                 )
         elif isinstance(job, Generate):  # replaces any generation in progress (its request is stale)
             steps = self._session.fork().generate_steps(
@@ -169,21 +190,17 @@ class ModelThread:
             if self._gen is not None and self._gen.job.request_id == job.request_id:
                 self._gen = None
         elif isinstance(job, Recondition):
-            self._controls = tuple(job.controls)
-            self._prime(keep=self._ctx // 2)
+            self._apply(self._policy.recondition(job.controls))
         elif isinstance(job, ResetModel):
-            self._history.clear()
-            self._prime()
+            self._apply(self._policy.reset())
         else:
             raise AssertionError(f"unknown model job {job!r}")
 
-    def _prime(self, keep: int = 0):
-        """New session fed with BOS + controls + up to `keep` recent music tokens starting at a Bar."""
-        music = list(self._history)[-keep:] if keep else []
-        if music and music[0] != self._bar:
-            music = music[music.index(self._bar) :] if self._bar in music else []
-        self._history = deque(music, maxlen=self._ctx)
-        self._session = self._model.session()
-        out = self._session.feed([self._bos, *self._controls, *music])
-        log.debug("context primed: %d controls, %d music tokens", len(self._controls), len(music))
-        return out if music else None
+    def _apply(self, plan: Plan):
+        """Carry out a context plan; the model's output when it read music, else None."""
+        if plan.rebuild:
+            self._session = self._model.session()
+        out = self._session.feed(list(plan.tokens))
+        if plan.rebuild:
+            log.debug("context rebuilt: %d tokens", len(plan.tokens))
+        return out if plan.has_music else None

@@ -33,6 +33,7 @@ from bridge.events import (
     Generated,
     MidiIn,
     OscIn,
+    Probe,
     Recondition,
     ResetModel,
     SendMidi,
@@ -50,6 +51,27 @@ def toy_vocab():
     from bridge.torchless import TypedVocab
 
     return TypedVocab.default()
+
+
+def hanging_notes(messages) -> set[tuple[int, int]]:
+    """(channel, pitch) a synth would still sound after `messages`: a note-on not followed by its note-off
+    on the same channel, nor by All Notes Off (CC 123) on that channel."""
+    sounding: set[tuple[int, int]] = set()
+    for d in messages:
+        if len(d) != 3:
+            continue
+        kind, ch = d[0] & 0xF0, d[0] & 0x0F
+        if kind == 0x90 and d[2] > 0:
+            sounding.add((ch, d[1]))
+        elif kind == 0x80 or kind == 0x90:
+            sounding.discard((ch, d[1]))
+        elif kind == 0xB0 and d[1] == 123:
+            sounding = {n for n in sounding if n[0] != ch}
+    return sounding
+
+
+def hanging_pitches(messages) -> set[int]:
+    return {p for _, p in hanging_notes(messages)}
 
 
 @dataclass
@@ -77,6 +99,7 @@ class Harness:
         self.cancels: list[int] = []
         self.reconditions: list[tuple[int, ...]] = []
         self.resets = 0
+        self.probes = 0
         self.run(self.engine.start())
 
     # ---- driving -----------------------------------------------------------------------------------
@@ -91,6 +114,11 @@ class Harness:
                 self.fed += a.ids
                 out = self.session.feed(list(a.ids))
                 self.handle(Analysis(out.key_probs, out.meter_probs, a.cause_t, now))
+            elif isinstance(a, Probe):
+                self.probes += 1
+                if a.ids:
+                    out = self.session.fork().feed(list(a.ids))
+                    self.handle(Analysis(out.key_probs, out.meter_probs, a.cause_t, now, provisional=True))
             elif isinstance(a, Generate):
                 self.generates.append(a)
                 if self.auto_generate:
@@ -164,14 +192,8 @@ class Harness:
         return [(t, d[1]) for t, d in self.midi if d[0] & 0xF0 == 0x90 and d[2] > 0]
 
     def hanging(self) -> set[int]:
-        """Pitches whose last MIDI message out was a note-on."""
-        state: dict[int, bool] = {}
-        for _, d in self.midi:
-            if d[0] & 0xF0 == 0x90 and d[2] > 0:
-                state[d[1]] = True
-            elif d[0] & 0xF0 == 0x80 or (d[0] & 0xF0 == 0x90 and d[2] == 0):
-                state[d[1]] = False
-        return {p for p, on in state.items() if on}
+        """Pitches a synth would still be sounding (note-off or All Notes Off on the note's channel ends it)."""
+        return hanging_pitches(d for _, d in self.midi)
 
 
 C_MAJOR_TUNE = [
@@ -347,11 +369,10 @@ class MidiRecv:
         return [(t, d[1]) for t, d in self.events if len(d) == 3 and d[0] & 0xF0 == 0x90 and d[2] > 0]
 
     def hanging(self) -> set[int]:
-        state: dict[int, bool] = {}
-        for _, d in self.events:
-            if len(d) == 3 and d[0] & 0xF0 in (0x80, 0x90):
-                state[d[1]] = d[0] & 0xF0 == 0x90 and d[2] > 0
-        return {p for p, on in state.items() if on}
+        return hanging_pitches(d for _, d in self.events)
+
+    def hanging_notes(self) -> set[tuple[int, int]]:
+        return hanging_notes(d for _, d in self.events)
 
     def close(self) -> None:
         self.midi.close_port()

@@ -95,8 +95,13 @@ class _Slow(ToyModel):
 
 
 def _note(v, pitch: int) -> tuple[int, ...]:
-    return (v.id("Bar_None"), v.id("Position_0"), v.id(f"Pitch_{pitch}"), int(v.velocity_id[90]),
-            v.duration_token_id(4))
+    return (
+        v.id("Bar_None"),
+        v.id("Position_0"),
+        v.id(f"Pitch_{pitch}"),
+        int(v.velocity_id[90]),
+        v.duration_token_id(4),
+    )
 
 
 def _start(model):
@@ -152,3 +157,16 @@ def test_cancel_stops_the_generation():
     time.sleep(0.2)  # ~20 more tokens' time: nothing more may come for request 3
     assert results.empty()
     w.close()
+
+
+def test_queued_reconditions_collapse_to_the_last_and_a_reset_drops_queued_feeds():
+    from bridge.events import ResetModel
+
+    w = ModelThread(_Recording(1024), lambda ev: None, lambda: 0.0)  # not started: the queue only
+    for i in range(300):  # a knob: 300 values queued behind one slow model call
+        w.submit(Recondition((i,)))
+        w.submit(Feed((1,), 0.0))
+    jobs = list(w._jobs)
+    assert [j for j in jobs if isinstance(j, Recondition)] == [Recondition((299,))]
+    w.submit(ResetModel())
+    assert [type(j) for j in w._jobs] == [Recondition, ResetModel]

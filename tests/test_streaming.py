@@ -106,7 +106,27 @@ def test_bounded_history_emits_the_same_chunks(vocab, real_pieces):
     full, chunks = stream(vocab, notes)
     st = StreamingTokenizer(vocab, max_history=0)
     got = []
-    for t, _kind, p, v in sorted([(t, 1, p, v) for t, d, p, v in notes] + [(t + d, 0, p, 0) for t, d, p, v in notes]):
+    for t, _kind, p, v in sorted(
+        [(t, 1, p, v) for t, d, p, v in notes] + [(t + d, 0, p, 0) for t, d, p, v in notes]
+    ):
         got += st.note_on(p, v, t / TICKS_PER_BEAT) if v else st.note_off(p, t / TICKS_PER_BEAT)
     got += st.flush(max(t + d for t, d, _, _ in notes) / TICKS_PER_BEAT + 1)
     assert got == full and st.tokens == []
+
+
+def test_provisional_ids_show_held_notes_without_changing_the_stream():
+    from bridge_fixtures import toy_vocab
+
+    from typemoe.streaming import StreamingTokenizer
+
+    tok = StreamingTokenizer(toy_vocab())
+    tok.note_on(60, 90, 0.0)
+    tok.note_on(64, 90, 0.0)
+    assert tok.note_on(67, 90, 1.0) == []  # nothing final while the chord is held
+    twin = StreamingTokenizer(toy_vocab())
+    for p, b in ((60, 0.0), (64, 0.0), (67, 1.0)):
+        twin.note_on(p, 90, b)
+    prov = tok.provisional(1.5)
+    assert prov == twin.flush(1.5)  # as if every held note ended now
+    assert tok.n_open == 3 and tok.tokens == []  # the stream itself is unchanged
+    assert tok.note_off(60, 2.0) == [] and tok.provisional(2.0)  # still held notes: still provisional

@@ -16,6 +16,7 @@ Times are beats (quarter notes) from the start of the stream; the grid is `TICKS
 from __future__ import annotations
 
 import bisect
+import copy
 from dataclasses import dataclass, field
 
 from typemoe.vocab import BEATS_PER_BAR, TICKS_PER_BEAT, TypedVocab
@@ -89,7 +90,9 @@ class StreamingTokenizer:
         out = self.advance(beat)
         note = self._open.pop(pitch, None)
         if note is not None:
-            bisect.insort(self._closed, _Closed(note.onset, max(self._tick - note.onset, 1), pitch, note.velocity))
+            bisect.insort(
+                self._closed, _Closed(note.onset, max(self._tick - note.onset, 1), pitch, note.velocity)
+            )
         return out + self._emit()
 
     def advance(self, beat: float) -> list[int]:
@@ -102,8 +105,21 @@ class StreamingTokenizer:
         self.advance(beat)
         for pitch in list(self._open):
             note = self._open.pop(pitch)
-            bisect.insort(self._closed, _Closed(note.onset, max(self._tick - note.onset, 1), pitch, note.velocity))
+            bisect.insort(
+                self._closed, _Closed(note.onset, max(self._tick - note.onset, 1), pitch, note.velocity)
+            )
         return self._emit(final=True)
+
+    def provisional(self, beat: float) -> list[int]:
+        """The ids that would follow if every sounding note ended at `beat` (at least one grid step long).
+
+        The stream itself is unchanged: this is what is known now, for an analysis that must not wait for
+        held notes to end; the final ids come later from note_off/advance as usual.
+        """
+        twin = copy.copy(self)
+        twin.tokens, twin.max_history = [], 0
+        twin._open, twin._closed = dict(self._open), list(self._closed)
+        return twin.flush(beat)
 
     def _emit(self, final: bool = False) -> list[int]:
         out: list[int] = []
@@ -137,6 +153,9 @@ class StreamingTokenizer:
         if n.onset != self._last_onset:
             out.append(self._pos_ids[n.onset - bar * TICKS_PER_BAR])
             self._last_onset = n.onset
-        out += [self._pitch_ids[n.pitch], int(self.vocab.velocity_id[n.velocity]),
-                self.vocab.duration_token_id(n.duration)]
+        out += [
+            self._pitch_ids[n.pitch],
+            int(self.vocab.velocity_id[n.velocity]),
+            self.vocab.duration_token_id(n.duration),
+        ]
         return out

@@ -130,3 +130,23 @@ def test_provisional_ids_show_held_notes_without_changing_the_stream():
     assert prov == twin.flush(1.5)  # as if every held note ended now
     assert tok.n_open == 3 and tok.tokens == []  # the stream itself is unchanged
     assert tok.note_off(60, 2.0) == [] and tok.provisional(2.0)  # still held notes: still provisional
+
+
+def test_long_silences_are_cut_as_offline(vocab):
+    """A performer pausing for 10 bars: the stream cuts the silence to MAX_EMPTY_BARS empty bars exactly as
+    encode_score does, on raw notes (not notes the offline cut already moved)."""
+    rng = random.Random(3)
+    tpb = 4 * TICKS_PER_BEAT  # ticks per REMI bar
+    for _ in range(30):
+        notes, t = [], rng.randrange(tpb)
+        for _ in range(12):
+            notes.append((t, rng.randrange(1, 8), rng.randrange(50, 80), 80))
+            t += rng.choice((1, 2, 4, tpb * rng.randrange(5, 12) + rng.randrange(tpb)))
+        notes = sorted({(n[0], n[2]): n for n in notes}.values())  # one note per onset and pitch
+        nxt: dict[int, int] = {}  # a re-struck pitch ends the sounding one, as on a MIDI cable
+        for i in reversed(range(len(notes))):
+            t, d, p, v = notes[i]
+            notes[i] = (t, min(d, nxt.get(p, t + d) - t), p, v)
+            nxt[p] = t
+        streamed, _ = stream(vocab, notes)
+        assert streamed == vocab.encode_score(score_from_notes(notes))

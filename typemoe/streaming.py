@@ -19,7 +19,7 @@ import bisect
 import copy
 from dataclasses import dataclass, field
 
-from typemoe.vocab import BEATS_PER_BAR, TICKS_PER_BEAT, TypedVocab
+from typemoe.vocab import BEATS_PER_BAR, MAX_EMPTY_BARS, TICKS_PER_BEAT, TypedVocab
 
 TICKS_PER_BAR = TICKS_PER_BEAT * BEATS_PER_BAR
 
@@ -147,9 +147,9 @@ class StreamingTokenizer:
     def _note_tokens(self, n: _Closed) -> list[int]:
         out = []
         bar = n.onset // TICKS_PER_BAR
-        while self._bar < bar:
-            self._bar += 1
-            out.append(self._bar_id)
+        if bar > self._bar:  # a silence over MAX_EMPTY_BARS bars is cut, as in TypedVocab.prepare_score
+            out += [self._bar_id] * min(bar - self._bar, MAX_EMPTY_BARS + 1)
+            self._bar = bar
         if n.onset != self._last_onset:
             out.append(self._pos_ids[n.onset - bar * TICKS_PER_BAR])
             self._last_onset = n.onset

@@ -20,7 +20,7 @@ not depend on weight values, and a model directory holds no torch weights. Both 
 those ratios are null, with a note. Decode ids are random, so consecutive steps use different experts,
 as in music (Position, Pitch, Velocity, Duration in turn). Models compared with each other are timed in
 alternating blocks, so a change of machine load during the run (this box is shared) biases none.
-If bridge/bench.py offers run_bridge_bench(model_dir), its keys are merged in.
+The `typemoe` command registers the bridge's latency rows in EXTRA_BENCHES (bridge/bench.py).
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def run_bench(
             q["typemoe_vs_dense"] = decode["typemoe_int8"]["256"]["p50"] / decode["dense_int8"]["256"]["p50"]
         if torch_ms is not None:
             q["ort_vs_torch"] = min(torch_ms.values()) / decode["typemoe_int8"]["256"]["p50"]
-    res.update(_bridge_bench(model_dir))
+    res.update(_extra_benches(model_dir, notes))
     res["load_avg"] = {"before": list(load_before), "after": list(os.getloadavg())}
     res["cpu_count"] = os.cpu_count()
     import onnxruntime
@@ -278,13 +278,19 @@ def _torch_baseline(
     return torch_decode(twin, context, reps=reps, warmup=warmup, threads=threads)
 
 
-def _bridge_bench(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """bridge/bench.py's run_bridge_bench(model_dir) keys, when the bridge provides it."""
-    try:
-        from bridge.bench import run_bridge_bench  # type: ignore[import-not-found]
-    except ImportError:
-        return {}
-    return dict(run_bridge_bench(model_dir))
+EXTRA_BENCHES: dict[str, Any] = {}
+"""name -> callable(model_dir) -> dict of more keys (the CLI registers the bridge's here); a callable that
+raises RuntimeError, ImportError or OSError leaves its rows out with a note saying why."""
+
+
+def _extra_benches(model_dir: str | os.PathLike, notes: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, fn in EXTRA_BENCHES.items():
+        try:
+            out.update(fn(model_dir))
+        except (RuntimeError, ImportError, OSError) as err:
+            notes.append(f"{name} rows missing: {err}")
+    return out
 
 
 def format_table(res: dict[str, Any]) -> str:

@@ -49,14 +49,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     add_export_arguments(p)
     p.set_defaults(func=run_export)
-    b = subparsers.add_parser(
-        "bench",
-        help="latency benchmark of an exported model (JSON + table)",
-        description=bench.__doc__.split("\n")[0],
-    )
-    bench.add_arguments(b)
-    b.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    b.set_defaults(func=run_bench)
+    if "bench" not in subparsers.choices:  # `typemoe bench` comes from typemoe.commands.bench
+        b = subparsers.add_parser(
+            "bench",
+            help="latency benchmark of an exported model (JSON + table)",
+            description=bench.__doc__.split("\n")[0],
+        )
+        bench.add_arguments(b)
+        b.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        b.set_defaults(func=run_bench)
 
 
 def _export_doc() -> str:

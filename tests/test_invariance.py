@@ -130,6 +130,11 @@ def shared_test_pieces() -> list[tuple[str, symusic.Score]]:
 # --------------------------------------------------------------------------- the model
 
 
+# The shipped model was trained before performer augmentation (issue 12): these fail on it, and must keep
+# failing until the robust model ships (strict: an unexpected pass fails the suite and says "ship it").
+PREDATES = pytest.mark.xfail(strict=True, reason="shipped model predates humanized training (issue 12)")
+
+
 @pytest.fixture(scope="module")
 def model():
     from export.runtime import OrtModel
@@ -204,24 +209,27 @@ def _check(readings: dict, variants: tuple[str, ...], task: int, what: str) -> N
 
 
 @pytest.mark.slow
+@PREDATES
 @pytest.mark.parametrize("task,what", [(0, "key"), (1, "meter")])
 def test_constant_velocity_30_to_120(readings, task, what):
     _check(readings, ("vel30", "vel120", "velrand"), task, f"{what} under constant velocity 30..120")
 
 
 @pytest.mark.slow
+@PREDATES
 @pytest.mark.parametrize("task,what", [(0, "key"), (1, "meter")])
 def test_velocity_noise(readings, task, what):
     _check(readings, ("noise",), task, f"{what} under per-note velocity noise (sd 10)")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task,what", [(0, "key"), (1, "meter")])
+@pytest.mark.parametrize("task,what", [pytest.param(0, "key", marks=PREDATES), (1, "meter")])
 def test_onset_jitter(readings, task, what):
     _check(readings, ("jitter",), task, f"{what} under +-1/32-beat onset jitter")
 
 
 @pytest.mark.slow
+@PREDATES
 def test_key_turns_with_transposition(readings):
     from typemoe import analysis
 

@@ -55,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("training.cli", "fine-tune a checkpoint: classification or conditional generation"),
     "eval": ("training.eval_cli", "the paper's metrics, baselines, ablations and label efficiency"),
     "export": ("export.cli", "export a checkpoint to an ONNX model directory (parity-checked)"),
-    "bench": ("export.cli", "decode/prefill latency, ORT vs PyTorch, TypeMoE vs dense, bridge latency"),
+    "bench": ("typemoe.commands.bench", "decode/prefill latency, ORT vs PyTorch, TypeMoE vs dense, bridge latency"),
     "analyze": ("export.tools", "key and meter of a MIDI file, with confidences"),
     "generate": ("export.tools", "continue a MIDI file, optionally steered by key/meter/genre/emotion"),
 }

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training import eval_cli, evaluate  # noqa: E402
+from training import eval_cli, eval_table, evaluate  # noqa: E402
 from training.eval_model import open_model  # noqa: E402
 
 STABLE_KEYS = (
@@ -619,7 +619,7 @@ def test_source_table_markdown_picks_the_best_profile_and_labels_distribution():
             "results": r,
         },
     ]
-    md = evaluate.source_table_markdown(runs)
+    md = eval_table.source_table_markdown(runs)
     row = next(
         line for line in md.splitlines() if line.startswith("| shared:classical_piano | no | all | all")
     )

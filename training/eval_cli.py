@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.source_table:
-            from training import evaluate
+            from training import eval_table, evaluate
 
             if args.ablation or args.label_efficiency or args.baselines_only or args.perturb:
                 raise ValueError(
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             perturbs = [x.strip() for x in args.table_perturb.split(",") if x.strip()]
             configs = [_config(args, data=d) for d in args.data]
-            written = evaluate.source_table(configs, perturbs, args.out)
+            written = eval_table.source_table(configs, perturbs, args.out)
             print(written[-1].read_text())
             print("wrote " + ", ".join(str(p) for p in written))
             return 0

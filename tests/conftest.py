@@ -85,3 +85,26 @@ def score_from_notes(notes, tpq: int = 4) -> symusic.Score:
                                           pitch=arr[:, 2].astype(np.int8), velocity=arr[:, 3].astype(np.int8))
     score.tracks.append(track)
     return score
+
+
+@pytest.fixture(scope="module")
+def jack():
+    """A private jackd (64-frame periods) for one test module; skips where JACK is not available."""
+    from bridge_fixtures import jack_or_skip
+
+    with jack_or_skip(period=64) as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def model_arg(tmp_path_factory) -> str:
+    """The bridge's --model: the tiny exported model (real ONNX runtime, real re-prefill cost) when it can
+    be built here, else the toy model."""
+    try:
+        from export_fixtures import make_tiny_model_dir
+
+        pytest.importorskip("torch")
+        pytest.importorskip("onnx")
+        return str(make_tiny_model_dir(tmp_path_factory.mktemp("bridge") / "model"))
+    except pytest.skip.Exception:
+        return "toy"

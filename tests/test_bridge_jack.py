@@ -26,7 +26,6 @@ from bridge_fixtures import (
     OscPeer,
     _die_with_parent,
     free_udp_port,
-    jack_or_skip,
     start_bridge,
     stop_process,
 )
@@ -41,25 +40,6 @@ pytestmark = [
 ]
 
 FIXTURES = Path(__file__).resolve().parent / "bridge_fixtures.py"
-
-
-@pytest.fixture(scope="module")
-def jack():
-    with jack_or_skip(period=64) as name:
-        yield name
-
-
-@pytest.fixture(scope="module")
-def model_arg(tmp_path_factory) -> str:
-    """The tiny exported model (real ONNX runtime) when it can be built here, else the toy model."""
-    try:
-        from export_fixtures import make_tiny_model_dir
-
-        pytest.importorskip("torch")
-        pytest.importorskip("onnx")
-        return str(make_tiny_model_dir(tmp_path_factory.mktemp("bridge") / "model"))
-    except pytest.skip.Exception:
-        return "toy"
 
 
 class Running:

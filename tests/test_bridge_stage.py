@@ -22,29 +22,9 @@ from bridge_fixtures import (
     MidiRecv,
     MidiSend,
     _die_with_parent,
-    jack_or_skip,
     stop_process,
 )
 from test_bridge_jack import Running, pytestmark  # noqa: F401 - same skips and markers
-
-
-@pytest.fixture(scope="module")
-def jack():
-    with jack_or_skip(period=64) as name:
-        yield name
-
-
-@pytest.fixture(scope="module")
-def model_arg(tmp_path_factory) -> str:
-    """The tiny exported model (real ONNX runtime, real re-prefill cost) when it can be built, else toy."""
-    try:
-        from export_fixtures import make_tiny_model_dir
-
-        pytest.importorskip("torch")
-        pytest.importorskip("onnx")
-        return str(make_tiny_model_dir(tmp_path_factory.mktemp("stage") / "model"))
-    except pytest.skip.Exception:
-        return "toy"
 
 
 def _ports(tag: str) -> tuple[str, ...]:

@@ -39,9 +39,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register `export` and `bench` on the `typemoe` command's subparsers."""
-    from export import bench
-
+    """Register `export` and `bench` on a subparsers object (`typemoe bench` itself comes from
+    typemoe/commands/bench.py, which adds the bridge's rows)."""
     p = subparsers.add_parser(
         "export",
         help="export a checkpoint to an ONNX model directory (parity-checked)",
@@ -49,15 +48,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     add_export_arguments(p)
     p.set_defaults(func=run_export)
-    if "bench" not in subparsers.choices:  # `typemoe bench` comes from typemoe.commands.bench
-        b = subparsers.add_parser(
-            "bench",
-            help="latency benchmark of an exported model (JSON + table)",
-            description=bench.__doc__.split("\n")[0],
-        )
-        bench.add_arguments(b)
-        b.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-        b.set_defaults(func=run_bench)
+    add_bench_parser(subparsers)
 
 
 def _export_doc() -> str:
@@ -112,3 +103,18 @@ def run_bench(args: argparse.Namespace) -> int:
     from export import bench
 
     return bench.run(args)
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `bench` (the CLI's room adds the bridge's rows to export.bench.EXTRA_BENCHES first)."""
+    from export import bench
+
+    b = subparsers.add_parser(
+        "bench",
+        help="latency benchmark of an exported model (JSON + table)",
+        description=bench.__doc__.split("\n")[0],
+    )
+    bench.add_arguments(b)
+    b.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    b.set_defaults(func=run_bench)
+    return b

@@ -9,11 +9,4 @@ def add_parsers(subparsers) -> None:
     from export import bench, cli
 
     bench.EXTRA_BENCHES["bridge"] = run_bridge_bench
-    b = subparsers.add_parser(
-        "bench",
-        help="latency benchmark of an exported model (JSON + table)",
-        description=bench.__doc__.split("\n")[0],
-    )
-    bench.add_arguments(b)
-    b.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    b.set_defaults(func=cli.run_bench)
+    cli.add_bench_parser(subparsers)

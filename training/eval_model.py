@@ -91,7 +91,27 @@ def open_model(path: str | Path | None, *, provider: str = "cpu") -> TorchModel 
         ) from err
 
 
-class TorchModel:
+class _Generates:
+    """generate() through the one decoder, on the subclass's session()."""
+
+    def generate(
+        self,
+        prefix: Sequence[int],
+        n_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        **steer,
+    ) -> list[int]:
+        from typemoe.decoding import continuation
+
+        return continuation(
+            self.session(), prefix, n_tokens, temperature=temperature, top_p=top_p, seed=seed, **steer
+        )
+
+
+class TorchModel(_Generates):
     """A PyTorch checkpoint, evaluated on CPU (or `device`)."""
 
     kind = "torch"
@@ -140,21 +160,10 @@ class TorchModel:
             return None
         return _softmax(self._forward(seq).cls_logits[0].float().cpu().numpy())
 
-    def generate(
-        self,
-        prefix: Sequence[int],
-        n_tokens: int,
-        *,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = 0,
-        **steer,
-    ) -> list[int]:
-        from typemoe.decoding import Session, continuation
+    def session(self):
+        from typemoe.decoding import Session
 
-        return continuation(
-            Session(self._engine), prefix, n_tokens, temperature=temperature, top_p=top_p, seed=seed, **steer
-        )
+        return Session(self._engine)
 
     def expert_routes(self, seq: Sequence[int]) -> np.ndarray | None:
         """(L, T) expert of every token in every layer: the token type for TypeMoE, the learned route for
@@ -168,7 +177,7 @@ class TorchModel:
         return np.tile(types, (self.cfg.n_layer, 1))
 
 
-class OnnxModel:
+class OnnxModel(_Generates):
     """An exported model directory run by export.runtime (numpy + onnxruntime)."""
 
     kind = "onnx"
@@ -215,21 +224,8 @@ class OnnxModel:
             return None
         return self.ort.session().feed(list(seq)).class_probs
 
-    def generate(
-        self,
-        prefix: Sequence[int],
-        n_tokens: int,
-        *,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = 0,
-        **steer,
-    ) -> list[int]:
-        from typemoe.decoding import continuation
-
-        return continuation(
-            self.ort.session(), prefix, n_tokens, temperature=temperature, top_p=top_p, seed=seed, **steer
-        )
+    def session(self):
+        return self.ort.session()
 
     def expert_routes(self, seq: Sequence[int]) -> np.ndarray | None:
         return None

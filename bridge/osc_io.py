@@ -196,7 +196,10 @@ async def open_server(
         ) from err
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # absorb bursts while the loop is busy
+        # Absorb bursts while the loop is busy: a datagram costs ~1 KB of buffer on loopback, so 1 MB overflowed
+        # under a 3,000-message knob burst and the kernel dropped what came after it (a ping). The kernel caps
+        # the request at net.core.rmem_max.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     log.info("OSC in: udp %s:%d", host, port)
     if not is_loopback(host):
         log.warning(

@@ -7,7 +7,8 @@ It starts a private jackd (dummy driver, 48 kHz, 64-frame periods), runs the bri
 own thread (the same Bridge as typemoe-bridge), plays notes into `TypeMoE In` from a separate JACK client
 and listens to the OSC replies. Keys of the returned dict:
 
-    bridge.analysis_ms.p50/p99     note-off stamped at the MIDI callback -> /typemoe/key sent (inside the bridge)
+    bridge.analysis_ms.p50/p99     note-off stamped at the MIDI callback -> /typemoe/key sent (inside the bridge);
+                                   for a note that waited for a held earlier note, from that note's note-off
     bridge.end_to_end_ms.p50/p99   note-off written to JACK by the player -> /typemoe/key received over UDP
     bridge.first_note_ms.p50/p99   /typemoe/continue stamped -> first generated note-on ready to send
     bridge.held_chord_readout_ms.p50/p99   the demo tune (a Bach chorale, held chords) played at 100 BPM:

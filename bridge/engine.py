@@ -266,13 +266,21 @@ class Engine:
             self.stats.count("orphan_note_offs")
 
     def _feed(self, ids: list[int], cause_t: float, out: list, *, note_off: bool = False) -> None:
-        """Send new stream ids to the model; latency is counted from the oldest note-off they carry."""
+        """Send new stream ids to the model; latency is counted from the note-off that made them final.
+
+        A note that has ended can still wait to enter the stream: for the grid to pass its onset (a 32nd at
+        most, counted in the latency), or for a lower note held from the same or an earlier onset to end (it
+        sorts first; a held bass can take bars, and that wait is the music's, not the bridge's). So the stamp
+        is this note-off's own time, or, for ids released by a tick or a note-on, the newest note-off still
+        waiting.
+        """
         if not ids:
-            if note_off and self._waiting_off is None:
-                self._waiting_off = cause_t  # the note ended but is not final yet (grid not past its onset)
+            if note_off:
+                self._waiting_off = cause_t  # ended, not final yet
             return
-        if self._waiting_off is not None:
-            cause_t, self._waiting_off = min(cause_t, self._waiting_off), None
+        if not note_off and self._waiting_off is not None:
+            cause_t = self._waiting_off
+        self._waiting_off = None
         self._reader.read(ids)
         out.append(Feed(tuple(ids), cause_t))
 

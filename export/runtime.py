@@ -50,7 +50,10 @@ from export.ort_graph import (  # noqa: F401
     cpu_session_options,
     resolve_provider,
 )
+from typemoe import analysis
 from typemoe.decoding import TOKENS_PER_BAR_CAP, Session, StepOut, sample_next, softmax  # noqa: F401
+from typemoe.key_fusion import FILE as KEY_FILE
+from typemoe.key_fusion import KeyFusion, KeyReader
 from typemoe.meter import FILE as METER_FILE
 from typemoe.meter import MeterFusion, MeterReader
 from typemoe.vocab import TypedVocab, VocabError
@@ -125,6 +128,15 @@ class OrtModel:
             raise ModelDirError(f"{self.model_dir / METER_FILE}: meter classes differ from the graph's")
         self.meter = MeterReader(fusion, self.vocab)
         """The meter answer: meter_fusion.json (rhythm + head) when the directory has one, else the head."""
+        try:
+            key_fusion = KeyFusion.load(self.model_dir)
+        except ValueError as err:
+            raise ModelDirError(str(err)) from err
+        if key_fusion is not None and self.key_names != list(analysis.KEYS):
+            raise ModelDirError(f"{self.model_dir / KEY_FILE}: the graph's key classes are not analysis.KEYS")
+        self.key = KeyReader(key_fusion, self.vocab)
+        """The key answer: key_fusion.json (pitch-class profiles + head) when the directory has one, else
+        the head."""
 
     def _open(self, device: str, precision: str, threads: int) -> OrtGraph:
         """The graph for this provider: fp16 on CUDA, fp32 on CPU by default; a failed CUDA start falls

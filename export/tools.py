@@ -176,14 +176,16 @@ def bar_chunks(vocab, ids: Sequence[int], max_len: int) -> list[list[int]]:
 
 
 def _estimate(model, out, ids: Sequence[int]) -> dict:
-    """Key from the key head; meter from the model directory's meter reader (the notes' rhythm fused with
-    the meter head, typemoe.meter) when it has one, else the meter head."""
-    reader = getattr(model, "meter", None)
+    """Key and meter from the model directory's readers (the notes' pitch classes fused with the key head,
+    typemoe.key_fusion; their rhythm fused with the meter head, typemoe.meter) when it has them, else the
+    heads."""
+    reader, key_reader = getattr(model, "meter", None), getattr(model, "key", None)
     meter_probs = reader.probs(ids, out.meter_probs) if reader is not None else out.meter_probs
-    k, m = int(np.argmax(out.key_probs)), int(np.argmax(meter_probs))
+    key_probs = key_reader.probs(ids, out.key_probs) if key_reader is not None else out.key_probs
+    k, m = int(np.argmax(key_probs)), int(np.argmax(meter_probs))
     return {
         "key": model.key_names[k],
-        "key_confidence": round(float(out.key_probs[k]), 4),
+        "key_confidence": round(float(key_probs[k]), 4),
         "meter": model.meter_names[m],
         "meter_confidence": round(float(meter_probs[m]), 4),
     }

@@ -77,30 +77,45 @@ def _readings(model, piece: EvalPiece, window: int, whole_max_tokens: int | None
     out = model.outputs_at(seq, order)
     kp = dict(names=model.key_names, parse=analysis.parse_key)
     mp = dict(names=model.meter_names, parse=analysis.parse_meter)
-    reader = meter_reader(model)
+    reader, key_reader = meter_reader(model), key_reader_of(model)
 
     def meter(ids, head):  # the model's meter answer: rhythm + head when the model has a fusion
         return reader.probs(ids, head) if reader is not None else head
 
+    def key(ids, head):  # the model's key answer: pitch-class profiles + head when the model has a fusion
+        return key_reader.probs(ids, head) if key_reader is not None else head
+
     end = order.index(reads["whole"])
     rec = {
         "first": (
-            _parse_pred(probs=out.key_probs[end], **kp),
+            _parse_pred(probs=key(seq, out.key_probs[end]), **kp),
             _parse_pred(probs=meter(seq, out.meter_probs[end]), **mp),
         )
     }
     for n in STREAM_BARS:
         row = order.index(reads[n])
         rec[n] = (
-            _parse_pred(probs=out.key_probs[row], **kp),
+            _parse_pred(probs=key(seq[: reads[n]], out.key_probs[row]), **kp),
             _parse_pred(probs=meter(seq[: reads[n]], out.meter_probs[row]), **mp),
         )
     if whole_max_tokens is not None:
         music = piece.tokens[:whole_max_tokens]
         k_end, m_end, k_mean, m_mean = read_whole_piece(model, music, window)
-        rec["whole"] = (_parse_pred(probs=k_end, **kp), _parse_pred(probs=meter(music, m_end), **mp))
-        rec["whole_mean"] = (_parse_pred(probs=k_mean, **kp), _parse_pred(probs=meter(music, m_mean), **mp))
+        rec["whole"] = (
+            _parse_pred(probs=key(music, k_end), **kp),
+            _parse_pred(probs=meter(music, m_end), **mp),
+        )
+        rec["whole_mean"] = (
+            _parse_pred(probs=key(music, k_mean), **kp),
+            _parse_pred(probs=meter(music, m_mean), **mp),
+        )
     return rec
+
+
+def key_reader_of(model):
+    """The exported model directory's typemoe.key_fusion.KeyReader when it holds a key fusion, else None."""
+    reader = getattr(getattr(model, "ort", None), "key", None)
+    return reader if reader is not None and reader.fusion is not None else None
 
 
 def meter_reader(model):

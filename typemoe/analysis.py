@@ -21,7 +21,6 @@ KEYS: tuple[str, ...] = tuple(f"{t} {m}" for m in MODES for t in TONICS)  # inde
 
 # Ordered by frequency in the music21 corpus (dominant time signature per piece).
 METERS: tuple[str, ...] = ("4/4", "2/4", "3/4", "6/8", "2/2", "4/2", "3/8", "3/2", "9/8", "6/4", "12/8", "other")
-METER_FAMILIES = ("duple", "triple", "other")
 
 GENRES: tuple[str, ...] = ("classical", "country", "folk", "jazz", "pop", "rap", "rnb", "rock")
 EMOTIONS: tuple[str, ...] = ("Q1", "Q2", "Q3", "Q4")

@@ -157,3 +157,24 @@ def test_top_voice_keeps_the_highest_note_per_onset():
         and a["pitch"].tolist() == [64, 67]
         and a["velocity"].tolist() == [70, 100]
     )
+
+
+@pytest.mark.parametrize("kind", sorted(perturb.PROBE_KINDS))
+def test_each_probe_changes_its_one_property(kind):
+    s = _score()
+    out = perturb.humanize(s, kind)
+    mel = out.tracks[0].notes.numpy()
+    tpq = out.ticks_per_quarter
+    base = perturb._fine(s).tracks[0].notes.numpy()
+    if kind.startswith("vel"):
+        assert set(mel["velocity"].tolist()) == {int(kind[3:])}
+        assert (mel["time"] == base["time"]).all() and (mel["duration"] == base["duration"]).all()
+    elif kind in ("staccato", "legato"):
+        ratio = mel["duration"] / base["duration"]
+        assert np.allclose(ratio, 0.5 if kind == "staccato" else 1.6, atol=0.01)
+        assert (mel["time"] == base["time"]).all() and (mel["velocity"] == base["velocity"]).all()
+    elif kind == "melody":
+        assert len(out.tracks) == 1 and not out.tracks[0].is_drum
+    else:  # phase
+        assert (mel["time"] == base["time"] + tpq).all()
+    assert perturb.humanize(s, kind).tracks[0].notes.numpy()["time"].tolist() == mel["time"].tolist()

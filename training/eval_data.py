@@ -133,10 +133,12 @@ def load_eval_data(
     Raises:
         ValueError: an unknown split, a bad source spec or labels file, or shards of another vocabulary.
     """
-    from training.perturb import PERTURB_KINDS
+    from training.perturb import PERTURB_KINDS, PROBE_KINDS
 
-    if perturb is not None and perturb not in PERTURB_KINDS:
-        raise ValueError(f"unknown --perturb {perturb!r}; expected one of {', '.join(PERTURB_KINDS)}")
+    if perturb is not None and perturb not in (*PERTURB_KINDS, *PROBE_KINDS):
+        raise ValueError(
+            f"unknown --perturb {perturb!r}; expected one of {', '.join((*PERTURB_KINDS, *PROBE_KINDS))}"
+        )
     if split not in EVAL_SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {EVAL_SPLITS}")
     if max_pieces is not None and max_pieces < 1:

@@ -44,10 +44,13 @@ def source_table(configs: list[EvalConfig], perturbs: list[str], out: Path) -> l
     Writes out (every run's flat results) and out.md (the table). Returns the paths.
     """
 
-    bad = [p for p in perturbs if p not in ("none", "velocity", "timing", "all")]
+    from training.perturb import PERTURB_KINDS, PROBE_KINDS
+
+    known = ("none", *PERTURB_KINDS, *PROBE_KINDS)
+    bad = [p for p in perturbs if p not in known]
     if bad or not perturbs:
         raise ValueError(
-            f"unknown table perturbations {bad or perturbs}; expected none, velocity, timing, all"
+            f"unknown table perturbations {bad or perturbs}; expected some of {', '.join(known)}"
         )
     runs = []
     for cfg in configs:

@@ -29,6 +29,16 @@ import symusic
 FINE_TPQ = 480  # ticks per quarter used for timing perturbations
 VELOCITY_RANGE = (1, 127)
 PERTURB_KINDS = ("velocity", "timing", "all")
+# One property at a time, to find what a head uses (a shortcut): `typemoe eval --source-table
+# --table-perturb none,vel40,vel110,...`. A head that reads music answers the same on each.
+PROBE_KINDS = {
+    "vel40": "every velocity 40",
+    "vel110": "every velocity 110",
+    "staccato": "durations x 0.5",
+    "legato": "durations x 1.6",
+    "melody": "top voice only (polyphony removed)",
+    "phase": "every onset 1 beat later (bar 1 off the tokenizer's bar line)",
+}
 
 # humanize() draws: a performer's dynamics and articulation, broad but musical
 CURVE_CENTER = (45, 105)  # the curve's mean velocity, drawn uniformly
@@ -235,9 +245,14 @@ def random_transposition(score: symusic.Score, *, lo: int = 21, hi: int = 108, s
 
 def humanize(score: symusic.Score, kind: str, *, seed: int | None = 0) -> symusic.Score:
     """A performed copy: "velocity" (a random swell, then per-note noise), "timing" (onset and duration
-    jitter of +-1/32 beat, then a random legato/staccato scale), or "all" (both). All draws from `seed`."""
+    jitter of +-1/32 beat, then a random legato/staccato scale), or "all" (both). All draws from `seed`.
+    Or one PROBE_KINDS property changed alone (no randomness)."""
+    if kind in PROBE_KINDS:
+        return _probe(score, kind)
     if kind not in PERTURB_KINDS:
-        raise ValueError(f"unknown perturbation {kind!r}; expected one of {', '.join(PERTURB_KINDS)}")
+        raise ValueError(
+            f"unknown perturbation {kind!r}; expected one of {', '.join((*PERTURB_KINDS, *PROBE_KINDS))}"
+        )
     rng = _rng(seed)
     out = score
     if kind in ("velocity", "all"):
@@ -253,3 +268,13 @@ def humanize(score: symusic.Score, kind: str, *, seed: int | None = 0) -> symusi
         out = onset_jitter(out, JITTER_BEATS, seed=rng)
         out = scale_durations(out, rng.uniform(*ARTICULATION))
     return out
+
+
+def _probe(score: symusic.Score, kind: str) -> symusic.Score:
+    if kind.startswith("vel"):
+        return constant_velocity(score, int(kind[3:]))
+    if kind in ("staccato", "legato"):
+        return scale_durations(score, 0.5 if kind == "staccato" else 1.6)
+    if kind == "melody":
+        return top_voice(score)
+    return shift_onsets(score, 1.0)

@@ -50,7 +50,9 @@ _HELP = {
     "top_p": "nucleus sampling mass",
     "seed": "sampling seed; none = a new one each time",
     "condition_key": "steer generation to a key, e.g. 'A minor'",
-    "condition_meter": "steer generation to a meter, e.g. '6/8'",
+    "condition_meter": "steer generation to a meter, e.g. '6/8'; continuations start on its bar lines",
+    "guidance": "classifier-free guidance weight of the condition, >= 1 (1 = off; costs a second decode)",
+    "key_lock": "only pitches of --condition-key's scale (without one: of the key being reported)",
     "inbox_size": "events queued before dropping",
     "max_notes_per_s": "performer notes per second entering the model; more are dropped",
     "max_note_beats": "a note held longer ends for the model (lost note-offs)",
@@ -60,7 +62,14 @@ _HELP = {
 }
 
 
-_METAVAR = {"connect_in": "NAME", "connect_out": "NAME", "tempo": "BPM", "temperature": "T", "model": "DIR"}
+_METAVAR = {
+    "connect_in": "NAME",
+    "connect_out": "NAME",
+    "tempo": "BPM",
+    "temperature": "T",
+    "model": "DIR",
+    "guidance": "G",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

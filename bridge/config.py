@@ -6,7 +6,10 @@ A TOML file mirrors the command-line flags (same names, `-` or `_`), e.g.
     osc_port = 9000
     mode = "manual"
     tempo = 96.0
-    condition_key = "A minor"
+    condition_key = "F# major"
+    condition_meter = "3/4"
+    guidance = 1.5
+    key_lock = false
 
 Flags given on the command line override the file.
 """
@@ -62,7 +65,9 @@ class BridgeConfig:
     top_p: float = 0.95
     seed: int | None = None  # sampling seed; None = a new one each time
     condition_key: str = ""  # "" = free; e.g. "A minor" (same as /typemoe/condition)
-    condition_meter: str = ""  # "" = free; e.g. "6/8"
+    condition_meter: str = ""  # "" = free; e.g. "6/8"; continuations start on its bar lines
+    guidance: float = 1.0  # classifier-free guidance weight of the condition, >= 1 (1 = off; ~2x decode cost)
+    key_lock: bool = False  # only pitches of condition_key's scale (else of the key being reported)
 
     # -- robustness and reporting ----------------------------------------------------------------------
     inbox_size: int = 4096  # events waiting for the loop; more are dropped and counted
@@ -90,6 +95,11 @@ class BridgeConfig:
         _range("temperature", self.temperature, 0.0, 5.0)
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        g = self.guidance
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 1.0 <= g < math.inf:
+            raise ValueError(f"guidance must be a number >= 1 (1 = off), got {self.guidance!r}")
+        if not isinstance(self.key_lock, bool):
+            raise ValueError(f"key_lock must be true or false (1 or 0), got {self.key_lock!r}")
         _range("inbox_size", self.inbox_size, 16, 1_000_000)
         _range("max_notes_per_s", self.max_notes_per_s, 1.0, 100_000.0)
         _range("max_note_beats", self.max_note_beats, 1.0, 1024.0)

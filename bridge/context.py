@@ -41,6 +41,7 @@ class ContextPolicy:
         self.context_len, self.reserve, self.bos, self.bar = context_len, reserve, bos, bar
         self.controls: tuple[int, ...] = ()
         self._history: deque[int] = deque(maxlen=context_len)
+        self.bars = 0  # Bar tokens in the music since the last reset (kept or not): the stream's time base
 
     @property
     def history(self) -> list[int]:
@@ -49,6 +50,7 @@ class ContextPolicy:
     def feed(self, ids: tuple[int, ...] | list[int], n_past: int) -> Plan:
         """New music `ids` for a session holding `n_past` tokens: append, or rebuild keeping half."""
         self._history.extend(ids)
+        self.bars += sum(1 for i in ids if i == self.bar)
         if n_past + len(ids) > self.context_len - self.reserve:
             return self.rebuild(keep=self.context_len // 2)
         return Plan(tuple(ids), rebuild=False, has_music=True)
@@ -61,6 +63,7 @@ class ContextPolicy:
     def reset(self) -> Plan:
         """Forget the music; the controls stay."""
         self._history.clear()
+        self.bars = 0
         return self.rebuild()
 
     def rebuild(self, keep: int = 0) -> Plan:

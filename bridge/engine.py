@@ -5,8 +5,10 @@
     deadline = engine.next_deadline(clock.now())              # wake up then with a Tick
 
 What it keeps: the beat timeline (BeatClock), the live token stream (typemoe.streaming), the running
-key/meter estimate, the performer's phrase (for respond mode), and the scheduled continuation with the
-notes it has sounding, so that a stop always ends with a note-off for each of them.
+key/meter estimate (bridge.readout), the performer's phrase (for respond mode), the continuation being
+generated (bridge.continuation: it starts on the next bar line of the music's meter and is steered by
+guidance and the key lock), and the notes scheduled and sounding (bridge.playback), so that a stop always
+ends with a note-off for each of them.
 
 Beats: the *timeline* beat is the BeatClock's (bar-aligned with the DAW under MIDI clock); the *stream*
 beat is timeline - origin, where origin is the bar in which the first note arrived (no empty bars first).
@@ -14,11 +16,11 @@ beat is timeline - origin, where origin is the bar in which the first note arriv
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from bridge import continuation as cont
 from bridge import midi_parse as mp
 from bridge import osc_api
 from bridge.clock import BEATS_PER_BAR, BeatClock
@@ -28,7 +30,6 @@ from bridge.events import (
     BadDatagram,
     CancelGenerate,
     Feed,
-    Generate,
     Generated,
     MidiIn,
     ModelFailed,
@@ -40,7 +41,9 @@ from bridge.events import (
     SendOsc,
     Tick,
 )
-from bridge.notes import BeatNote, TokenReader
+from bridge.notes import TokenReader
+from bridge.playback import CONFIRM_S, Playback  # noqa: F401 (CONFIRM_S: daemon, tests)
+from bridge.readout import KEY_MARGIN, METER_MARGIN, Readout  # noqa: F401 (KEY_MARGIN: tests)
 from bridge.stats import Stats
 from bridge.torchless import StreamingTokenizer
 
@@ -52,37 +55,7 @@ _GRID = 4  # wake-ups per beat (the tokenizer's grid), for bar reports and respo
 _EARLY_S = 0.001
 _SILENCE_RETRIES = 2  # a continuation without notes is sampled again, at most this many times
 _ERRORS_PER_S = 20.0  # /typemoe/error replies (and warnings) per second at most
-# A stop that cut sounding notes sends their note-offs again this much later (and All Notes Off on the
-# channels used once nothing sounds), and a continuation that ended by itself gets the same late All Notes
-# Off: a MIDI link that loses events under load then still ends every note. (Measured: a JACK dummy server
-# at 64-frame periods with both cores busy lost 48 of 11,840 events between two plain rtmidi clients, none
-# when idle; the losses are single events in overrun periods, so a second release 60 ms later gets
-# through.) 60 ms is a few audio periods at any common size and well under a beat.
-CONFIRM_S = 0.06
 _ERROR_CHARS = 200  # an error text is cut to this many characters (reply and log line)
-# Hysteresis of the readout: the reported key (meter) changes only when the new estimate's probability
-# beats the reported one's, in the same final analysis, by this margin (provisional analyses of held notes
-# never change it). Relative keys (A major / F# minor) share their notes and their probabilities cross
-# back and forth on ambiguous bars. Measured with `bridge.bench` on the demo chorale (first 96 beats, the
-# shipped model): 26.6 key changes a minute at 0.15 when provisional analyses could change the key, 10.6 at
-# 0.15 without, 5.3 at 0.25 without; a real modulation moves the probabilities by more and gets through.
-KEY_MARGIN = 0.25
-METER_MARGIN = 0.15
-
-
-@dataclass
-class _Pending:
-    """A continuation being generated: its chunks are read, placed and scheduled as they arrive."""
-
-    request_id: int
-    bars: float
-    trigger_t: float
-    reader: TokenReader  # continues from the live stream's cursor
-    shift: float | None = None  # whole beats added to every onset; fixed by the first note
-    first: float = 0.0  # timeline beat of the first note, before the shift
-    n_notes: int = 0
-    n_tokens: int = 0
-    attempt: int = 0  # how many silent continuations came before this one
 
 
 class _Bucket:
@@ -117,20 +90,14 @@ class Engine:
         self._notes_in = _Bucket(cfg.max_notes_per_s)
         self._errors = _Bucket(_ERRORS_PER_S)
         self._cc_high = False
-        self._key: tuple[str, float] | None = None
-        self._meter: tuple[str, float] | None = None
+        self._readout = Readout(key_names, meter_names)  # the reported key and meter
         self._bar = math.floor(self.clock.beat_at(now) / BEATS_PER_BAR)
         self._phrase: list[float] | None = None  # [start, end] timeline beats of the unanswered call
         self._next_id = 0
-        self._pending: _Pending | None = None
-        self._queue: list[
-            tuple
-        ] = []  # (beat, order, seq, pitch, velocity, duration) heap; order 0 = off, 1 = on
-        self._sounding: dict[tuple[int, int], int] = {}  # (channel, pitch) -> seq of the note sounding
-        self._used: set[int] = set()  # channels with notes sent since their last All Notes Off
-        self._confirm: list[tuple[float, int, int]] = []  # (time, channel, pitch) to release again
+        self._pending: cont.Pending | None = None
+        self._daw_zero: float | None = None  # timeline beat of the DAW's song position 0, while it runs
+        self._play = Playback()  # the continuation's notes, scheduled and sounding
         self._now = now
-        self._seq = 0
         self._synced = False
         self._controls = (cfg.condition_key, cfg.condition_meter)
         self._control_ids = tuple(vocab.control_ids(key=self._controls[0], meter=self._controls[1]))
@@ -141,8 +108,7 @@ class Engine:
         """Initial actions: All Notes Off on the output channel (a crashed run may have left a note on; it
         is sent again CONFIRM_S later), then the configured condition."""
         out: list = [SendMidi(mp.all_notes_off(self.cfg.out_channel - 1))]
-        self._used.add(self.cfg.out_channel - 1)  # and again CONFIRM_S later, as after any stop
-        self._confirm.append((self._now + CONFIRM_S, -1, -1))
+        self._play.release_later(self._now, self.cfg.out_channel - 1)  # again later, as after any stop
         if any(self._controls):
             out.append(
                 Recondition(tuple(self.vocab.control_ids(key=self._controls[0], meter=self._controls[1])))
@@ -179,29 +145,29 @@ class Engine:
         # The tokenizer rounds times to the grid, so its tick changes half-way between grid lines: wake just
         # after that point, when ended notes become final (a later wake-up only delays the analysis).
         t = self.clock.time_at((math.floor(beat * _GRID - 0.5 + 1e-6) + 1.5 + 1e-3) / _GRID)  # after now
-        if self._queue:
-            t = min(t, self.clock.time_at(self._queue[0][0]) - self.cfg.latency_s - _EARLY_S)
-        if self._confirm:
-            t = min(t, min(c[0] for c in self._confirm))
+        if self._play.queue:
+            t = min(t, self.clock.time_at(self._play.queue[0][0]) - self.cfg.latency_s - _EARLY_S)
+        if self._play.confirm:
+            t = min(t, min(c[0] for c in self._play.confirm))
         return t
 
     def release_all(self) -> list:
         """Note-off for every generated note sounding (on its channel), then All Notes Off on every channel
         used and on the output channel (shutdown, panic)."""
         out: list = []
-        self._used.add(self.cfg.out_channel - 1)
+        self._play.used.add(self.cfg.out_channel - 1)
         self._stop_playback(out, force=True)
         return out
 
     def confirm_now(self) -> list:
         """The delayed second release, at once (shutdown: the process will not be there later)."""
         out: list = []
-        self._confirm_due(math.inf, out)
+        self._play.confirm_due(math.inf, out)
         return out
 
     @property
     def playing(self) -> bool:
-        return bool(self._queue or self._sounding)
+        return self._play.playing
 
     # ---- MIDI in ---------------------------------------------------------------------------------------------
     def _midi(self, ev: MidiIn, out: list) -> None:
@@ -220,11 +186,15 @@ class Engine:
             elif isinstance(m, mp.Realtime):
                 if m.status == mp.CLOCK:
                     self.clock.on_pulse(ev.t)
+                    running = self.clock.running and self.clock.synced(ev.t)
+                    self._daw_zero = (
+                        cont.daw_anchor(self.clock.beat_at(ev.t), self.clock.daw_beat) if running else None
+                    )
                 elif m.status == mp.START:
-                    self.clock.on_start()
+                    self.clock.on_start(ev.t)
                     self._stop_playback(out, force=True)
                 elif m.status == mp.CONTINUE:
-                    self.clock.on_continue()
+                    self.clock.on_continue(ev.t)
                 else:
                     self.clock.on_stop()
                     self._stop_playback(out, force=True)
@@ -309,8 +279,9 @@ class Engine:
             self._bar = bar
             self._report(out, key=True, meter=True)
         self._maybe_respond(now, out)
-        self._play_due(now, out)
-        self._confirm_due(now, out)
+        horizon = self.clock.beat_at(now + self.cfg.latency_s + _EARLY_S)
+        self._play.due(horizon, self.cfg.out_channel - 1, now, out, more_coming=self._pending is not None)
+        self._play.confirm_due(now, out)
 
     def _maybe_respond(self, now: float, out: list) -> None:
         if (
@@ -323,45 +294,31 @@ class Engine:
         ):
             return
         length = self._phrase[1] - self._phrase[0]
-        bars = min(self.cfg.max_bars, max(1.0, math.ceil(length / BEATS_PER_BAR - 0.1)))
+        span = cont.choose_meter(self._controls[1], self._readout.meter)[1]
+        bars = min(self.cfg.max_bars, max(1.0, math.ceil(length / span - 0.1)))
         self._phrase = None
         log.debug("respond: call of %.2f beats -> %.0f bars", length, bars)
         self._request(bars, now, out)
 
     # ---- analysis out --------------------------------------------------------------------------------------
-    @staticmethod
-    def _hold(names: list[str], probs, current: tuple[str, float] | None, margin: float) -> tuple[str, float]:
-        """The estimate to report: the argmax, unless the reported one is within `margin` of it."""
-        best = int(probs.argmax())
-        if current is not None and current[0] in names:
-            i = names.index(current[0])
-            if float(probs[best]) < float(probs[i]) + margin:
-                best = i
-        return names[best], float(probs[best])
-
     def _analysis(self, ev: Analysis, now: float, out: list) -> None:
-        # A provisional analysis (held notes, lengths so far) refreshes the reported estimate's confidence
-        # but never changes it: changes need the final notes.
-        margin = math.inf if ev.provisional else 0.0
-        key = self._hold(self.key_names, ev.key_probs, self._key, KEY_MARGIN + margin)
-        meter = self._hold(self.meter_names, ev.meter_probs, self._meter, METER_MARGIN + margin)
-        new_key = self._key is None or self._key[0] != key[0] or self.cfg.analysis_every_note
-        new_meter = self._meter is None or self._meter[0] != meter[0] or self.cfg.analysis_every_note
-        if new_key and self._key is not None and self._key[0] != key[0]:
+        new_key, new_meter, changed = self._readout.update(
+            ev.key_probs, ev.meter_probs, provisional=ev.provisional, every=self.cfg.analysis_every_note
+        )
+        if changed:
             self.stats.count("key_changes")
-        self._key, self._meter = key, meter
         if new_key:
             self.stats.add("analysis_ms", (now - ev.cause_t) * 1000.0)
-            log.info("key %s (%.2f)", *key)
+            log.info("key %s (%.2f)", *self._readout.key)
         if new_meter:
-            log.info("meter %s (%.2f)", *meter)
+            log.info("meter %s (%.2f)", *self._readout.meter)
         self._report(out, key=new_key, meter=new_meter)
 
     def _report(self, out: list, *, key: bool, meter: bool) -> None:
-        if key and self._key is not None:
-            out.append(SendOsc("/typemoe/key", self._key))
-        if meter and self._meter is not None:
-            out.append(SendOsc("/typemoe/meter", self._meter))
+        if key and self._readout.key is not None:
+            out.append(SendOsc("/typemoe/key", self._readout.key))
+        if meter and self._readout.meter is not None:
+            out.append(SendOsc("/typemoe/meter", self._readout.meter))
 
     # ---- generation ------------------------------------------------------------------------------------------
     def _request(self, bars: float | None, t: float, out: list) -> None:
@@ -376,12 +333,35 @@ class Engine:
         self._generate(bars, t, out)
 
     def _generate(self, bars: float, trigger_t: float, out: list, attempt: int = 0) -> None:
-        self._next_id += 1
-        self._pending = _Pending(
-            self._next_id, bars, trigger_t, TokenReader(self.vocab, self._reader.cursor), attempt=attempt
+        """Ask for `bars` bars of the music's meter from its next bar line (bridge.continuation)."""
+        meter, span = cont.choose_meter(self._controls[1], self._readout.meter)
+        # Bar lines of the meter: from the DAW's song position 0 while it runs, else from the stream start.
+        anchor = (
+            self._daw_zero if self._daw_zero is not None and self.clock.synced(self._now) else self._origin
         )
+        start = cont.next_bar_line(self._beat, span, anchor)
+        key_lock = None
+        if self.cfg.key_lock:  # the asked key's scale, else the key being reported
+            key_lock = self._controls[0] or (self._readout.key[0] if self._readout.key else None)
+        self._next_id += 1
+        reader = TokenReader(self.vocab, self._reader.cursor)
+        self._pending = cont.Pending(self._next_id, bars, trigger_t, reader, start, span, attempt=attempt)
         seed = None if self.cfg.seed is None else self.cfg.seed + attempt
-        out.append(Generate(self._next_id, math.ceil(bars) + 1, self.cfg.temperature, self.cfg.top_p, seed))
+        out.append(
+            cont.SteeredGenerate(
+                self._next_id,
+                cont.remi_bars(bars, span),
+                self.cfg.temperature,
+                self.cfg.top_p,
+                seed,
+                meter=meter,
+                bars=math.ceil(bars - 1e-9),
+                start_beat=start - self._origin,
+                guidance=self.cfg.guidance,
+                key_lock=key_lock,
+            )
+        )
+        log.debug("continuation %d: %g bars of %s from beat %.2f", self._next_id, bars, meter, start)
 
     def _generated(self, ev: Generated, now: float, out: list) -> None:
         p = self._pending
@@ -392,21 +372,14 @@ class Engine:
             self._pending = None
             self._error(ev.error, now, out)
             return
-        p.n_tokens += len(ev.tokens)
-        notes = p.reader.read(ev.tokens)
-        if notes and p.shift is None:  # the first note fixes where the continuation sits on the timeline
-            p.first = min(n.onset for n in notes) + self._origin
-            ready = self.clock.beat_at(now + self.cfg.latency_s + 0.002)
-            p.shift = max(0, math.ceil(ready - p.first)) * 1.0  # whole beats: the grid is kept
+        had_notes = p.n_notes > 0
+        notes, past_window = p.place(
+            ev.tokens, self._origin, self.clock.beat_at(now + self.cfg.latency_s + 0.002)
+        )
+        if notes and not had_notes:
             self.stats.add("first_note_ms", (now - p.trigger_t) * 1000.0)
-        window_end = p.first + p.bars * BEATS_PER_BAR
-        past_window = False
         for n in notes:
-            if n.onset + self._origin >= window_end:
-                past_window = True
-                break
-            self._schedule(replace(n, onset=n.onset + self._origin + p.shift))
-            p.n_notes += 1
+            self._play.schedule(n)
         if past_window and not ev.done:  # the rest would be cut anyway: stop sampling
             out.append(CancelGenerate(p.request_id))
         if ev.done or past_window:
@@ -418,69 +391,20 @@ class Engine:
                 log.info("the model continued with silence %d times; giving up", p.attempt + 1)
             else:
                 log.info(
-                    "continuation: %d notes over %.1f bars from beat %.2f",
+                    "continuation: %d notes over %g bars of %g beats from beat %.2f",
                     p.n_notes,
                     p.bars,
-                    p.first + p.shift,
+                    p.span,
+                    p.start + (p.shift or 0.0),
                 )
 
-    def _schedule(self, n: BeatNote) -> None:
-        self._seq += 1
-        heapq.heappush(self._queue, (n.onset, 1, self._seq, n.pitch, n.velocity, n.duration))
-        heapq.heappush(self._queue, (n.onset + n.duration, 0, self._seq, n.pitch, 0, 0.0))
-
-    def _play_due(self, now: float, out: list) -> None:
-        ch = self.cfg.out_channel - 1
-        horizon = self.clock.beat_at(now + self.cfg.latency_s + _EARLY_S)
-        was_playing = bool(self._queue)
-        while self._queue and self._queue[0][0] <= horizon:
-            beat, order, seq, pitch, velocity, duration = heapq.heappop(self._queue)
-            if order == 1:
-                if (ch, pitch) in self._sounding:
-                    out.append(SendMidi(mp.note_off(pitch, ch)))
-                out.append(SendMidi(mp.note_on(pitch, velocity, ch)))
-                out.append(SendOsc("/typemoe/note", (pitch, velocity, float(beat), float(duration))))
-                self._sounding[(ch, pitch)] = seq
-                self._used.add(ch)
-            elif self._sounding.get((ch, pitch)) == seq:
-                out.append(SendMidi(mp.note_off(pitch, ch)))
-                del self._sounding[(ch, pitch)]
-        if was_playing and not self.playing and self._pending is None:  # the continuation ended
-            self._confirm.append((now + CONFIRM_S, -1, -1))  # then All Notes Off if nothing sounds
-
     def _stop_playback(self, out: list, *, force: bool = False) -> None:
-        """End playback: cancel the generation, note-off for each sounding note on the channel it was
-        played on, All Notes Off on every channel used, and a delayed second release of the cut notes.
-        Without `force`, a stop with nothing to stop sends nothing."""
-        active = bool(self._queue or self._sounding or self._pending is not None)
-        self._queue.clear()
-        if self._pending is not None:
-            out.append(CancelGenerate(self._pending.request_id))
-        self._pending = None
-        for ch, pitch in self._sounding:
-            out.append(SendMidi(mp.note_off(pitch, ch)))
-            self._confirm.append((self._now + CONFIRM_S, ch, pitch))
-        self._sounding.clear()
-        if active or force:
-            for ch in sorted(self._used):
-                out.append(SendMidi(mp.all_notes_off(ch)))
-            if self._used:
-                self._confirm.append((self._now + CONFIRM_S, -1, -1))
-
-    def _confirm_due(self, now: float, out: list) -> None:
-        """The second release: note-off again for cut notes not sounding anew, then All Notes Off on the
-        channels used once nothing sounds (a burst may have lost the first ones on the way)."""
-        if not self._confirm or min(c[0] for c in self._confirm) > now:
-            return
-        due = [c for c in self._confirm if c[0] <= now]
-        self._confirm = [c for c in self._confirm if c[0] > now]
-        for _, ch, pitch in due:
-            if ch >= 0 and (ch, pitch) not in self._sounding:
-                out.append(SendMidi(mp.note_off(pitch, ch)))
-        if not self._sounding and not self._queue:
-            for ch in sorted(self._used):
-                out.append(SendMidi(mp.all_notes_off(ch)))
-            self._used.clear()
+        """End playback: cancel the generation, end every sounding note (bridge.playback). Without
+        `force`, a stop with nothing to stop sends nothing."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            out.append(CancelGenerate(pending.request_id))
+        self._play.stop(self._now, out, force=force or pending is not None)
 
     # ---- OSC commands ----------------------------------------------------------------------------------------
     def _command(self, cmd, t: float, out: list) -> None:
@@ -525,7 +449,7 @@ class Engine:
         self._reader = TokenReader(self.vocab)
         self._origin, self._phrase, self._waiting_off = None, None, None
         self._held.clear()
-        self._key = self._meter = None
+        self._readout.reset()
         out.append(ResetModel())
         log.info("context reset")
 

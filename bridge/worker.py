@@ -10,7 +10,8 @@ Each finished note is posted at once (Generated chunks; the last has done=True),
 scheduled a few tokens after the trigger instead of after the whole continuation.
 
 What the context holds and when it is rebuilt is decided by bridge.context.ContextPolicy (pure, tested
-without threads); this thread only carries out its plans on the session.
+without threads); this thread only carries out its plans on the session. How a continuation is steered
+(meter window, guidance, key lock) is bridge.continuation's; the decoder is typemoe.decoding's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bridge.context import ContextPolicy, Plan
+from bridge.continuation import generate_kwargs
 from bridge.events import (
     Analysis,
     CancelGenerate,
@@ -35,6 +37,7 @@ from bridge.events import (
     Recondition,
     ResetModel,
 )
+from typemoe import decoding
 from typemoe.vocab import FAMILIES
 
 log = logging.getLogger(__name__)
@@ -182,9 +185,8 @@ class ModelThread:
                     )
                 )
         elif isinstance(job, Generate):  # replaces any generation in progress (its request is stale)
-            steps = self._session.fork().generate_steps(
-                n_bars=job.n_bars, temperature=job.temperature, top_p=job.top_p, seed=job.seed
-            )
+            session = self._session.fork()
+            steps = session.generate_steps(**generate_kwargs(job, session))
             self._gen = _Generation(job, steps)
         elif isinstance(job, CancelGenerate):
             if self._gen is not None and self._gen.job.request_id == job.request_id:
@@ -201,6 +203,10 @@ class ModelThread:
         if plan.rebuild:
             self._session = self._model.session()
         out = self._session.feed(list(plan.tokens))
+        if plan.rebuild and isinstance(self._session, decoding.Session):
+            # The decoder's time base (stream beats, where a continuation's bar line is) counts every Bar
+            # since the stream started, the forgotten ones too, as the engine's does.
+            self._session.bars = self._policy.bars
         if plan.rebuild:
             log.debug("context rebuilt: %d tokens", len(plan.tokens))
         return out if plan.has_music else None

@@ -13,6 +13,10 @@ What is measured (all in one process, same run, same thread count):
     typemoe_vs_dense             ORT decode ms of this model / of its dense twin (ffn="dense": one SwiGLU
                                  of the same width, i.e. equal active parameters), context 256
     tokens_per_s                 generate(n_tokens=256, temperature=1, top_p=0.95) throughput
+    guidance_cost                decode ms per generated token with classifier-free guidance 1.5 (two KV-cached
+                                 streams) vs unguided, after a prompt with Key_/Meter_ controls: medians of
+                                 the step times and their ratio; the guided first step, which prefills the
+                                 second stream, is reported apart (first_step_ms)
     int8.*                       the same decode figures and ratios for model_int8.onnx (int8 experts)
                                  against an int8 dense twin, plus the export's int8 quality report
 The PyTorch and dense-twin models have the model directory's config with random weights: latency does
@@ -45,6 +49,8 @@ log = logging.getLogger(__name__)
 DECODE_CONTEXTS = (256, 1024)
 PREFILL_LEN = 512
 GEN_TOKENS = 256
+GUIDANCE = 1.5  # the guidance weight whose cost `guidance_cost` reports
+GUIDED_TOKENS = 64  # tokens per timed generation of guidance_cost
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -178,6 +184,7 @@ def run_bench(
     res["decode_ms"] = decode["typemoe"]
     res["prefill_ms"] = {str(PREFILL_LEN): _prefill_ms(model, prefill_reps, notes)}
     res["tokens_per_s"] = _tokens_per_s(model)
+    res["guidance_cost"] = guidance_cost(model, blocks=max(2, reps // 200))
     res["ort_vs_torch"] = res["typemoe_vs_dense"] = None
     if "dense" in decode:
         res["dense_decode_ms"] = decode["dense"]
@@ -242,6 +249,47 @@ def _tokens_per_s(model: OrtModel) -> float:
     t0 = time.perf_counter()
     made = g.generate(n_tokens=GEN_TOKENS, temperature=1.0, top_p=0.95, seed=0)
     return len(made) / (time.perf_counter() - t0)
+
+
+def guidance_cost(model: OrtModel, *, blocks: int = 10, n_tokens: int = GUIDED_TOKENS) -> dict[str, Any]:
+    """Decode ms per token of generate_steps with guidance GUIDANCE vs unguided, in alternating blocks.
+
+    Both continue the same prompt (BOS, a key and a meter control, 128 grammar-valid ids) on a fork, with
+    the same seed per block. A step's time is from one yielded id to the next (sampling and masks
+    included); the first step of each generation is kept apart, since guided it also prefills the second
+    stream (typemoe.decoding.Session.unconditioned).
+    """
+    vocab = model.vocab
+    controls = vocab.control_ids(key="F# major", meter="3/4")
+    base = model.session()
+    base.feed([vocab.bos_id, *controls, *_prompt(model, 129, np.random.default_rng(3))[1:]])
+    steps: dict[float, list[float]] = {1.0: [], GUIDANCE: []}
+    first: dict[float, list[float]] = {1.0: [], GUIDANCE: []}
+    for block in range(blocks):
+        for g in steps:
+            it = base.fork().generate_steps(
+                n_tokens=n_tokens, temperature=1.0, top_p=0.95, seed=block, guidance=g
+            )
+            t0 = time.perf_counter()
+            next(it)
+            prev = time.perf_counter()
+            first[g].append(prev - t0)
+            for _ in it:
+                now = time.perf_counter()
+                steps[g].append(now - prev)
+                prev = now
+    plain, guided = (float(np.median(steps[g]) * 1e3) for g in (1.0, GUIDANCE))
+    return {
+        "guidance": GUIDANCE,
+        "unguided_ms": plain,
+        "guided_ms": guided,
+        "ratio": guided / plain,
+        "first_step_ms": {
+            "unguided": float(np.median(first[1.0]) * 1e3),
+            "guided": float(np.median(first[GUIDANCE]) * 1e3),
+        },
+        "tokens": {"unguided": len(steps[1.0]), "guided": len(steps[GUIDANCE])},
+    }
 
 
 def _dense_twins(model: OrtModel, tmp: Path, threads: int, notes: list[str]) -> dict[str, OrtModel]:
@@ -313,6 +361,14 @@ def format_table(res: dict[str, Any]) -> str:
     rows += decode_rows("", res["decode_ms"])
     rows += [(f"prefill ms @ {n}", f"{ms:.2f}") for n, ms in res["prefill_ms"].items()]
     rows.append(("tokens/s (generate)", f"{res['tokens_per_s']:.0f}"))
+    gc = res.get("guidance_cost")
+    if gc:
+        rows.append(
+            (
+                f"guidance {gc['guidance']:g} vs unguided",
+                f"{gc['ratio']:.2f}x (decode ms/token p50 {gc['guided_ms']:.3f} vs {gc['unguided_ms']:.3f})",
+            )
+        )
     rows += [(key, ratio(res.get(key))) for key in ("ort_vs_torch", "typemoe_vs_dense")]
     q = res.get("int8")
     if q:

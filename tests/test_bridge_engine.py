@@ -109,7 +109,9 @@ def test_respond_mode_answers_after_silence_with_the_calls_length():
     assert not h.generates  # still inside the silence window
     h.advance_beats(2.0)
     assert len(h.generates) == 1
-    assert h.generates[0].n_bars == 3  # 2 bars asked, +1 for the partial bar the model starts in
+    g = h.generates[0]
+    assert g.n_bars == 3  # 2 bars asked, +1 for the partial bar the model starts in
+    assert (g.bars, g.meter, g.start_beat % 4) == (2, "4/4", 0)  # 2 bars of the call's meter, on a bar line
     assert h.engine._pending is None and h.engine.playing
 
 

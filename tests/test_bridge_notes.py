@@ -14,8 +14,14 @@ def _playing(overrides=None) -> Harness:
     h.play(C_MAJOR_TUNE[:4])
     h.osc_in("/typemoe/continue", 4.0)
     h.advance_beats(1.7)
-    assert h.engine._sounding, "the toy continuation should be sounding"
+    assert h.engine._play.sounding, "the toy continuation should be sounding"
     return h
+
+
+def _past_next_bar(h: Harness, beats: float) -> None:
+    """Advance to `beats` after the next 4-beat bar line, where a continuation asked for now starts."""
+    beat = h.engine.clock.beat_at(h.clock.now())
+    h.advance_beats((beat // 4 + 1) * 4 + beats - beat)
 
 
 def _strict_hanging(h: Harness) -> set[tuple[int, int]]:
@@ -37,7 +43,7 @@ def test_channel_change_during_playback_ends_notes_on_their_own_channel():
     h.osc_in("/typemoe/set", "out_channel", 5)
     assert not _strict_hanging(h)  # note-offs went out on channel 1, where the notes were played
     h.osc_in("/typemoe/continue", 2.0)
-    h.advance_beats(1.7)
+    _past_next_bar(h, 0.7)
     assert any(d[0] == 0x94 for _, d in h.midi)  # the new continuation plays on channel 5
     h.osc_in("/typemoe/panic")
     assert not _strict_hanging(h)
@@ -59,7 +65,7 @@ def test_channel_change_during_playback_ends_notes_on_their_own_channel():
 )
 def test_every_stop_releases_then_confirms(stop):
     h = _playing()
-    cut = set(h.engine._sounding)
+    cut = set(h.engine._play.sounding)
     n = len(h.midi)
     stop(h)
     first = [d for _, d in h.midi[n:]]
@@ -99,8 +105,8 @@ def test_a_natural_end_is_followed_by_all_notes_off():
 def test_confirmation_does_not_cut_a_new_continuation():
     h = _playing()
     h.osc_in("/typemoe/continue", 4.0)  # a new continuation replaces the old one at once
-    h.advance_beats(1.5)  # it starts on the next beat; the confirmation of the cut notes came before
-    sounding = set(h.engine._sounding)
+    _past_next_bar(h, 0.2)  # it starts on the next bar line; the confirmation of the cut notes came before
+    sounding = set(h.engine._play.sounding)
     assert sounding and sounding <= hanging_notes(d for _, d in h.midi)
 
 

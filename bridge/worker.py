@@ -50,6 +50,11 @@ class _Generation:
     chunk: list[int] = field(default_factory=list)  # ids sampled since the last post
 
 
+def _fusion_of(reader):
+    """A typemoe KeyReader/MeterReader that holds a fusion, else None."""
+    return reader if getattr(reader, "fusion", None) is not None else None
+
+
 class ModelThread:
     """Owns the model session; only its thread touches it.
 
@@ -79,6 +84,9 @@ class ModelThread:
         self._session = None
         self._gen: _Generation | None = None  # the generation in progress (thread-only)
         self._ends_note = np.asarray(model.vocab.family_of) == FAMILIES.index("Duration")  # (V,)
+        # the model directory's fused key/meter answers (None: the heads answer alone, e.g. the toy model)
+        self._key_reader = _fusion_of(getattr(model, "key", None))
+        self._meter_reader = _fusion_of(getattr(model, "meter", None))
         self._thread = threading.Thread(target=self._run, name="typemoe-model", daemon=True)
         self.busy = False
 
@@ -165,25 +173,28 @@ class ModelThread:
             self._post(Generated(gen.job.request_id, tuple(gen.chunk), None, self._now(), done=False))
             gen.chunk = []
 
+    def _answer(self, out, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(key, meter) probabilities: the heads' at the end of `ids` (the music the session holds), fused
+        with those notes' pitch classes and rhythm when the model directory has fusions (OrtModel.key,
+        OrtModel.meter: typemoe.key_fusion, typemoe.meter), as `typemoe analyze` answers."""
+        key, meter = np.asarray(out.key_probs), np.asarray(out.meter_probs)
+        if self._key_reader is not None:
+            key = self._key_reader.probs(ids, key)
+        if self._meter_reader is not None:
+            meter = self._meter_reader.probs(ids, meter)
+        return key, meter
+
     def _do(self, job) -> None:
         if isinstance(job, Feed):
             out = self._apply(self._policy.feed(job.ids, self._session.n_past))
             if out is not None:
-                self._post(
-                    Analysis(np.asarray(out.key_probs), np.asarray(out.meter_probs), job.cause_t, self._now())
-                )
+                key, meter = self._answer(out, self._policy.history)
+                self._post(Analysis(key, meter, job.cause_t, self._now()))
         elif isinstance(job, Probe):
             if job.ids and self._session.n_past + len(job.ids) < self._ctx:
                 out = self._session.fork().feed(list(job.ids))
-                self._post(
-                    Analysis(
-                        np.asarray(out.key_probs),
-                        np.asarray(out.meter_probs),
-                        job.cause_t,
-                        self._now(),
-                        provisional=True,
-                    )
-                )
+                key, meter = self._answer(out, [*self._policy.history, *job.ids])
+                self._post(Analysis(key, meter, job.cause_t, self._now(), provisional=True))
         elif isinstance(job, Generate):  # replaces any generation in progress (its request is stale)
             session = self._session.fork()
             steps = session.generate_steps(**generate_kwargs(job, session))

@@ -170,3 +170,30 @@ def test_queued_reconditions_collapse_to_the_last_and_a_reset_drops_queued_feeds
     assert [j for j in jobs if isinstance(j, Recondition)] == [Recondition((299,))]
     w.submit(ResetModel())
     assert [type(j) for j in w._jobs] == [Recondition, ResetModel]
+
+
+def test_analysis_is_the_model_directorys_fused_answer_over_the_music_held():
+    """With key/meter fusions in the model directory (OrtModel.key / .meter), the readout is the fused
+    answer over the music the session holds, as `typemoe analyze` gives it, not the bare heads."""
+    import numpy as np
+
+    v = toy_vocab()
+    seen = []
+
+    class Reader:
+        fusion = object()
+
+        def __init__(self, n: int, pick: int) -> None:
+            self.n, self.pick = n, pick
+
+        def probs(self, ids, head):
+            seen.append(list(ids))
+            return np.eye(self.n)[self.pick]
+
+    model = _Recording(1024)
+    model.key, model.meter = Reader(24, 6), Reader(len(model.meter_names), 2)
+    bar, pos, pitch = v.id("Bar_None"), v.id("Position_0"), v.id("Pitch_60")
+    ids = (bar, pos, pitch, int(v.velocity_id[90]), v.duration_token_id(4))
+    (a,) = _run(model, [Feed(ids, 1.0)], 1)
+    assert isinstance(a, Analysis) and int(a.key_probs.argmax()) == 6 and int(a.meter_probs.argmax()) == 2
+    assert seen[-2:] == [list(ids), list(ids)]  # both readers read the music the session holds

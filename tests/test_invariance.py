@@ -130,9 +130,16 @@ def shared_test_pieces() -> list[tuple[str, symusic.Score]]:
 # --------------------------------------------------------------------------- the model
 
 
-# The shipped model was trained before performer augmentation (issue 12): these fail on it, and must keep
-# failing until the robust model ships (strict: an unexpected pass fails the suite and says "ship it").
-PREDATES = pytest.mark.xfail(strict=True, reason="shipped model predates humanized training (issue 12)")
+# What the shipped model (robust SS-MTP + key and meter fusions, 2026-12-01) does not reach yet, with its
+# measured rate; the model shipped before issue 12 failed all but meter-under-jitter (key const velocity
+# 0.922, meter 0.637; velocity noise 0.944 / 0.600; jitter key 0.933; transposition 0.900). Strict: the day
+# a model passes, the suite fails and says to drop the mark.
+METER_VELOCITY = pytest.mark.xfail(
+    strict=True, reason="shipped model: meter agreement 0.930 under constant velocity 30..120 (issue 12)"
+)
+KEY_TRANSPOSITION = pytest.mark.xfail(
+    strict=True, reason="shipped model: key equivariance 0.933 under transposition (issue 12)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -216,27 +223,25 @@ def _check(readings: dict, variants: tuple[str, ...], task: int, what: str) -> N
 
 
 @pytest.mark.slow
-@PREDATES
-@pytest.mark.parametrize("task,what", [(0, "key"), (1, "meter")])
+@pytest.mark.parametrize("task,what", [(0, "key"), pytest.param(1, "meter", marks=METER_VELOCITY)])
 def test_constant_velocity_30_to_120(readings, task, what):
     _check(readings, ("vel30", "vel120", "velrand"), task, f"{what} under constant velocity 30..120")
 
 
 @pytest.mark.slow
-@PREDATES
 @pytest.mark.parametrize("task,what", [(0, "key"), (1, "meter")])
 def test_velocity_noise(readings, task, what):
     _check(readings, ("noise",), task, f"{what} under per-note velocity noise (sd 10)")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task,what", [pytest.param(0, "key", marks=PREDATES), (1, "meter")])
+@pytest.mark.parametrize("task,what", [(0, "key"), (1, "meter")])
 def test_onset_jitter(readings, task, what):
     _check(readings, ("jitter",), task, f"{what} under +-1/32-beat onset jitter")
 
 
 @pytest.mark.slow
-@PREDATES
+@KEY_TRANSPOSITION
 def test_key_turns_with_transposition(readings):
     from typemoe import analysis
 

@@ -8,7 +8,8 @@ so far, and (with a classification head) the running mean of the per-position cl
 model's pooled head on the whole prefix.
 
 Cases: context lengths 1 (one case per token type), 17, 256 and the maximum; prompts that hold every
-token type; prefill + decode chains, a chunked feed, decode from an empty cache, a batch of 2.
+token type; prefill + decode chains, a chunked feed, decode from an empty cache, a batch of 2; with the
+infilling tokens, a fill-in-the-middle stream whose markers run (fim_prompt).
 fp32 tolerance: |ort - torch| <= 1e-4 + 1e-4 * |torch|. The fp16 graph (CUDA) is checked on CPU with
 a looser bound (FP16_ATOL), as a layout check: fp16 rounding is not what it tests.
 
@@ -128,6 +129,9 @@ def default_cases(vocab, context_len: int, *, seed: int = 0) -> list[Case]:
             [row(seq[:p]), row(seq[p : p + 4])] + [row([i]) for i in seq[p + 4 :]],
         )
     )
+    if getattr(vocab, "has_infill", False) and context_len >= 48:  # before the last 3 (the fp16 check's)
+        seq = fim_prompt(vocab, rng)
+        cases.append(Case("infill/prefill+decode8", [row(seq[:-8])] + [row([i]) for i in seq[-8:]]))
     seq = typed_prompt(vocab, 6, rng)
     cases.append(Case("decode6-from-empty", [row([i]) for i in seq]))
     seq = typed_prompt(vocab, context_len, rng)
@@ -135,6 +139,21 @@ def default_cases(vocab, context_len: int, *, seed: int = 0) -> list[Case]:
     both = np.stack([typed_prompt(vocab, 19, rng), typed_prompt(vocab, 19, rng)])  # (2, 19)
     cases.append(Case("batch2/prefill17+decode2", [both[:, :17], both[:, 17:18], both[:, 18:]]))
     return cases
+
+
+def fim_prompt(vocab, rng: np.random.Generator) -> list[int]:
+    """A fill-in-the-middle stream (typemoe/infill.py): prefix, Infill_Suffix, suffix, Infill_Middle,
+    Infill_Bars_2, two middle bars, Infill_End; every infilling marker runs, the last ones one by one."""
+
+    def walk(ids: list[int], n: int) -> list[int]:
+        for _ in range(n):
+            ids.append(int(rng.choice(np.flatnonzero(vocab.next_allowed[vocab.family_of[ids[-1]]]))))
+        return ids
+
+    bar = vocab.id("Bar_None")
+    ids = walk(typed_prompt(vocab, 12, rng) + [vocab.id("Infill_Suffix"), bar], 8)
+    ids = walk(ids + [vocab.id("Infill_Middle"), vocab.id("Infill_Bars_2"), bar], 6)
+    return walk(ids + [bar], 5) + [vocab.id("Infill_End")]
 
 
 def check_parity(

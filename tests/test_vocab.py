@@ -23,7 +23,8 @@ def test_every_id_has_exactly_one_type(vocab):
         if name != "control":
             assert tok.split("_")[0] in prefixes[name], (i, tok, name)
         else:
-            assert tok.split("_")[0] in {"PAD", "BOS", "EOS", "Key", "Meter", "Genre", "Emotion"}, tok
+            control = {"PAD", "BOS", "EOS", "Key", "Meter", "Genre", "Emotion", "Infill"}
+            assert tok.split("_")[0] in control, tok
 
 
 def test_control_tokens_present(vocab):

@@ -67,6 +67,13 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=None, help="steps between metric lines")
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation passes")
     p.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument(
+        "--infill-p",
+        type=float,
+        default=None,
+        help="share of windows trained as fill-in-the-middle (1-4 bars between what comes before and after; "
+        "default: 0.25 for train, 0 for finetune; 0 = off)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per rank (default: 0 = cores / ranks)")
 

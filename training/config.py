@@ -117,6 +117,10 @@ class TrainConfig:
     key_move_p: float = 0.25
     """Of the windows with a key control, the share whose music starts in another key (the first part
     transposed away) and reaches the control's key at a bar line: "continue this in another key"."""
+    infill_p: float = 0.0
+    """Share of windows rearranged for fill-in-the-middle (training/infill_data.py): n = 1-4 whole bars
+    moved after the rest, between Infill_* tokens. 0 = off; `typemoe train` uses 0.25. Needs a
+    vocabulary with the infilling tokens (typemoe/vocab.py)."""
     humanize: bool = True
     """Redraw each window as a performer might play it (training/humanize.py: velocity, timing,
     articulation, top voice), so no head can read a source's signature."""
@@ -147,9 +151,11 @@ class TrainConfig:
             raise ValueError(f"labelled_fraction must be in [0, 1], got {self.labelled_fraction}")
         if not 0 <= self.transpose <= 11:
             raise ValueError(f"transpose must be in 0..11 semitones, got {self.transpose}")
-        for name in ("control_dropout", "control_p", "key_move_p"):
+        for name in ("control_dropout", "control_p", "key_move_p", "infill_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.infill_p > 0 and self.task not in ("pretrain", "conditional"):
+            raise ValueError(f"infill_p is for generation (pretrain, conditional), not task {self.task!r}")
         for name in ("log_every", "eval_every", "ckpt_every", "eval_pieces"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -165,7 +171,10 @@ class TrainConfig:
         return per_rank // self.micro_batch
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["infill_p"] == 0:  # left out when off, so the configs of runs from before infilling still match
+            del d["infill_p"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from training import infill_data
 from training.humanize import Humanizer
 from typemoe.vocab import TypedVocab
 
@@ -149,6 +150,7 @@ class TokenOps:
         assert list(pos) == list(range(self.pos_lo, self.pos_lo + self.n_pos)), "Position ids must be contiguous"
         self.ticks_per_beat = self.n_pos // 4
         self.is_control = np.asarray(vocab.family_of) == 5  # (V,) specials and control tokens
+        self.no_target = self.is_control & ~infill_data.loss_targets(vocab)  # (V,) Infill_End is a target
         self.control_ids = vocab.control_ids
 
     def is_pitch(self, ids):
@@ -319,7 +321,7 @@ def collate(samples: list[Sample], ops: TokenOps) -> Batch:
         head[b, s.head_from:len(s.ids)] = True
     targets = np.full((B, T), -1, dtype=np.int64)
     nxt = idx[:, 1:]
-    ok = valid[:, 1:] & ~ops.is_control[nxt]  # never learn to emit pads, BOS or control tokens
+    ok = valid[:, 1:] & ~ops.no_target[nxt]  # never learn to emit pads, BOS or control tokens
     targets[:, :-1] = np.where(ok, nxt, -1)
     labels = {t: torch.tensor([s.labels.get(t, -1) for s in samples]) for t in samples[0].labels}
     return Batch(
@@ -369,6 +371,7 @@ class WindowSampler:
         self.micro_steps = cfg.check_world(world)
         self.state = SamplerState(seed=cfg.seed, n_pieces=len(pieces), batch_size=cfg.batch_size)
         self.humanizer = Humanizer(vocab) if cfg.humanize else None
+        self.fim = infill_data.FimOps(vocab) if getattr(cfg, "infill_p", 0) > 0 else None
         self._perm_epoch, self._perm = -1, None
 
     def load_state(self, d: dict) -> None:
@@ -391,22 +394,31 @@ class WindowSampler:
 
     def sample(self, g: int) -> Sample:
         cfg = self.cfg
-        return make_sample(
+        s = make_sample(
             self.pieces, self._piece_of(g), np.random.default_rng((cfg.seed, g)), ops=self.ops,
             seq_len=cfg.seq_len, transpose=cfg.transpose, phase_shift=cfg.phase_shift,
             head_start_bar=cfg.loss.head_start_bar, controls=window_controls(cfg),
             control_dropout=cfg.control_dropout, key_move_p=cfg.key_move_p, humanizer=self.humanizer,
         )
+        rng = np.random.default_rng((cfg.seed, g, infill_data.SALT))
+        return infill_data.maybe_fim(s, self.fim, cfg.infill_p, cfg.seq_len, rng)
+
+    def indices(self, step: int) -> range:
+        """The global sample indices of this rank's share of `step`."""
+        B, per_rank = self.cfg.batch_size, self.cfg.batch_size // self.world
+        g0 = step * B + self.rank * per_rank
+        return range(g0, g0 + per_rank)
+
+    def batches(self, samples: list[Sample]) -> list[Batch]:
+        """One step's samples as micro-batches."""
+        mb = self.cfg.micro_batch
+        # similar lengths share a micro-batch: less padding, and the step's sums are the same (up to rounding)
+        samples = sorted(samples, key=lambda s: len(s.ids))
+        return [collate(samples[m * mb:(m + 1) * mb], self.ops) for m in range(self.micro_steps)]
 
     def next_step(self) -> list[Batch]:
         """This rank's micro-batches for the current step; advances the state by one step."""
-        B, per_rank = self.cfg.batch_size, self.cfg.batch_size // self.world
-        g0 = self.state.step * B + self.rank * per_rank
-        mb = self.cfg.micro_batch
-        samples = [self.sample(g0 + j) for j in range(per_rank)]
-        # similar lengths share a micro-batch: less padding, and the step's sums are the same (up to rounding)
-        samples.sort(key=lambda s: len(s.ids))
-        batches = [collate(samples[m * mb:(m + 1) * mb], self.ops) for m in range(self.micro_steps)]
+        batches = self.batches([self.sample(g) for g in self.indices(self.state.step)])
         self.state.step += 1
         return batches
 

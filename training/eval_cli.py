@@ -87,7 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--table-perturb",
         default="none,all",
-        help="perturbations of --source-table, comma-separated from none,velocity,timing,all",
+        help="perturbations of --source-table, comma-separated from none,velocity,timing,all (humanized) "
+        "and vel40,vel110,staccato,legato,melody,phase (one property each, to find shortcuts)",
     )
     g = p.add_argument_group("ablations (train variants, then evaluate each)")
     mode = g.add_mutually_exclusive_group()
@@ -168,6 +169,9 @@ def _summary(results: dict) -> str:
         "meter.baselines.majority",
         "genre.accuracy",
         "emotion.accuracy",
+        "infill.hits@1",
+        "infill.continuation.hits@1",
+        "infill.bleu2",
     )
     parts = [
         f"{k} {results[k]:.3f}"

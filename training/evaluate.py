@@ -82,7 +82,7 @@ from typemoe import analysis
 log = logging.getLogger(__name__)
 
 CLS_TASKS = ("genre", "emotion", "composer")
-GROUPS = ("continuation", "conditional", "control", "keymeter", "classification", "experts")
+GROUPS = ("continuation", "conditional", "control", "keymeter", "classification", "experts", "infill")
 
 
 @dataclass(kw_only=True)
@@ -127,11 +127,11 @@ class EvalConfig:
         if self.whole_max_tokens < 0:
             raise ValueError(f"whole_max_tokens must be >= 0, got {self.whole_max_tokens}")
         if self.perturb is not None:
-            from training.perturb import PERTURB_KINDS
+            from training.perturb import PERTURB_KINDS, PROBE_KINDS
 
-            if self.perturb not in PERTURB_KINDS:
+            if self.perturb not in (*PERTURB_KINDS, *PROBE_KINDS):
                 raise ValueError(
-                    f"unknown perturbation {self.perturb!r}; expected one of {', '.join(PERTURB_KINDS)}"
+                    f"unknown perturbation {self.perturb!r}; expected one of {', '.join((*PERTURB_KINDS, *PROBE_KINDS))}"
                 )
         if self.control_pieces < 0:
             raise ValueError(f"control_pieces must be >= 0, got {self.control_pieces}")
@@ -393,6 +393,10 @@ def evaluate(cfg: EvalConfig) -> Report:
         )
     if "classification" in cfg.groups:
         classification(models, data, window, report)
+    if "infill" in cfg.groups:  # infilling vs continuation on the same bars (training/eval_infill.py)
+        from training.eval_infill import infill_metrics
+
+        infill_metrics(main, data.pieces, cfg, window, report)
     r = report.results
     r["n_pieces"] = len(data.pieces)
     r["sources"] = data.sources

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training import ckpt, cli, dist, loop
+from training import ckpt, cli, dist, infill_data, loop
 from training.cli import CLS_TASKS
 from training.config import LossConfig, OptimConfig, TrainConfig
 from training.data import Pieces, load_pieces
@@ -56,9 +56,12 @@ def _check_label_set(where: str, meta: dict, task: str, class_names: list[str]) 
                          f"the data has {class_names}")
 
 
-def init_model(src: Path, task: str, class_names: list[str] | None) -> TypeMoE:
-    """The pre-trained model, with a fresh classification head of len(class_names) classes if needed."""
+def init_model(src: Path, task: str, class_names: list[str] | None, vocab=None) -> TypeMoE:
+    """The pre-trained model, with a fresh classification head of len(class_names) classes if needed; one
+    from before the infilling tokens grown to `vocab` (training/infill_data.grow_vocab)."""
     pre = checkpoint.load(src)
+    if vocab is not None and pre.cfg.vocab_size != vocab.size:
+        pre = infill_data.grow_vocab(pre, vocab)
     if class_names is None:
         return pre.train()
     cfg = replace(pre.cfg, n_classes=len(class_names))
@@ -84,7 +87,8 @@ def build_config(args, model_cfg, task: str) -> TrainConfig:
         transpose=6, phase_shift=True, control_dropout=args.control_dropout,
         log_every=10, eval_every=100, eval_pieces=512, ckpt_every=100,
     )
-    return apply_overrides(cfg, args)
+    cfg = apply_overrides(cfg, args)
+    return replace(cfg, infill_p=getattr(args, "infill_p", None) or 0.0)
 
 
 def run(args) -> int:
@@ -104,7 +108,7 @@ def run(args) -> int:
         except checkpoint.CheckpointError as err:
             raise ValueError(f"--from {args.from_}: {err}") from err
         vocab = TypedVocab.default()
-        if pre_meta.get("vocab_hash") not in (None, vocab.hash):
+        if pre_meta.get("vocab_hash") is not None and not vocab.reads(pre_meta["vocab_hash"]):
             raise ValueError(f"--from {src} was trained with vocabulary {pre_meta['vocab_hash'][:12]}, "
                              f"this code has {vocab.hash[:12]}")
         loop.check_resume_target(args.out, args.resume)
@@ -118,7 +122,7 @@ def run(args) -> int:
                 _check_label_set(f"--resume {args.out}", out_meta, args.task, class_names)
             pieces = pieces.subset(pieces.label(args.task) >= 0)
         train, val = split_pieces(pieces, args.data)
-        model = init_model(src, args.task, class_names)
+        model = init_model(src, args.task, class_names, vocab)
         cfg = build_config(args, model.cfg, args.task)
         cfg.check_world(d.world)
         echo(f"finetune {args.task} from {src}: {len(train)} train / {len(val)} val pieces"

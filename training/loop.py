@@ -24,6 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from training import ckpt, losses
 from training.config import TrainConfig
-from training.data import Pieces, TokenOps, WindowSampler, eval_batches
+from training.data import Batch, Pieces, TokenOps, WindowSampler, eval_batches
 from training.dist import Dist, all_sum, barrier
+from training.prefetch import Prefetcher
 from typemoe import analysis
 from typemoe.checkpoint import CheckpointError
 from typemoe.model import TypeMoE
@@ -42,6 +44,8 @@ from typemoe.model import TypeMoE
 # config fields that may change on --resume: bookkeeping, and max_steps (to extend or shorten a run; the
 # cosine schedule then follows the new length, so that run is no longer identical to an uninterrupted one)
 RESUMABLE_CHANGES = {"log_every", "eval_every", "eval_pieces", "ckpt_every", "device", "threads", "max_steps"}
+# deadline (training/gpu_recipe.py): steps FIT_SKIP+1 .. FIT_SKIP+FIT_STEPS are timed to fit max_steps to the budget
+FIT_SKIP, FIT_STEPS = 2, 8
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -104,6 +108,100 @@ def progress_line(rec: dict[str, Any], names: tuple[str, ...], eta_s: float) -> 
     return " | ".join(parts)
 
 
+def loss_weights(cfg: TrainConfig) -> dict[str, float]:
+    """Term name -> weight of the objective (before the semi-supervised ramp)."""
+    o = cfg.loss
+    return {"lm": o.lm, "key": o.key, "meter": o.meter, "semi": o.semi, "consistency": o.consistency,
+            "aux": o.aux, "cls": o.cls}
+
+
+def cpu_autocast():
+    return contextlib.nullcontext()
+
+
+def cuda_autocast():
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+class Stepper:
+    """One optimizer step on one rank's micro-batches: counts, teacher, forward/backward, clip, AdamW, EMA.
+
+    train() calls it once per step and training/bench_train.py times it. teacher_rows picks how much of a
+    micro-batch the EMA teacher reads (the only term that reads it, semi + consistency, is masked to the
+    unlabelled rows, so both give the same loss up to float rounding):
+      "unlabelled"  only the rows missing a key or meter label, cut to their longest window (default);
+      "all"         the whole padded micro-batch, as before issue 15 (kept for the benchmark).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, model, ddp_model, ema, opt, names, cls_task, ops: TokenOps, device,
+                 autocast=cpu_autocast, world: int = 1, ddp: bool = False, teacher_rows: str = "unlabelled"):
+        if teacher_rows not in ("unlabelled", "all"):
+            raise ValueError(f"teacher_rows must be 'unlabelled' or 'all', got {teacher_rows!r}")
+        self.cfg, self.model, self.ddp_model, self.ema, self.opt = cfg, model, ddp_model, ema, opt
+        self.names, self.cls_task, self.ops, self.device = names, cls_task, ops, device
+        self.autocast, self.world, self.ddp, self.teacher_rows = autocast, world, ddp, teacher_rows
+        self.w = loss_weights(cfg)
+
+    def teacher(self, b: Batch) -> dict[str, torch.Tensor] | None:
+        """The EMA teacher's soft targets for micro-batch b (None when every row is labelled)."""
+        rows = losses.unlabelled_rows(b)  # (B,)
+        if not bool(rows.any()):
+            return None
+        idx = losses.untranspose(b, self.ops.pitch_lo, self.ops.pitch_hi)  # (B, T)
+        if self.teacher_rows == "all":
+            with torch.no_grad(), self.autocast():
+                t_out = self.ema(idx)
+            return losses.teacher_targets(t_out.key_logits, t_out.meter_logits, b)
+        sel = rows.nonzero().squeeze(1)  # (R,) the unlabelled rows
+        t_len = int(b.last[sel].max()) + 1  # causal: cutting the pads after the longest row changes nothing
+        with torch.no_grad(), self.autocast():
+            t_out = self.ema(idx[sel, :t_len])  # (R, t_len) -> heads (R, t_len, K | M)
+        sub = losses.teacher_targets(t_out.key_logits, t_out.meter_logits,
+                                     Batch(idx=idx[sel, :t_len], targets=b.targets[sel, :t_len],
+                                           valid=b.valid[sel, :t_len], head=b.head[sel, :t_len],
+                                           last=b.last[sel], shift=b.shift[sel]))
+        return losses.scatter_teacher(sub, sel, b.idx.shape)
+
+    def __call__(self, batches: list[Batch], step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Run step `step` on this rank's micro-batches; returns (term sums (N,), counts (N + 1,), ramp).
+
+        counts are summed over ranks (the last entry is real tokens); sums are this rank's.
+        """
+        cfg, names = self.cfg, self.names
+        counts = torch.zeros(len(names) + 1, dtype=torch.float64)
+        for b in batches:
+            c = losses.term_counts(b, names, self.cls_task)
+            counts[:-1] += torch.tensor([c[n] for n in names], dtype=torch.float64)
+            counts[-1] += b.n_tokens
+        counts = all_sum(counts)
+        ramp = min(1.0, (step + 1) / cfg.loss.semi_rampup) if cfg.loss.semi_rampup else 1.0
+        scale = {n: self.w[n] * (ramp if n in ("semi", "consistency") else 1.0) * self.world
+                 / max(float(counts[i]), 1.0) for i, n in enumerate(names)}
+        sums = torch.zeros(len(names), dtype=torch.float64)
+        for m, b in enumerate(batches):
+            b = b.to(self.device)
+            teacher = self.teacher(b) if self.ema is not None else None
+            last = m == len(batches) - 1
+            sync = contextlib.nullcontext() if (last or not self.ddp) else self.ddp_model.no_sync()
+            with sync:
+                with self.autocast():
+                    out = self.ddp_model(b.idx, valid_mask=b.valid)
+                s = losses.term_sums(out, b, names, threshold=cfg.loss.pseudo_threshold, teacher=teacher,
+                                     cls_task=self.cls_task)
+                loss = sum(scale[n] * s[n] for n in names)
+                loss.backward()
+            sums += torch.tensor([float(s[n].detach()) for n in names], dtype=torch.float64)
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()),
+                                     1.0 - cfg.loss.ema_decay)
+        return sums, counts, ramp
+
+
 @torch.no_grad()
 def evaluate(model: TypeMoE, batches, device, autocast, cls_task: str | None) -> dict[str, float]:
     """Held-out LM loss and whole-window head accuracies, summed over ranks."""
@@ -139,6 +237,16 @@ def evaluate(model: TypeMoE, batches, device, autocast, cls_task: str | None) ->
     return r
 
 
+def _tensorboard(out_dir: Path, start: int, echo: Callable[[str], None]):
+    """A SummaryWriter in out_dir/tb, or None where tensorboard is not installed (metrics.jsonl has it all)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:  # e.g. a bare GPU image; the recipe must not need pip installs
+        echo(f"note: no TensorBoard scalars ({err}); metrics.jsonl has every value")
+        return None
+    return SummaryWriter(str(out_dir / "tb"), purge_step=start if start else None)
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop lines logged after `step` (a killed run logged past its last checkpoint)."""
     if not path.is_file():
@@ -165,6 +273,9 @@ def train(
     meta: dict[str, Any] | None = None,
     resume: bool = False,
     echo: Callable[[str], None] = lambda s: None,
+    teacher_rows: str = "unlabelled",
+    deadline: float | None = None,
+    data_workers: int = 0,
 ) -> list[dict[str, Any]]:
     """Run (or continue) training to cfg.max_steps; returns this process's metric records (rank 0).
 
@@ -172,6 +283,12 @@ def train(
         model: a model to start from (fine-tuning); None builds a fresh one from cfg.model.
         meta: saved into every checkpoint's config.json meta (label sets, task, data).
         resume: continue from out_dir/latest when it exists. Without it an existing checkpoint is an error.
+        teacher_rows: which rows the EMA teacher reads (see Stepper); "all" is the pre-issue-15 path.
+        deadline: a time.time() to stop at (the GPU recipe's budget): steps FIT_SKIP+1 .. FIT_SKIP+FIT_STEPS
+            are timed and max_steps is cut to what fits before it (the LR schedule follows); a run still
+            going at the deadline stops there, with its final validation and checkpoint.
+        data_workers: processes that build the next steps' windows while this one trains (a GPU waits for
+            them otherwise); 0 builds them in this process. The batches are the same either way.
     """
     out_dir = Path(out_dir)
     device = d.device
@@ -213,23 +330,19 @@ def train(
 
     ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                     find_unused_parameters=True) if d.ddp else model
-    if device.type == "cuda":
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-    else:
-        autocast = contextlib.nullcontext
+    autocast = cuda_autocast if device.type == "cuda" else cpu_autocast
     val = eval_batches(val_pieces, vocab, cfg, rank=d.rank, world=d.world) if val_pieces is not None and len(
         val_pieces) else None
     writer = None
     if d.master:
         out_dir.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start if start else None)
+        writer = _tensorboard(out_dir, start, echo)
     save_meta = {"task": cfg.task, "objective": cfg.objective, "key_names": list(analysis.KEYS),
                  "meter_names": list(analysis.METERS), **(meta or {})}
-    w = {"lm": cfg.loss.lm, "key": cfg.loss.key, "meter": cfg.loss.meter, "semi": cfg.loss.semi,
-         "consistency": cfg.loss.consistency, "aux": cfg.loss.aux, "cls": cfg.loss.cls}
+    w = loss_weights(cfg)
+    stepper = Stepper(cfg, model=model, ddp_model=ddp_model, ema=ema, opt=opt, names=names, cls_task=cls_task,
+                      ops=ops, device=device, autocast=autocast, world=d.world, ddp=d.ddp,
+                      teacher_rows=teacher_rows)
 
     def save(step: int) -> None:
         if d.master:
@@ -238,53 +351,36 @@ def train(
                              "world": d.world})
         barrier()
 
+    # after a resume's load_state: the workers build windows from the sampler's step on (daemonic: an
+    # exception that ends the process ends them too)
+    data = Prefetcher(sampler, data_workers) if data_workers > 0 else sampler
     records: list[dict[str, Any]] = []
     t_start, t_last, tokens_since, steps_timed = time.time(), time.time(), 0, 0
     step_time = float("nan")
-    for step in range(start, cfg.max_steps):
+    t_fit = t_start
+    step = start - 1
+    while step + 1 < cfg.max_steps:
+        step += 1
         torch.manual_seed(_step_seed(cfg.seed, step, d.rank))  # dropout: the step is the RNG state
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        batches = sampler.next_step()
-        counts = torch.zeros(len(names) + 1, dtype=torch.float64)
-        for b in batches:
-            c = losses.term_counts(b, names, cls_task)
-            counts[:-1] += torch.tensor([c[n] for n in names], dtype=torch.float64)
-            counts[-1] += b.n_tokens
-        counts = all_sum(counts)
-        ramp = min(1.0, (step + 1) / cfg.loss.semi_rampup) if cfg.loss.semi_rampup else 1.0
-        scale = {n: w[n] * (ramp if n in ("semi", "consistency") else 1.0) * d.world / max(float(counts[i]), 1.0)
-                 for i, n in enumerate(names)}
-        sums = torch.zeros(len(names), dtype=torch.float64)
-        for m, b in enumerate(batches):
-            b = b.to(device)
-            teacher = None
-            if ema is not None:
-                rows = losses.unlabelled_rows(b)
-                if bool(rows.any()):
-                    with torch.no_grad(), autocast():
-                        t_out = ema(losses.untranspose(b, ops.pitch_lo, ops.pitch_hi))
-                    teacher = losses.teacher_targets(t_out.key_logits, t_out.meter_logits, b)
-            last = m == len(batches) - 1
-            sync = contextlib.nullcontext() if (last or not d.ddp) else ddp_model.no_sync()
-            with sync:
-                with autocast():
-                    out = ddp_model(b.idx, valid_mask=b.valid)
-                s = losses.term_sums(out, b, names, threshold=cfg.loss.pseudo_threshold, teacher=teacher,
-                                     cls_task=cls_task)
-                loss = sum(scale[n] * s[n] for n in names)
-                loss.backward()
-            sums += torch.tensor([float(s[n].detach()) for n in names], dtype=torch.float64)
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if ema is not None:
-            with torch.no_grad():
-                for pe, p in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(p, 1.0 - cfg.loss.ema_decay)
+        batches = data.next_step()
+        sums, counts, ramp = stepper(batches, step)
         done = step + 1
+        if deadline is not None:
+            now = time.time()
+            if done == start + FIT_SKIP:
+                t_fit = now  # the first steps pay for allocator and kernel warm-up: not timed
+            elif done == start + FIT_SKIP + FIT_STEPS or now >= deadline:
+                per_step = (now - t_fit) / max(done - start - FIT_SKIP, 1)
+                fitted = done + max(int((deadline - now) / per_step), 0) if now < deadline else done
+                if fitted < cfg.max_steps:
+                    cfg = replace(cfg, max_steps=fitted)  # resumable (RESUMABLE_CHANGES): the schedule follows
+                    echo(f"budget: {per_step:.3f} s a step, max_steps -> {fitted}")
+                    if fitted < cfg.optim.warmup_steps:
+                        echo(f"note: the budget ends inside the {cfg.optim.warmup_steps}-step warmup; the LR "
+                             "never reaches its peak (pass --warmup-steps to shorten it)")
         tokens_since += int(counts[-1])
         is_log = done % cfg.log_every == 0 or done == cfg.max_steps or done == 1
         is_eval = val is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps)
@@ -306,12 +402,14 @@ def train(
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 for k, v in rec.items():
-                    if k != "step":
+                    if k != "step" and writer is not None:
                         writer.add_scalar(("val/" if k.startswith("val_") else "train/") + k, v, done)
                 echo(progress_line(rec, names, step_time * (cfg.max_steps - done)))
             records.append(rec)
         if done % cfg.ckpt_every == 0 or done == cfg.max_steps:
             save(done)
+    if data is not sampler:
+        data.close()
     if start >= cfg.max_steps and not ckpt.has_checkpoint(out_dir):
         save(start)
     if writer is not None:

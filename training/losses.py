@@ -94,6 +94,24 @@ def teacher_targets(key_logits: torch.Tensor, meter_logits: torch.Tensor, batch:
     return {"key": key_p, "key_last": key_p[rows, batch.last], "meter_last": meter_p[rows, batch.last]}
 
 
+def scatter_teacher(sub: dict[str, torch.Tensor], rows: torch.Tensor, shape: tuple[int, int]
+                    ) -> dict[str, torch.Tensor]:
+    """Teacher targets of R selected rows (cut to T' <= T positions) placed into a full (B, T) batch.
+
+    The other rows and positions get zeros, which no term reads: pseudo_sum and consistency_sum are
+    masked to unlabelled rows at head positions, and head positions end at each row's last real token.
+    """
+    B, T = shape
+    key = sub["key"].new_zeros(B, T, sub["key"].size(-1))  # (B, T, K)
+    key[rows, : sub["key"].size(1)] = sub["key"]  # (R, T', K) into (B, T, K)
+    out = {"key": key}
+    for name in ("key_last", "meter_last"):
+        full = sub[name].new_zeros(B, sub[name].size(-1))  # (B, K | M)
+        full[rows] = sub[name]
+        out[name] = full
+    return out
+
+
 def untranspose(batch: Batch, pitch_lo: int, pitch_hi: int) -> torch.Tensor:
     """The batch's input ids before transposition: (B, T) -> (B, T)."""
     idx = batch.idx

@@ -48,6 +48,25 @@ def small(vocab, **model_overrides: Any) -> TrainConfig:
     )
 
 
+def medium(vocab, **model_overrides: Any) -> TrainConfig:
+    """The GPU recipe's preset (training/gpu_recipe.py, docs/GPU.md): small's 4 blocks, 1.25x wider.
+
+    Sized by what can ship and what comes back from the GPU machine, not by the GPU: 14.0M parameters
+    (4.2M active) are 27 MiB in bf16, so the weights and the EMA teacher fit the run tool's 64 MiB of
+    returned files, and 28 MB in fp16 stay under the package's 30 MB. Depth stays at 4 blocks because a
+    CPU decode step is bound by per-operator overhead (typemoe/config.py, small). Dropout: the ~14M-token
+    corpus is seen several times in an 8-minute H200 run. Full 1024-token windows, 64 a step.
+    """
+    shape = dict(d_model=320, n_head=5, d_expert=640, dropout=0.1)
+    return TrainConfig(
+        model=_model("small", vocab, **{**shape, **model_overrides}),
+        optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=200),
+        loss=LossConfig(semi_rampup=500, ema_decay=0.998),
+        seq_len=1024, batch_size=64, micro_batch=32, max_steps=3000,
+        log_every=20, eval_every=250, eval_pieces=1024, ckpt_every=500,
+    )
+
+
 def base(vocab, **model_overrides: Any) -> TrainConfig:
     """For a GPU (bf16 autocast): full 1024-token windows, 64 a step."""
     return TrainConfig(
@@ -59,4 +78,4 @@ def base(vocab, **model_overrides: Any) -> TrainConfig:
     )
 
 
-PRESETS = {"tiny": tiny, "small": small, "base": base}
+PRESETS = {"tiny": tiny, "small": small, "medium": medium, "base": base}

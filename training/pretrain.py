@@ -12,7 +12,7 @@ import logging
 import sys
 from dataclasses import replace
 
-from training import cli, dist, loop
+from training import ckpt, cli, dist, loop
 from training.data import keep_label_fraction, load_pieces
 from training.presets import PRESETS
 
@@ -41,17 +41,21 @@ def build_config(args, vocab):
         cfg = replace(cfg, control_p=args.control_p)
     if getattr(args, "no_humanize", False):
         cfg = replace(cfg, humanize=False)
-    return cfg
+    infill_p = getattr(args, "infill_p", None)
+    return replace(cfg, infill_p=(0.25 if vocab.has_infill else 0.0) if infill_p is None else infill_p)
 
 
-def init_model(path, cfg):
-    """The weights to start from (--init): they must have the preset's shapes."""
-    from training import ckpt
+def init_model(path, cfg, vocab=None):
+    """The weights to start from (--init): they must have the preset's shapes; a checkpoint from before
+    the infilling tokens is grown to `vocab` (training/infill_data.grow_vocab)."""
+    from training import ckpt, infill_data
     from typemoe import checkpoint
 
     try:
         model = checkpoint.load(ckpt.resolve(path))
-    except checkpoint.CheckpointError as err:
+        if vocab is not None and model.cfg.vocab_size != vocab.size:
+            model = infill_data.grow_vocab(model, vocab)
+    except (checkpoint.CheckpointError, ValueError) as err:
         raise ValueError(f"--init {path}: {err}") from err
     if model.cfg != cfg.model:
         raise ValueError(f"--init {path}: its model shapes differ from the preset's ({model.cfg} vs {cfg.model})")
@@ -77,6 +81,8 @@ def run(args) -> int:
     logging.getLogger("typemoe.checkpoint").setLevel(logging.WARNING)  # one line per save is noise
     try:
         vocab = TypedVocab.default()
+        if args.resume and ckpt.has_checkpoint(args.out):  # a run keeps its own vocabulary
+            vocab = TypedVocab.load(ckpt.resolve(args.out))
         cfg = build_config(args, vocab)
         cfg.check_world(d.world)
         loop.check_resume_target(args.out, args.resume)
@@ -92,7 +98,7 @@ def run(args) -> int:
         meta = {"data": [str(p) for p in args.data], "labelled_fraction": cfg.labelled_fraction}
         model = None
         if getattr(args, "init", None) is not None:
-            model = init_model(args.init, cfg)
+            model = init_model(args.init, cfg, vocab)
             meta["init"] = str(args.init)
         loop.train(cfg, vocab=vocab, train_pieces=train, val_pieces=val, out_dir=args.out, d=d, meta=meta,
                    resume=args.resume, echo=echo, model=model)

@@ -58,7 +58,7 @@ class ShardSet:
         missing = [f for f in self.manifest["files"] if not (self.dir / f).is_file()]
         if missing:
             raise ShardError(f"{self.dir} is missing {missing}; rebuild it with `typemoe data build`")
-        if vocab is not None and vocab.hash != self.manifest["vocab_hash"]:
+        if vocab is not None and not vocab.reads(self.manifest["vocab_hash"]):  # same ids (vocab.reads)
             raise ShardError(
                 f"{self.dir} was tokenized with vocabulary {self.manifest['vocab_hash'][:12]}, "
                 f"not {vocab.hash[:12]}; rebuild the shards with this vocabulary"

@@ -58,6 +58,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("typemoe.commands.bench", "decode/prefill latency, ORT vs PyTorch, TypeMoE vs dense, bridge latency"),
     "analyze": ("export.tools", "key and meter of a MIDI file, with confidences"),
     "generate": ("export.tools", "continue a MIDI file, optionally steered by key/meter/genre/emotion"),
+    "infill": ("typemoe.commands.infill", "rewrite bars in the middle of a MIDI file, between before and after"),
 }
 
 

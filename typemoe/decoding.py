@@ -370,6 +370,7 @@ class Session:
         start_beat: float | None = None,
         on_downbeat: bool = False,
         hooks: Sequence[Hook] = (),
+        stop_ids: Sequence[int] = (),
     ) -> Iterator[int]:
         """Sample a grammar-valid continuation of the cached stream, feeding each new id.
 
@@ -391,6 +392,7 @@ class Session:
             start_beat: stream beat where the window opens (default: next_bar_line(meter)).
             on_downbeat: the first new note starts exactly on start_beat.
             hooks: callables (session, logits, allowed) run before each pick; they may edit both in place.
+            stop_ids: ids that end the generation once yielded (e.g. Infill_End, which a hook allows).
         Yields:
             Each new id as soon as it is sampled and fed, so a realtime caller can act on the first note
             before the rest exists, or stop early by dropping the iterator (the session then holds exactly
@@ -450,6 +452,8 @@ class Session:
                 uncond.feed([nxt])
             done += 1
             yield nxt
+            if nxt in stop_ids:
+                return
 
     def _mask_window(
         self, allowed: np.ndarray, window: tuple[float, float], downbeat: bool, placed: bool

@@ -12,7 +12,9 @@ import numpy as np
 from typemoe import analysis
 from typemoe.vocab import BEATS_PER_BAR, FAMILIES, TICKS_PER_BEAT
 
-_BAR, _POSITION, _PITCH, _CONTROL = (FAMILIES.index(f) for f in ("Bar", "Position", "Pitch", "control"))
+_BAR, _POSITION, _PITCH, _VELOCITY, _DURATION, _CONTROL = (
+    FAMILIES.index(f) for f in ("Bar", "Position", "Pitch", "Velocity", "Duration", "control")
+)
 # Scale steps above the tonic. Minor is the natural minor plus the raised 7th (harmonic minor's leading
 # tone), because minor-key music uses it at nearly every cadence and key finders expect it.
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10, 11)}
@@ -31,6 +33,8 @@ class Tables:
             raise ValueError(f"family ids must lie in 0..{self.next_allowed.shape[0] - 1}")
         self.position_of = np.full(V, -1, dtype=np.int64)  # grid position of each Position_<p>, else -1
         self.pitch_of = np.full(V, -1, dtype=np.int64)  # MIDI pitch of each Pitch_<p>, else -1
+        self.duration_of = np.full(V, -1, dtype=np.int64)  # grid ticks of each Duration_<b.t.res>, else -1
+        self.velocity_of = np.full(V, -1, dtype=np.int64)  # MIDI velocity of each Velocity_<v>, else -1
         self.is_bar = np.zeros(V, dtype=bool)
         self.is_control = np.zeros(V, dtype=bool)  # BOS, Key_, Meter_, ...: the conditioning prefix
         self.bos_id = None
@@ -40,6 +44,11 @@ class Tables:
                 self.position_of[i] = int(vocab.token(int(i)).split("_", 1)[1])
             for i in np.flatnonzero(self.family_of == _PITCH):
                 self.pitch_of[i] = int(vocab.token(int(i)).split("_", 1)[1])
+            for i in np.flatnonzero(self.family_of == _VELOCITY):
+                self.velocity_of[i] = int(vocab.token(int(i)).split("_", 1)[1])
+            for i in np.flatnonzero(self.family_of == _DURATION):
+                beats, ticks, res = (int(x) for x in vocab.token(int(i)).split("_", 1)[1].split("."))
+                self.duration_of[i] = (beats * res + ticks) * TICKS_PER_BEAT // res
             self.is_bar = self.family_of == _BAR
             self.is_control = self.family_of == _CONTROL
             self.bos_id = int(vocab.bos_id)

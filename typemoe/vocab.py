@@ -5,7 +5,8 @@ Torch-free (miditok, symusic, numpy): the bridge and the ONNX runtime import it.
 Layout of the ids:
     [0, n_base)               MidiTok REMI: PAD/BOS/EOS, Bar, Position_p, Pitch_p, Velocity_v, Duration_d
     [n_base, size)            control tokens, appended by us: Key_<tonic>_<mode> (24), Meter_<n>/<d>,
-                              Genre_<name>, Emotion_<Q>
+                              Genre_<name>, Emotion_<Q>, then the infilling tokens Infill_* (last, so a
+                              vocabulary without them is a prefix of one with them: same ids)
 The control tokens live in our own table rather than miditok's `add_to_vocab`, so that saving and loading
 never depends on how a miditok version persists added tokens: load rebuilds REMI from its saved config and
 checks that the base vocabulary is identical.
@@ -61,8 +62,15 @@ DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "pitch": ("Pitch",),
     "velocity": ("Velocity",),
     "duration": ("Duration",),
-    "control": ("PAD", "BOS", "EOS", "MASK", "Key", "Meter", "Genre", "Emotion"),
+    "control": ("PAD", "BOS", "EOS", "MASK", "Key", "Meter", "Genre", "Emotion", "Infill"),
 }
+# Fill-in-the-middle (typemoe/infill.py): [prefix] Infill_Suffix [suffix] Infill_Middle Infill_Bars_<n>
+# [middle: n whole bars, each opening with Bar] Infill_End. Control type, so the routing stays static.
+INFILL_PREFIX = "Infill"
+MAX_INFILL_BARS = 8  # Infill_Bars_1..8; a longer span is announced as Infill_Bars_8
+INFILL_TOKENS = ("Infill_Suffix", "Infill_Middle", "Infill_End") + tuple(
+    f"Infill_Bars_{n}" for n in range(1, MAX_INFILL_BARS + 1)
+)
 # Grammar families for valid REMI generation (finer than the expert types: Bar and Position differ).
 FAMILIES = ("Bar", "Position", "Pitch", "Velocity", "Duration", "control")
 _NEXT_FAMILIES = {
@@ -159,11 +167,18 @@ def control_tokens() -> list[str]:
     meters = [f"Meter_{m}" for m in analysis.METERS]
     genres = [f"Genre_{g}" for g in analysis.GENRES]
     emotions = [f"Emotion_{q}" for q in analysis.EMOTIONS]
-    return keys + meters + genres + emotions
+    return keys + meters + genres + emotions + list(INFILL_TOKENS)
 
 
 def _prefix(token: str) -> str:
     return token.split("_", 1)[0]
+
+
+def _hash(tokens: Sequence[str], groups: Mapping[str, Sequence[str]]) -> str:
+    h = hashlib.sha256()
+    groups = {k: list(v) for k, v in groups.items()}
+    h.update(json.dumps({"tokens": list(tokens), "groups": groups}, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 class TypedVocab:
@@ -187,6 +202,9 @@ class TypedVocab:
                 "pooling); TypeMoE needs one flat vocabulary"
             )
         groups = {k: tuple(v) for k, v in (groups or DEFAULT_GROUPS).items()}
+        if controls is None and not any(INFILL_PREFIX in v for v in groups.values()):
+            # a grouping from before infilling: the Infill_* tokens join the group of the specials
+            groups = {k: (*v, INFILL_PREFIX) if "BOS" in v else v for k, v in groups.items()}
         owner: dict[str, str] = {}
         for name, prefixes in groups.items():
             for p in prefixes:
@@ -274,9 +292,21 @@ class TypedVocab:
 
     @property
     def hash(self) -> str:
-        h = hashlib.sha256()
-        h.update(json.dumps({"tokens": self._tokens, "groups": self.groups}, sort_keys=True).encode())
-        return h.hexdigest()
+        return _hash(self._tokens, self.groups)
+
+    def reads(self, other_hash: str) -> bool:
+        """Whether ids written under the vocabulary `other_hash` mean the same here: the same vocabulary,
+        or this one without its infilling tokens (they were appended last, so every older id is unchanged;
+        token shards and checkpoints from before infilling stay usable)."""
+        if other_hash == self.hash:
+            return True
+        tokens = [t for t in self._tokens if _prefix(t) != INFILL_PREFIX]
+        groups = {k: tuple(p for p in v if p != INFILL_PREFIX) for k, v in self.groups.items()}
+        return len(tokens) < len(self._tokens) and other_hash == _hash(tokens, groups)
+
+    @property
+    def has_infill(self) -> bool:
+        return all(t in self._ids for t in INFILL_TOKENS)
 
     # ---- lookups ---------------------------------------------------------------------------------------
     @property

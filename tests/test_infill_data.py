@@ -1,0 +1,215 @@
+"""The fill-in-the-middle training side: the vocabulary grows without breaking older models and shards,
+the FIM transform round-trips, the sampler mixes it in at its rate, and an older model grows its rows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from typemoe.vocab import INFILL_TOKENS, TypedVocab
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "typemoe" / "default_model"
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return TypedVocab.default()
+
+
+def legacy_vocab() -> TypedVocab:
+    """The vocabulary as it was before the infilling tokens (what the shipped model and older shards use)."""
+    from miditok import REMI
+
+    from typemoe.vocab import DEFAULT_GROUPS, control_tokens, tokenizer_config
+
+    groups = {k: tuple(p for p in v if p != "Infill") for k, v in DEFAULT_GROUPS.items()}
+    return TypedVocab(
+        REMI(tokenizer_config()), groups=groups, controls=control_tokens()[: -len(INFILL_TOKENS)]
+    )
+
+
+def music(vocab, n_notes: int, seed: int) -> np.ndarray:
+    """REMI ids of random notes over a few bars (a real tokenization, empty bars included)."""
+    import symusic
+
+    rng = np.random.default_rng(seed)
+    score = symusic.Score(4)
+    track = symusic.Track("m", 0, False)
+    time = np.sort(rng.integers(0, 16 * 8, n_notes))
+    for t in time:
+        track.notes.append(symusic.Note(int(t), int(rng.integers(1, 12)), int(rng.integers(40, 90)), 80))
+    score.tracks.append(track)
+    return np.asarray(vocab.encode_score(score), dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+def test_infill_tokens_are_appended_controls(vocab):
+    old = legacy_vocab()
+    assert vocab.tokens[: old.size] == old.tokens  # every older id keeps its meaning
+    assert vocab.tokens[old.size :] == list(INFILL_TOKENS)
+    control = vocab.type_names.index("control")
+    assert all(vocab.type_of[vocab.id(t)] == control for t in INFILL_TOKENS)  # static routing, control expert
+    assert not vocab.next_allowed[:, [vocab.id(t) for t in INFILL_TOKENS]].any()  # never sampled by grammar
+    assert vocab.has_infill and not old.has_infill
+    assert vocab.reads(old.hash) and vocab.reads(vocab.hash) and not old.reads(vocab.hash)
+
+
+def test_shipped_model_vocabulary_is_unchanged():
+    """The shipped model directory keeps its own (older) vocabulary: same tokens, same hash, loads."""
+    meta = json.loads((SHIPPED / "types.json").read_text())
+    shipped = TypedVocab.load(SHIPPED)
+    assert shipped.tokens == meta["tokens"] and shipped.hash == meta["hash"] and not shipped.has_infill
+    assert shipped.hash == legacy_vocab().hash
+
+
+def test_older_shards_are_read_with_the_new_vocabulary(vocab, tmp_path):
+    from training.shards import ShardError, ShardSet
+
+    d = tmp_path / "shards"
+    d.mkdir()
+    np.save(d / "offsets.npy", np.zeros(1, dtype=np.int64))
+    (d / "manifest.json").write_text(json.dumps({"files": [], "vocab_hash": legacy_vocab().hash}))
+    with pytest.raises((ShardError, FileNotFoundError, KeyError)) as err:  # the hash passes; the stub ends
+        ShardSet(d, vocab=vocab)
+    assert "tokenized with vocabulary" not in str(err.value)
+    (d / "manifest.json").write_text(json.dumps({"files": [], "vocab_hash": "0" * 64}))
+    with pytest.raises(ShardError, match="tokenized with vocabulary"):
+        ShardSet(d, vocab=vocab)
+
+
+# --------------------------------------------------------------------------- the transform
+
+
+def test_fim_round_trips(vocab):
+    from training.infill_data import FimOps
+
+    fim = FimOps(vocab)
+    rng = np.random.default_rng(0)
+    head = [vocab.bos_id, *vocab.control_ids(key="A minor", meter="3/4")]
+    n = 0
+    for seed in range(60):
+        ids = np.concatenate([head[: 1 + seed % 3], music(vocab, 6 + seed % 40, seed)])
+        span = fim.choose_span(ids, rng)
+        if span is None:
+            continue
+        a, k = span
+        assert 1 <= k <= 4
+        out = fim.apply(ids, a, k)
+        assert len(out) == len(ids) + 4 and out[-1] == vocab.id("Infill_End")
+        assert np.array_equal(fim.undo(out), ids)
+        m = int(np.flatnonzero(out == vocab.id("Infill_Middle"))[0])
+        middle = out[m + 2 : -1]
+        assert out[m + 1] == vocab.id(f"Infill_Bars_{k}")
+        assert middle[0] == fim.bar and int((middle == fim.bar).sum()) == k  # whole bars, k of them
+        s = int(np.flatnonzero(out == vocab.id("Infill_Suffix"))[0])
+        assert out[s + 1] == fim.bar  # the suffix opens on the bar after the middle
+        n += 1
+    assert n >= 50
+
+
+def test_fim_needs_the_tokens():
+    from training.infill_data import FimError, FimOps
+
+    with pytest.raises(FimError, match="Infill_Suffix"):
+        FimOps(legacy_vocab())
+
+
+def test_sampler_mixes_fim_at_its_rate_and_targets_the_end(vocab):
+    from training.config import TrainConfig
+    from training.data import Pieces, TokenOps, WindowSampler, collate
+    from training.infill_data import FimOps
+    from typemoe.config import tiny
+
+    tokens = [music(vocab, 30 + 7 * i, i) for i in range(24)]
+    n = len(tokens)
+    pieces = Pieces(
+        ids=[f"p{i}" for i in range(n)],
+        tokens=tokens,
+        labels={"key": np.full(n, 3), "meter": np.full(n, 2)},
+        label_names={},
+        split=np.asarray(["train"] * n, dtype=object),
+    )
+    base = TrainConfig(
+        model=tiny(vocab.size, vocab.n_types),
+        seq_len=64,
+        batch_size=8,
+        micro_batch=8,
+        humanize=False,
+        control_p=0,
+    )
+    plain, fimmed = (
+        WindowSampler(pieces, vocab, base),
+        WindowSampler(pieces, vocab, replace(base, infill_p=1.0)),
+    )
+    fim, end = FimOps(vocab), vocab.id("Infill_End")
+    n_fim = 0
+    for g in range(64):
+        a, b = plain.sample(g), fimmed.sample(g)
+        assert len(b.ids) <= base.seq_len
+        if end in b.ids:
+            n_fim += 1
+            assert b.head_from == len(b.ids)  # heads off: the music is out of order
+            assert np.array_equal(fim.undo(b.ids), a.ids[: base.seq_len - 4])  # the same window, rearranged
+        else:
+            assert np.array_equal(a.ids, b.ids)
+    assert n_fim >= 48
+    assert base.to_dict().get("infill_p") is None  # off: left out, as in configs from before infilling
+    assert TrainConfig.from_dict(replace(base, infill_p=0.25).to_dict()).infill_p == 0.25
+    batch = collate([fimmed.sample(g) for g in range(8)], TokenOps(vocab))
+    assert (batch.targets == end).sum() == (batch.idx == end).sum() > 0  # Infill_End is learnt...
+    for t in ("Infill_Suffix", "Infill_Middle", "Infill_Bars_1"):  # ...the given markers are not
+        assert not (batch.targets == vocab.id(t)).any()
+    with pytest.raises(ValueError, match="infill_p"):
+        replace(base, task="genre", infill_p=0.5)
+
+
+# --------------------------------------------------------------------------- an older model, grown
+
+
+def test_grow_vocab_keeps_the_old_model(tmp_path, vocab):
+    torch = pytest.importorskip("torch")
+    from training.infill_data import grow_vocab
+    from training.presets import PRESETS
+    from training.pretrain import init_model
+    from typemoe import analysis, checkpoint
+    from typemoe.model import TypeMoE
+
+    old = legacy_vocab()
+    cfg = PRESETS["tiny"](vocab).model
+    torch.manual_seed(0)
+    model = TypeMoE(replace(cfg, vocab_size=old.size), old.type_of).eval()
+    checkpoint.save(model, tmp_path / "old", vocab=old, extra_meta={"key_names": list(analysis.KEYS)})
+    grown = init_model(tmp_path / "old", PRESETS["tiny"](vocab), vocab).eval()  # what `train --init` does
+    assert grown.cfg.vocab_size == vocab.size and grown.lm_head.weight is grown.wte.weight
+    assert torch.equal(grown.router.type_of_id, torch.as_tensor(vocab.type_of))
+    ids = torch.as_tensor(music(vocab, 20, 1)[None, :40])
+    with torch.no_grad():
+        a, b = model(ids), grown(ids)
+    torch.testing.assert_close(b.logits[..., : old.size], a.logits)  # old ids: the same model
+    new = grown.wte.weight[old.size :]
+    assert torch.isfinite(new).all() and new.std(0).min() > 0  # new rows differ from one another
+    with pytest.raises(ValueError, match="prefix"):
+        grow_vocab(grown, old)
+
+
+def test_finetune_from_an_older_checkpoint_grows_it(tmp_path, vocab):
+    torch = pytest.importorskip("torch")
+    from training.finetune import init_model
+    from training.presets import PRESETS
+    from typemoe import checkpoint
+    from typemoe.model import TypeMoE
+
+    old = legacy_vocab()
+    torch.manual_seed(1)
+    model = TypeMoE(replace(PRESETS["tiny"](vocab).model, vocab_size=old.size), old.type_of)
+    checkpoint.save(model, tmp_path / "old", vocab=old, extra_meta={})
+    for classes in (None, ["Q1", "Q2"]):  # conditional generation, and a fresh classification head
+        grown = init_model(tmp_path / "old", "emotion" if classes else "conditional", classes, vocab)
+        assert grown.cfg.vocab_size == vocab.size

@@ -1,0 +1,365 @@
+"""Infilling: new notes for a span of bars, between the music before it and the music after it.
+
+Torch-free (numpy, symusic). The model reads the fill-in-the-middle arrangement it was trained on
+(training/infill_data.py):
+
+    [BOS, *controls, *prefix, Infill_Suffix, *suffix, Infill_Middle, Infill_Bars_<n>] -> middle, Infill_End
+
+and the one decoder (typemoe.decoding.Session, either backend) writes the middle under `SpanGrammar`, a
+decoding hook that makes the span a hard guarantee: exactly n Bar tokens, no Position at or past the span's
+end, no Duration that would carry a note past it, and Infill_End once the n-th bar is open (where a Bar
+could come). Generation stops at Infill_End, or when the span or the token budget is full. Controls,
+classifier-free guidance and key lock work as in continuation (guidance's unconditioned stream is the same
+arrangement without the control tokens).
+
+    session = model.session()
+    mid = generate_middle(session, prefix_ids, suffix_ids, n_bars=2, controls=vocab.control_ids(key="D minor"))
+    mid.notes    # Note(time, duration, pitch, velocity) in grid ticks from the middle's first bar line
+
+On a file (`typemoe infill`): `infill_score` cuts the notes of bars first..last (the file's own bars,
+from its time signatures) out of a copy of the score and puts the generated ones in; every other event
+(notes, tempo, time and key signatures, controllers) is the file's own, untouched. The REMI grid is
+lined up so that the span starts on a REMI bar line: a span of a 4/4 file is exactly whole REMI bars;
+in other meters its last REMI bar is cut at the span's end by the grammar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from typemoe import note_writer
+from typemoe.grammar_tables import tables_of
+from typemoe.note_writer import Note
+from typemoe.vocab import (
+    FAMILIES,
+    INFILL_TOKENS,
+    MAX_EMPTY_BARS,
+    MAX_INFILL_BARS,
+    TICKS_PER_BAR,
+    TICKS_PER_BEAT,
+)
+
+_VELOCITY = FAMILIES.index("Velocity")
+_LONGEST_TICKS = 16 * TICKS_PER_BEAT  # durations are clipped here before tokenizing (as vocab does)
+TOKENS_PER_BAR = 128  # middle budget per bar (a dense piano bar is ~100 tokens)
+
+
+class InfillError(ValueError):
+    """A model without the infilling tokens, or a span that cannot be filled, named in the message."""
+
+
+@dataclass(frozen=True)
+class InfillIds:
+    suffix: int
+    middle: int
+    end: int
+    bars: tuple[int, ...]  # Infill_Bars_1 .. Infill_Bars_MAX
+
+    @classmethod
+    def of(cls, vocab, where: str = "the model") -> InfillIds:
+        """The ids, or InfillError naming the missing tokens (a vocabulary from before infilling)."""
+        missing = [t for t in INFILL_TOKENS if t not in set(vocab.tokens)]
+        if missing:
+            raise InfillError(
+                f"{where} cannot infill: its vocabulary (hash {vocab.hash[:12]}) has no "
+                f"{', '.join(missing[:3])}{f' (nor {len(missing) - 3} more Infill_* tokens)' if len(missing) > 3 else ''}"
+                "; it was trained before infilling. Fine-tune it with the infilling "
+                "objective (`typemoe train --init CKPT --infill-p 0.25 ...`, which grows the vocabulary), "
+                "then export that checkpoint"
+            )
+        bars = tuple(vocab.id(f"Infill_Bars_{n}") for n in range(1, MAX_INFILL_BARS + 1))
+        return cls(*(vocab.id(t) for t in INFILL_TOKENS[:3]), bars)
+
+    def span(self, n_bars: int) -> int:
+        return self.bars[min(n_bars, MAX_INFILL_BARS) - 1]
+
+
+class SpanGrammar:
+    """Decoding hook (session, logits, allowed): keeps the middle inside n_bars REMI bars and span_ticks
+    grid ticks (<= n_bars * TICKS_PER_BAR) from its first bar line, and allows Infill_End once the last
+    bar is open, where a Bar could come; a Bar there would leave the span, so its probability is added to
+    Infill_End's (as continuation stops at a Bar past its window). `bars0` is session.bars when the
+    middle starts (its first Bar opens bar bars0 + 1)."""
+
+    def __init__(self, tables, ids: InfillIds, *, n_bars: int, span_ticks: int, bars0: int):
+        if not (n_bars - 1) * TICKS_PER_BAR < span_ticks <= n_bars * TICKS_PER_BAR:
+            raise InfillError(f"a span of {span_ticks} grid ticks does not end in the last of {n_bars} bars")
+        self.t, self.ids, self.n_bars, self.span_ticks, self.bars0 = tables, ids, n_bars, span_ticks, bars0
+
+    def onset_ticks(self, session) -> int:
+        """Grid ticks from the middle's first bar line to the current position."""
+        return int(
+            round((session.beat_now() - self.bars0 * self.t.beats_per_bar) * self.t.positions_per_beat)
+        )
+
+    def __call__(self, session, logits: np.ndarray, allowed: np.ndarray) -> None:
+        t = self.t
+        k = session.bars - self.bars0  # middle bars opened so far
+        last = session.tokens[-1]
+        if k >= self.n_bars:
+            if t.is_bar[last] or t.duration_of[last] >= 0:  # where a Bar could come: the middle may end,
+                allowed[self.ids.end] = True  # and a Bar past the span means just that: its odds go to End
+                logits[self.ids.end] = np.logaddexp(logits[self.ids.end], logits[t.is_bar].max())
+            allowed &= ~t.is_bar
+        if k >= 1:
+            tick = (k - 1) * TICKS_PER_BAR + np.maximum(t.position_of, 0)  # (V,)
+            allowed &= ~((t.position_of >= 0) & (tick >= self.span_ticks))
+            if t.family_of[last] == _VELOCITY:  # a Duration comes: the note must end inside the span
+                end = self.onset_ticks(session) + t.duration_of  # (V,)
+                allowed &= ~((t.duration_of >= 0) & (end > self.span_ticks))
+
+
+@dataclass
+class Middle:
+    ids: list[int]  # the generated ids: Bars and notes, Infill_End left out
+    notes: list[Note]  # grid ticks (TICKS_PER_BEAT a beat) from the middle's first bar line, cleaned
+    ended: bool  # the model closed the middle with Infill_End (else the span or the budget was full)
+
+
+def middle_notes(tables, ids: Sequence[int]) -> list[Note]:
+    """The complete notes of middle ids (Position, Pitch, Velocity, Duration), at grid ticks from the
+    first Bar; a note cut off by the budget is dropped. Velocity from the token's value."""
+    t, notes = tables, []
+    bar, pos, pitch, vel = -1, 0, -1, -1
+    for i in ids:
+        if t.is_bar[i]:
+            bar, pitch = bar + 1, -1
+        elif t.position_of[i] >= 0:
+            pos, pitch = int(t.position_of[i]), -1
+        elif t.pitch_of[i] >= 0:
+            pitch, vel = int(t.pitch_of[i]), -1
+        elif t.family_of[i] == _VELOCITY:
+            vel = int(t.velocity_of[i])
+        elif t.duration_of[i] >= 0 and pitch >= 0 and vel > 0 and bar >= 0:
+            notes.append(Note(bar * TICKS_PER_BAR + pos, int(t.duration_of[i]), pitch, vel))
+            pitch = -1
+    return note_writer.clean_notes(notes)
+
+
+def fit_context(prefix: list[int], suffix: list[int], room: int, bar: int) -> tuple[list[int], list[int]]:
+    """prefix (the end of it, from a Bar) and suffix (the start, to before a Bar) within `room` ids, two
+    thirds for the prefix; whole bars where possible."""
+    if len(prefix) + len(suffix) <= room:
+        return prefix, suffix
+    s_room = max(room // 3, room - len(prefix))
+    if len(suffix) > s_room:
+        cuts = [j for j, i in enumerate(suffix[: s_room + 1]) if i == bar and j > 0]
+        suffix = suffix[: cuts[-1]] if cuts else suffix[:s_room]
+    p_room = room - len(suffix)
+    if len(prefix) > p_room:
+        tail = prefix[len(prefix) - p_room :]
+        cuts = [j for j, i in enumerate(tail) if i == bar]
+        prefix = tail[cuts[0] :] if cuts else tail
+    return prefix, suffix
+
+
+def generate_middle(
+    session,
+    prefix: Sequence[int],
+    suffix: Sequence[int],
+    *,
+    n_bars: int,
+    span_ticks: int | None = None,
+    controls: Sequence[int] = (),
+    max_tokens: int | None = None,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+    seed: int | np.random.Generator | None = None,
+    guidance: float = 1.0,
+    key_lock: str | int | None = None,
+) -> Middle:
+    """Fill n_bars REMI bars between `prefix` (music ids up to the span's first bar line, empty bars
+    included) and `suffix` (music ids from a Bar on). The session is reset and fed the FIM arrangement;
+    both are cut to fit the context (prefix from its end, suffix from its start) with room left for the
+    middle. span_ticks (default: the whole n_bars) ends the span inside its last bar.
+
+    Raises:
+        InfillError: the model has no infilling tokens, or n_bars < 1; ValueError: bad sampling options.
+    """
+    vocab = session.engine.vocab
+    ids = InfillIds.of(vocab)
+    if n_bars < 1:
+        raise InfillError(f"a middle needs at least 1 bar, got {n_bars}")
+    span_ticks = n_bars * TICKS_PER_BAR if span_ticks is None else int(span_ticks)
+    t = tables_of(vocab)
+    ctx = session.engine.context_len
+    budget = min(n_bars * TOKENS_PER_BAR, ctx // 2) if max_tokens is None else int(max_tokens)
+    head = [t.bos_id, *[int(c) for c in controls]]
+    room = ctx - len(head) - 3 - budget - 1  # 3 markers before the middle, Infill_End after it
+    bar = vocab.id("Bar_None")
+    pre, suf = fit_context([int(i) for i in prefix], [int(i) for i in suffix], max(room, 0), bar)
+    session.reset()
+    session.feed([*head, *pre, ids.suffix, *suf, ids.middle, ids.span(n_bars)])
+    hook = SpanGrammar(t, ids, n_bars=n_bars, span_ticks=span_ticks, bars0=session.bars)
+    out = session.generate(
+        n_tokens=max(1, min(budget, ctx - session.n_past)),
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        guidance=guidance,
+        key_lock=key_lock,
+        hooks=[hook],
+        stop_ids=(ids.end,),
+    )
+    ended = bool(out) and out[-1] == ids.end
+    body = out[:-1] if ended else out
+    return Middle(body, middle_notes(t, body), ended)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def bar_lines(score, first: int, last: int) -> tuple[int, int]:
+    """(start tick of bar `first`, start tick of bar `last` + 1) of a score, bars numbered from 1 by its
+    time signatures (4/4 before the first one, or without any). Raises InfillError."""
+    if not 1 <= first <= last:
+        raise InfillError(f"bars must be 1 <= first <= last, got {first}-{last}")
+    tpq = score.ticks_per_quarter
+    sigs = sorted((int(ts.time), int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures)
+    tick, num, den, j = 0, 4, 4, 0
+    starts = {}
+    for b in range(1, last + 2):
+        while j < len(sigs) and sigs[j][0] <= tick:
+            _, num, den = sigs[j]
+            j += 1
+        starts[b] = tick
+        tick += num * tpq * 4 // den
+    return starts[first], starts[last + 1]
+
+
+@dataclass
+class Split:
+    prefix: list[int]
+    suffix: list[int]
+    n_bars: int  # REMI bars of the middle
+    span_ticks: int  # grid ticks of the span
+    t0: int  # span in file ticks [t0, t1)
+    t1: int
+
+
+def _grid(ticks, tpq: int) -> np.ndarray:
+    return np.rint(np.asarray(ticks, dtype=np.float64) * TICKS_PER_BEAT / tpq).astype(np.int64)
+
+
+def _encode(vocab, notes: dict[str, np.ndarray]) -> list[int]:
+    import symusic
+
+    if len(notes["time"]) == 0:
+        return []
+    score = symusic.Score(TICKS_PER_BEAT)
+    score.tracks.append(
+        note_writer.to_track(
+            [
+                Note(*map(int, n))
+                for n in zip(notes["time"], notes["duration"], notes["pitch"], notes["velocity"])
+            ],
+            "merged",
+        )
+    )
+    return vocab.encode_score(score)
+
+
+def split_score(vocab, score, t0: int, t1: int) -> Split:
+    """The prefix and suffix ids around the span [t0, t1) (file ticks), on a REMI grid shifted so that t0
+    is a REMI bar line. Notes are those the vocabulary reads (pitched tracks, its pitch range), quantized to
+    the grid; a prefix note rounded into the span stays just before it (a suffix note, at its start)."""
+    tpq = score.ticks_per_quarter
+    lo, hi = vocab.tokenizer.config.pitch_range
+    arrays = [tr.notes.numpy() for tr in score.tracks if not tr.is_drum]
+    keys = ("time", "duration", "pitch", "velocity")
+    notes = {
+        k: np.concatenate([a[k] for a in arrays]).astype(np.int64) if arrays else np.zeros(0, np.int64)
+        for k in keys
+    }
+    keep = (notes["pitch"] >= lo) & (notes["pitch"] <= hi) & (notes["velocity"] > 0)
+    notes = {k: v[keep] for k, v in notes.items()}
+    g0, g1 = int(_grid(t0, tpq)), int(_grid(t1, tpq))
+    if g1 <= g0:
+        raise InfillError(f"the span {t0}..{t1} ticks is shorter than one grid step")
+    shift = -g0 % TICKS_PER_BAR  # t0 onto a REMI bar line
+    onset = _grid(notes["time"], tpq) + shift
+    dur = np.clip(_grid(notes["duration"], tpq), 1, _LONGEST_TICKS)
+    k0 = (g0 + shift) // TICKS_PER_BAR
+    k1 = (g1 + shift) // TICKS_PER_BAR  # the REMI bar the suffix starts in
+    n_bars = -(-(g1 + shift) // TICKS_PER_BAR) - k0
+    before, after = notes["time"] < t0, notes["time"] >= t1
+    pre = {k: v[before] for k, v in notes.items()}
+    pre.update(time=np.minimum(onset[before], g0 + shift - 1), duration=dur[before])
+    prefix = _encode(vocab, pre)
+    if prefix:  # empty bars between the last prefix note and the span, as in a whole-piece window
+        gap = k0 - int(pre["time"].max()) // TICKS_PER_BAR - 1
+        prefix += [vocab.id("Bar_None")] * min(max(gap, 0), MAX_EMPTY_BARS)
+    suf = {k: v[after] for k, v in notes.items()}
+    suf.update(time=np.maximum(onset[after], g1 + shift) - k1 * TICKS_PER_BAR, duration=dur[after])
+    suffix = _encode(vocab, suf)
+    return Split(prefix, suffix, n_bars, g1 - g0, t0, t1)
+
+
+def replace_span(score, t0: int, t1: int, notes: Sequence[Note]):
+    """A copy of `score` whose pitched notes starting in [t0, t1) are replaced by `notes` (file ticks).
+
+    The new notes go to the pitched track that held most of the span's notes (the first pitched track
+    when none did; a new track when there is none). A new note that would start while a kept note of its
+    pitch still sounds in that track is left out, so no kept note can change when the file is read back.
+    """
+    import symusic
+
+    out = score.copy()
+    pitched = [j for j, tr in enumerate(out.tracks) if not tr.is_drum]
+    counts = {}
+    for j in pitched:
+        tr = out.tracks[j]
+        a = tr.notes.numpy()
+        inside = (a["time"] >= t0) & (a["time"] < t1)
+        counts[j] = int(inside.sum())
+        if inside.any():
+            tr.notes = symusic.Note.from_numpy(
+                **{k: a[k][~inside] for k in ("time", "duration", "pitch", "velocity")}
+            )
+    if not pitched:
+        out.tracks.append(symusic.Track("TypeMoE infill", 0, False))
+        pitched = [len(out.tracks) - 1]
+    dest = out.tracks[max(pitched, key=lambda j: (counts.get(j, 0), -j))]
+    a = dest.notes.numpy()
+    for n in notes:
+        sounding = (a["pitch"] == n.pitch) & (a["time"] <= n.time) & (a["time"] + a["duration"] > n.time)
+        if not sounding.any():
+            dest.notes.append(symusic.Note(int(n.time), int(n.duration), int(n.pitch), int(n.velocity)))
+    dest.notes.sort()
+    return out
+
+
+def to_file_notes(notes: Sequence[Note], t0: int, t1: int, tpq: int) -> list[Note]:
+    """Middle notes (grid ticks from the span start) at file ticks, each ending by t1."""
+    out = []
+    for n in notes:
+        time = t0 + note_writer.grid_ticks(n.time, tpq)
+        if time < t1:
+            dur = min(max(1, note_writer.grid_ticks(n.duration, tpq)), t1 - time)
+            out.append(Note(time, dur, n.pitch, n.velocity))
+    return out
+
+
+def infill_score(model, score, first_bar: int, last_bar: int, *, controls: Sequence[int] = (), **generate):
+    """(new score, Middle, Split): bars first_bar..last_bar of `score` filled by `model` (an OrtModel or
+    TorchModel: anything with .session()); every other event kept. `generate`: generate_middle's
+    sampling and steering options."""
+    InfillIds.of(model.vocab)
+    t0, t1 = bar_lines(score, first_bar, last_bar)
+    split = split_score(model.vocab, score, t0, t1)
+    if not split.prefix and not split.suffix:
+        raise InfillError("the file has no notes outside the span to infill between")
+    mid = generate_middle(
+        model.session(),
+        split.prefix,
+        split.suffix,
+        n_bars=split.n_bars,
+        span_ticks=split.span_ticks,
+        controls=controls,
+        **generate,
+    )
+    notes = to_file_notes(mid.notes, t0, t1, score.ticks_per_quarter)
+    return replace_span(score, t0, t1, notes), mid, split

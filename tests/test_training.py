@@ -178,6 +178,29 @@ def test_bad_inputs_fail_before_any_step(shards, tmp_path, capsys):
     assert "seed" in capsys.readouterr().err
 
 
+def test_resume_continues_with_the_runs_own_configuration(shards, tmp_path):
+    """--resume needs only --out, --data and the new --max-steps: a run started with other values than the
+    preset's (here lr, warmup, seed, labelled fraction) continues with its own, as the shipped checkpoint
+    (checkpoints/default, started by a session script) must."""
+    out = tmp_path / "run"
+    assert pretrain.main(tiny_args(shards, out, steps=2, extra=("--lr", "3e-4", "--warmup-steps", "1",
+                                                                 "--seed", "7"))) == 0
+    bare = ["--data", str(shards), "--out", str(out), "--resume", "--max-steps", "3", "--threads", "1"]
+    assert pretrain.main(bare) == 0
+    from training import ckpt
+
+    saved = ckpt.read_state(ckpt.resolve(out))
+    assert saved["step"] == 3 and saved["config"]["optim"]["lr"] == 3e-4 and saved["config"]["seed"] == 7
+    assert saved["config"]["model"]["d_model"] == read_config_of_tiny()
+
+
+def read_config_of_tiny() -> int:
+    from training.presets import PRESETS
+    from typemoe.vocab import TypedVocab
+
+    return PRESETS["tiny"](TypedVocab.default()).model.d_model
+
+
 # ------------------------------------------------------------------------------------------- finetune
 
 

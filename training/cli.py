@@ -80,20 +80,25 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--preset", default="small", choices=sorted(PRESETS), help="model + training preset (default: small)"
+        "--preset",
+        default="small",
+        choices=sorted(PRESETS),
+        help="model + training preset (default: small; with --resume the run keeps its own)",
     )
     add_common_arguments(p)
     p.add_argument(
         "--objective",
         choices=("ssmtp", "clm"),
-        default="ssmtp",
-        help="ssmtp: LM + key + meter + semi-supervised terms; clm: LM only (default: ssmtp)",
+        default=None,
+        help="ssmtp: LM + key + meter + semi-supervised terms; clm: LM only (default: ssmtp, or the "
+        "resumed run's)",
     )
     p.add_argument(
         "--labelled-fraction",
         type=float,
-        default=1.0,
-        help="keep key/meter labels of this fraction of pieces (by piece id); the rest are unlabelled",
+        default=None,
+        help="keep key/meter labels of this fraction of pieces (by piece id); the rest are unlabelled "
+        "(default: 1.0, or the resumed run's)",
     )
     p.add_argument(
         "--ffn",

@@ -33,16 +33,38 @@ def apply_overrides(cfg, args):
 
 
 def build_config(args, vocab):
-    model_kw = {"ffn": args.ffn} if getattr(args, "ffn", None) else {}
-    cfg = PRESETS[args.preset](vocab, **model_kw)
-    cfg = apply_overrides(cfg, args)
-    cfg = replace(cfg, objective=args.objective, labelled_fraction=args.labelled_fraction)
+    """The run's TrainConfig: the preset, or with --resume the saved run's own configuration (so
+    `typemoe train --out RUN --resume --max-steps N` continues any run, however it was started), with the
+    command line's explicit values on top."""
+    saved = _saved_config(args)
+    if saved is not None:
+        from training.config import TrainConfig
+
+        cfg = apply_overrides(TrainConfig.from_dict(saved), args)
+    else:
+        model_kw = {"ffn": args.ffn} if getattr(args, "ffn", None) else {}
+        cfg = apply_overrides(PRESETS[args.preset](vocab, **model_kw), args)
+        cfg = replace(cfg, objective="ssmtp", labelled_fraction=1.0)
+    if getattr(args, "objective", None) is not None:
+        cfg = replace(cfg, objective=args.objective)
+    if getattr(args, "labelled_fraction", None) is not None:
+        cfg = replace(cfg, labelled_fraction=args.labelled_fraction)
     if getattr(args, "control_p", None) is not None:
         cfg = replace(cfg, control_p=args.control_p)
     if getattr(args, "no_humanize", False):
         cfg = replace(cfg, humanize=False)
     infill_p = getattr(args, "infill_p", None)
-    return replace(cfg, infill_p=(0.25 if vocab.has_infill else 0.0) if infill_p is None else infill_p)
+    if infill_p is not None:
+        return replace(cfg, infill_p=infill_p)
+    return cfg if saved is not None else replace(cfg, infill_p=0.25 if vocab.has_infill else 0.0)
+
+
+def _saved_config(args) -> dict | None:
+    """The configuration saved in --out's checkpoint when resuming one, else None."""
+    out = getattr(args, "out", None)
+    if not getattr(args, "resume", False) or out is None or not ckpt.has_checkpoint(out):
+        return None
+    return ckpt.read_state(ckpt.resolve(out)).get("config")
 
 
 def init_model(path, cfg, vocab=None):

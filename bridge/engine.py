@@ -31,6 +31,7 @@ from bridge.events import (
     CancelGenerate,
     Feed,
     Generated,
+    Infilled,
     MidiIn,
     ModelFailed,
     OscIn,
@@ -41,6 +42,7 @@ from bridge.events import (
     SendOsc,
     Tick,
 )
+from bridge.infill import Infiller
 from bridge.notes import TokenReader
 from bridge.playback import CONFIRM_S, Playback  # noqa: F401 (CONFIRM_S: daemon, tests)
 from bridge.readout import KEY_MARGIN, METER_MARGIN, Readout  # noqa: F401 (KEY_MARGIN: tests)
@@ -102,6 +104,7 @@ class Engine:
         self._controls = (cfg.condition_key, cfg.condition_meter)
         self._control_ids = tuple(vocab.control_ids(key=self._controls[0], meter=self._controls[1]))
         self._waiting_off: float | None = None  # stamp of a note-off whose note is not yet in the stream
+        self._infill = Infiller(vocab, self._error)  # heard bars, /typemoe/infill (bridge.infill)
 
     # ---- public ------------------------------------------------------------------------------------------
     def start(self) -> list:
@@ -132,6 +135,8 @@ class Engine:
             self._analysis(event, now, out)
         elif isinstance(event, Generated):
             self._generated(event, now, out)
+        elif isinstance(event, Infilled):
+            self._infill.done(event, now, out)
         elif isinstance(event, ModelFailed):
             self._error(event.message, now, out)
         else:
@@ -145,10 +150,11 @@ class Engine:
         # The tokenizer rounds times to the grid, so its tick changes half-way between grid lines: wake just
         # after that point, when ended notes become final (a later wake-up only delays the analysis).
         t = self.clock.time_at((math.floor(beat * _GRID - 0.5 + 1e-6) + 1.5 + 1e-3) / _GRID)  # after now
-        if self._play.queue:
-            t = min(t, self.clock.time_at(self._play.queue[0][0]) - self.cfg.latency_s - _EARLY_S)
-        if self._play.confirm:
-            t = min(t, min(c[0] for c in self._play.confirm))
+        for play in (self._play, self._infill.play):
+            if play.queue:
+                t = min(t, self.clock.time_at(play.queue[0][0]) - self.cfg.latency_s - _EARLY_S)
+            if play.confirm:
+                t = min(t, min(c[0] for c in play.confirm))
         return t
 
     def release_all(self) -> list:
@@ -157,17 +163,19 @@ class Engine:
         out: list = []
         self._play.used.add(self.cfg.out_channel - 1)
         self._stop_playback(out, force=True)
+        self._infill.cancel(self._now, out, force=True)
         return out
 
     def confirm_now(self) -> list:
         """The delayed second release, at once (shutdown: the process will not be there later)."""
         out: list = []
         self._play.confirm_due(math.inf, out)
+        self._infill.play.confirm_due(math.inf, out)
         return out
 
     @property
     def playing(self) -> bool:
-        return self._play.playing
+        return self._play.playing or self._infill.playing
 
     # ---- MIDI in ---------------------------------------------------------------------------------------------
     def _midi(self, ev: MidiIn, out: list) -> None:
@@ -193,11 +201,14 @@ class Engine:
                 elif m.status == mp.START:
                     self.clock.on_start(ev.t)
                     self._stop_playback(out, force=True)
+                    self._infill.transport_stopped(ev.t, out)
+                    self._infill.restart()  # the heard bars count from the DAW's Start
                 elif m.status == mp.CONTINUE:
                     self.clock.on_continue(ev.t)
                 else:
                     self.clock.on_stop()
                     self._stop_playback(out, force=True)
+                    self._infill.transport_stopped(ev.t, out)
             elif isinstance(m, mp.SongPosition):
                 self.clock.on_song_position(m.sixteenths)
 
@@ -251,7 +262,9 @@ class Engine:
         if not note_off and self._waiting_off is not None:
             cause_t = self._waiting_off
         self._waiting_off = None
-        self._reader.read(ids)
+        heard = self._reader.read(ids)
+        if heard and self._origin is not None:
+            self._infill.heard(heard, self._origin)
         out.append(Feed(tuple(ids), cause_t))
 
     # ---- time ----------------------------------------------------------------------------------------------
@@ -282,6 +295,9 @@ class Engine:
         horizon = self.clock.beat_at(now + self.cfg.latency_s + _EARLY_S)
         self._play.due(horizon, self.cfg.out_channel - 1, now, out, more_coming=self._pending is not None)
         self._play.confirm_due(now, out)
+        daw = self._daw_zero if self._daw_zero is not None and self.clock.synced(now) else None
+        ready = self.clock.beat_at(now + self.cfg.latency_s + 0.002)
+        self._infill.tick(self._beat, daw, now, ready, horizon, self.cfg.out_channel - 1, out)
 
     def _maybe_respond(self, now: float, out: list) -> None:
         if (
@@ -340,9 +356,7 @@ class Engine:
             self._daw_zero if self._daw_zero is not None and self.clock.synced(self._now) else self._origin
         )
         start = cont.next_bar_line(self._beat, span, anchor)
-        key_lock = None
-        if self.cfg.key_lock:  # the asked key's scale, else the key being reported
-            key_lock = self._controls[0] or (self._readout.key[0] if self._readout.key else None)
+        key_lock = self._key_lock()
         self._next_id += 1
         reader = TokenReader(self.vocab, self._reader.cursor)
         self._pending = cont.Pending(self._next_id, bars, trigger_t, reader, start, span, attempt=attempt)
@@ -362,6 +376,12 @@ class Engine:
             )
         )
         log.debug("continuation %d: %g bars of %s from beat %.2f", self._next_id, bars, meter, start)
+
+    def _key_lock(self) -> str | None:
+        """The key whose scale generation keeps under key_lock: the asked one, else the one reported."""
+        if not self.cfg.key_lock:
+            return None
+        return self._controls[0] or (self._readout.key[0] if self._readout.key else None)
 
     def _generated(self, ev: Generated, now: float, out: list) -> None:
         p = self._pending
@@ -412,6 +432,14 @@ class Engine:
             self._note(cmd.pitch, cmd.velocity, t, out)
         elif isinstance(cmd, osc_api.ContinueCmd):
             self._request(cmd.bars, t, out)
+        elif isinstance(cmd, osc_api.InfillCmd):
+            if self.cfg.mode == "analyze":
+                raise osc_api.OscInputError("mode is 'analyze': no infill (/typemoe/set mode manual)")
+            if self._origin is not None:  # notes just ended join the heard bars first
+                self._feed(self._tok.advance(self._beat - self._origin), t, out)
+            c, steer = self.cfg, {"controls": self._control_ids, "key_lock": self._key_lock()}
+            sample = {"temperature": c.temperature, "top_p": c.top_p, "seed": c.seed, "guidance": c.guidance}
+            self._infill.request(cmd.start_bar, cmd.end_bar, t, out, **sample, **steer)
         elif isinstance(cmd, osc_api.ConditionCmd):
             ids = tuple(self.vocab.control_ids(key=cmd.key, meter=cmd.meter))  # ValueError names a bad one
             if ids != self._control_ids:  # a knob resending the same value costs nothing
@@ -445,6 +473,8 @@ class Engine:
 
     def _reset(self, out: list) -> None:
         self._stop_playback(out)
+        self._infill.cancel(self._now, out)
+        self._infill.restart()
         self._tok.reset()
         self._reader = TokenReader(self.vocab)
         self._origin, self._phrase, self._waiting_off = None, None, None

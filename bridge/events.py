@@ -87,7 +87,20 @@ class Stop:
     t: float = 0.0
 
 
-Event = MidiIn | OscIn | BadDatagram | Tick | Analysis | Generated | ModelFailed | Stop
+@dataclass(frozen=True, slots=True)
+class Infilled:
+    """The notes of an infill (bridge.infill), or why there are none.
+
+    notes: (onset, duration, pitch, velocity), onset and duration in beats from the span's first bar line.
+    """
+
+    request_id: int
+    notes: tuple[tuple[float, float, int, int], ...]
+    error: str | None
+    t: float
+
+
+Event = MidiIn | OscIn | BadDatagram | Tick | Analysis | Generated | ModelFailed | Infilled | Stop
 
 # ---- actions (engine -> shell) -----------------------------------------------------------------------
 
@@ -150,4 +163,23 @@ class CancelGenerate:
     request_id: int
 
 
-Action = SendMidi | SendOsc | Feed | Probe | Recondition | ResetModel | Generate | CancelGenerate
+@dataclass(frozen=True, slots=True)
+class InfillJob:
+    """Fill bars first_bar..last_bar (1-based, 4-beat bars) between the heard notes around them, off the loop.
+
+    notes: the heard notes (time, duration, pitch, velocity) in grid ticks (4 a beat) from bar 1's line.
+    """
+
+    request_id: int
+    notes: tuple[tuple[int, int, int, int], ...]
+    first_bar: int
+    last_bar: int
+    controls: tuple[int, ...] = ()
+    temperature: float = 1.0
+    top_p: float = 0.95
+    seed: int | None = None
+    guidance: float = 1.0
+    key_lock: str | None = None
+
+
+Action = SendMidi | SendOsc | Feed | Probe | Recondition | ResetModel | Generate | CancelGenerate | InfillJob

@@ -49,6 +49,12 @@ class SetCmd:
 
 
 @dataclass(frozen=True)
+class InfillCmd:
+    start_bar: int  # 1-based, inclusive
+    end_bar: int
+
+
+@dataclass(frozen=True)
 class SimpleCmd:
     name: str  # reset | panic | ping
 
@@ -125,6 +131,14 @@ def _tempo(args: tuple) -> TempoCmd:
     return TempoCmd(bpm)
 
 
+def _infill(args: tuple) -> InfillCmd:
+    start = _integer(args[0], "start_bar", 1, 100_000)
+    end = _integer(args[1], "end_bar", 1, 100_000)
+    if start > end:
+        raise OscInputError(f"start_bar {start} is after end_bar {end}")
+    return InfillCmd(start, end)
+
+
 def _set(args: tuple) -> SetCmd:
     key = _string(args[0], "setting name")
     key = _ALIASES.get(key, key)
@@ -158,6 +172,14 @@ ADDRESSES = (
         'steer key/meter ("" or "free" = free); bars follow the meter',
         _condition,
     ),
+    Address(
+        "infill",
+        2,
+        2,
+        "start_bar i, end_bar i",
+        "new notes for those heard bars (1-based), between the bars around them",
+        _infill,
+    ),
     Address("tempo", 1, 1, "bpm f", "internal clock tempo (ignored while following MIDI clock)", _tempo),
     Address(
         "set",
@@ -176,6 +198,11 @@ REPLIES = (
     ("key", "name s, confidence f", "the key estimate, on change and every bar"),
     ("meter", "name s, confidence f", "the meter estimate, on change and every bar"),
     ("note", "pitch i, velocity i, beat f, dur f", "each generated note as it is sent"),
+    (
+        "infill",
+        "first_bar i, last_bar i, notes i, beat f",
+        "an infill is scheduled: beat = its first bar line",
+    ),
     ("error", "message s", "why an input message was refused"),
     ("pong", "", "the answer to /typemoe/ping"),
 )

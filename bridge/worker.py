@@ -4,6 +4,8 @@ The engine's model actions (Feed, Recondition, ResetModel, Generate, CancelGener
 results come back to the loop as events through `post`. Queued work stays bounded: consecutive Feeds merge
 into one prefill (a flood costs one model call per batch, not per note), and only the newest Generate waits.
 
+An infill (bridge.infill) runs whole, as one job, on a fresh session of its own (the live one is kept).
+
 A generation runs on a fork of the live session, one token per step, and queued work goes first between
 steps: a performer's note is analysed within one decode step even while a continuation is being sampled.
 Each finished note is posted at once (Generated chunks; the last has done=True), so the first note can be
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bridge import infill
 from bridge.context import ContextPolicy, Plan
 from bridge.continuation import generate_kwargs
 from bridge.events import (
@@ -32,6 +35,7 @@ from bridge.events import (
     Feed,
     Generate,
     Generated,
+    InfillJob,
     ModelFailed,
     Probe,
     Recondition,
@@ -119,6 +123,9 @@ class ModelThread:
             elif isinstance(action, Probe):  # only the newest matters
                 self._jobs = deque(j for j in self._jobs if not isinstance(j, Probe))
                 self._jobs.append(action)
+            elif isinstance(action, InfillJob):  # only the newest request matters
+                self._jobs = deque(j for j in self._jobs if not isinstance(j, InfillJob))
+                self._jobs.append(action)
             elif isinstance(action, Generate | CancelGenerate):
                 self._jobs = deque(j for j in self._jobs if not isinstance(j, Generate))
                 self._jobs.append(action)
@@ -202,6 +209,8 @@ class ModelThread:
         elif isinstance(job, CancelGenerate):
             if self._gen is not None and self._gen.job.request_id == job.request_id:
                 self._gen = None
+        elif isinstance(job, InfillJob):  # a session of its own: the live context is not touched
+            self._post(infill.answer(self._model, job, self._now))
         elif isinstance(job, Recondition):
             self._apply(self._policy.recondition(job.controls))
         elif isinstance(job, ResetModel):

@@ -1,0 +1,257 @@
+"""Infilling in the bridge (issue 16): `/typemoe/infill start_bar end_bar` rewrites bars already heard.
+
+Two halves:
+
+- `Infiller` (pure, driven by bridge.engine): keeps the notes heard since the last reset or Start, by bar
+  (the last HEARD_BARS bars), checks a request, makes the model job (events.InfillJob), and plays the
+  answer through its own bridge.playback.Playback, so panic, the DAW's Stop and reset end every note.
+- `answer(model, job, now)` (the model thread, bridge.worker): the prefix and suffix around the span
+  (typemoe.infill.split_score, as `typemoe infill` cuts a file) and the middle from
+  typemoe.infill.generate_middle, whose SpanGrammar writes exactly the span's bars and nothing past them.
+  The toy model is not that decoder: it fills the span with its arpeggio on the key it heard.
+
+Bars are 4-beat bars numbered from 1:
+
+- Following a running DAW (MIDI clock, Song Position Pointer): the DAW's bars (bar 1 = song position 0).
+  A bar's notes are those of the latest loop pass that had notes in it. The answer plays at those bars the
+  next time the transport reaches them (the next loop pass), once; a jump back or a Stop before the span
+  ended plays it again, whole, on the next pass.
+- Otherwise (internal clock, or no DAW running when the notes came): bar 1 is the bar of the first note
+  heard; the answer plays at once, from the next bar line.
+
+Each answer note is reported as /typemoe/note when it sounds (bridge timeline beat, as continuations), and
+/typemoe/infill first_bar last_bar n_notes beat when the answer is scheduled (beat: where its first bar
+line is on the timeline), so a client can map the notes back to the bars they fill.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge.events import Infilled, InfillJob, SendOsc
+from bridge.notes import BEATS_PER_BAR, BeatNote, TokenReader
+from bridge.playback import Playback
+from typemoe import decoding
+from typemoe.infill import InfillError, InfillIds, generate_middle, split_score
+from typemoe.vocab import MAX_INFILL_BARS, TICKS_PER_BAR, TICKS_PER_BEAT
+
+log = logging.getLogger(__name__)
+
+HEARD_BARS = 64  # bars of heard notes kept (older ones are forgotten: less context, never an error)
+NOTES_PER_BAR = 256  # heard notes kept per bar
+_EPS = 1e-6
+_PULSE = 1.0 / 24
+
+
+@dataclass
+class _Answer:
+    first_bar: int
+    last_bar: int
+    notes: list[BeatNote]  # onsets in beats from the span's first bar line
+    daw: bool  # on the DAW's bars (else at once)
+    start: float | None = None  # timeline beat of its first bar line once scheduled
+    zero: float | None = None  # the DAW pass it is scheduled in (timeline beat of song position 0)
+
+    @property
+    def end(self) -> float:
+        return self.start + (self.last_bar - self.first_bar + 1) * BEATS_PER_BAR
+
+
+class Infiller:
+    """The heard bars and the infill answer being played. `error(message, t, out)` is the engine's."""
+
+    def __init__(self, vocab, error: Callable[[str, float, list], None]) -> None:
+        self.vocab, self._error = vocab, error
+        self.play = Playback()
+        self._bars: dict[int, tuple[float | None, list[BeatNote]]] = {}  # bar index -> (pass, notes)
+        self._daw = False  # the heard bars are the DAW's
+        self._anchor: float | None = None  # without DAW: timeline beat of bar 1
+        self._passes: deque[tuple[float, float]] = deque(maxlen=32)  # (timeline beat from, zero)
+        self._zero: float | None = None  # timeline beat of the DAW's song position 0, while it runs
+        self._reached = -1  # highest bar index the heard stream has entered
+        self._next_id = 0
+        self._waiting: tuple[int, int, int] | None = None  # (request id, first bar, last bar)
+        self._answer: _Answer | None = None
+
+    @property
+    def playing(self) -> bool:
+        return self.play.playing
+
+    # ---- what was heard ----------------------------------------------------------------------------
+    def restart(self) -> None:
+        """Forget the heard bars (reset, the DAW's Start); an answer waiting for its pass keeps waiting."""
+        self._bars.clear()
+        self._anchor, self._reached, self._daw = None, -1, False
+
+    def heard(self, notes: list[BeatNote], origin: float) -> None:
+        """Notes of the live stream (stream beats; `origin` is stream beat 0 on the timeline)."""
+        for n in notes:
+            t = origin + n.onset
+            zero = None
+            if self._zero is not None:  # the DAW pass the note began in
+                zero = next((z for frm, z in reversed(self._passes) if t >= frm - _PULSE), None)
+                if zero is None:
+                    continue  # before the DAW started
+            if (zero is not None) != self._daw or (zero is None and self._anchor is None):
+                self.restart()
+                self._daw = zero is not None
+                if not self._daw:
+                    self._anchor = math.floor(t / BEATS_PER_BAR + _EPS) * BEATS_PER_BAR
+            pos = t - (zero if self._daw else self._anchor)
+            if pos < -_EPS:
+                continue
+            bar = int(math.floor(pos / BEATS_PER_BAR + _EPS))
+            entry = self._bars.get(bar)
+            if entry is None or entry[0] != zero:  # a new pass through this bar replaces the old one's
+                entry = self._bars[bar] = (zero, [])
+            if len(entry[1]) < NOTES_PER_BAR:
+                entry[1].append(BeatNote(max(pos, 0.0), n.duration, n.pitch, n.velocity))
+            self._reached = max(self._reached, bar)
+            while len(self._bars) > HEARD_BARS:
+                del self._bars[min(self._bars)]
+
+    # ---- a request ---------------------------------------------------------------------------------
+    def request(self, first: int, last: int, t: float, out: list, **job) -> None:
+        """Check /typemoe/infill first last against what was heard; queue the model job. Raises
+        InfillError or ValueError with the message /typemoe/error replies."""
+        InfillIds.of(self.vocab, where="the bridge's model")  # names the missing tokens
+        if last - first + 1 > MAX_INFILL_BARS:
+            raise ValueError(
+                f"bars {first}-{last} are {last - first + 1} bars; the model infills at most {MAX_INFILL_BARS}"
+            )
+        if self._reached < 0:
+            raise ValueError("nothing heard since the last reset or Start: play the phrase first")
+        if last > self._reached + 1:
+            raise ValueError(
+                f"end_bar {last} not heard yet: {self._reached + 1} bar(s) heard since the last reset or Start"
+            )
+        self.cancel(t, out)
+        notes = tuple(
+            (round(n.onset * TICKS_PER_BEAT), max(1, round(n.duration * TICKS_PER_BEAT)), n.pitch, n.velocity)
+            for bar in sorted(self._bars)
+            if not first - 1 <= bar <= last - 1
+            for n in self._bars[bar][1]
+        )
+        self._next_id += 1
+        self._waiting = (self._next_id, first, last)
+        out.append(InfillJob(self._next_id, notes, first, last, **job))
+        log.info("infill %d: bars %d-%d between %d heard notes", self._next_id, first, last, len(notes))
+
+    def done(self, ev: Infilled, now: float, out: list) -> None:
+        """The model's answer: keep it to play (next tick), or report its failure."""
+        if self._waiting is None or ev.request_id != self._waiting[0]:
+            log.debug("dropping stale infill %d", ev.request_id)
+            return
+        _, first, last = self._waiting
+        self._waiting = None
+        if ev.error is not None:
+            self._error(ev.error, now, out)
+            return
+        notes = [BeatNote(*n) for n in ev.notes]
+        self._answer = _Answer(first, last, notes, daw=self._daw)
+        log.info("infill: %d notes for bars %d-%d", len(notes), first, last)
+
+    # ---- playing it ----------------------------------------------------------------------------------
+    def tick(self, beat: float, zero: float | None, now: float, ready: float, horizon: float, ch: int, out):
+        """Time passed: `zero` is the DAW's song position 0 on the timeline while it runs (else None),
+        `ready` the earliest timeline beat a note-on can still go out on time, `horizon` what is due."""
+        a = self._answer
+        if zero != self._zero:
+            if zero is not None:
+                self._passes.append((beat, zero))
+            if a is not None and a.zero is not None:  # the transport jumped or stopped mid-answer
+                self.play.stop(now, out, force=False)
+                a.start = a.zero = None  # again, whole, on the next pass
+            self._zero = zero
+        if self._daw and zero is not None:
+            self._reached = max(self._reached, int(math.floor((beat - zero) / BEATS_PER_BAR + _EPS)))
+        elif not self._daw and self._anchor is not None:
+            self._reached = max(self._reached, int(math.floor((beat - self._anchor) / BEATS_PER_BAR + _EPS)))
+        if a is not None and a.start is None:
+            start = None
+            if not a.daw:  # at once, from the next bar line
+                anchor = self._anchor or 0.0
+                start = anchor + (math.floor((ready - anchor) / BEATS_PER_BAR + _EPS) + 1) * BEATS_PER_BAR
+            elif zero is not None and zero + (a.first_bar - 1) * BEATS_PER_BAR >= ready - _EPS:
+                start, a.zero = zero + (a.first_bar - 1) * BEATS_PER_BAR, zero
+            if start is not None:
+                a.start = start
+                for n in a.notes:
+                    self.play.schedule(BeatNote(start + n.onset, n.duration, n.pitch, n.velocity))
+                out.append(SendOsc("/typemoe/infill", (a.first_bar, a.last_bar, len(a.notes), float(start))))
+        if a is not None and a.start is not None and not self.play.queue and beat >= a.end:
+            self._answer = None  # played
+        self.play.due(horizon, ch, now, out, more_coming=False)
+        self.play.confirm_due(now, out)
+
+    def transport_stopped(self, now: float, out: list) -> None:
+        """The DAW stopped or started: end the notes; an answer on DAW bars plays on its next pass."""
+        self.play.stop(now, out, force=False)
+        if self._answer is not None and self._answer.daw:
+            self._answer.start = self._answer.zero = None
+        else:
+            self._answer = None
+
+    def cancel(self, now: float, out: list, *, force: bool = False) -> None:
+        """Forget the answer (played, waiting, or being made) and end its notes (panic, a new request)."""
+        self._answer = self._waiting = None
+        self.play.stop(now, out, force=force)
+
+
+# ---- the model thread --------------------------------------------------------------------------------
+
+
+def run_job(model, job: InfillJob) -> list[tuple[float, float, int, int]]:
+    """The middle's notes (onset, duration in beats from the span's first bar line, pitch, velocity)."""
+    import symusic
+
+    vocab = model.vocab
+    InfillIds.of(vocab, where="the bridge's model")
+    score = symusic.Score(TICKS_PER_BEAT)
+    if job.notes:
+        track = symusic.Track("heard", 0, False)
+        for time, dur, pitch, vel in job.notes:
+            track.notes.append(symusic.Note(int(time), int(dur), int(pitch), int(vel)))
+        score.tracks.append(track)
+    t0, t1 = (job.first_bar - 1) * TICKS_PER_BAR, job.last_bar * TICKS_PER_BAR
+    split = split_score(vocab, score, t0, t1)
+    span = (t1 - t0) / TICKS_PER_BEAT
+    session = model.session()
+    if isinstance(session, decoding.Session):
+        mid = generate_middle(
+            session,
+            split.prefix,
+            split.suffix,
+            n_bars=split.n_bars,
+            span_ticks=split.span_ticks,
+            controls=job.controls,
+            temperature=job.temperature,
+            top_p=job.top_p,
+            seed=job.seed,
+            guidance=job.guidance,
+            key_lock=job.key_lock,
+        )
+        notes = [
+            (n.time / TICKS_PER_BEAT, n.duration / TICKS_PER_BEAT, n.pitch, n.velocity) for n in mid.notes
+        ]
+    else:  # the toy stand-in: its arpeggio on the key of the bars around the span
+        session.feed([vocab.bos_id, *split.prefix, *split.suffix])
+        ids = session.generate(n_bars=split.n_bars, temperature=job.temperature, seed=job.seed)
+        notes = [(n.onset, n.duration, n.pitch, n.velocity) for n in TokenReader(vocab).read(ids)]
+    return [(on, min(d, span - on), p, v) for on, d, p, v in notes if 0 <= on < span - _EPS]
+
+
+def answer(model, job: InfillJob, now: Callable[[], float]) -> Infilled:
+    """run_job as the event the engine reads; a failure is its error, never an exception."""
+    try:
+        notes = run_job(model, job)
+    except InfillError as err:
+        return Infilled(job.request_id, (), str(err), now())
+    except Exception as err:  # a model failure must not kill the bridge
+        log.exception("infill %d failed", job.request_id)
+        return Infilled(job.request_id, (), f"infill failed: {err}", now())
+    return Infilled(job.request_id, tuple(notes), None, now())

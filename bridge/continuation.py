@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from bridge.events import Generate
 from bridge.notes import BEATS_PER_BAR, BeatNote, TokenReader
 from typemoe import decoding
+from typemoe.vocab import MAX_EMPTY_BARS
 
 _EPS = 1e-6  # beats: onsets are multiples of 1/4 beat, so this only absorbs float noise
 
@@ -125,13 +126,17 @@ def generate_kwargs(job: Generate, session) -> dict:
     """The keyword arguments of session.generate_steps for one request.
 
     The one decoder (typemoe.decoding.Session, which export.runtime.OrtSession is) gets the meter window,
-    the first note on its downbeat, guidance and the key lock. Any other session (the toy stand-in) gets
-    n_bars 4-beat bars, and the engine keeps the notes that fall in the window.
+    the first note on its downbeat, guidance and the key lock. Any other session (the toy stand-in) knows
+    no window: it continues from the stream's last note, which can lie bars before the window (the
+    stream holds at most MAX_EMPTY_BARS empty bars), so it gets that many 4-beat bars more, and the
+    engine keeps the notes that fall in the window and stops it past the window's end.
     """
     kw: dict = {"temperature": job.temperature, "top_p": job.top_p, "seed": job.seed, "n_bars": job.n_bars}
     if isinstance(job, SteeredGenerate) and isinstance(session, decoding.Session):
         kw.update(meter=job.meter, n_bars=job.bars, start_beat=job.start_beat, on_downbeat=True)
         kw.update(guidance=job.guidance, key_lock=job.key_lock)
+    elif isinstance(job, SteeredGenerate):
+        kw["n_bars"] = job.n_bars + MAX_EMPTY_BARS
     return kw
 
 

@@ -22,9 +22,6 @@ _FIT_PULSES = 48  # two beats of pulses for the tempo/phase fit
 _SYNC_TIMEOUT_S = 0.5  # no pulse for this long: not synced (free-running)
 _LOST_AFTER = 6  # pulses in a row a whole pulse off the fitted line: one was lost, recount
 _RELOCK_S = 10.0  # pulses back within this long continue the old pulse count (same tempo assumed)
-# The first pulse after Start/Continue comes within one pulse period of it (MIDI 1.0: the slave starts on the
-# next clock). Received later than this many periods, as the fitted line sees it, pulses were lost in between.
-_FIRST_PULSE_LATE = 1.5
 
 
 class Clock(Protocol):
@@ -73,8 +70,6 @@ class BeatClock:
         self._lattice: float | None = None  # timeline beat of the last pulse
         self._disagree, self._last_off = 0, 0  # pulses in a row whose count is off the fitted line
         self._align_to: float | None = None  # DAW beat the next pulse stands for (after Start / SPP)
-        self._start_t: float | None = None  # when Start/Continue arrived, until its first pulse
-        self._start_check: tuple[float, float] | None = None  # (Start time, beat of its first pulse heard)
         self._daw_beat = 0.0  # DAW song position (beats) at the last pulse
         self.running = False  # DAW transport state (Start/Continue vs Stop)
 
@@ -138,41 +133,19 @@ class BeatClock:
             self._daw_beat = self._align_to
             self._align_to = None
             self._pulses.clear()
-            if self._start_t is not None:
-                self._start_check, self._start_t = (self._start_t, beat), None
         self._pulses.append((beat, t))
         self._lattice = beat
         self._last_pulse_t = t
         self._fit()
-        if self._start_check is not None and len(self._pulses) >= _FIT_PULSES // 2:
-            self._recount_first_pulses()
 
-    def _recount_first_pulses(self) -> None:
-        """Pulses lost between Start and the first one heard (a dropped MIDI byte under load) would put the
-        DAW's beat 0 on a later pulse, and every note a pulse or more late, with nothing after it to disagree.
-        Once the line is fitted, its time for that first pulse says how many came before it: count them, by
-        moving the timeline forward (never back)."""
-        t_start, first = self._start_check
-        self._start_check = None
-        period = self._spb / PPQN
-        late = (self.time_at(first) - t_start) / period
-        if late < _FIRST_PULSE_LATE:
-            return
-        lost = round(late - 1.0)
-        shift = lost / PPQN
-        self._pulses = deque(((b + shift, t) for b, t in self._pulses), maxlen=_FIT_PULSES)
-        self._lattice += shift
-        self._daw_beat += shift if self.running else 0.0
-        self._fit()
-
-    def on_start(self, t: float | None = None) -> None:
-        """0xFA at time t: the DAW starts from its beginning; the next pulse is its beat 0."""
-        self._align_to, self._start_t = 0.0, t
+    def on_start(self) -> None:
+        """0xFA: the DAW starts from its beginning; the next pulse is its beat 0."""
+        self._align_to = 0.0
         self.running = True
 
-    def on_continue(self, t: float | None = None) -> None:
-        """0xFB at time t: the DAW resumes from the song position."""
-        self._align_to, self._start_t = self._daw_beat, t
+    def on_continue(self) -> None:
+        """0xFB: the DAW resumes from the song position."""
+        self._align_to = self._daw_beat
         self.running = True
 
     def on_stop(self) -> None:

@@ -199,12 +199,12 @@ class Engine:
                         cont.daw_anchor(self.clock.beat_at(ev.t), self.clock.daw_beat) if running else None
                     )
                 elif m.status == mp.START:
-                    self.clock.on_start(ev.t)
+                    self.clock.on_start()
                     self._stop_playback(out, force=True)
                     self._infill.transport_stopped(ev.t, out)
                     self._infill.restart()  # the heard bars count from the DAW's Start
                 elif m.status == mp.CONTINUE:
-                    self.clock.on_continue(ev.t)
+                    self.clock.on_continue()
                 else:
                     self.clock.on_stop()
                     self._stop_playback(out, force=True)

@@ -34,8 +34,8 @@ pytestmark = [
     ),
 ]
 
-BPM = 240.0  # the bridge's internal tempo and the player's
-BEATS = 60.0  # beats of each tune played (20 bars of 3/4, 10 bars of 6/8 counted in quarter notes)
+BPM = 160.0  # the bridge's internal tempo and the player's (a 16th is 94 ms: scheduling slack under load stays inside it)
+BEATS = 48.0  # beats of each tune played (16 bars of 3/4, 8 bars of 6/8 counted in quarter notes)
 TUNES = {
     "3/4": ("essenFolksong/zuccal0.abc", "10"),
     "6/8": ("airdsAirs/book1.abc", "0056"),

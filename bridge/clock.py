@@ -12,9 +12,12 @@ to the next point whose position in the bar matches the DAW's, so the token stre
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 PPQN = 24  # MIDI beat clock pulses per quarter note
 BEATS_PER_BAR = 4
@@ -118,6 +121,13 @@ class BeatClock:
             self._disagree = self._disagree + 1 if off != 0 and off == self._last_off else int(off != 0)
             self._last_off = off
             if self._disagree >= _LOST_AFTER:
+                log.info(
+                    "clock: %+d pulse(s) recounted at beat %.3f (the count and the fitted line disagreed "
+                    "%d pulses in a row)",
+                    off,
+                    beat,
+                    _LOST_AFTER,
+                )
                 beat += off / PPQN
                 self._disagree = 0
                 self._pulses.clear()

@@ -17,7 +17,7 @@ Flags given on the command line override the file.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 MIDI_APIS = ("auto", "alsa", "jack", "coremidi", "winmm")
@@ -158,10 +158,3 @@ def make_config(file_values: dict[str, object] | None = None, **overrides: objec
     values: dict[str, object] = dict(file_values or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
     return BridgeConfig(**values)
-
-
-def with_setting(cfg: BridgeConfig, name: str, value: object) -> BridgeConfig:
-    """A copy of `cfg` with one setting changed (validated); used by /typemoe/set."""
-    if name not in FIELD_NAMES:
-        raise ValueError(f"unknown setting {name!r}")
-    return replace(cfg, **{name: value})

@@ -1,4 +1,4 @@
-"""Imports go one way (DESIGN.md section 2): the bridge and the runtime never pull in torch."""
+"""Imports go one way (README, Packages): the bridge and the runtime never pull in torch."""
 
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Metrics of DESIGN.md section 6 on hand-made cases whose answers are worked out by hand."""
+"""Metrics of training/metrics.py on hand-made cases whose answers are worked out by hand."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Streaming tokenization equals offline tokenization of the same quantized notes (DESIGN.md section 3)."""
+"""Streaming tokenization equals offline tokenization of the same quantized notes."""
 
 import random
 

@@ -1,5 +1,5 @@
 """`typemoe eval --ablation` and `--label-efficiency`: train variants on the same data and steps, evaluate
-each on the same held-out pieces, and write one comparison (DESIGN.md section 6, "Ablations in one run").
+each on the same held-out pieces, and write one comparison (the README's ablation table).
 
     typemoe eval --ablation --data music21 --steps 500 --out ablation/results.json
     typemoe eval --label-efficiency --data /tmp/shards --steps 500 --out labeleff/results.json

@@ -1,11 +1,10 @@
-"""Augmentations of token sequences, for the training data loader (DESIGN.md section 3).
+"""Augmentations of token sequences, for the training data loader.
 
 - `Transposer`: shift every pitch by k semitones directly on the ids (no decode); the key label and any
   Key_* control token move with it; a note pushed out of the pitch range is dropped with its velocity
   and duration, and a Position left without notes goes too. Equals re-tokenizing the transposed score.
 - `shift_phase`: delay the music by 0-3 beats and re-tokenize, so Bar tokens fall at another phase of
   the notated bar and the model cannot read the meter from where bars start.
-- `Transposer.jitter_velocity`: move each Velocity token up to n bins, clipped to the velocity range.
 
 All take and return 1-D integer arrays (the uint16 rows of training/shards.py work as input).
 """
@@ -87,19 +86,6 @@ class Transposer:
             last_note = np.flatnonzero(self.kind[new] == 3)
             new = new[: last_note[-1] + 1] if len(last_note) else new[self.is_control[new]]
         return new, (analysis.transpose_key(key, k) if key >= 0 else -1), int(out_of_range.sum())
-
-    def jitter_velocity(self, ids: np.ndarray, rng: np.random.Generator, max_steps: int = 1) -> np.ndarray:
-        """Each Velocity token moved by a uniform integer in [-max_steps, max_steps] bins, clipped."""
-        ids = np.asarray(ids, dtype=np.int64).copy()
-        rank = self.velocity_rank[ids]
-        at = rank >= 0
-        moved = np.clip(
-            rank[at] + rng.integers(-max_steps, max_steps + 1, size=int(at.sum())),
-            0,
-            len(self.velocity_ids) - 1,
-        )
-        ids[at] = self.velocity_ids[moved]
-        return ids
 
 
 def shift_phase(vocab, ids: np.ndarray, beats: int) -> np.ndarray:

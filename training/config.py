@@ -19,7 +19,6 @@ from typemoe.config import ModelConfig
 
 OBJECTIVES = ("ssmtp", "clm")
 TASKS = ("pretrain", "genre", "emotion", "composer", "conditional")
-LOSS_NAMES = ("lm", "key", "meter", "semi", "consistency", "aux", "cls")
 
 
 @dataclass(kw_only=True)

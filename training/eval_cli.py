@@ -248,7 +248,7 @@ def add_parsers(subparsers) -> None:
 
     p = subparsers.add_parser(
         "eval",
-        help="metrics of DESIGN.md section 6 on held-out pieces; ablations",
+        help="every metric on held-out pieces; ablations",
         description=evaluate.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,4 +1,4 @@
-"""PNG plots of an evaluation (DESIGN.md section 6): confusion matrices, streaming accuracy, expert use,
+"""PNG plots of an evaluation: confusion matrices, streaming accuracy, expert use,
 and the label-efficiency curve of an ablation run. matplotlib with the Agg backend (no display needed).
 
 Every function takes plain numbers (the dicts `typemoe eval` writes), so a plot can be redrawn from a

@@ -1,4 +1,4 @@
-"""`typemoe eval`: every metric of DESIGN.md section 6 on held-out pieces, as flat JSON + markdown + plots.
+"""`typemoe eval`: every metric (training/metrics.py) on held-out pieces, as flat JSON + markdown + plots.
 
     results = evaluate(EvalConfig(models=[Path("runs/pretrain")], data="music21", out=Path("eval/results.json")))
 

@@ -11,7 +11,7 @@ target (the other Infill_* tokens are given, never predicted, like every control
 heads are off on such windows (head_from = the end): the music is out of order there, as they are off on
 windows with a control prefix. `undo` restores the original window exactly (tests/test_infill_data.py).
 
-Spans are bars of the REMI grid (4 beats, the performer's grid of DESIGN.md section 3): the data's windows
+Spans are bars of the REMI grid (4 beats, the performer's grid, typemoe/vocab.py): the data's windows
 are phase-shifted against the notated bar anyway. At decoding time typemoe/infill.py lines the grid up
 with the file's own bars, so a span of a 4/4 file is exactly its bars.
 

@@ -1,4 +1,4 @@
-"""The metrics of `typemoe eval` (DESIGN.md section 6), as small pure functions over numpy arrays.
+"""The metrics of `typemoe eval`, as small pure functions over numpy arrays.
 
 Torch-free on purpose: the same code scores a PyTorch checkpoint and an exported ONNX model.
 

@@ -1,4 +1,4 @@
-"""Where the shipped default model lives (DESIGN.md section 10). Torch-free: the bridge imports it.
+"""Where the shipped default model lives. Torch-free: the bridge imports it.
 
 The model directory (ONNX graph, tokenizer, type table, manifest with a sha256 per file) is committed inside
 the package at typemoe/default_model/ with its MODEL_CARD.md; export.runtime verifies every sha256 when it

@@ -444,8 +444,8 @@ def test_jack_continuations_under_a_three_four_condition_are_on_three_beat_bars(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 13 asks >= 8/10 without the key lock; the shipped model gives 0/10 here (1/10 in a direct "
-    "decoder run of the same 10 seeds), by music21: its controls barely steer",
+    reason="issue 13 asks >= 8/10 without the key lock; the shipped model gives 2/10 here by music21 (the one "
+    "before it 0/10): its controls barely steer",
 )
 @_over_jack
 def test_jack_f_sharp_major_condition_without_key_lock_gives_f_sharp_major(request):

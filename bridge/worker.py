@@ -54,11 +54,6 @@ class _Generation:
     chunk: list[int] = field(default_factory=list)  # ids sampled since the last post
 
 
-def _fusion_of(reader):
-    """A typemoe KeyReader/MeterReader that holds a fusion, else None."""
-    return reader if getattr(reader, "fusion", None) is not None else None
-
-
 class ModelThread:
     """Owns the model session; only its thread touches it.
 
@@ -88,9 +83,7 @@ class ModelThread:
         self._session = None
         self._gen: _Generation | None = None  # the generation in progress (thread-only)
         self._ends_note = np.asarray(model.vocab.family_of) == FAMILIES.index("Duration")  # (V,)
-        # the model directory's fused key/meter answers (None: the heads answer alone, e.g. the toy model)
-        self._key_reader = _fusion_of(getattr(model, "key", None))
-        self._meter_reader = _fusion_of(getattr(model, "meter", None))
+        self._fused = getattr(model, "answer", None)  # the model directory's fused key/meter answers
         self._thread = threading.Thread(target=self._run, name="typemoe-model", daemon=True)
         self.busy = False
 
@@ -184,12 +177,9 @@ class ModelThread:
         """(key, meter) probabilities: the heads' at the end of `ids` (the music the session holds), fused
         with those notes' pitch classes and rhythm when the model directory has fusions (OrtModel.key,
         OrtModel.meter: typemoe.key_fusion, typemoe.meter), as `typemoe analyze` answers."""
-        key, meter = np.asarray(out.key_probs), np.asarray(out.meter_probs)
-        if self._key_reader is not None:
-            key = self._key_reader.probs(ids, key)
-        if self._meter_reader is not None:
-            meter = self._meter_reader.probs(ids, meter)
-        return key, meter
+        if self._fused is None:  # the toy stand-in: the heads answer
+            return np.asarray(out.key_probs), np.asarray(out.meter_probs)
+        return self._fused(ids, out.key_probs, out.meter_probs)
 
     def _do(self, job) -> None:
         if isinstance(job, Feed):

@@ -56,6 +56,7 @@ from typemoe.key_fusion import FILE as KEY_FILE
 from typemoe.key_fusion import KeyFusion, KeyReader
 from typemoe.meter import FILE as METER_FILE
 from typemoe.meter import MeterFusion, MeterReader
+from typemoe.remi_notes import RemiNotes
 from typemoe.vocab import TypedVocab, VocabError
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ class OrtModel:
             raise ModelDirError(str(err)) from err
         if fusion is not None and list(fusion.meters) != self.meter_names:
             raise ModelDirError(f"{self.model_dir / METER_FILE}: meter classes differ from the graph's")
-        self.meter = MeterReader(fusion, self.vocab)
+        remi = RemiNotes(self.vocab)  # one set of note-reading tables for both readers
+        self.meter = MeterReader(fusion, self.vocab, remi)
         """The meter answer: meter_fusion.json (rhythm + head) when the directory has one, else the head."""
         try:
             key_fusion = KeyFusion.load(self.model_dir)
@@ -134,9 +136,19 @@ class OrtModel:
             raise ModelDirError(str(err)) from err
         if key_fusion is not None and self.key_names != list(analysis.KEYS):
             raise ModelDirError(f"{self.model_dir / KEY_FILE}: the graph's key classes are not analysis.KEYS")
-        self.key = KeyReader(key_fusion, self.vocab)
+        self.key = KeyReader(key_fusion, self.vocab, remi)
         """The key answer: key_fusion.json (pitch-class profiles + head) when the directory has one, else
         the head."""
+        self._remi = remi
+
+    def answer(self, ids, key_probs, meter_probs) -> tuple[np.ndarray, np.ndarray]:
+        """(key, meter) probabilities after hearing `ids`, given the heads' at their end: the directory's
+        fusions (self.key, self.meter) over the notes of `ids`, read once for both; the heads without."""
+        key, meter = np.asarray(key_probs, dtype=np.float64), np.asarray(meter_probs, dtype=np.float64)
+        if self.key.fusion is None and self.meter.fusion is None:
+            return key, meter
+        notes = self._remi.notes(np.asarray(ids, dtype=np.int64))[0]
+        return self.key.probs_of(notes, key), self.meter.probs_of(notes, meter)
 
     def _open(self, device: str, precision: str, threads: int) -> OrtGraph:
         """The graph for this provider: fp16 on CUDA, fp32 on CPU by default; a failed CUDA start falls

@@ -179,9 +179,10 @@ def _estimate(model, out, ids: Sequence[int]) -> dict:
     """Key and meter from the model directory's readers (the notes' pitch classes fused with the key head,
     typemoe.key_fusion; their rhythm fused with the meter head, typemoe.meter) when it has them, else the
     heads."""
-    reader, key_reader = getattr(model, "meter", None), getattr(model, "key", None)
-    meter_probs = reader.probs(ids, out.meter_probs) if reader is not None else out.meter_probs
-    key_probs = key_reader.probs(ids, out.key_probs) if key_reader is not None else out.key_probs
+    fused = getattr(model, "answer", None)  # OrtModel; a PyTorch checkpoint has only its heads
+    key_probs, meter_probs = (
+        fused(ids, out.key_probs, out.meter_probs) if fused else (out.key_probs, out.meter_probs)
+    )
     k, m = int(np.argmax(key_probs)), int(np.argmax(meter_probs))
     return {
         "key": model.key_names[k],

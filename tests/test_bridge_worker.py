@@ -192,6 +192,7 @@ def test_analysis_is_the_model_directorys_fused_answer_over_the_music_held():
 
     model = _Recording(1024)
     model.key, model.meter = Reader(24, 6), Reader(len(model.meter_names), 2)
+    model.answer = lambda ids, k, m: (model.key.probs(ids, k), model.meter.probs(ids, m))  # OrtModel.answer
     bar, pos, pitch = v.id("Bar_None"), v.id("Position_0"), v.id("Pitch_60")
     ids = (bar, pos, pitch, int(v.velocity_id[90]), v.duration_token_id(4))
     (a,) = _run(model, [Feed(ids, 1.0)], 1)

@@ -162,8 +162,8 @@ def _predict(model, score: symusic.Score) -> tuple[int, int]:
 
     ids = [model.vocab.bos_id, *model.vocab.encode_score(score)[: WINDOW - 1]]
     out = model.session().feed(ids)
-    key = analysis.parse_key(model.key_names[int(np.argmax(model.key.probs(ids, out.key_probs)))])
-    meter_probs = model.meter.probs(ids, out.meter_probs)
+    key_probs, meter_probs = model.answer(ids, out.key_probs, out.meter_probs)
+    key = analysis.parse_key(model.key_names[int(np.argmax(key_probs))])
     meter = analysis.parse_meter(model.meter_names[int(np.argmax(meter_probs))])
     return key, meter
 

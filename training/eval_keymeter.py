@@ -77,52 +77,26 @@ def _readings(model, piece: EvalPiece, window: int, whole_max_tokens: int | None
     out = model.outputs_at(seq, order)
     kp = dict(names=model.key_names, parse=analysis.parse_key)
     mp = dict(names=model.meter_names, parse=analysis.parse_meter)
-    reader, key_reader = meter_reader(model), key_reader_of(model)
+    fused = getattr(getattr(model, "ort", None), "answer", None)  # an exported directory's fusions
 
-    def meter(ids, head):  # the model's meter answer: rhythm + head when the model has a fusion
-        return reader.probs(ids, head) if reader is not None else head
-
-    def key(ids, head):  # the model's key answer: pitch-class profiles + head when the model has a fusion
-        return key_reader.probs(ids, head) if key_reader is not None else head
+    def pred(
+        ids, key_probs, meter_probs
+    ):  # the model's (key, meter) answer, as analyze and the bridge give it
+        if fused is not None:
+            key_probs, meter_probs = fused(ids, key_probs, meter_probs)
+        return _parse_pred(probs=key_probs, **kp), _parse_pred(probs=meter_probs, **mp)
 
     end = order.index(reads["whole"])
-    rec = {
-        "first": (
-            _parse_pred(probs=key(seq, out.key_probs[end]), **kp),
-            _parse_pred(probs=meter(seq, out.meter_probs[end]), **mp),
-        )
-    }
+    rec = {"first": pred(seq, out.key_probs[end], out.meter_probs[end])}
     for n in STREAM_BARS:
         row = order.index(reads[n])
-        rec[n] = (
-            _parse_pred(probs=key(seq[: reads[n]], out.key_probs[row]), **kp),
-            _parse_pred(probs=meter(seq[: reads[n]], out.meter_probs[row]), **mp),
-        )
+        rec[n] = pred(seq[: reads[n]], out.key_probs[row], out.meter_probs[row])
     if whole_max_tokens is not None:
         music = piece.tokens[:whole_max_tokens]
         k_end, m_end, k_mean, m_mean = read_whole_piece(model, music, window)
-        rec["whole"] = (
-            _parse_pred(probs=key(music, k_end), **kp),
-            _parse_pred(probs=meter(music, m_end), **mp),
-        )
-        rec["whole_mean"] = (
-            _parse_pred(probs=key(music, k_mean), **kp),
-            _parse_pred(probs=meter(music, m_mean), **mp),
-        )
+        rec["whole"] = pred(music, k_end, m_end)
+        rec["whole_mean"] = pred(music, k_mean, m_mean)
     return rec
-
-
-def key_reader_of(model):
-    """The exported model directory's typemoe.key_fusion.KeyReader when it holds a key fusion, else None."""
-    reader = getattr(getattr(model, "ort", None), "key", None)
-    return reader if reader is not None and reader.fusion is not None else None
-
-
-def meter_reader(model):
-    """The exported model directory's typemoe.meter.MeterReader when it holds a meter fusion, else None
-    (the meter head answers alone)."""
-    reader = getattr(getattr(model, "ort", None), "meter", None)
-    return reader if reader is not None and reader.fusion is not None else None
 
 
 def _baseline_readings(vocab, piece: EvalPiece, window: int, whole_max_tokens: int | None) -> dict:

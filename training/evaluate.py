@@ -65,7 +65,6 @@ from training.eval_keymeter import (  # noqa: F401  (re-exported)
     _slide_reads,
     key_meter,
     key_meter_baselines,
-    meter_reader,
     read_whole_piece,
 )
 from training.eval_report import (  # noqa: F401  (re-exported)

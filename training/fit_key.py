@@ -13,16 +13,14 @@ the profiles alone (each, and fitted together) and the head alone; the numbers g
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from training.augment import Transposer
 from training.baselines import KEY_BASELINES
 from training.data import load_pieces
+from training.fit_meter import fit_parser, save_fusion
 from training.humanize import Humanizer
 from typemoe.key_fusion import KeyFusion, KeyReader, profile_features, rotated_profiles
 
@@ -72,19 +70,10 @@ def window_samples(pieces, vocab, model, *, max_pieces: int, seed: int, context:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.model_dir import refresh_manifest
     from export.runtime import OrtModel
     from typemoe import analysis
 
-    p = argparse.ArgumentParser(prog="python -m training.fit_key", description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--model", type=Path, required=True, help="exported model directory (the fusion is saved there)"
-    )
-    p.add_argument("--data", type=Path, action="append", required=True, help="token shard directory")
-    p.add_argument("--max-pieces", type=int, default=4000, help="train pieces sampled (one window each)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dry-run", action="store_true", help="fit and report, save nothing")
-    args = p.parse_args(argv)
+    args = fit_parser("python -m training.fit_key", __doc__, 4000).parse_args(argv)
     try:
         model = OrtModel(args.model)
         if list(model.key_names) != list(analysis.KEYS):
@@ -123,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         report[f"val_{name}"] = round(float((pred == va[2]).mean()), 4)
     report["weights"] = [round(float(w), 3) for w in fused.weights]
     report["minor_bias"] = round(fused.minor_bias, 3)
-    print(json.dumps(report, indent=1))
-    fused.info = {**report, "data": [str(d) for d in args.data], "seed": args.seed}
-    if not args.dry_run:
-        print(f"saved {fused.save(args.model)}")
-        if (args.model / "manifest.json").is_file():
-            refresh_manifest(args.model)  # the fusion is part of the model: its sha256 is checked at load
+    save_fusion(fused, report, args)
     return 0
 
 

@@ -60,19 +60,38 @@ def family_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return float((fam[pred] == fam[y]).mean())
 
 
-def main(argv: list[str] | None = None) -> int:
-    from export.model_dir import refresh_manifest
-    from export.runtime import OrtModel
-
-    p = argparse.ArgumentParser(prog="python -m training.fit_meter", description=__doc__.split("\n")[0])
+def fit_parser(prog: str, doc: str, max_pieces: int) -> argparse.ArgumentParser:
+    """The command line of a fusion fit (this module and training/fit_key.py)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
     p.add_argument(
         "--model", type=Path, required=True, help="exported model directory (the fusion is saved there)"
     )
     p.add_argument("--data", type=Path, action="append", required=True, help="token shard directory")
-    p.add_argument("--max-pieces", type=int, default=6000, help="train pieces sampled (one window each)")
+    p.add_argument(
+        "--max-pieces", type=int, default=max_pieces, help="train pieces sampled (one window each)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="fit and report, save nothing")
-    args = p.parse_args(argv)
+    return p
+
+
+def save_fusion(fusion, report: dict, args) -> None:
+    """Print the report, keep it in the fusion's info, and (unless --dry-run) save the fusion in the model
+    directory and re-list the directory's manifest: the fusion is part of the model, checked at load."""
+    from export.model_dir import refresh_manifest
+
+    print(json.dumps(report, indent=1))
+    fusion.info = {**report, "data": [str(d) for d in args.data], "seed": args.seed}
+    if not args.dry_run:
+        print(f"saved {fusion.save(args.model)}")
+        if (args.model / "manifest.json").is_file():
+            refresh_manifest(args.model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from export.runtime import OrtModel
+
+    args = fit_parser("python -m training.fit_meter", __doc__, 6000).parse_args(argv)
     try:
         model = OrtModel(args.model)
         pieces = load_pieces(args.data, model.vocab)
@@ -102,12 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         report[f"val_{name}_exact"] = round(float((pred == va[2]).mean()), 4)
         report[f"val_{name}_family"] = round(family_accuracy(pred, va[2]), 4)
-    print(json.dumps(report, indent=1))
-    fused.info = {**report, "data": [str(d) for d in args.data], "seed": args.seed}
-    if not args.dry_run:
-        print(f"saved {fused.save(args.model)}")
-        if (args.model / "manifest.json").is_file():
-            refresh_manifest(args.model)  # the fusion is part of the model: its sha256 is checked at load
+    save_fusion(fused, report, args)
     return 0
 
 

@@ -205,13 +205,14 @@ class KeyReader:
     Args:
         fusion: the directory's KeyFusion (KeyFusion.load), or None: then the head alone answers.
         vocab: the model's TypedVocab (to read notes out of token ids).
+        remi: tables to read notes with (typemoe.remi_notes.RemiNotes), shared with the meter reader.
     """
 
-    def __init__(self, fusion: KeyFusion | None, vocab):
+    def __init__(self, fusion: KeyFusion | None, vocab, remi=None):
         from typemoe.remi_notes import RemiNotes
 
         self.fusion = fusion
-        self.remi = RemiNotes(vocab)
+        self.remi = remi if remi is not None else RemiNotes(vocab)
         self.pitch_of = np.full(len(vocab.tokens), -1, dtype=np.int64)
         for i, t in enumerate(vocab.tokens):
             if t.startswith("Pitch_"):
@@ -219,15 +220,23 @@ class KeyReader:
 
     def hists(self, ids) -> np.ndarray:
         """(2, 12) histograms of the whole notes in ids (control and special ids are ignored)."""
-        notes, _ = self.remi.notes(np.asarray(ids, dtype=np.int64))
+        return self.hists_of(self.remi.notes(np.asarray(ids, dtype=np.int64))[0])
+
+    def hists_of(self, notes: np.ndarray) -> np.ndarray:
+        """(2, 12) histograms of RemiNotes.notes() rows."""
         return histograms(self.pitch_of[notes[:, 1]], notes[:, 3] / self.remi.ticks_per_beat)
 
     def probs(self, ids, head_key_probs: np.ndarray) -> np.ndarray:
         """(24,) key probabilities after hearing the token ids `ids`, given the key head's at their end."""
+        return self.probs_of(self.remi.notes(np.asarray(ids, dtype=np.int64))[0], head_key_probs)
+
+    def probs_of(self, notes: np.ndarray, head_key_probs: np.ndarray) -> np.ndarray:
+        """The same from already read notes (RemiNotes.notes rows): the bridge reads them once for both
+        readers."""
         head = np.asarray(head_key_probs, dtype=np.float64)
         if self.fusion is None:
             return head
-        h = self.hists(ids)
+        h = self.hists_of(notes)
         if h[1].sum() < 2:
             return head  # no pitches yet: nothing to fuse
         return self.fusion.probs(h, np.log(np.maximum(head, 1e-9)))

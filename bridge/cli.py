@@ -18,8 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
-from bridge import config, osc_api
-from bridge.config import BridgeConfig
+from typemoe.bridge import config, osc_api
+from typemoe.bridge.config import BridgeConfig
 
 log = logging.getLogger("bridge")
 
@@ -160,15 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.list_ports:
         return _list_ports(cfg)
-    from bridge.demo import DemoTuneError
-    from bridge.midi_io import MidiSetupError
-    from bridge.model import ModelNotFoundError, load_model
+    from typemoe.bridge.demo import DemoTuneError
+    from typemoe.bridge.midi_io import MidiSetupError
+    from typemoe.bridge.model import ModelNotFoundError, load_model
 
     try:
         if args.demo:
             return _demo(args, cfg)
         model = load_model(cfg.model, provider=cfg.provider)
-        from bridge.daemon import Bridge
+        from typemoe.bridge.daemon import Bridge
 
         return asyncio.run(Bridge(cfg, model).run())
     except (ModelNotFoundError, MidiSetupError, DemoTuneError, OSError) as err:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _list_ports(cfg: BridgeConfig) -> int:
-    from bridge.midi_io import MidiSetupError, list_ports
+    from typemoe.bridge.midi_io import MidiSetupError, list_ports
 
     try:
         ports = list_ports(cfg.midi_api)
@@ -197,8 +197,8 @@ def _list_ports(cfg: BridgeConfig) -> int:
 
 
 def _demo(args, cfg: BridgeConfig) -> int:
-    from bridge.demo import run_demo
-    from bridge.model import ModelNotFoundError, load_model
+    from typemoe.bridge.demo import run_demo
+    from typemoe.bridge.model import ModelNotFoundError, load_model
 
     try:
         model = load_model(cfg.model, provider=cfg.provider)

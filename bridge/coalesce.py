@@ -14,7 +14,7 @@ and the last is released when the window ends. Keys: the address, plus the setti
 
 from __future__ import annotations
 
-from bridge.events import OscIn
+from typemoe.bridge.events import OscIn
 
 CONTROL_ADDRESSES = ("/typemoe/condition", "/typemoe/tempo", "/typemoe/set")
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from bridge.events import Generate
-from bridge.notes import BEATS_PER_BAR, BeatNote, TokenReader
+from typemoe.bridge.events import Generate
+from typemoe.bridge.notes import BEATS_PER_BAR, BeatNote, TokenReader
+
 from typemoe import decoding
 from typemoe.vocab import MAX_EMPTY_BARS
 

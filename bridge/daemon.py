@@ -20,14 +20,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge import osc_io
-from bridge.clock import Clock, MonotonicClock
-from bridge.coalesce import Coalescer
-from bridge.config import BridgeConfig
-from bridge.engine import CONFIRM_S, Engine
-from bridge.events import MidiIn, OscIn, SendMidi, SendOsc, Stop, Tick
-from bridge.midi_io import MidiPorts
-from bridge.worker import ModelThread
+from typemoe.bridge import osc_io
+from typemoe.bridge.clock import Clock, MonotonicClock
+from typemoe.bridge.coalesce import Coalescer
+from typemoe.bridge.config import BridgeConfig
+from typemoe.bridge.engine import CONFIRM_S, Engine
+from typemoe.bridge.events import MidiIn, OscIn, SendMidi, SendOsc, Stop, Tick
+from typemoe.bridge.midi_io import MidiPorts
+from typemoe.bridge.worker import ModelThread
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import symusic
-
-from bridge.config import BridgeConfig
-from bridge.daemon import Bridge
-from bridge.events import MidiIn, OscIn, SendOsc
+from typemoe.bridge.config import BridgeConfig
+from typemoe.bridge.daemon import Bridge
+from typemoe.bridge.events import MidiIn, OscIn, SendOsc
 
 log = logging.getLogger(__name__)
 

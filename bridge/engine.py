@@ -20,12 +20,12 @@ import logging
 import math
 from dataclasses import replace
 
-from bridge import continuation as cont
-from bridge import midi_parse as mp
-from bridge import osc_api
-from bridge.clock import BEATS_PER_BAR, BeatClock
-from bridge.config import BridgeConfig
-from bridge.events import (
+from typemoe.bridge import continuation as cont
+from typemoe.bridge import midi_parse as mp
+from typemoe.bridge import osc_api
+from typemoe.bridge.clock import BEATS_PER_BAR, BeatClock
+from typemoe.bridge.config import BridgeConfig
+from typemoe.bridge.events import (
     Analysis,
     BadDatagram,
     CancelGenerate,
@@ -42,12 +42,12 @@ from bridge.events import (
     SendOsc,
     Tick,
 )
-from bridge.infill import Infiller
-from bridge.notes import TokenReader
-from bridge.playback import CONFIRM_S, Playback  # noqa: F401 (CONFIRM_S: daemon, tests)
-from bridge.readout import KEY_MARGIN, METER_MARGIN, Readout  # noqa: F401 (KEY_MARGIN: tests)
-from bridge.stats import Stats
-from bridge.torchless import StreamingTokenizer
+from typemoe.bridge.infill import Infiller
+from typemoe.bridge.notes import TokenReader
+from typemoe.bridge.playback import CONFIRM_S, Playback  # noqa: F401 (CONFIRM_S: daemon, tests)
+from typemoe.bridge.readout import KEY_MARGIN, METER_MARGIN, Readout  # noqa: F401 (KEY_MARGIN: tests)
+from typemoe.bridge.stats import Stats
+from typemoe.bridge.torchless import StreamingTokenizer
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A private JACK server for the benchmark and the tests: real MIDI ports on a machine without a sound card.
 
-    from bridge.jackd import jack_server
+    from typemoe.bridge.jackd import jack_server
     with jack_server("typemoe-bench-123", period=64) as name:   # jackd -n NAME --no-realtime -d dummy
         ...   # python-rtmidi's JACK API (and a bridge started with --midi-api jack) now uses this server
 

@@ -1,6 +1,6 @@
 """What the bridge needs from a model, and how it finds one.
 
-The protocol is the subset of `export.runtime.OrtModel` / `OrtSession` (docs/INTERNAL_API.md) the bridge
+The protocol is the subset of `typemoe.export.runtime.OrtModel` / `OrtSession` (docs/INTERNAL_API.md) the bridge
 uses, so the ONNX runtime plugs in unchanged and tests can use the rule-based `ToyModel`.
 
     model = load_model("path/to/exported_model")   # or "toy", or None for the shipped default
@@ -69,7 +69,7 @@ def load_model(spec: str | Path | None, *, provider: str = "auto") -> Model:
         ModelNotFoundError: with a message that says what to pass instead.
     """
     if spec == TOY:
-        from bridge.toy_model import ToyModel
+        from typemoe.bridge.toy_model import ToyModel
 
         log.info("model: toy (rule-based stand-in, no neural network)")
         return ToyModel()
@@ -78,7 +78,7 @@ def load_model(spec: str | Path | None, *, provider: str = "auto") -> Model:
         if not (path.is_dir() and any(path.glob("*.onnx"))):
             raise ModelNotFoundError(
                 f"no shipped model found in {path} (this build has none yet). Pass --model DIR with an exported "
-                "TypeMoE model (`python -m export CHECKPOINT_DIR OUT_DIR` writes one), or --model toy to check "
+                "TypeMoE model (`python -m typemoe.export CHECKPOINT_DIR OUT_DIR` writes one), or --model toy to check "
                 "your MIDI/OSC routing with a rule-based stand-in."
             )
     else:
@@ -88,7 +88,7 @@ def load_model(spec: str | Path | None, *, provider: str = "auto") -> Model:
                 f"--model {spec}: no such directory; pass an exported model directory or 'toy'"
             )
     try:
-        from export.runtime import OrtModel
+        from typemoe.export.runtime import OrtModel
     except ImportError as err:
         raise ModelNotFoundError(
             f"cannot load {path}: the ONNX runtime module export.runtime is unavailable "

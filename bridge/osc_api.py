@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bridge import config
+from typemoe.bridge import config
 
 PREFIX = "/typemoe/"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 # Relative keys (A major / F# minor) share their notes and their probabilities cross back and forth on
-# ambiguous bars. Measured with `bridge.bench` on the demo chorale (first 96 beats, the shipped model): 26.6
+# ambiguous bars. Measured with `typemoe.bridge.bench` on the demo chorale (first 96 beats, the shipped model): 26.6
 # key changes a minute at 0.15 when provisional analyses could change the key, 10.6 at 0.15 without, 5.3 at
 # 0.25 without; a real modulation moves the probabilities by more and gets through.
 KEY_MARGIN = 0.25

@@ -25,11 +25,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from bridge import infill
-from bridge.context import ContextPolicy, Plan
-from bridge.continuation import generate_kwargs
-from bridge.events import (
+from typemoe.bridge import infill
+from typemoe.bridge.context import ContextPolicy, Plan
+from typemoe.bridge.continuation import generate_kwargs
+from typemoe.bridge.events import (
     Analysis,
     CancelGenerate,
     Feed,
@@ -41,6 +40,7 @@ from bridge.events import (
     Recondition,
     ResetModel,
 )
+
 from typemoe import decoding
 from typemoe.vocab import FAMILIES
 

@@ -1,16 +1,17 @@
-"""python -m export CHECKPOINT_DIR OUT_DIR [--no-fp16] [--no-int8] [--force]: the same as `typemoe export`."""
+"""python -m typemoe.export CHECKPOINT_DIR OUT_DIR [--no-fp16] [--no-int8] [--force]: the same as `typemoe export`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from export.cli import add_export_arguments, run_export
+from typemoe.export.cli import add_export_arguments, run_export
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m export", description="Export a TypeMoE checkpoint to a checked ONNX model directory."
+        prog="python -m typemoe.export",
+        description="Export a TypeMoE checkpoint to a checked ONNX model directory.",
     )
     add_export_arguments(p, positional=True)
     return run_export(p.parse_args(argv))

@@ -3,7 +3,7 @@
     typemoe bench --out bench.json                     # the shipped model (typemoe/default_model)
     typemoe bench --model MODEL_DIR --out bench.json
     typemoe bench --preset small --out bench.json      # an untrained small model, exported on the fly
-    python -m export.bench ...                         # the same without the console script
+    python -m typemoe.export.bench ...                         # the same without the console script
 
 What is measured (all in one process, same run, same thread count):
     decode_ms.<C>.{p50,p95,p99}  one OrtSession.feed([id]) with C tokens attended (C-1 cached), C = 256
@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from typemoe.export.runtime import MODEL_INT8_FILE, OrtModel, OrtSession
 
-from export.runtime import MODEL_INT8_FILE, OrtModel, OrtSession
 from typemoe.shipped import default_model_dir
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ def guidance_cost(model: OrtModel, *, blocks: int = 10, n_tokens: int = GUIDED_T
 def _dense_twins(model: OrtModel, tmp: Path, threads: int, notes: list[str]) -> dict[str, OrtModel]:
     """The equal-active-parameter dense baseline (ffn="dense", random weights): fp32, and int8 on CPU."""
     try:
-        from export.onnx_export import export_model
+        from typemoe.export.onnx_export import export_model
     except ImportError as err:  # the bridge-only install: no torch / onnx
         notes.append(f"typemoe_vs_dense needs torch and onnx ({err}); pip install typemoe[train]")
         return {}
@@ -445,9 +445,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _export_preset(preset: str, tmp: Path) -> tuple[Path, Any]:
     import torch
+    from typemoe.export.cli import quiet_exporter_logs
+    from typemoe.export.onnx_export import export_model
 
-    from export.cli import quiet_exporter_logs
-    from export.onnx_export import export_model
     from typemoe import analysis
     from typemoe.config import PRESETS
     from typemoe.model import TypeMoE
@@ -462,9 +462,9 @@ def _export_preset(preset: str, tmp: Path) -> tuple[Path, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.cli import quiet_exporter_logs
+    from typemoe.export.cli import quiet_exporter_logs
 
-    p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m typemoe.export.bench", description=__doc__.split("\n")[0])
     add_arguments(p)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_exporter_logs()

@@ -77,8 +77,9 @@ def add_export_arguments(p: argparse.ArgumentParser, *, positional: bool = False
 
 def run_export(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
-    from export.onnx_export import export_checkpoint
-    from export.validate import ExportMismatchError
+    from typemoe.export.onnx_export import export_checkpoint
+    from typemoe.export.validate import ExportMismatchError
+
     from typemoe.checkpoint import CheckpointError
 
     if not args.verbose:
@@ -100,14 +101,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
-    from export import bench
+    from typemoe.export import bench
 
     return bench.run(args)
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `bench` (the CLI's room adds the bridge's rows to export.bench.EXTRA_BENCHES first)."""
-    from export import bench
+    from typemoe.export import bench
 
     b = subparsers.add_parser(
         "bench",

@@ -1,6 +1,6 @@
 """torch -> ONNX: turn a TypeMoE checkpoint into a self-contained, checked model directory.
 
-    python -m export CHECKPOINT_DIR OUT_DIR          # or: typemoe export --checkpoint CKPT --out OUT
+    python -m typemoe.export CHECKPOINT_DIR OUT_DIR          # or: typemoe export --checkpoint CKPT --out OUT
 
 The directory (contract in export/DESIGN.md; export.runtime reads it without torch):
     model.onnx        fp32 step graph (prefill + decode on a KV cache), for CPU
@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from export import graphs
-from export.runtime import (
+from typemoe.export import graphs
+from typemoe.export.runtime import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -46,6 +45,7 @@ from export.runtime import (
     MODEL_INT8_FILE,
     sha256_file,
 )
+
 from typemoe import analysis
 from typemoe.model import TypeMoE
 
@@ -270,7 +270,7 @@ def export_model(
             files stay in a temporary directory named in the message.
         FileExistsError: out_dir holds something else.
     """
-    from export import validate  # validate imports the runtime and torch; keep module import light
+    from typemoe.export import validate  # validate imports the runtime and torch; keep module import light
 
     out = Path(out_dir)
     _check_target(out, overwrite)

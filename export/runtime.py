@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-
-from export.model_dir import (  # noqa: F401  (re-exported: the runtime's public names)
+from typemoe.export.model_dir import (  # noqa: F401  (re-exported: the runtime's public names)
     EXPORT_COMMAND,
     FORMAT,
     FORMAT_VERSION,
@@ -42,7 +41,7 @@ from export.model_dir import (  # noqa: F401  (re-exported: the runtime's public
     read_manifest,
     sha256_file,
 )
-from export.ort_graph import (  # noqa: F401
+from typemoe.export.ort_graph import (  # noqa: F401
     CUDA,
     PROVIDERS,
     KVCache,
@@ -50,6 +49,7 @@ from export.ort_graph import (  # noqa: F401
     cpu_session_options,
     resolve_provider,
 )
+
 from typemoe import analysis
 from typemoe.decoding import TOKENS_PER_BAR_CAP, Session, StepOut, sample_next, softmax  # noqa: F401
 from typemoe.key_fusion import FILE as KEY_FILE

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from typemoe.export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
 
-from export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
 from typemoe import analysis, decoding, note_writer
 from typemoe.shipped import default_model_dir, emotion_dir
 
@@ -81,7 +81,7 @@ def open_model(path: Path | None):
     path = Path(path)
     if not path.exists():
         raise ToolError(f"model {path} does not exist")
-    from export.runtime import ModelDirError, OrtModel
+    from typemoe.export.runtime import ModelDirError, OrtModel
 
     if (path / MANIFEST_FILE).is_file():
         try:
@@ -124,7 +124,7 @@ def open_emotion_model(path: Path | None, *, model: Path | None = None):
     path = Path(path)
     if not path.exists():
         raise ToolError(f"emotion model {path} does not exist")
-    from export.runtime import ModelDirError, OrtModel
+    from typemoe.export.runtime import ModelDirError, OrtModel
 
     try:
         emo = OrtModel(path, provider="auto")
@@ -436,8 +436,8 @@ def add_parsers(subparsers) -> None:
     g.set_defaults(func=_generate_cmd)
 
 
-def run_cli(argv: list[str] | None = None, prog: str = "python -m export.tools") -> int:
-    """`python -m export.tools analyze|generate ...`. Deliberately not called `main`: typemoe/cli.py calls a
+def run_cli(argv: list[str] | None = None, prog: str = "python -m typemoe.export.tools") -> int:
+    """`python -m typemoe.export.tools analyze|generate ...`. Deliberately not called `main`: typemoe/cli.py calls a
     module's main(argv-after-the-command), and this module registers two commands via add_parsers."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")

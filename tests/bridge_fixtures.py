@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge import jackd
-from bridge.clock import FakeClock
-from bridge.config import BridgeConfig
-from bridge.engine import Engine
-from bridge.events import (
+from typemoe.bridge import jackd
+from typemoe.bridge.clock import FakeClock
+from typemoe.bridge.config import BridgeConfig
+from typemoe.bridge.engine import Engine
+from typemoe.bridge.events import (
     Analysis,
     CancelGenerate,
     Feed,
@@ -40,15 +40,15 @@ from bridge.events import (
     SendOsc,
     Tick,
 )
-from bridge.jackd import die_with_parent
-from bridge.toy_model import ToyModel
+from typemoe.bridge.jackd import die_with_parent
+from typemoe.bridge.toy_model import ToyModel
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @functools.lru_cache(maxsize=1)
 def toy_vocab():
-    from bridge.torchless import TypedVocab
+    from typemoe.bridge.torchless import TypedVocab
 
     return TypedVocab.default()
 
@@ -253,10 +253,10 @@ def jack_or_skip(period: int = 64):
 
 
 def start_bridge(*args: str, log_path: Path) -> subprocess.Popen:
-    """`python -m bridge.cli ARGS` with stderr to `log_path` (read it on failure)."""
+    """`python -m typemoe.bridge.cli ARGS` with stderr to `log_path` (read it on failure)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", *args],
+        [sys.executable, "-m", "typemoe.bridge.cli", *args],
         preexec_fn=_die_with_parent,
         cwd=REPO,
         env=env,
@@ -287,7 +287,7 @@ class OscPeer:
         self.received: list[tuple[float, str, tuple]] = []
 
     def send(self, address: str, *args) -> None:
-        from bridge.osc_io import encode
+        from typemoe.bridge.osc_io import encode
 
         self.sock.sendto(encode(address, args), self.bridge)
 
@@ -356,7 +356,7 @@ class MidiRecv:
         self.events: list[tuple[float, tuple[int, ...]]] = []
         self.midi = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=name)
         self.midi.ignore_types(sysex=False, timing=False, active_sense=False)
-        from bridge.midi_io import DriverStamper
+        from typemoe.bridge.midi_io import DriverStamper
 
         stamper = DriverStamper(time.monotonic)  # arrival as the driver saw it, like a DAW's timestamps
         self.midi.set_callback(lambda msg, _=None: self.events.append((stamper.stamp(msg[1]), tuple(msg[0]))))

@@ -41,13 +41,21 @@ def _music21_scores(n: int, opus: str) -> list[tuple[str, symusic.Score]]:
         flat = s.stripTies().flatten()
         for el in flat.notes:
             for p in el.pitches:
-                track.notes.append(symusic.Note(int(round(el.offset * 480)), max(1, int(round(el.quarterLength * 480))),
-                                                int(p.midi), 80))
+                track.notes.append(
+                    symusic.Note(
+                        int(round(el.offset * 480)),
+                        max(1, int(round(el.quarterLength * 480))),
+                        int(p.midi),
+                        80,
+                    )
+                )
         for ts in s.recurse().getElementsByClass("TimeSignature"):
             at = int(ts.getOffsetInHierarchy(s) * 480)
             score.time_signatures.append(symusic.TimeSignature(at, ts.numerator, ts.denominator))
         for ks in s.recurse().getElementsByClass("KeySignature"):
-            score.key_signatures.append(symusic.KeySignature(int(ks.getOffsetInHierarchy(s) * 480), ks.sharps, 0))
+            score.key_signatures.append(
+                symusic.KeySignature(int(ks.getOffsetInHierarchy(s) * 480), ks.sharps, 0)
+            )
         score.tracks.append(track)
         out.append((f"{opus}#{i}", score))
     return out
@@ -81,8 +89,12 @@ def score_from_notes(notes, tpq: int = 4) -> symusic.Score:
     arr = np.asarray(notes, dtype=np.int64).reshape(-1, 4)
     score = symusic.Score(tpq)
     track = symusic.Track("t", 0, False)
-    track.notes = symusic.Note.from_numpy(time=arr[:, 0].astype(np.int32), duration=arr[:, 1].astype(np.int32),
-                                          pitch=arr[:, 2].astype(np.int8), velocity=arr[:, 3].astype(np.int8))
+    track.notes = symusic.Note.from_numpy(
+        time=arr[:, 0].astype(np.int32),
+        duration=arr[:, 1].astype(np.int32),
+        pitch=arr[:, 2].astype(np.int8),
+        velocity=arr[:, 3].astype(np.int8),
+    )
     score.tracks.append(track)
     return score
 

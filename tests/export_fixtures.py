@@ -57,7 +57,7 @@ def tiny_checkpoint_dir() -> Path:
 @functools.lru_cache(maxsize=1)
 def _tiny_model_dir() -> Path:
     pytest.importorskip("onnx")
-    from export.onnx_export import export_checkpoint
+    from typemoe.export.onnx_export import export_checkpoint
 
     return export_checkpoint(tiny_checkpoint_dir(), _session_dir() / "model")
 
@@ -73,7 +73,11 @@ def make_tiny_model_dir(path: str | Path) -> Path:
 
 def analyze_without_torch(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """`typemoe analyze ARGS` in a fresh interpreter where `import torch` fails (the DAW-user install)."""
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from export import tools\n"
-            f"sys.exit(tools.run_cli(['analyze', *{list(args)!r}]))")
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from export import tools\n"
+        f"sys.exit(tools.run_cli(['analyze', *{list(args)!r}]))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )

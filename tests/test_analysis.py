@@ -5,8 +5,17 @@ from typemoe import analysis as A
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("Gb major", "F# major"), ("f# minor", "F# minor"), ("C", "C major"), ("a", "A minor"), ("Am", "A minor"),
-     ("E- minor", "Eb minor"), ("D dorian", "D minor"), ("G mixolydian", "G major"), ("Cb major", "B major")],
+    [
+        ("Gb major", "F# major"),
+        ("f# minor", "F# minor"),
+        ("C", "C major"),
+        ("a", "A minor"),
+        ("Am", "A minor"),
+        ("E- minor", "Eb minor"),
+        ("D dorian", "D minor"),
+        ("G mixolydian", "G major"),
+        ("Cb major", "B major"),
+    ],
 )
 def test_parse_key_names_and_enharmonics(name, expected):
     assert A.key_name(A.parse_key(name)) == expected
@@ -39,9 +48,17 @@ def test_transpose_key_moves_tonic_by_k(k):
 
 @pytest.mark.parametrize(
     ("pred", "true", "score"),
-    [("C major", "C major", 1.0), ("G major", "C major", 0.5), ("F major", "C major", 0.5),
-     ("A minor", "C major", 0.3), ("C major", "A minor", 0.3), ("C minor", "C major", 0.2),
-     ("C# major", "C major", 0.0), ("E minor", "A minor", 0.5), ("D minor", "C major", 0.0)],
+    [
+        ("C major", "C major", 1.0),
+        ("G major", "C major", 0.5),
+        ("F major", "C major", 0.5),
+        ("A minor", "C major", 0.3),
+        ("C major", "A minor", 0.3),
+        ("C minor", "C major", 0.2),
+        ("C# major", "C major", 0.0),
+        ("E minor", "A minor", 0.5),
+        ("D minor", "C major", 0.0),
+    ],
 )
 def test_mirex_score_five_relations(pred, true, score):
     assert A.mirex_score(A.parse_key(pred), A.parse_key(true)) == score
@@ -49,8 +66,15 @@ def test_mirex_score_five_relations(pred, true, score):
 
 @pytest.mark.parametrize(
     ("ts", "name", "family"),
-    [("6/8", "6/8", "triple"), ("C", "4/4", "duple"), ("C|", "2/2", "duple"), ("3/4", "3/4", "triple"),
-     ((9, 8), "9/8", "triple"), ("5/4", "other", "other"), ("7/8", "other", "other")],
+    [
+        ("6/8", "6/8", "triple"),
+        ("C", "4/4", "duple"),
+        ("C|", "2/2", "duple"),
+        ("3/4", "3/4", "triple"),
+        ((9, 8), "9/8", "triple"),
+        ("5/4", "other", "other"),
+        ("7/8", "other", "other"),
+    ],
 )
 def test_meter_classes_and_families(ts, name, family):
     i = A.parse_meter(ts)

@@ -6,8 +6,8 @@ import functools
 
 import numpy as np
 import pytest
+from typemoe.training import baselines
 
-from training import baselines
 from typemoe import analysis
 
 music21 = pytest.importorskip("music21")
@@ -15,7 +15,7 @@ music21 = pytest.importorskip("music21")
 
 @functools.lru_cache(maxsize=4)
 def _chorale(name: str):
-    from training.music21_source import _notes
+    from typemoe.training.music21_source import _notes
 
     score = music21.corpus.parse(name)
     arr = _notes(score.flatten())
@@ -45,7 +45,10 @@ def test_key_from_a_symusic_score(vocab):
     from conftest import score_from_notes
 
     _, notes = _chorale("bach/bwv57.8")
-    rows = [(round(o * 4), max(1, round(d * 4)), p, 80) for o, d, p in zip(notes.onset, notes.duration, notes.pitch)]
+    rows = [
+        (round(o * 4), max(1, round(d * 4)), p, 80)
+        for o, d, p in zip(notes.onset, notes.duration, notes.pitch)
+    ]
     decoded = vocab.decode(vocab.encode_score(score_from_notes(rows)))
     key, _ = baselines.key_estimate(baselines.notes_of_score(decoded), "krumhansl")
     assert analysis.KEYS[key] == "Bb major"

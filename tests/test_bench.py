@@ -13,8 +13,7 @@ pytestmark = pytest.mark.onnx
 def test_bench_writes_all_keys(tmp_path, capsys):
     pytest.importorskip("torch")
     from export_fixtures import make_tiny_model_dir
-
-    from export.bench import add_arguments, run
+    from typemoe.export.bench import add_arguments, run
 
     model_dir = make_tiny_model_dir(tmp_path / "model")
     p = argparse.ArgumentParser()
@@ -37,7 +36,7 @@ def test_bench_writes_all_keys(tmp_path, capsys):
 
 
 def test_bench_without_a_model_says_what_to_pass(tmp_path, capsys, monkeypatch):
-    from export import bench
+    from typemoe.export import bench
 
     monkeypatch.setattr(bench, "default_model_dir", lambda: tmp_path / "default_model")
     p = argparse.ArgumentParser()

@@ -3,7 +3,7 @@
 * the EMA teacher on the unlabelled rows only (Stepper teacher_rows="unlabelled") gives the same loss
   terms and gradients as the teacher on the whole padded micro-batch ("all");
 * the Prefetcher's batches are WindowSampler.next_step()'s;
-* `python -m training.bench_train` runs and reports both loop modes.
+* `python -m typemoe.training.bench_train` runs and reports both loop modes.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from dataclasses import replace
 import pytest
 import torch
 from training_fixtures import build_shards
+from typemoe.training import bench_train, loop, losses
+from typemoe.training.data import TokenOps, WindowSampler, keep_label_fraction, load_pieces
+from typemoe.training.prefetch import Prefetcher
+from typemoe.training.presets import tiny
 
-from training import bench_train, loop, losses
-from training.data import TokenOps, WindowSampler, keep_label_fraction, load_pieces
-from training.prefetch import Prefetcher
-from training.presets import tiny
 from typemoe.model import TypeMoE
 
 

@@ -1,4 +1,4 @@
-"""bridge.bench: the latency keys `typemoe bench` reports, measured through real JACK and UDP (short run)."""
+"""typemoe.bridge.bench: the latency keys `typemoe bench` reports, measured through real JACK and UDP (short run)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import math
 
 import pytest
 from test_bridge_jack import pytestmark  # noqa: F401 - same skips (jackd, rtmidi JACK) and markers
-
-from bridge.bench import run_bridge_bench
+from typemoe.bridge.bench import run_bridge_bench
 
 
 def test_bench_reports_every_key():

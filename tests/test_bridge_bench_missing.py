@@ -5,8 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
-from bridge import bench
+from typemoe.bridge import bench
 
 
 def test_no_jackd_is_a_clear_catchable_reason(monkeypatch):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from bridge import cli, osc_api
+from typemoe.bridge import cli, osc_api
 
 
 @pytest.mark.parametrize(

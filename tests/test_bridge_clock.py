@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from bridge.clock import PPQN, BeatClock, FakeClock
+from typemoe.bridge.clock import PPQN, BeatClock, FakeClock
 
 
 def _pulses(clock: BeatClock, bpm: float, n: int, t0: float, jitter_s: float = 0.0, seed: int = 0) -> float:
@@ -53,7 +52,7 @@ def test_internal_tempo_change_is_continuous():
 
 
 def test_driver_stamper_removes_callback_delay_and_reanchors():
-    from bridge.midi_io import DriverStamper
+    from typemoe.bridge.midi_io import DriverStamper
 
     clock = FakeClock(50.0)
     s = DriverStamper(clock.now)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from bridge import cli, config
+from typemoe.bridge import cli, config
 
 
 def test_defaults_match_the_contract():

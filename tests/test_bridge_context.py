@@ -1,10 +1,9 @@
-"""bridge.context.ContextPolicy without threads or a model: appends, rebuilds, the control prefix kept."""
+"""typemoe.bridge.context.ContextPolicy without threads or a model: appends, rebuilds, the control prefix kept."""
 
 from __future__ import annotations
 
 import pytest
-
-from bridge.context import ContextPolicy
+from typemoe.bridge.context import ContextPolicy
 
 BOS, BAR = 1, 5
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import symusic
 from bridge_fixtures import toy_vocab
-
-from bridge.config import BridgeConfig
-from bridge.demo import DEMO_TUNE, load_tune, run_demo
-from bridge.toy_model import ToyModel
+from typemoe.bridge.config import BridgeConfig
+from typemoe.bridge.demo import DEMO_TUNE, load_tune, run_demo
+from typemoe.bridge.toy_model import ToyModel
 
 
 def test_shipped_tune_is_small_and_readable():

@@ -7,10 +7,9 @@ import math
 import pytest
 import symusic
 from bridge_fixtures import C_MAJOR_TUNE, Harness, toy_vocab
-
-from bridge.clock import PPQN
-from bridge.engine import _EARLY_S as EARLY
-from bridge.events import Generated, Tick
+from typemoe.bridge.clock import PPQN
+from typemoe.bridge.engine import _EARLY_S as EARLY
+from typemoe.bridge.events import Generated, Tick
 
 
 def _offline_ids(notes, origin_offset: float) -> list[int]:
@@ -315,7 +314,7 @@ def test_a_note_waiting_for_a_held_bass_counts_latency_from_the_bass_release():
 def test_pacer_spreads_a_burst_in_order():
     import asyncio
 
-    from bridge.daemon import Pacer
+    from typemoe.bridge.daemon import Pacer
 
     async def main():
         loop = asyncio.get_running_loop()

@@ -27,10 +27,9 @@ from bridge_fixtures import (
     toy_vocab,
 )
 from test_bridge_steer import FlatModel
-
-from bridge import infill
-from bridge.events import InfillJob
-from bridge.notes import BeatNote
+from typemoe.bridge import infill
+from typemoe.bridge.events import InfillJob
+from typemoe.bridge.notes import BeatNote
 
 PERIOD = 60.0 / 120.0 / 24  # MIDI clock pulse at the Harness's 120 BPM
 
@@ -110,7 +109,8 @@ def test_nothing_heard_since_a_reset_is_an_error():
 
 
 def test_a_model_without_the_infill_tokens_is_refused_by_name(monkeypatch):
-    from bridge.torchless import TypedVocab
+    from typemoe.bridge.torchless import TypedVocab
+
     from typemoe.shipped import default_model_dir
 
     old = TypedVocab.load(default_model_dir())  # the shipped model's vocabulary predates infilling

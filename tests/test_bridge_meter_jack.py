@@ -45,8 +45,7 @@ TUNES = {
 def _tune(rel: str, x: str):
     from music21 import common, converter
     from test_invariance import _m21_to_score
-
-    from training.sources import split_of
+    from typemoe.training.sources import split_of
 
     assert split_of(f"{rel}#{x}") == "test", "the tune must be held out from training"
     text = (Path(common.getCorpusFilePath()) / rel).read_text(encoding="utf-8", errors="replace")
@@ -94,7 +93,7 @@ def bridge(jack, tmp_path_factory):
 
 @pytest.mark.parametrize("meter", sorted(TUNES))
 def test_a_humanized_tune_over_jack_reads_its_meter(bridge, meter):
-    from training import perturb
+    from typemoe.training import perturb
 
     peer, send, log = bridge
     played = perturb.humanize(_tune(*TUNES[meter]), "all", seed=1)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 from bridge_fixtures import C_MAJOR_TUNE, Harness, hanging_notes
-
-from bridge.engine import CONFIRM_S
+from typemoe.bridge.engine import CONFIRM_S
 
 
 def _playing(overrides=None) -> Harness:
@@ -111,7 +110,7 @@ def test_confirmation_does_not_cut_a_new_continuation():
 
 
 def test_unhandled_command_is_an_error_not_a_reset():
-    from bridge import osc_api
+    from typemoe.bridge import osc_api
 
     h = Harness()
     h.play(C_MAJOR_TUNE[:4])
@@ -147,9 +146,8 @@ def test_a_held_chord_is_analysed_at_note_on_not_at_its_end():
 
 def test_hysteresis_keeps_the_reported_key_until_another_leads_by_the_margin():
     import numpy as np
-
-    from bridge.engine import KEY_MARGIN
-    from bridge.events import Analysis
+    from typemoe.bridge.engine import KEY_MARGIN
+    from typemoe.bridge.events import Analysis
 
     h = Harness({"analysis_every_note": True})
     names = h.engine.key_names

@@ -28,7 +28,7 @@ def jack():
 
 
 def _garbage(rng: random.Random, i: int) -> bytes:
-    from bridge.osc_io import encode
+    from typemoe.bridge.osc_io import encode
 
     kind = i % 6
     if kind == 0:

@@ -257,7 +257,7 @@ def test_jackd_stopped_and_restarted_brings_the_ports_back(tmp_path):
     same name is back, the bridge re-opens its ports and MIDI flows again."""
     import os
 
-    from bridge import jackd
+    from typemoe.bridge import jackd
 
     if JACKD is None:
         pytest.skip("jackd is not installed")

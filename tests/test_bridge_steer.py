@@ -29,13 +29,13 @@ from bridge_fixtures import (
     stop_process,
     toy_vocab,
 )
+from typemoe.bridge import continuation as cont
+from typemoe.bridge.config import BridgeConfig
+from typemoe.bridge.context import ContextPolicy
+from typemoe.bridge.events import Analysis, Feed, Generated
+from typemoe.bridge.notes import TokenReader
+from typemoe.bridge.worker import ModelThread
 
-from bridge import continuation as cont
-from bridge.config import BridgeConfig
-from bridge.context import ContextPolicy
-from bridge.events import Analysis, Feed, Generated
-from bridge.notes import TokenReader
-from bridge.worker import ModelThread
 from typemoe import analysis, decoding
 from typemoe.shipped import default_model_dir
 
@@ -214,7 +214,7 @@ def test_bad_guidance_and_key_lock_values_are_answered_with_an_error(name, value
 
 
 def test_config_file_and_flags_carry_guidance_and_key_lock(tmp_path):
-    from bridge import cli, config
+    from typemoe.bridge import cli, config
 
     path = tmp_path / "bridge.toml"
     path.write_text('guidance = 2.0\nkey-lock = true\ncondition_key = "F# major"\n')
@@ -278,8 +278,8 @@ def test_the_context_policy_counts_every_bar_until_a_reset():
 @pytest.mark.onnx
 def test_bench_reports_the_guidance_cost_as_a_ratio_to_unguided_decode():
     pytest.importorskip("onnxruntime")
-    from export import bench
-    from export.runtime import OrtModel
+    from typemoe.export import bench
+    from typemoe.export.runtime import OrtModel
 
     model_dir = default_model_dir()
     if not any(model_dir.glob("*.onnx")):

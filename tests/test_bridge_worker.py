@@ -6,10 +6,10 @@ import queue
 import time
 
 from bridge_fixtures import toy_vocab
+from typemoe.bridge.events import Analysis, CancelGenerate, Feed, Generate, Generated, Recondition
+from typemoe.bridge.toy_model import ToyModel, ToySession
+from typemoe.bridge.worker import ModelThread
 
-from bridge.events import Analysis, CancelGenerate, Feed, Generate, Generated, Recondition
-from bridge.toy_model import ToyModel, ToySession
-from bridge.worker import ModelThread
 from typemoe.vocab import FAMILIES
 
 
@@ -160,7 +160,7 @@ def test_cancel_stops_the_generation():
 
 
 def test_queued_reconditions_collapse_to_the_last_and_a_reset_drops_queued_feeds():
-    from bridge.events import ResetModel
+    from typemoe.bridge.events import ResetModel
 
     w = ModelThread(_Recording(1024), lambda ev: None, lambda: 0.0)  # not started: the queue only
     for i in range(300):  # a knob: 300 values queued behind one slow model call

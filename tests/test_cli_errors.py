@@ -66,8 +66,10 @@ def test_any_missing_optional_package_is_named_with_its_install_command(monkeypa
 
 def test_a_missing_module_of_our_own_is_not_hidden(monkeypatch):
     def missing(name):
-        raise ModuleNotFoundError("No module named 'training.nothing'", name="training.nothing")
+        raise ModuleNotFoundError(
+            "No module named 'typemoe.training.nothing'", name="typemoe.training.nothing"
+        )
 
     monkeypatch.setattr(cli.importlib, "import_module", missing)
-    with pytest.raises(ModuleNotFoundError, match="training.nothing"):
+    with pytest.raises(ModuleNotFoundError, match="typemoe.training.nothing"):
         cli.main(["eval"])

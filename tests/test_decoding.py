@@ -21,7 +21,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ort_model(model_dir):
-    from export.runtime import OrtModel
+    from typemoe.export.runtime import OrtModel
 
     return OrtModel(model_dir, provider="cpu")
 
@@ -75,8 +75,7 @@ def test_both_backends_give_the_same_ids(ort_model, torch_model, temperature, st
 def test_eval_path_equals_the_bridge_path(model_dir, ort_model, torch_model, temperature):
     """`typemoe eval`'s generate (ONNX dir and checkpoint) = OrtSession.generate_steps, what the bridge calls."""
     from export_fixtures import tiny_checkpoint_dir
-
-    from training.eval_model import open_model
+    from typemoe.training.eval_model import open_model
 
     vocab = ort_model.vocab
     prefix = [vocab.bos_id, *vocab.control_ids(key="A minor"), *_music(vocab, 230, seed=9)]  # slides at 256

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from training_fixtures import build_shards, losses_of, run_module, tiny_args
-
-from training import pretrain
+from typemoe.training import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +17,18 @@ def test_two_gloo_ranks_match_one_rank(shards, tmp_path):
     steps = 4
     one, two = tmp_path / "one", tmp_path / "two"
     assert pretrain.main(tiny_args(shards, one, steps=steps, extra=("--eval-every", "4"))) == 0
-    r = run_module(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training.pretrain",
-                    *tiny_args(shards, two, steps=steps, extra=("--eval-every", "4"))], timeout=180)
+    r = run_module(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "typemoe.training.pretrain",
+            *tiny_args(shards, two, steps=steps, extra=("--eval-every", "4")),
+        ],
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 rank(s)" in r.stdout and r.stdout.count("step 00001") == 1  # rank 0 alone prints
     keys = ("loss", "lm", "key", "meter", "semi", "consistency", "val_lm", "val_key_acc", "val_meter_acc")

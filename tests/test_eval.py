@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training import eval_cli, evaluate  # noqa: E402
-from training.eval_model import open_model  # noqa: E402
+from typemoe.training import eval_cli, evaluate  # noqa: E402
+from typemoe.training.eval_model import open_model  # noqa: E402
 
 STABLE_KEYS = (
     "continuation.hits@1",
@@ -173,7 +173,7 @@ def _tune():
 
 
 def test_prompt_ends_at_a_bar_line(vocab):
-    from training.evaluate import EvalConfig, _prompt_cut
+    from typemoe.training.evaluate import EvalConfig, _prompt_cut
 
     bar = vocab.id("Bar_None")
     pitch = vocab.id("Pitch_60")
@@ -215,7 +215,7 @@ def test_cli_errors(tmp_path, capsys, ckpt):
 
 
 def test_no_model_and_no_default_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    from training import eval_model
+    from typemoe.training import eval_model
 
     monkeypatch.setattr(eval_model, "default_model_dir", lambda: tmp_path / "default_model")
     assert eval_cli.main(["--data", "music21", "--out", str(tmp_path / "r.json")]) == 2
@@ -256,8 +256,7 @@ def test_cli_writes_outputs(labelled_folder, ckpt, tmp_path, capsys):
 def test_ablation_and_label_efficiency(tmp_path, monkeypatch):
     """Every variant trains through training.pretrain for 2 steps and is evaluated; tables and plot appear."""
     from training_fixtures import build_shards
-
-    from training import ablation
+    from typemoe.training import ablation
 
     shards = build_shards(tmp_path / "shards", n=24)
     monkeypatch.setattr(ablation, "LABEL_FRACTIONS", (0.5, 1.0))
@@ -344,7 +343,7 @@ def test_baselines_only(labelled_folder, tmp_path, capsys):
 
 
 def test_max_pieces_is_a_spread_sample():
-    from training.eval_data import sample_ids
+    from typemoe.training.eval_data import sample_ids
 
     ids = [("music21", f"collection{c}/tune{i}") for c in range(3) for i in range(50)]
     picked = sample_ids(ids, 30)
@@ -373,7 +372,7 @@ class _Oracle:
         return self.by_music[tuple(music[:16])], music
 
     def outputs_at(self, seq, at):
-        from training.eval_model import HeadOutputs
+        from typemoe.training.eval_model import HeadOutputs
 
         piece, _ = self._piece(seq)
         self.reads.append((len(seq), list(at)))
@@ -394,7 +393,7 @@ class _Oracle:
 
 def test_metric_pipeline_on_an_oracle(labelled_folder, vocab):
     """Known answers through the whole pipeline: an oracle scores 1.0, and heads are read where documented."""
-    from training.eval_data import load_eval_data
+    from typemoe.training.eval_data import load_eval_data
 
     d, _ = labelled_folder
     data = load_eval_data(f"folder:{d}", vocab=vocab, labels_csv=d / "labels.csv", split="all")
@@ -463,7 +462,7 @@ class _Recorder:
         self.key_names = [str(i) for i in range(24)]
 
     def outputs_at(self, seq, at):
-        from training.eval_model import HeadOutputs
+        from typemoe.training.eval_model import HeadOutputs
 
         self.calls.append((list(seq), list(at)))
         keys = np.zeros((len(at), 24))
@@ -491,8 +490,8 @@ def test_read_whole_piece_slides_contiguous_windows_to_the_end(vocab):
 
 def test_signature_and_meta_labels():
     import symusic
+    from typemoe.training.eval_data import meta_labels, signature_of_key
 
-    from training.eval_data import meta_labels, signature_of_key
     from typemoe import analysis
 
     assert (
@@ -520,7 +519,7 @@ def test_signature_and_meta_labels():
 
 
 def test_perturbed_pieces_keep_their_notes(labelled_folder, vocab):
-    from training.eval_data import load_eval_data
+    from typemoe.training.eval_data import load_eval_data
 
     d, _ = labelled_folder
     plain = load_eval_data(f"folder:{d}", vocab=vocab, labels_csv=d / "labels.csv", split="all", max_pieces=4)

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training import eval_cli, eval_table  # noqa: E402
+from typemoe.training import eval_cli, eval_table  # noqa: E402
 
 
 def test_cli_data_repeats_only_with_the_source_table(tmp_path, capsys):

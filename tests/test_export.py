@@ -10,11 +10,11 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from export_fixtures import N_CLASSES, make_tiny_model_dir, tiny_checkpoint_dir  # noqa: E402
+from typemoe.export import graphs  # noqa: E402
+from typemoe.export.onnx_export import export_model, resolve_checkpoint  # noqa: E402
+from typemoe.export.runtime import MANIFEST_FILE, MODEL_FILE, MODEL_FP16_FILE, MODEL_INT8_FILE, OrtModel  # noqa: E402
+from typemoe.export.validate import ExportMismatchError, check_parity, default_cases  # noqa: E402
 
-from export import graphs  # noqa: E402
-from export.onnx_export import export_model, resolve_checkpoint  # noqa: E402
-from export.runtime import MANIFEST_FILE, MODEL_FILE, MODEL_FP16_FILE, MODEL_INT8_FILE, OrtModel  # noqa: E402
-from export.validate import ExportMismatchError, check_parity, default_cases  # noqa: E402
 from typemoe import analysis, checkpoint  # noqa: E402
 from typemoe.config import tiny  # noqa: E402
 from typemoe.model import TypeMoE  # noqa: E402
@@ -182,7 +182,7 @@ def test_resolve_checkpoint(tmp_path):
 
 
 def test_cli_export_and_refusals(tmp_path, caplog):
-    from export.__main__ import main
+    from typemoe.export.__main__ import main
 
     out = tmp_path / "out"
     out.mkdir()
@@ -196,7 +196,7 @@ def test_cli_export_and_refusals(tmp_path, caplog):
 def test_cli_parsers_register_export_and_bench():
     import argparse
 
-    from export.cli import add_parsers
+    from typemoe.export.cli import add_parsers
 
     parser = argparse.ArgumentParser(prog="typemoe")
     add_parsers(parser.add_subparsers(dest="command", required=True))

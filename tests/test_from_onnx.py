@@ -1,12 +1,12 @@
-"""training.from_onnx: an exported graph reads back into a checkpoint that computes the same heads."""
+"""typemoe.training.from_onnx: an exported graph reads back into a checkpoint that computes the same heads."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from export_fixtures import make_tiny_model_dir, tiny_checkpoint_dir
+from typemoe.training.from_onnx import RecoverError, recover_dir
 
-from training.from_onnx import RecoverError, recover_dir
 from typemoe import checkpoint
 
 pytestmark = pytest.mark.onnx

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from training_fixtures import REPO, build_shards, python_env
+from typemoe.training import gpu_recipe, pretrain
+from typemoe.training.gpu_vocab import PackedVocab
 
-from training import gpu_recipe, pretrain
-from training.gpu_vocab import PackedVocab
 from typemoe import checkpoint
 
 BLOCKED = "import sys; sys.modules['miditok'] = None; sys.modules['symusic'] = None"
@@ -68,7 +68,7 @@ def test_packed_vocab_matches_typed_vocab(vocab, tmp_path):
 
 
 def test_pack_round_trips_the_pieces(ran, shards, vocab):
-    from training.data import load_pieces
+    from typemoe.training.data import load_pieces
 
     pack, _, _ = ran
     doc = json.loads((pack / "pack.json").read_text())
@@ -147,9 +147,9 @@ def test_bundle_cuts_large_tensors_and_drops_what_does_not_fit(ran, tmp_path):
 def test_a_run_past_its_deadline_stops_with_a_checkpoint(shards, vocab, tmp_path):
     from dataclasses import replace
 
-    from training import ckpt, dist, loop
-    from training.data import load_pieces
-    from training.presets import tiny
+    from typemoe.training import ckpt, dist, loop
+    from typemoe.training.data import load_pieces
+    from typemoe.training.presets import tiny
 
     cfg = replace(
         tiny(vocab), seq_len=64, batch_size=4, micro_batch=2, max_steps=50, eval_every=1000, threads=1

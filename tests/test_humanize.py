@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import music21_scores
-
-from training.humanize import HumanizeConfig, Humanizer
+from typemoe.training.humanize import HumanizeConfig, Humanizer
 
 OFF = dict(
     p_const_velocity=0.0,

@@ -9,6 +9,8 @@ Rooms and who may import whom (one way down):
             (to score exported model directories). Never the bridge.
   bridge    typemoe.bridge: the realtime daemon. Core's torch-free modules and export's torch-free runtime.
 Torch-free modules (the bridge's whole import graph) never import torch, even inside a function.
+The rooms are installed under the one `typemoe` name (pyproject's package-dir), so every import of a room
+says `typemoe.training`, `typemoe.export`, `typemoe.bridge`: a bare `training` works only from a checkout.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def violations(module: str, source: str) -> list[str]:
             why = "the bridge imports export's torch side"
         elif (mod in RUNTIME or mod in TORCH_FREE_CORE) and target in {"typemoe.model", "typemoe.moe"}:
             why = "a torch-free module imports the torch model"
+        elif name.split(".")[0] in ROOMS:
+            why = f"a room outside the namespace: installed, it is typemoe.{name}"
         if why:
             bad.append(f"{module}:{line} imports {name} ({why})")
     return bad
@@ -98,8 +102,9 @@ def violations(module: str, source: str) -> list[str]:
 
 def all_modules() -> list[tuple[str, Path]]:
     mods = [(f"typemoe.{p.stem}", p) for p in sorted((REPO / "typemoe").glob("*.py"))]
+    mods += [(f"typemoe.commands.{p.stem}", p) for p in sorted((REPO / "typemoe" / "commands").glob("*.py"))]
     for room, folder in ROOMS.items():
-        mods += [(f"{room}.{p.relative_to(folder).with_suffix('').as_posix().replace('/', '.')}", p)
+        mods += [(f"typemoe.{room}.{p.relative_to(folder).with_suffix('').as_posix().replace('/', '.')}", p)
                  for p in sorted(folder.rglob("*.py"))]  # fmt: skip
     return [(m.removesuffix(".__init__"), p) for m, p in mods]
 
@@ -116,6 +121,7 @@ def test_the_repository_keeps_the_contract():
         ("typemoe.bridge.engine", "from typemoe.training import data\n", "training"),
         ("export.onnx_export", "from bridge import bench\n", "export imports"),
         ("typemoe.vocab", "def g():\n    from typemoe.export import runtime\n", "its users"),
+        ("typemoe.bridge.worker", "from export.runtime import OrtModel\n", "outside the namespace"),
         ("training.evaluate", "from export.onnx_export import export_model\n", "torch side"),
         ("export.runtime", "from typemoe.model import TypeMoE\n", "torch"),
     ],
@@ -125,6 +131,18 @@ def test_a_planted_violation_is_caught(module, source, why):
     assert found and why in found[0], found
 
 
+def test_tests_and_examples_import_rooms_through_the_namespace():
+    """The suite runs from a checkout, where a bare `import training` would still work: it must not."""
+    bad = []
+    for path in sorted([*(REPO / "tests").glob("*.py"), *(REPO / "examples").rglob("*.py")]):
+        for line, name in imports_of(path.read_text(encoding="utf-8"), "tests"):
+            if name.split(".")[0] in ROOMS:
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {name} (use typemoe.{name})")
+    assert not bad, "\n".join(bad)
+
+
 def test_allowed_imports_pass():
-    assert not violations("bridge.worker", "from export.runtime import OrtModel\nfrom typemoe.vocab import X\n")
+    assert not violations(
+        "typemoe.bridge.worker", "from typemoe.export.runtime import OrtModel\nfrom typemoe.vocab import X\n"
+    )
     assert not violations("training.evaluate", "from typemoe.export.runtime import OrtModel\n")

@@ -70,7 +70,7 @@ def test_shipped_model_vocabulary_is_unchanged():
 
 
 def test_older_shards_are_read_with_the_new_vocabulary(vocab, tmp_path):
-    from training.shards import ShardError, ShardSet
+    from typemoe.training.shards import ShardError, ShardSet
 
     d = tmp_path / "shards"
     d.mkdir()
@@ -88,7 +88,7 @@ def test_older_shards_are_read_with_the_new_vocabulary(vocab, tmp_path):
 
 
 def test_fim_round_trips(vocab):
-    from training.infill_data import FimOps
+    from typemoe.training.infill_data import FimOps
 
     fim = FimOps(vocab)
     rng = np.random.default_rng(0)
@@ -115,16 +115,17 @@ def test_fim_round_trips(vocab):
 
 
 def test_fim_needs_the_tokens():
-    from training.infill_data import FimError, FimOps
+    from typemoe.training.infill_data import FimError, FimOps
 
     with pytest.raises(FimError, match="Infill_Suffix"):
         FimOps(legacy_vocab())
 
 
 def test_sampler_mixes_fim_at_its_rate_and_targets_the_end(vocab):
-    from training.config import TrainConfig
-    from training.data import Pieces, TokenOps, WindowSampler, collate
-    from training.infill_data import FimOps
+    from typemoe.training.config import TrainConfig
+    from typemoe.training.data import Pieces, TokenOps, WindowSampler, collate
+    from typemoe.training.infill_data import FimOps
+
     from typemoe.config import tiny
 
     tokens = [music(vocab, 30 + 7 * i, i) for i in range(24)]
@@ -175,9 +176,10 @@ def test_sampler_mixes_fim_at_its_rate_and_targets_the_end(vocab):
 
 def test_grow_vocab_keeps_the_old_model(tmp_path, vocab):
     torch = pytest.importorskip("torch")
-    from training.infill_data import grow_vocab
-    from training.presets import PRESETS
-    from training.pretrain import init_model
+    from typemoe.training.infill_data import grow_vocab
+    from typemoe.training.presets import PRESETS
+    from typemoe.training.pretrain import init_model
+
     from typemoe import analysis, checkpoint
     from typemoe.model import TypeMoE
 
@@ -201,8 +203,9 @@ def test_grow_vocab_keeps_the_old_model(tmp_path, vocab):
 
 def test_finetune_from_an_older_checkpoint_grows_it(tmp_path, vocab):
     torch = pytest.importorskip("torch")
-    from training.finetune import init_model
-    from training.presets import PRESETS
+    from typemoe.training.finetune import init_model
+    from typemoe.training.presets import PRESETS
+
     from typemoe import checkpoint
     from typemoe.model import TypeMoE
 

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import symusic
-
-from training import perturb
+from typemoe.training import perturb
 
 AGREEMENT = 0.95
 WINDOW = 512  # tokens read per piece, BOS included
@@ -84,8 +83,7 @@ def music21_test_pieces() -> tuple[tuple[str, symusic.Score], ...]:
     import warnings
 
     from music21 import common, converter
-
-    from training.sources import split_of
+    from typemoe.training.sources import split_of
 
     root = Path(common.getCorpusFilePath())
     out = []
@@ -109,8 +107,8 @@ def music21_test_pieces() -> tuple[tuple[str, symusic.Score], ...]:
 
 def shared_test_pieces() -> list[tuple[str, symusic.Score]]:
     """Up to N_SHARED test-split pieces of POP909 and of EMOPIA, when ../shared/data holds them."""
-    from training.music21_source import default_cache_dir
-    from training.sources import extract_archive, split_of
+    from typemoe.training.music21_source import default_cache_dir
+    from typemoe.training.sources import extract_archive, split_of
 
     out = []
     for name, path_col, is_test in (
@@ -154,7 +152,8 @@ def model():
     shipping it: the xfail marks then mean nothing)."""
     import os
 
-    from export.runtime import OrtModel
+    from typemoe.export.runtime import OrtModel
+
     from typemoe.shipped import default_model_dir
 
     return OrtModel(os.environ.get("TYPEMOE_INVARIANCE_MODEL") or default_model_dir())

@@ -5,17 +5,26 @@ import sys
 
 import pytest
 
-TORCH_FREE = ["typemoe.vocab", "typemoe.analysis", "typemoe.streaming", "bridge", "export.runtime",
-              "bridge.cli", "bridge.daemon"]
+TORCH_FREE = [
+    "typemoe.vocab",
+    "typemoe.analysis",
+    "typemoe.streaming",
+    "bridge",
+    "typemoe.export.runtime",
+    "typemoe.bridge.cli",
+    "typemoe.bridge.daemon",
+]
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_module_does_not_import_torch(module):
-    code = f"import importlib.util, sys\n" \
-           f"spec = importlib.util.find_spec({module!r})\n" \
-           f"if spec is None: sys.exit(3)\n" \
-           f"import {module}\n" \
-           f"sys.exit(2 if 'torch' in sys.modules else 0)"
+    code = (
+        f"import importlib.util, sys\n"
+        f"spec = importlib.util.find_spec({module!r})\n"
+        f"if spec is None: sys.exit(3)\n"
+        f"import {module}\n"
+        f"sys.exit(2 if 'torch' in sys.modules else 0)"
+    )
     rc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if rc.returncode == 3:
         pytest.skip(f"{module} not written yet")

@@ -9,12 +9,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from typemoe.training import losses
+from typemoe.training.data import Pieces, TokenOps, collate, make_sample
+from typemoe.training.dist import Dist
+from typemoe.training.loop import train
+from typemoe.training.presets import tiny
 
-from training import losses
-from training.data import Pieces, TokenOps, collate, make_sample
-from training.dist import Dist
-from training.loop import train
-from training.presets import tiny
 from typemoe import analysis
 from typemoe.model import TypeMoE
 
@@ -29,13 +29,21 @@ def synthetic_pieces(vocab, n: int = 12, bars: int = 12, seed: int = 0, key_labe
         for _ in range(bars):
             seq.append(bar)
             for beat in range(4):
-                seq += [vocab.id(f"Position_{4 * beat}"), vocab.id(f"Pitch_{int(rng.integers(55, 80))}"), vel, dur]
+                seq += [
+                    vocab.id(f"Position_{4 * beat}"),
+                    vocab.id(f"Pitch_{int(rng.integers(55, 80))}"),
+                    vel,
+                    dur,
+                ]
         tokens.append(np.asarray(seq, dtype=np.int64))
     key = rng.integers(0, 24, n) if key_labelled else np.full(n, -1)
-    return Pieces(ids=[f"p{i}" for i in range(n)], tokens=tokens,
-                  labels={"key": key.astype(np.int64), "meter": rng.integers(0, 3, n).astype(np.int64)},
-                  label_names={"key": analysis.KEYS, "meter": analysis.METERS},
-                  split=np.array(["train"] * (n - 2) + ["val"] * 2, dtype=object))
+    return Pieces(
+        ids=[f"p{i}" for i in range(n)],
+        tokens=tokens,
+        labels={"key": key.astype(np.int64), "meter": rng.integers(0, 3, n).astype(np.int64)},
+        label_names={"key": analysis.KEYS, "meter": analysis.METERS},
+        split=np.array(["train"] * (n - 2) + ["val"] * 2, dtype=object),
+    )
 
 
 def _batch(vocab, pieces, idx=range(4)):
@@ -59,7 +67,9 @@ def test_missing_labels_give_zero_loss_and_zero_grad(vocab, missing):
     assert losses.term_counts(batch, names)[missing] == 0
     assert float(s[missing].detach()) == 0.0
     sum(s.values()).backward()
-    head, other = (model.key_head, model.meter_head) if missing == "key" else (model.meter_head, model.key_head)
+    head, other = (
+        (model.key_head, model.meter_head) if missing == "key" else (model.meter_head, model.key_head)
+    )
     assert head.weight.grad is None or torch.count_nonzero(head.weight.grad) == 0
     assert torch.count_nonzero(other.weight.grad) > 0 and torch.count_nonzero(model.wte.weight.grad) > 0
 
@@ -90,21 +100,27 @@ def test_pseudo_labels_and_consistency(vocab):
     last = teacher[torch.arange(B), batch.last]  # (B, 24)
     rows = torch.ones(B, dtype=torch.bool)
     logits = torch.randn(B, T, 24)
-    assert float(losses.pseudo_sum(logits, last, rows, batch.head, threshold=1.0 + 1e-6)) == 0.0  # nobody is sure
+    assert (
+        float(losses.pseudo_sum(logits, last, rows, batch.head, threshold=1.0 + 1e-6)) == 0.0
+    )  # nobody is sure
     assert float(losses.pseudo_sum(logits, last, rows, batch.head, threshold=0.0)) > 0.0
-    assert float(losses.consistency_sum(teacher.log(), teacher, rows, batch.head)) == pytest.approx(0.0, abs=1e-4)
+    assert float(losses.consistency_sum(teacher.log(), teacher, rows, batch.head)) == pytest.approx(
+        0.0, abs=1e-4
+    )
     assert float(losses.consistency_sum(logits, teacher, rows, batch.head)) > 0.0
 
 
 def test_untranspose_inverts_the_pitch_shift(vocab):
     pieces = synthetic_pieces(vocab)
     ops = TokenOps(vocab)
-    samples = [make_sample(pieces, i, np.random.default_rng(i), ops=ops, seq_len=64, transpose=6) for i in range(4)]
+    samples = [
+        make_sample(pieces, i, np.random.default_rng(i), ops=ops, seq_len=64, transpose=6) for i in range(4)
+    ]
     batch = collate(samples, ops)
     assert any(s.shift for s in samples)
     orig = losses.untranspose(batch, ops.pitch_lo, ops.pitch_hi)
     for b, s in enumerate(samples):
-        raw = orig[b, :len(s.ids)].numpy()
+        raw = orig[b, : len(s.ids)].numpy()
         assert ops.is_pitch(raw).any()
         assert np.array_equal(np.where(ops.is_pitch(raw), raw + s.shift, raw), s.ids)
 
@@ -113,15 +129,30 @@ def test_step_does_not_depend_on_the_micro_batch_split(vocab, tmp_path):
     """4 windows as 1 x 4 or 2 x 2 micro-batches: the same losses (the DDP argument, in one process)."""
     pieces = synthetic_pieces(vocab, n=14, key_labelled=False)
     pieces.labels["key"][::2] = 3
-    cfg = replace(tiny(vocab), batch_size=4, seq_len=64, max_steps=3, log_every=1, eval_every=3, ckpt_every=100,
-                  labelled_fraction=0.5, control_p=0.0)  # no control windows: every row trains the heads
+    cfg = replace(
+        tiny(vocab),
+        batch_size=4,
+        seq_len=64,
+        max_steps=3,
+        log_every=1,
+        eval_every=3,
+        ckpt_every=100,
+        labelled_fraction=0.5,
+        control_p=0.0,
+    )  # no control windows: every row trains the heads
     cfg = replace(cfg, loss=replace(cfg.loss, semi_rampup=1, pseudo_threshold=0.05))
     d = Dist(rank=0, local_rank=0, world=1, device=torch.device("cpu"))
     runs = []
     for mb in (4, 2):
         out = tmp_path / f"mb{mb}"
-        train(replace(cfg, micro_batch=mb), vocab=vocab, train_pieces=pieces.with_split("train"),
-              val_pieces=pieces.with_split("val"), out_dir=out, d=d)
+        train(
+            replace(cfg, micro_batch=mb),
+            vocab=vocab,
+            train_pieces=pieces.with_split("train"),
+            val_pieces=pieces.with_split("val"),
+            out_dir=out,
+            d=d,
+        )
         runs.append([json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()])
     a, b = runs
     assert a[-1]["semi"] > 0 and a[-1]["consistency"] > 0  # the semi-supervised terms were live

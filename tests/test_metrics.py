@@ -6,18 +6,19 @@ import math
 
 import numpy as np
 import pytest
-
-from training import metrics
+from typemoe.training import metrics
 
 
 def test_hits_at_k_known_ranks():
     # target ranks: 0 (best), 1, 4, 5 -> hits@1 = 1/4, hits@5 = 3/4
-    logits = np.array([
-        [9.0, 1, 2, 3, 4, 5, 0],
-        [1.0, 9, 8, 0, 0, 0, 0],
-        [6.0, 5, 4, 3, 2, 1, 0],  # target 4 has value 2: ids 0..3 beat it -> rank 4
-        [6.0, 5, 4, 3, 2, 1, 0],  # target 5 -> rank 5
-    ])
+    logits = np.array(
+        [
+            [9.0, 1, 2, 3, 4, 5, 0],
+            [1.0, 9, 8, 0, 0, 0, 0],
+            [6.0, 5, 4, 3, 2, 1, 0],  # target 4 has value 2: ids 0..3 beat it -> rank 4
+            [6.0, 5, 4, 3, 2, 1, 0],  # target 5 -> rank 5
+        ]
+    )
     targets = [0, 2, 4, 5]  # row 1: target 2 (value 8) is beaten by id 1 only
     assert metrics.hits_at_k(logits, targets, 1) == 0.25
     assert metrics.hits_at_k(logits, targets, 5) == 0.75

@@ -5,10 +5,9 @@ from __future__ import annotations
 import struct
 
 import pytest
-
-from bridge import osc_api
-from bridge.events import BadDatagram, OscIn
-from bridge.osc_io import decode, encode
+from typemoe.bridge import osc_api
+from typemoe.bridge.events import BadDatagram, OscIn
+from typemoe.bridge.osc_io import decode, encode
 
 # /typemoe/note ,ii 60 100 written out by hand (OSC 1.0: strings NUL-padded to 4 bytes, big-endian ints)
 NOTE = b"/typemoe/note\x00\x00\x00" + b",ii\x00" + struct.pack(">ii", 60, 100)
@@ -129,7 +128,7 @@ def test_oversized_datagram_and_long_reasons_are_cut():
 
 
 def test_a_bundle_yields_at_most_max_messages():
-    from bridge.osc_io import MAX_MESSAGES
+    from typemoe.bridge.osc_io import MAX_MESSAGES
 
     ping = b"/typemoe/ping\x00\x00\x00"
     bundle = b"#bundle\x00" + bytes(8) + (struct.pack(">i", len(ping)) + ping) * 300
@@ -193,13 +192,13 @@ def test_protocol_table_text_lists_every_address():
     ("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False)]
 )
 def test_loopback(host, loopback):
-    from bridge.osc_io import is_loopback
+    from typemoe.bridge.osc_io import is_loopback
 
     assert is_loopback(host) is loopback
 
 
 def test_coalescer_last_value_wins_per_address_within_the_window():
-    from bridge.coalesce import Coalescer
+    from typemoe.bridge.coalesce import Coalescer
 
     co = Coalescer(0.05)
     assert co.admit(OscIn("/typemoe/condition", ("A minor",), 0.0), 0.0)  # the first goes through
@@ -222,13 +221,13 @@ def test_listening_beyond_loopback_warns_and_replies_come_from_loopback(caplog):
     import asyncio
     import logging
 
-    from bridge.osc_io import Replier, open_server
+    from typemoe.bridge.osc_io import Replier, open_server
 
     async def open_close(host: str) -> None:
         transport = await open_server(host, 0, lambda d: None)
         transport.close()
 
-    with caplog.at_level(logging.WARNING, logger="bridge.osc_io"):
+    with caplog.at_level(logging.WARNING, logger="typemoe.bridge.osc_io"):
         asyncio.run(open_close("127.0.0.1"))
         assert not caplog.records
         asyncio.run(open_close("0.0.0.0"))

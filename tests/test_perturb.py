@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import symusic
-
-from training import perturb
+from typemoe.training import perturb
 
 
 def _score(tpq: int = 480) -> symusic.Score:

@@ -1,4 +1,4 @@
-"""export.runtime: torch-free, refuses bad directories, equals PyTorch (greedy, cache, slide), valid REMI."""
+"""typemoe.export.runtime: torch-free, refuses bad directories, equals PyTorch (greedy, cache, slide), valid REMI."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-
-from export.runtime import MANIFEST_FILE, MODEL_FILE, ModelDirError, OrtModel, resolve_provider
+from typemoe.export.runtime import MANIFEST_FILE, MODEL_FILE, ModelDirError, OrtModel, resolve_provider
 
 pytestmark = pytest.mark.onnx
 
@@ -170,7 +169,7 @@ def test_cuda_request_falls_back_with_a_clear_line(caplog, monkeypatch):
     import onnxruntime
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    with caplog.at_level(logging.WARNING, logger="export.ort_graph"):
+    with caplog.at_level(logging.WARNING, logger="typemoe.export.ort_graph"):
         assert resolve_provider("cuda") == "cpu"
         assert resolve_provider("auto") == "cpu"
     assert "CUDA requested" in caplog.text and "falling back to CPU" in caplog.text
@@ -223,7 +222,7 @@ def test_precisions(model_dir, ort_model, tmp_path):
     with pytest.raises(ValueError, match="precision"):
         OrtModel(model_dir, precision="int4")
     pytest.importorskip("torch")
-    from export.onnx_export import write_manifest
+    from typemoe.export.onnx_export import write_manifest
 
     d = _copy(model_dir, tmp_path)
     (d / "model_int8.onnx").unlink()
@@ -235,7 +234,7 @@ def test_precisions(model_dir, ort_model, tmp_path):
 def test_auto_precision_uses_what_a_slim_directory_holds(model_dir, ort_model, tmp_path):
     """A shipped directory without the fp32 graph still opens on CPU: auto falls to the int8 graph."""
     pytest.importorskip("torch")
-    from export.onnx_export import write_manifest
+    from typemoe.export.onnx_export import write_manifest
 
     d = _copy(model_dir, tmp_path)
     (d / MODEL_FILE).unlink()

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from export_fixtures import analyze_without_torch
+from typemoe.export import tools
+from typemoe.export.runtime import MANIFEST_FILE, OrtModel, read_manifest
 
-from export import tools
-from export.runtime import MANIFEST_FILE, OrtModel, read_manifest
 from typemoe import analysis
 from typemoe.shipped import EMOTION_DIRNAME, default_emotion_dir, default_model_dir
 
@@ -25,8 +25,9 @@ SHIPPED_CAP_BYTES = 30_000_000
 # TUNE: softmax of the mean per-position cls logits over [BOS, *tokens]; fp32 ONNX equal to 1e-7.
 TORCH_PROBS = {"Q1": 0.37719, "Q2": 0.61296, "Q3": 0.00394, "Q4": 0.00591}
 
-pytestmark = pytest.mark.skipif(not (default_emotion_dir() / MANIFEST_FILE).is_file(),
-                                reason="no shipped emotion model in this install")
+pytestmark = pytest.mark.skipif(
+    not (default_emotion_dir() / MANIFEST_FILE).is_file(), reason="no shipped emotion model in this install"
+)
 
 
 def _files(root: Path) -> list[Path]:
@@ -48,7 +49,9 @@ def test_layout_manifests_and_size():
     main = read_manifest(root)
     assert not any(name.startswith(EMOTION_DIRNAME) for name in main["files"])  # the sub-model is separate
     total = sum(p.stat().st_size for p in _files(root))
-    assert total <= SHIPPED_CAP_BYTES, f"typemoe/default_model holds {total} bytes, over the {SHIPPED_CAP_BYTES} cap"
+    assert total <= SHIPPED_CAP_BYTES, (
+        f"typemoe/default_model holds {total} bytes, over the {SHIPPED_CAP_BYTES} cap"
+    )
     parity = emo["shipped"]["class_parity"]  # int8 vs fp32 class probabilities on EMOPIA test, at export
     assert parity["top1_agreement"] == 1.0 and parity["max_abs_prob_diff"] < 2e-3
 
@@ -58,7 +61,9 @@ def test_package_data_ships_every_file():
     tomllib = pytest.importorskip("tomllib")
     cfg = tomllib.loads((REPO / "pyproject.toml").read_text())
     pkg = REPO / "typemoe"
-    covered = {p for pattern in cfg["tool"]["setuptools"]["package-data"]["typemoe"] for p in pkg.glob(pattern)}
+    covered = {
+        p for pattern in cfg["tool"]["setuptools"]["package-data"]["typemoe"] for p in pkg.glob(pattern)
+    }
     missing = [str(p.relative_to(pkg)) for p in _files(default_model_dir()) if p not in covered]
     assert not missing, f"not in the wheel: {missing}"
 
@@ -71,12 +76,15 @@ def test_analyze_reports_shipped_emotion(capsys):
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
     assert res["emotion"] == max(probs, key=probs.get) and res["emotion_confidence"] == probs[res["emotion"]]
     # the int8 graph gives the checkpoint's answer (int8 vs fp32: < 5e-4 on EMOPIA test, see the manifest)
-    assert np.allclose([probs[q] for q in analysis.EMOTIONS], [TORCH_PROBS[q] for q in analysis.EMOTIONS],
-                       atol=2e-3), probs
+    assert np.allclose(
+        [probs[q] for q in analysis.EMOTIONS], [TORCH_PROBS[q] for q in analysis.EMOTIONS], atol=2e-3
+    ), probs
     assert tools.run_cli(["analyze", str(TUNE)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2] == (f"emotion: {res['emotion']} ({res['emotion_confidence']:.2f}) "
-                        f"{analysis.EMOTION_GLOSS[res['emotion']]}"), lines
+    assert lines[2] == (
+        f"emotion: {res['emotion']} ({res['emotion_confidence']:.2f}) "
+        f"{analysis.EMOTION_GLOSS[res['emotion']]}"
+    ), lines
 
 
 def test_runtime_class_probs_match_analyze(capsys):

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import symusic
-
-from tests.conftest import SHARED_DATA, score_from_notes
-from training import music21_source
-from training.sources import (
+from typemoe.training import music21_source
+from typemoe.training.sources import (
     SHARED_SETS,
     Piece,
     SkipLog,
@@ -22,6 +20,8 @@ from training.sources import (
     read_source,
     split_of,
 )
+
+from tests.conftest import SHARED_DATA, score_from_notes
 from typemoe import analysis
 
 pytest.importorskip("music21")
@@ -252,7 +252,7 @@ def test_classical_piano_key_only_when_clear(shared_opts):
 
 
 def test_csv_rows_skip_a_non_utf8_row_by_file_and_line(tmp_path, caplog):
-    from training.sources import csv_rows
+    from typemoe.training.sources import csv_rows
 
     path = tmp_path / "labels.csv"
     path.write_bytes(

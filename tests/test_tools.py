@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import symusic
 from export_fixtures import analyze_without_torch
+from typemoe.export import tools
 
-from export import tools
 from typemoe import analysis
 
 pytest.importorskip("onnx")
@@ -53,8 +53,7 @@ def test_analyze_json(model_dir, tune, capsys):
 def test_analyze_reads_the_whole_piece(model_dir, tmp_path):
     """A piece longer than the context: the estimate is the one at its end, after the context slid."""
     from conftest import music21_scores
-
-    from export.runtime import OrtModel
+    from typemoe.export.runtime import OrtModel
 
     model = OrtModel(model_dir, provider="cpu")
     tune_score = music21_scores(1)[0][1]
@@ -201,7 +200,7 @@ def test_bad_model_dir_is_named(tune, tmp_path, capsys):
     assert tools.run_cli(["analyze", str(tune), "--model", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "empty" in err and "manifest.json" in err
-    assert "typemoe export --checkpoint CKPT --out DIR" in err and "python -m export" not in err
+    assert "typemoe export --checkpoint CKPT --out DIR" in err and "python -m typemoe.export" not in err
 
 
 def test_tools_run_without_torch(model_dir, tune):
@@ -347,8 +346,8 @@ def test_console_script_wiring(model_dir, tune, monkeypatch, capsys):
     """The rows the lead adds to typemoe/cli.py COMMANDS dispatch to add_parsers / main correctly."""
     from typemoe import cli
 
-    monkeypatch.setitem(cli.COMMANDS, "analyze", ("export.tools", "key and meter of a MIDI file"))
-    monkeypatch.setitem(cli.COMMANDS, "eval", ("training.eval_cli", "metrics on held-out pieces"))
+    monkeypatch.setitem(cli.COMMANDS, "analyze", ("typemoe.export.tools", "key and meter of a MIDI file"))
+    monkeypatch.setitem(cli.COMMANDS, "eval", ("typemoe.training.eval_cli", "metrics on held-out pieces"))
     assert cli.main(["analyze", str(tune), "--model", str(model_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["meter"] in analysis.METERS
     with pytest.raises(SystemExit):

@@ -13,11 +13,18 @@ import time
 import numpy as np
 import pytest
 from training_fixtures import REPO, build_shards, losses_of, python_env, read_metrics, run_module, tiny_args
+from typemoe.training import ckpt, finetune, pretrain
+from typemoe.training.augment import Transposer, shift_phase
+from typemoe.training.data import (
+    Pieces,
+    TokenOps,
+    WindowSampler,
+    keep_label_fraction,
+    load_pieces,
+    make_sample,
+)
+from typemoe.training.presets import tiny
 
-from training import ckpt, finetune, pretrain
-from training.augment import Transposer, shift_phase
-from training.data import Pieces, TokenOps, WindowSampler, keep_label_fraction, load_pieces, make_sample
-from training.presets import tiny
 from typemoe import checkpoint
 
 
@@ -52,9 +59,11 @@ def test_sample_layout_and_key_shift(pieces, vocab):
     ops = TokenOps(vocab)
     i = int(np.flatnonzero(pieces.label("key") >= 0)[0])
     for seed in range(20):
-        s = make_sample(pieces, i, np.random.default_rng(seed), ops=ops, seq_len=64, transpose=6, phase_shift=True)
+        s = make_sample(
+            pieces, i, np.random.default_rng(seed), ops=ops, seq_len=64, transpose=6, phase_shift=True
+        )
         assert s.ids[0] == vocab.bos_id and s.ids[1] == ops.bar and len(s.ids) <= 64
-        assert s.ids[s.head_from] == ops.bar and (s.ids[1:s.head_from] == ops.bar).sum() == 1
+        assert s.ids[s.head_from] == ops.bar and (s.ids[1 : s.head_from] == ops.bar).sum() == 1
         want = (pieces.label("key")[i] + s.shift) % 12  # major keys: index = tonic pitch class
         assert s.labels["key"] == want
     det = make_sample(pieces, i, None, ops=ops, seq_len=64)
@@ -66,10 +75,15 @@ def test_conditional_controls_and_dropout(pieces, vocab):
     i = int(np.flatnonzero((pieces.label("key") >= 0) & (pieces.label("meter") >= 0))[0])
     s = make_sample(pieces, i, None, ops=ops, seq_len=64, controls=True)
     names = pieces.label_names
-    want = vocab.control_ids(key=names["key"][pieces.label("key")[i]], meter=names["meter"][pieces.label("meter")[i]],
-                             genre=names["genre"][pieces.label("genre")[i]])
-    assert s.ids[1:1 + len(want)].tolist() == want and s.ids[1 + len(want)] == ops.bar
-    dropped = make_sample(pieces, i, np.random.default_rng(0), ops=ops, seq_len=64, controls=True, control_dropout=1.0)
+    want = vocab.control_ids(
+        key=names["key"][pieces.label("key")[i]],
+        meter=names["meter"][pieces.label("meter")[i]],
+        genre=names["genre"][pieces.label("genre")[i]],
+    )
+    assert s.ids[1 : 1 + len(want)].tolist() == want and s.ids[1 + len(want)] == ops.bar
+    dropped = make_sample(
+        pieces, i, np.random.default_rng(0), ops=ops, seq_len=64, controls=True, control_dropout=1.0
+    )
     assert dropped.ids[1] == ops.bar
 
 
@@ -106,7 +120,9 @@ def test_label_fraction_is_by_piece(pieces):
 
 def test_tiny_run_learns_and_writes_outputs(shards, tmp_path):
     out = tmp_path / "run"
-    args = tiny_args(shards, out, steps=30, extra=("--eval-every", "30", "--batch-size", "8", "--micro-batch", "4"))
+    args = tiny_args(
+        shards, out, steps=30, extra=("--eval-every", "30", "--batch-size", "8", "--micro-batch", "4")
+    )
     assert pretrain.main(args) == 0
     recs = read_metrics(out)
     assert [r["step"] for r in recs] == list(range(1, 31))
@@ -117,9 +133,13 @@ def test_tiny_run_learns_and_writes_outputs(shards, tmp_path):
     assert last < first - 0.5, (first, last)
     model = checkpoint.load(out / "latest")  # the run directory is a plain model checkpoint too
     _, _, meta = checkpoint.read_config(ckpt.resolve(out))
-    assert meta["step"] == 30 and meta["key_names"][0] == "C major" and model.cfg.n_meters == len(meta["meter_names"])
+    assert (
+        meta["step"] == 30
+        and meta["key_names"][0] == "C major"
+        and model.cfg.n_meters == len(meta["meter_names"])
+    )
     assert list((out / "tb").iterdir())
-    from training.plot import plot
+    from typemoe.training.plot import plot
 
     png = plot([out], tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,8 +149,15 @@ def test_sigkill_then_resume_matches_uninterrupted(shards, tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     steps = 40
     assert pretrain.main(tiny_args(shards, ref, steps=steps, extra=("--ckpt-every", "10"))) == 0
-    cmd = [sys.executable, "-m", "training.pretrain", *tiny_args(shards, run, steps=steps, extra=("--ckpt-every", "10"))]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "typemoe.training.pretrain",
+        *tiny_args(shards, run, steps=steps, extra=("--ckpt-every", "10")),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     state = run / "latest" / ckpt.STATE
     deadline = time.time() + 50
     try:
@@ -138,7 +165,9 @@ def test_sigkill_then_resume_matches_uninterrupted(shards, tmp_path):
             if state.is_file() and json.loads(state.read_text() or "{}").get("step", 0) >= 10:
                 break
             time.sleep(0.02)
-        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        assert proc.poll() is None, (
+            f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        )
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -147,7 +176,9 @@ def test_sigkill_then_resume_matches_uninterrupted(shards, tmp_path):
     assert killed_at < steps
     assert pretrain.main(tiny_args(shards, run, steps=steps, extra=("--ckpt-every", "10", "--resume"))) == 0
     a, b = losses_of(ref), losses_of(run)
-    assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-5, equal_nan=True), np.nanmax(np.abs(a - b))
+    assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-5, equal_nan=True), np.nanmax(
+        np.abs(a - b)
+    )
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -167,7 +198,9 @@ def test_bad_inputs_fail_before_any_step(shards, tmp_path, capsys):
     assert "manifest.json" in capsys.readouterr().err
     # an empty training split
     with pytest.raises(ValueError, match="empty dataset"):
-        pretrain.split_pieces(Pieces(ids=[], tokens=[], labels={}, label_names={}, split=np.array([])), [shards])
+        pretrain.split_pieces(
+            Pieces(ids=[], tokens=[], labels={}, label_names={}, split=np.array([])), [shards]
+        )
     # an existing run without --resume
     out = tmp_path / "r3"
     assert pretrain.main(tiny_args(shards, out, steps=1)) == 0
@@ -183,11 +216,15 @@ def test_resume_continues_with_the_runs_own_configuration(shards, tmp_path):
     preset's (here lr, warmup, seed, labelled fraction) continues with its own, as the shipped checkpoint
     (checkpoints/default, started by a session script) must."""
     out = tmp_path / "run"
-    assert pretrain.main(tiny_args(shards, out, steps=2, extra=("--lr", "3e-4", "--warmup-steps", "1",
-                                                                 "--seed", "7"))) == 0
+    assert (
+        pretrain.main(
+            tiny_args(shards, out, steps=2, extra=("--lr", "3e-4", "--warmup-steps", "1", "--seed", "7"))
+        )
+        == 0
+    )
     bare = ["--data", str(shards), "--out", str(out), "--resume", "--max-steps", "3", "--threads", "1"]
     assert pretrain.main(bare) == 0
-    from training import ckpt
+    from typemoe.training import ckpt
 
     saved = ckpt.read_state(ckpt.resolve(out))
     assert saved["step"] == 3 and saved["config"]["optim"]["lr"] == 3e-4 and saved["config"]["seed"] == 7
@@ -195,7 +232,8 @@ def test_resume_continues_with_the_runs_own_configuration(shards, tmp_path):
 
 
 def read_config_of_tiny() -> int:
-    from training.presets import PRESETS
+    from typemoe.training.presets import PRESETS
+
     from typemoe.vocab import TypedVocab
 
     return PRESETS["tiny"](TypedVocab.default()).model.d_model
@@ -208,8 +246,24 @@ def test_finetune_classification_and_label_set(shards, tmp_path, capsys):
     pre = tmp_path / "pre"
     assert pretrain.main(tiny_args(shards, pre, steps=2)) == 0
     ft = tmp_path / "genre"
-    common = ["--data", str(shards), "--max-steps", "4", "--batch-size", "4", "--micro-batch", "2", "--seq-len",
-              "64", "--log-every", "1", "--eval-every", "4", "--threads", "1"]
+    common = [
+        "--data",
+        str(shards),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--micro-batch",
+        "2",
+        "--seq-len",
+        "64",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "4",
+        "--threads",
+        "1",
+    ]
     assert finetune.main(["--task", "genre", "--from", str(pre), "--out", str(ft), *common]) == 0
     _, _, meta = checkpoint.read_config(ft / "latest")
     assert meta["task"] == "genre" and meta["class_names"] == ["classical", "folk"]
@@ -223,11 +277,17 @@ def test_finetune_classification_and_label_set(shards, tmp_path, capsys):
     assert finetune.main(["--task", "genre", "--from", str(ft), "--out", str(tmp_path / "g2"), *common]) == 2
     assert "label set mismatch" in capsys.readouterr().err
     # a missing --from
-    assert finetune.main(["--task", "genre", "--from", str(tmp_path / "nope"), "--out", str(tmp_path / "g3"),
-                          *common]) == 2
+    assert (
+        finetune.main(
+            ["--task", "genre", "--from", str(tmp_path / "nope"), "--out", str(tmp_path / "g3"), *common]
+        )
+        == 2
+    )
     assert "nope" in capsys.readouterr().err
     # no piece has the label
-    assert finetune.main(["--task", "emotion", "--from", str(pre), "--out", str(tmp_path / "g4"), *common]) == 2
+    assert (
+        finetune.main(["--task", "emotion", "--from", str(pre), "--out", str(tmp_path / "g4"), *common]) == 2
+    )
     assert "emotion" in capsys.readouterr().err
 
 
@@ -235,9 +295,31 @@ def test_finetune_conditional(shards, tmp_path):
     pre = tmp_path / "pre"
     assert pretrain.main(tiny_args(shards, pre, steps=2)) == 0
     out = tmp_path / "cond"
-    assert finetune.main(["--task", "conditional", "--from", str(pre), "--data", str(shards), "--out", str(out),
-                          "--max-steps", "3", "--batch-size", "4", "--micro-batch", "2", "--seq-len", "64",
-                          "--threads", "1"]) == 0
+    assert (
+        finetune.main(
+            [
+                "--task",
+                "conditional",
+                "--from",
+                str(pre),
+                "--data",
+                str(shards),
+                "--out",
+                str(out),
+                "--max-steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--micro-batch",
+                "2",
+                "--seq-len",
+                "64",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     _, _, meta = checkpoint.read_config(out / "latest")
     assert meta["task"] == "conditional" and meta["controls"] == ["key", "meter", "genre", "emotion"]
     assert set(read_metrics(out)[-1]) >= {"lm", "loss"}
@@ -246,7 +328,7 @@ def test_finetune_conditional(shards, tmp_path):
 def test_cli_registers_train_and_finetune():
     import argparse
 
-    from training.cli import add_parsers
+    from typemoe.training.cli import add_parsers
 
     p = argparse.ArgumentParser()
     add_parsers(p.add_subparsers(dest="cmd"))
@@ -254,5 +336,5 @@ def test_cli_registers_train_and_finetune():
     assert a.func is not None and a.objective == "clm"
     f = p.parse_args(["finetune", "--task", "emotion", "--from", "c", "--data", "x", "--out", "y"])
     assert f.func is not None and f.task == "emotion"
-    r = run_module(["-m", "training.pretrain", "--help"], timeout=60)
+    r = run_module(["-m", "typemoe.training.pretrain", "--help"], timeout=60)
     assert r.returncode == 0 and "--labelled-fraction" in r.stdout

@@ -27,8 +27,7 @@ MAJOR_OF_SHARPS = {s: (7 * s) % 12 for s in range(-7, 8)}
 def build_shards(out: Path, n: int = 48) -> Path:
     """Shards of the first n tunes of essenFolksong/altdeu10 (cached per directory)."""
     from conftest import music21_scores
-
-    from training.prepare import BuildConfig, build
+    from typemoe.training.prepare import BuildConfig, build
 
     if (out / "manifest.json").is_file():
         return out
@@ -44,8 +43,15 @@ def build_shards(out: Path, n: int = 48) -> Path:
         ks = score.key_signatures
         key = analysis.KEYS[MAJOR_OF_SHARPS[ks[0].key]] if len(ks) and i % 4 else ""
         score.dump_midi(str(path))
-        rows.append({"path": path.name, "key": key, "meter": meter, "genre": ("folk", "classical")[i % 2],
-                     "emotion": ""})
+        rows.append(
+            {
+                "path": path.name,
+                "key": key,
+                "meter": meter,
+                "genre": ("folk", "classical")[i % 2],
+                "emotion": "",
+            }
+        )
     labels = midi_dir / "labels.csv"
     with labels.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["path", "key", "meter", "genre", "emotion"])
@@ -57,9 +63,33 @@ def build_shards(out: Path, n: int = 48) -> Path:
 
 def tiny_args(data: Path, out: Path, *, steps: int = 6, extra: tuple[str, ...] = ()) -> list[str]:
     """Arguments of a tiny, fast, fully deterministic pre-training run."""
-    return ["--preset", "tiny", "--data", str(data), "--out", str(out), "--max-steps", str(steps),
-            "--batch-size", "4", "--micro-batch", "2", "--seq-len", "64", "--log-every", "1",
-            "--eval-every", "1000", "--ckpt-every", "1000", "--threads", "1", "--labelled-fraction", "0.5", *extra]
+    return [
+        "--preset",
+        "tiny",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--micro-batch",
+        "2",
+        "--seq-len",
+        "64",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "1000",
+        "--ckpt-every",
+        "1000",
+        "--threads",
+        "1",
+        "--labelled-fraction",
+        "0.5",
+        *extra,
+    ]
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -77,4 +107,6 @@ def python_env() -> dict[str, str]:
 
 
 def run_module(args: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=python_env(), capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=python_env(), capture_output=True, text=True, **kw
+    )

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from training.evaluate import EvalConfig, evaluate, require_music21, write_outputs
+from typemoe.training.evaluate import EvalConfig, evaluate, require_music21, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,11 @@ class AblationConfig:
 
 
 def _shards(cfg: AblationConfig, out_dir: Path) -> Path:
-    from training.eval_data import is_shard_dir
+    from typemoe.training.eval_data import is_shard_dir
 
     if is_shard_dir(cfg.eval.data):
         return Path(cfg.eval.data)
-    from training.prepare import BuildConfig, build
+    from typemoe.training.prepare import BuildConfig, build
 
     kw = {}
     if cfg.eval.cache_dir is not None:
@@ -84,7 +84,8 @@ def _shards(cfg: AblationConfig, out_dir: Path) -> Path:
 
 
 def _step_of(run: Path) -> int | None:
-    from training import ckpt
+    from typemoe.training import ckpt
+
     from typemoe.checkpoint import CheckpointError, read_config
 
     try:
@@ -95,7 +96,7 @@ def _step_of(run: Path) -> int | None:
 
 def train_variant(cfg: AblationConfig, shards: Path, run: Path, flags: list[str]) -> Path:
     """Train one variant with training.pretrain (or reuse a finished run). Raises RuntimeError on failure."""
-    from training import pretrain
+    from typemoe.training import pretrain
 
     step = _step_of(run)
     if step is not None and step >= cfg.steps:
@@ -178,7 +179,7 @@ def run_ablation(cfg: AblationConfig) -> dict:
 
 def run_label_efficiency(cfg: AblationConfig) -> dict:
     """Train with 5/10/25/100 % of the key/meter labels, evaluate the heads, plot the curve."""
-    from training import eval_plots
+    from typemoe.training import eval_plots
 
     require_music21(replace(cfg.eval, groups=("keymeter",)))  # before any training
     out = cfg.eval.out

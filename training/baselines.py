@@ -65,8 +65,10 @@ class Notes:
 
     def __post_init__(self) -> None:
         if not (self.onset.shape == self.duration.shape == self.pitch.shape and self.onset.ndim == 1):
-            raise ValueError(f"note arrays differ in shape: onset {self.onset.shape}, "
-                             f"duration {self.duration.shape}, pitch {self.pitch.shape}")
+            raise ValueError(
+                f"note arrays differ in shape: onset {self.onset.shape}, "
+                f"duration {self.duration.shape}, pitch {self.pitch.shape}"
+            )
 
     def __len__(self) -> int:
         return len(self.onset)
@@ -201,4 +203,3 @@ def majority_class(train_labels: Sequence) -> object:
     if not counts:
         raise ValueError("majority baseline needs at least one training label")
     return counts.most_common(1)[0][0]
-

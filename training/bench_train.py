@@ -1,7 +1,7 @@
 """CPU training throughput of a preset: the bare model step against the real training loop's step.
 
-    python -m training.bench_train --data /work/data/M21 --data /work/data/SHIP --steps 6
-    python -m training.bench_train --data shards/ --preset tiny --steps 3 --json out.json
+    python -m typemoe.training.bench_train --data /work/data/M21 --data /work/data/SHIP --steps 6
+    python -m typemoe.training.bench_train --data shards/ --preset tiny --steps 3 --json out.json
 
 Two measurements in one process, on the same model shapes (issue 15):
 
@@ -67,8 +67,9 @@ def bench_bare(model_cfg, type_of, *, batch: int, seq_len: int, steps: int, warm
 
 def bench_loop(cfg, vocab, pieces, *, steps: int, warmup: int, modes=MODES) -> dict[str, Any]:
     """The real step per teacher_rows mode, alternating modes step by step on identical batches."""
-    from training import loop
-    from training.data import TokenOps, WindowSampler
+    from typemoe.training import loop
+    from typemoe.training.data import TokenOps, WindowSampler
+
     from typemoe.model import TypeMoE
 
     torch.manual_seed(cfg.seed)
@@ -112,8 +113,9 @@ def bench_loop(cfg, vocab, pieces, *, steps: int, warmup: int, modes=MODES) -> d
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from training.data import keep_label_fraction, load_pieces
-    from training.presets import PRESETS
+    from typemoe.training.data import keep_label_fraction, load_pieces
+    from typemoe.training.presets import PRESETS
+
     from typemoe.vocab import TypedVocab
 
     if args.threads:
@@ -162,10 +164,10 @@ def format_result(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.presets import PRESETS
+    from typemoe.training.presets import PRESETS
 
     p = argparse.ArgumentParser(
-        prog="python -m training.bench_train",
+        prog="python -m typemoe.training.bench_train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

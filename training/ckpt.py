@@ -60,8 +60,9 @@ def resolve(path: str | os.PathLike) -> Path:
         os.replace(old, latest)  # a crash between the two renames of save(): finish the swap backwards
     if (latest / checkpoint.CONFIG).is_file():
         return latest
-    raise checkpoint.CheckpointError(f"{p} is not a checkpoint: neither {p / checkpoint.CONFIG} nor "
-                                     f"{latest / checkpoint.CONFIG} exists")
+    raise checkpoint.CheckpointError(
+        f"{p} is not a checkpoint: neither {p / checkpoint.CONFIG} nor {latest / checkpoint.CONFIG} exists"
+    )
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
@@ -80,8 +81,16 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def save(run_dir: str | os.PathLike, *, model, vocab, meta: dict[str, Any], ema=None, optimizer=None,
-         state: dict[str, Any] | None = None) -> Path:
+def save(
+    run_dir: str | os.PathLike,
+    *,
+    model,
+    vocab,
+    meta: dict[str, Any],
+    ema=None,
+    optimizer=None,
+    state: dict[str, Any] | None = None,
+) -> Path:
     """Write a complete checkpoint to run_dir/latest atomically (see the module docstring)."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from training.presets import PRESETS
+from typemoe.training.presets import PRESETS
+
 from typemoe.cli import TORCH_INSTALL_HINT
 
 CLS_TASKS = ("genre", "emotion", "composer")
@@ -24,7 +25,7 @@ SS-MTP pre-training (or plain next-token training with --objective clm).
 
     typemoe train --preset small --data /tmp/typemoe_m21 --out runs/small
     typemoe train --preset tiny --data shards/ --out runs/tiny --max-steps 200
-    torchrun --nproc_per_node=2 -m training.pretrain --preset tiny --data shards/ --out runs/ddp
+    torchrun --nproc_per_node=2 -m typemoe.training.pretrain --preset tiny --data shards/ --out runs/ddp
     typemoe train ... --resume            # continue runs/small/latest exactly
 
 Every bad input is reported before the first step: an unknown preset or bad value, a shard directory
@@ -112,7 +113,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="CKPT",
         help="start from this checkpoint's weights (a run directory, a checkpoint directory, or one rebuilt "
-        "from the shipped model by `python -m training.from_onnx`); a new run: fresh optimizer and schedule",
+        "from the shipped model by `python -m typemoe.training.from_onnx`); a new run: fresh optimizer and schedule",
     )
     p.add_argument(
         "--control-p",
@@ -184,7 +185,7 @@ def torch_missing(command: str) -> bool:
 def _train(args: argparse.Namespace) -> int:
     if torch_missing("typemoe train"):
         return 2
-    from training import pretrain
+    from typemoe.training import pretrain
 
     return pretrain.run(args)
 
@@ -192,7 +193,7 @@ def _train(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     if torch_missing("typemoe finetune"):
         return 2
-    from training import finetune
+    from typemoe.training import finetune
 
     return finetune.run(args)
 

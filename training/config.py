@@ -42,7 +42,9 @@ class OptimConfig:
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay}, {self.grad_clip}")
+            raise ValueError(
+                f"weight_decay and grad_clip must be >= 0, got {self.weight_decay}, {self.grad_clip}"
+            )
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"betas must be in [0, 1), got {self.beta1}, {self.beta2}")
 
@@ -80,8 +82,10 @@ class LossConfig:
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.semi_rampup < 0 or self.head_start_bar < 1:
-            raise ValueError(f"need semi_rampup >= 0 and head_start_bar >= 1, got {self.semi_rampup}, "
-                             f"{self.head_start_bar}")
+            raise ValueError(
+                f"need semi_rampup >= 0 and head_start_bar >= 1, got {self.semi_rampup}, "
+                f"{self.head_start_bar}"
+            )
 
 
 @dataclass(kw_only=True)
@@ -142,8 +146,9 @@ class TrainConfig:
         if not 8 <= self.seq_len <= self.model.context_len:
             raise ValueError(f"seq_len={self.seq_len} must be in 8..context_len={self.model.context_len}")
         if self.micro_batch < 1 or self.batch_size < 1 or self.batch_size % self.micro_batch:
-            raise ValueError(f"batch_size={self.batch_size} must be a positive multiple of "
-                             f"micro_batch={self.micro_batch}")
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a positive multiple of micro_batch={self.micro_batch}"
+            )
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
         if not 0.0 <= self.labelled_fraction <= 1.0:
@@ -165,8 +170,10 @@ class TrainConfig:
         """Micro-steps per rank for `world` ranks; raises if the global batch does not split evenly."""
         per_rank, rest = divmod(self.batch_size, world)
         if rest or per_rank % self.micro_batch:
-            raise ValueError(f"batch_size={self.batch_size} does not split into {world} ranks x micro_batch="
-                             f"{self.micro_batch}; pick batch_size divisible by world * micro_batch")
+            raise ValueError(
+                f"batch_size={self.batch_size} does not split into {world} ranks x micro_batch="
+                f"{self.micro_batch}; pick batch_size divisible by world * micro_batch"
+            )
         return per_rank // self.micro_batch
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,5 +185,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
-        return cls(model=ModelConfig.from_dict(d.pop("model")), optim=OptimConfig(**d.pop("optim")),
-                   loss=LossConfig(**d.pop("loss")), **d)
+        return cls(
+            model=ModelConfig.from_dict(d.pop("model")),
+            optim=OptimConfig(**d.pop("optim")),
+            loss=LossConfig(**d.pop("loss")),
+            **d,
+        )

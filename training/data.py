@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from typemoe.training import infill_data
+from typemoe.training.humanize import Humanizer
 
-from training import infill_data
-from training.humanize import Humanizer
 from typemoe.vocab import TypedVocab
 
 LABEL_TASKS = ("key", "meter", "genre", "emotion", "composer")
@@ -57,7 +57,9 @@ class Pieces:
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        assert len(self.tokens) == n and len(self.split) == n, "ids, tokens and split must have one entry per piece"
+        assert len(self.tokens) == n and len(self.split) == n, (
+            "ids, tokens and split must have one entry per piece"
+        )
         for task, lab in self.labels.items():
             assert lab.shape == (n,), f"labels[{task!r}] has shape {lab.shape}, want ({n},)"
 
@@ -98,8 +100,14 @@ def keep_label_fraction(pieces: Pieces, fraction: float, tasks=("key", "meter"))
     for t in tasks:
         if t in labels:
             labels[t] = np.where(keep, labels[t], -1)
-    return Pieces(ids=pieces.ids, tokens=pieces.tokens, labels=labels, label_names=pieces.label_names,
-                  split=pieces.split, vocab_hash=pieces.vocab_hash)
+    return Pieces(
+        ids=pieces.ids,
+        tokens=pieces.tokens,
+        labels=labels,
+        label_names=pieces.label_names,
+        split=pieces.split,
+        vocab_hash=pieces.vocab_hash,
+    )
 
 
 def load_pieces(dirs, vocab: TypedVocab) -> Pieces:
@@ -109,8 +117,8 @@ def load_pieces(dirs, vocab: TypedVocab) -> Pieces:
         ValueError (training.shards.ShardError): not a shard directory, or tokenized with another
             vocabulary (manifest hash != vocab.hash); shard sets with different label names.
     """
-    from training.shards import ShardSet
-    from training.sources import SPLITS
+    from typemoe.training.shards import ShardSet
+    from typemoe.training.sources import SPLITS
 
     ids, tokens, split, labels = [], [], [], {t: [] for t in LABEL_TASKS}
     names: dict[str, tuple[str, ...]] | None = None
@@ -124,11 +132,19 @@ def load_pieces(dirs, vocab: TypedVocab) -> Pieces:
         tokens += [np.asarray(shards.tokens_of(i), dtype=np.int64) for i in range(len(shards))]
         split += [SPLITS[int(s)] for s in shards.split]
         for t in LABEL_TASKS:
-            labels[t].append(np.asarray(shards.labels[t], dtype=np.int64) if t in shards.labels
-                             else np.full(len(shards), -1, dtype=np.int64))
-    return Pieces(ids=ids, tokens=tokens, labels={t: np.concatenate(v) if v else np.zeros(0, np.int64)
-                                                  for t, v in labels.items()},
-                  label_names=names or {}, split=np.asarray(split, dtype=object), vocab_hash=vocab.hash)
+            labels[t].append(
+                np.asarray(shards.labels[t], dtype=np.int64)
+                if t in shards.labels
+                else np.full(len(shards), -1, dtype=np.int64)
+            )
+    return Pieces(
+        ids=ids,
+        tokens=tokens,
+        labels={t: np.concatenate(v) if v else np.zeros(0, np.int64) for t, v in labels.items()},
+        label_names=names or {},
+        split=np.asarray(split, dtype=object),
+        vocab_hash=vocab.hash,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- token ops
@@ -147,7 +163,9 @@ class TokenOps:
         pos = {i: int(t.split("_")[1]) for i, t in enumerate(toks) if t.startswith("Position_")}
         self.pos_lo = min(pos)
         self.n_pos = len(pos)  # positions per bar: 4 beats x 4 ticks
-        assert list(pos) == list(range(self.pos_lo, self.pos_lo + self.n_pos)), "Position ids must be contiguous"
+        assert list(pos) == list(range(self.pos_lo, self.pos_lo + self.n_pos)), (
+            "Position ids must be contiguous"
+        )
         self.ticks_per_beat = self.n_pos // 4
         self.is_control = np.asarray(vocab.family_of) == 5  # (V,) specials and control tokens
         self.no_target = self.is_control & ~infill_data.loss_targets(vocab)  # (V,) Infill_End is a target
@@ -244,9 +262,9 @@ def make_sample(
         beats = int(rng.integers(0, 4)) if phase_shift else 0
         k = 0
         if transpose:
-            lo, hi = ops.transpose_range(tokens[start:start + room + 8], transpose)
+            lo, hi = ops.transpose_range(tokens[start : start + room + 8], transpose)
             k = int(rng.integers(lo, hi + 1))
-    music = tokens[start:start + room + 8]  # a little slack: the phase shift may add Bar tokens
+    music = tokens[start : start + room + 8]  # a little slack: the phase shift may add Bar tokens
     if humanizer is not None and rng is not None:
         music = humanizer(music, rng)
     music = ops.phase_shift(music, beats)[:room]
@@ -305,8 +323,16 @@ class Batch:
 
     def to(self, device) -> Batch:
         mv = {k: v.to(device, non_blocking=True) for k, v in self.labels.items()}
-        return Batch(self.idx.to(device), self.targets.to(device), self.valid.to(device), self.head.to(device),
-                     self.last.to(device), self.shift.to(device), mv, self.n_tokens)
+        return Batch(
+            self.idx.to(device),
+            self.targets.to(device),
+            self.valid.to(device),
+            self.head.to(device),
+            self.last.to(device),
+            self.shift.to(device),
+            mv,
+            self.n_tokens,
+        )
 
 
 def collate(samples: list[Sample], ops: TokenOps) -> Batch:
@@ -316,9 +342,9 @@ def collate(samples: list[Sample], ops: TokenOps) -> Batch:
     valid = np.zeros((B, T), dtype=bool)
     head = np.zeros((B, T), dtype=bool)
     for b, s in enumerate(samples):
-        idx[b, :len(s.ids)] = s.ids
-        valid[b, :len(s.ids)] = True
-        head[b, s.head_from:len(s.ids)] = True
+        idx[b, : len(s.ids)] = s.ids
+        valid[b, : len(s.ids)] = True
+        head[b, s.head_from : len(s.ids)] = True
     targets = np.full((B, T), -1, dtype=np.int64)
     nxt = idx[:, 1:]
     ok = valid[:, 1:] & ~ops.no_target[nxt]  # never learn to emit pads, BOS or control tokens
@@ -379,9 +405,11 @@ class WindowSampler:
         want = SamplerState(**d)
         have = self.state
         if (want.seed, want.n_pieces, want.batch_size) != (have.seed, have.n_pieces, have.batch_size):
-            raise ValueError(f"cannot resume: sampler was seed={want.seed}, pieces={want.n_pieces}, "
-                             f"batch_size={want.batch_size}; now seed={have.seed}, pieces={have.n_pieces}, "
-                             f"batch_size={have.batch_size} (did the data change?)")
+            raise ValueError(
+                f"cannot resume: sampler was seed={want.seed}, pieces={want.n_pieces}, "
+                f"batch_size={want.batch_size}; now seed={have.seed}, pieces={have.n_pieces}, "
+                f"batch_size={have.batch_size} (did the data change?)"
+            )
         self.state.step = want.step
 
     def _piece_of(self, g: int) -> int:
@@ -395,10 +423,18 @@ class WindowSampler:
     def sample(self, g: int) -> Sample:
         cfg = self.cfg
         s = make_sample(
-            self.pieces, self._piece_of(g), np.random.default_rng((cfg.seed, g)), ops=self.ops,
-            seq_len=cfg.seq_len, transpose=cfg.transpose, phase_shift=cfg.phase_shift,
-            head_start_bar=cfg.loss.head_start_bar, controls=window_controls(cfg),
-            control_dropout=cfg.control_dropout, key_move_p=cfg.key_move_p, humanizer=self.humanizer,
+            self.pieces,
+            self._piece_of(g),
+            np.random.default_rng((cfg.seed, g)),
+            ops=self.ops,
+            seq_len=cfg.seq_len,
+            transpose=cfg.transpose,
+            phase_shift=cfg.phase_shift,
+            head_start_bar=cfg.loss.head_start_bar,
+            controls=window_controls(cfg),
+            control_dropout=cfg.control_dropout,
+            key_move_p=cfg.key_move_p,
+            humanizer=self.humanizer,
         )
         rng = np.random.default_rng((cfg.seed, g, infill_data.SALT))
         return infill_data.maybe_fim(s, self.fim, cfg.infill_p, cfg.seq_len, rng)
@@ -414,7 +450,7 @@ class WindowSampler:
         mb = self.cfg.micro_batch
         # similar lengths share a micro-batch: less padding, and the step's sums are the same (up to rounding)
         samples = sorted(samples, key=lambda s: len(s.ids))
-        return [collate(samples[m * mb:(m + 1) * mb], self.ops) for m in range(self.micro_steps)]
+        return [collate(samples[m * mb : (m + 1) * mb], self.ops) for m in range(self.micro_steps)]
 
     def next_step(self) -> list[Batch]:
         """This rank's micro-batches for the current step; advances the state by one step."""
@@ -429,6 +465,16 @@ def eval_batches(pieces: Pieces, vocab: TypedVocab, cfg, *, rank: int = 0, world
     ops = TokenOps(vocab)
     n = min(len(pieces), cfg.eval_pieces)
     mine = list(range(rank, n, world))
-    samples = [make_sample(pieces, i, None, ops=ops, seq_len=cfg.seq_len, head_start_bar=cfg.loss.head_start_bar,
-                           controls=cfg.task == "conditional") for i in mine]
-    return [collate(samples[j:j + cfg.micro_batch], ops) for j in range(0, len(samples), cfg.micro_batch)]
+    samples = [
+        make_sample(
+            pieces,
+            i,
+            None,
+            ops=ops,
+            seq_len=cfg.seq_len,
+            head_start_bar=cfg.loss.head_start_bar,
+            controls=cfg.task == "conditional",
+        )
+        for i in mine
+    ]
+    return [collate(samples[j : j + cfg.micro_batch], ops) for j in range(0, len(samples), cfg.micro_batch)]

@@ -1,6 +1,6 @@
 """Process setup: one process, or one per rank under torchrun (DDP; gloo on CPU, NCCL on GPU).
 
-    torchrun --nproc_per_node=2 -m training.pretrain --preset tiny --data shards/ --out runs/x
+    torchrun --nproc_per_node=2 -m typemoe.training.pretrain --preset tiny --data shards/ --out runs/x
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a single process. Only rank 0
 prints, logs metrics and writes checkpoints; every rank reads the data it needs itself.
@@ -32,7 +32,7 @@ class Dist:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> this rank's GPU when CUDA is present, else the CPU; anything else is taken as given."""
+    """ "auto" -> this rank's GPU when CUDA is present, else the CPU; anything else is taken as given."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(name)

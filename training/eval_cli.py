@@ -22,8 +22,8 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from training.eval_data import EVAL_SPLITS
-    from training.evaluate import GROUPS
+    from typemoe.training.eval_data import EVAL_SPLITS
+    from typemoe.training.evaluate import GROUPS
 
     p.add_argument(
         "--model",
@@ -120,7 +120,7 @@ def _groups(args) -> tuple[str, ...] | None:
 
 
 def _config(args, data: str | None = None):
-    from training.evaluate import EvalConfig
+    from typemoe.training.evaluate import EvalConfig
 
     if data is None and len(args.data) != 1:
         raise ValueError(f"--data given {len(args.data)} times; repeat it only with --source-table")
@@ -183,13 +183,13 @@ def _summary(results: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """The `eval` command: 0 ok, 2 bad input (named on stderr), 1 a failed training run."""
-    from training.eval_model import ModelOpenError
+    from typemoe.training.eval_model import ModelOpenError
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.source_table:
-            from training import eval_table, evaluate
+            from typemoe.training import eval_table, evaluate
 
             if args.ablation or args.label_efficiency or args.baselines_only or args.perturb:
                 raise ValueError(
@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         cfg = _config(args)
         if args.ablation or args.label_efficiency:
-            from training import ablation
+            from typemoe.training import ablation
 
             if args.steps is None:
                 raise ValueError(
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.steps is not None:
             raise ValueError("--steps only applies with --ablation or --label-efficiency")
-        from training.evaluate import evaluate, evaluate_baselines, write_outputs
+        from typemoe.training.evaluate import evaluate, evaluate_baselines, write_outputs
 
         if args.baselines_only and args.model:
             raise ValueError("--baselines-only evaluates no model; drop --model")
@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers) -> None:
     """Register `eval` on an argparse subparsers object."""
-    from training import evaluate
+    from typemoe.training import evaluate
 
     p = subparsers.add_parser(
         "eval",

@@ -1,6 +1,6 @@
 """Attribute control, per guidance weight: does a continuation follow the key and meter it is asked for?
 
-    python -m training.eval_control --model MODEL_DIR --data SHARDS --n 200 --out control.json
+    python -m typemoe.training.eval_control --model MODEL_DIR --data SHARDS --n 200 --out control.json
 
 Two settings, each on `n` held-out pieces (test split, seeded):
   bare   [BOS, Key_X, Meter_Y] and nothing else; X uniform over the 24 keys, Y uniform over 4/4, 3/4,
@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from typemoe.training import baselines
+from typemoe.training.data import load_pieces
 
-from training import baselines
-from training.data import load_pieces
 from typemoe import analysis
 
 METERS = ("4/4", "3/4", "6/8", "2/4")
@@ -119,9 +119,11 @@ def control_table(model, pieces, *, n: int, bars: int, guidances: list[float], s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.runtime import OrtModel
+    from typemoe.export.runtime import OrtModel
 
-    p = argparse.ArgumentParser(prog="python -m training.eval_control", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m typemoe.training.eval_control", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--model", type=Path, required=True, help="exported model directory")
     p.add_argument("--data", type=Path, action="append", required=True, help="token shard directory")
     p.add_argument("--n", type=int, default=200, help="held-out pieces (test split)")

@@ -111,7 +111,7 @@ def _seed_of(piece_id: str, seed: int) -> int:
 
 
 def _perturbed_ids(vocab, score, kind: str, piece_id: str, seed: int):
-    from training.perturb import humanize
+    from typemoe.training.perturb import humanize
 
     return vocab.encode_score(humanize(score, kind, seed=_seed_of(piece_id, seed)))
 
@@ -133,7 +133,7 @@ def load_eval_data(
     Raises:
         ValueError: an unknown split, a bad source spec or labels file, or shards of another vocabulary.
     """
-    from training.perturb import PERTURB_KINDS, PROBE_KINDS
+    from typemoe.training.perturb import PERTURB_KINDS, PROBE_KINDS
 
     if perturb is not None and perturb not in (*PERTURB_KINDS, *PROBE_KINDS):
         raise ValueError(
@@ -153,7 +153,7 @@ def load_eval_data(
 def _from_shards(
     path: Path, vocab, split: str, max_pieces: int | None, perturb: str | None, seed: int
 ) -> EvalData:
-    from training.shards import ShardSet
+    from typemoe.training.shards import ShardSet
 
     shards = ShardSet(path, vocab=vocab)
     names = shards.label_names
@@ -201,8 +201,8 @@ def _from_source(
 ) -> EvalData:
     import dataclasses
 
-    from training.prepare import tokenize_piece
-    from training.sources import SkipLog, SourceOptions, read_source
+    from typemoe.training.prepare import tokenize_piece
+    from typemoe.training.sources import SkipLog, SourceOptions, read_source
 
     opts = {"labels_csv": labels_csv}
     if cache_dir is not None:
@@ -229,7 +229,7 @@ def _from_source(
             if p.source in META_KEY_SOURCES:
                 signature, meter = meta_labels(score)
             if perturb is not None:
-                from training.perturb import humanize
+                from typemoe.training.perturb import humanize
 
                 score = humanize(score, perturb, seed=_seed_of(p.id, seed))
             p = dataclasses.replace(p, midi=None, score=score)

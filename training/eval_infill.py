@@ -25,8 +25,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from typemoe.training import metrics
 
-from training import metrics
 from typemoe import infill
 from typemoe.grammar_tables import tables_of
 

@@ -7,10 +7,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from typemoe.training import baselines, metrics
+from typemoe.training.eval_data import EvalData, EvalPiece, signature_of_key
+from typemoe.training.eval_report import (
+    STREAM_BARS,
+    Report,
+    _bar_indices,
+    _label_index,
+    _mirex_with_misses,
+    _window,
+)
 
-from training import baselines, metrics
-from training.eval_data import EvalData, EvalPiece, signature_of_key
-from training.eval_report import STREAM_BARS, Report, _bar_indices, _label_index, _mirex_with_misses, _window
 from typemoe import analysis
 
 

@@ -76,7 +76,8 @@ def open_model(path: str | Path | None, *, provider: str = "cpu") -> TorchModel 
     if is_onnx_dir(path):
         return OnnxModel(path, provider=provider)
     try:
-        from training import ckpt
+        from typemoe.training import ckpt
+
         from typemoe.checkpoint import CheckpointError
     except ImportError as err:  # torch missing
         raise ModelOpenError(
@@ -184,7 +185,7 @@ class OnnxModel(_Generates):
     ffn = "typemoe"
 
     def __init__(self, model_dir: Path, provider: str = "cpu"):
-        from export.runtime import OrtModel
+        from typemoe.export.runtime import OrtModel
 
         self.path = Path(model_dir)
         self.ort = OrtModel(model_dir, provider=provider)

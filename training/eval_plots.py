@@ -58,8 +58,15 @@ def confusion(cm: np.ndarray | list, names: list[str], title: str, path: Path) -
         for i in range(len(labels)):
             for j in range(len(labels)):
                 if cm[i, j]:
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return _save(fig, path)
 
@@ -69,8 +76,10 @@ def streaming(results: dict, path: Path) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     x = list(STREAM_BARS) + [16]
-    for ax, task, bases in ((axes[0], "key", ("krumhansl", "aarden", "temperley", "simple", "majority")),
-                            (axes[1], "meter", ("autocorrelation", "majority"))):
+    for ax, task, bases in (
+        (axes[0], "key", ("krumhansl", "aarden", "temperley", "simple", "majority")),
+        (axes[1], "meter", ("autocorrelation", "majority")),
+    ):
         ys = [results.get(f"{task}.streaming.{n}") for n in STREAM_BARS] + [results.get(f"{task}.accuracy")]
         ys = [math.nan if y is None else y for y in ys]
         ax.plot(x, ys, marker="o", label="TypeMoE head")
@@ -108,14 +117,23 @@ def expert_share(experts: dict, path: Path) -> Path:
     return path
 
 
-def label_efficiency(fractions: list[float], curves: dict[str, list[float]], path: Path,
-                     baselines: dict[str, float] | None = None) -> Path:
+def label_efficiency(
+    fractions: list[float],
+    curves: dict[str, list[float]],
+    path: Path,
+    baselines: dict[str, float] | None = None,
+) -> Path:
     """Accuracy against the share of labels used in training (log x), one line per metric."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (name, ys) in enumerate(curves.items()):
-        ax.plot([100 * f for f in fractions], [math.nan if y is None else y for y in ys], marker="o",
-                color=f"C{i}", label=name)
+        ax.plot(
+            [100 * f for f in fractions],
+            [math.nan if y is None else y for y in ys],
+            marker="o",
+            color=f"C{i}",
+            label=name,
+        )
     for i, (name, v) in enumerate((baselines or {}).items()):
         if v is not None and not math.isnan(v):
             ax.axhline(v, linestyle="--", linewidth=1, color=f"C{i + len(curves)}", label=name)
@@ -136,12 +154,21 @@ def plot_report(results: dict, details: dict, out_dir: Path, *, prefix: str = "r
     for task in ("key", "meter"):
         cm = details.get(f"{task}.confusion")
         if cm is not None and np.asarray(cm).sum() > 0:
-            written.append(confusion(cm, details[f"{task}.names"], f"{task} head",
-                                     out_dir / f"{prefix}.{task}_confusion.png"))
+            written.append(
+                confusion(
+                    cm, details[f"{task}.names"], f"{task} head", out_dir / f"{prefix}.{task}_confusion.png"
+                )
+            )
     cm = details.get("meter.baselines.autocorrelation.confusion")
     if cm is not None and np.asarray(cm).sum() > 0:
-        written.append(confusion(cm, details["meter.names"], "meter, autocorrelation baseline",
-                                 out_dir / f"{prefix}.meter_baseline_confusion.png"))
+        written.append(
+            confusion(
+                cm,
+                details["meter.names"],
+                "meter, autocorrelation baseline",
+                out_dir / f"{prefix}.meter_baseline_confusion.png",
+            )
+        )
     if "key.streaming.1" in results or "meter.streaming.1" in results:
         written.append(streaming(results, out_dir / f"{prefix}.streaming.png"))
     if details.get("experts"):

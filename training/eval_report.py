@@ -7,8 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+from typemoe.training.eval_data import EvalPiece
 
-from training.eval_data import EvalPiece
 from typemoe import analysis
 
 STREAM_BARS = (1, 2, 4, 8)

@@ -12,8 +12,8 @@ import logging
 import math
 from pathlib import Path
 
-from training import baselines
-from training.evaluate import EvalConfig, _fmt, _safe, evaluate
+from typemoe.training import baselines
+from typemoe.training.evaluate import EvalConfig, _fmt, _safe, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def source_table(configs: list[EvalConfig], perturbs: list[str], out: Path) -> l
     Writes out (every run's flat results) and out.md (the table). Returns the paths.
     """
 
-    from training.perturb import PERTURB_KINDS, PROBE_KINDS
+    from typemoe.training.perturb import PERTURB_KINDS, PROBE_KINDS
 
     known = ("none", *PERTURB_KINDS, *PROBE_KINDS)
     bad = [p for p in perturbs if p not in known]

@@ -58,16 +58,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from training import baselines, metrics
-from training.eval_data import EvalData, EvalPiece, load_eval_data
-from training.eval_keymeter import (  # noqa: F401  (re-exported)
+from typemoe.training import baselines, metrics
+from typemoe.training.eval_data import EvalData, EvalPiece, load_eval_data
+from typemoe.training.eval_keymeter import (  # noqa: F401  (re-exported)
     _slide_reads,
     key_meter,
     key_meter_baselines,
     read_whole_piece,
 )
-from training.eval_report import (  # noqa: F401  (re-exported)
+from typemoe.training.eval_report import (  # noqa: F401  (re-exported)
     STREAM_BARS,
     Report,
     _bar_indices,
@@ -76,6 +75,7 @@ from training.eval_report import (  # noqa: F401  (re-exported)
     _safe,
     _window,
 )
+
 from typemoe import analysis
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class EvalConfig:
         if self.whole_max_tokens < 0:
             raise ValueError(f"whole_max_tokens must be >= 0, got {self.whole_max_tokens}")
         if self.perturb is not None:
-            from training.perturb import PERTURB_KINDS, PROBE_KINDS
+            from typemoe.training.perturb import PERTURB_KINDS, PROBE_KINDS
 
             if self.perturb not in (*PERTURB_KINDS, *PROBE_KINDS):
                 raise ValueError(
@@ -329,7 +329,7 @@ def _whole(cfg: EvalConfig) -> int | None:
 
 def evaluate(cfg: EvalConfig) -> Report:
     """Open the models, load the held-out pieces, compute every metric; nothing is written."""
-    from training.eval_model import open_model
+    from typemoe.training.eval_model import open_model
 
     require_music21(cfg)
     if cfg.threads > 0:
@@ -393,7 +393,7 @@ def evaluate(cfg: EvalConfig) -> Report:
     if "classification" in cfg.groups:
         classification(models, data, window, report)
     if "infill" in cfg.groups:  # infilling vs continuation on the same bars (training/eval_infill.py)
-        from training.eval_infill import infill_metrics
+        from typemoe.training.eval_infill import infill_metrics
 
         infill_metrics(main, data.pieces, cfg, window, report)
     r = report.results
@@ -462,7 +462,7 @@ def evaluate_baselines(cfg: EvalConfig) -> Report:
 
 def write_outputs(report: Report, out: Path, *, plots: bool = True) -> list[Path]:
     """results.json (flat metrics + "details"), results.md next to it, and the PNG plots."""
-    from training import eval_plots
+    from typemoe.training import eval_plots
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Fine-tuning a pre-trained checkpoint: piece classification or conditional generation.
 
-The run behind `typemoe finetune` and `python -m training.finetune`; its flags and help text live in
+The run behind `typemoe finetune` and `python -m typemoe.training.finetune`; its flags and help text live in
 training/cli.py (torch-free, so that `--help` works without torch).
 
 Classification (genre, emotion, composer): a linear head over the mean-pooled final hidden states
@@ -23,12 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from typemoe.training import ckpt, cli, dist, infill_data, loop
+from typemoe.training.cli import CLS_TASKS
+from typemoe.training.config import LossConfig, OptimConfig, TrainConfig
+from typemoe.training.data import Pieces, load_pieces
+from typemoe.training.pretrain import apply_overrides, split_pieces
 
-from training import ckpt, cli, dist, infill_data, loop
-from training.cli import CLS_TASKS
-from training.config import LossConfig, OptimConfig, TrainConfig
-from training.data import Pieces, load_pieces
-from training.pretrain import apply_overrides, split_pieces
 from typemoe import checkpoint
 from typemoe.model import TypeMoE
 
@@ -39,21 +39,35 @@ def label_set(pieces: Pieces, task: str) -> tuple[list[str], Pieces]:
     names = list(pieces.label_names.get(task, ()))
     present = sorted({int(c) for c in lab[lab >= 0]})
     if not present:
-        raise ValueError(f"no piece in the data has a {task!r} label; build the shards from a source that "
-                         f"has it (e.g. shared:emopia for emotion, shared:genre_freemidi for genre)")
+        raise ValueError(
+            f"no piece in the data has a {task!r} label; build the shards from a source that "
+            f"has it (e.g. shared:emopia for emotion, shared:genre_freemidi for genre)"
+        )
     remap = np.full(max(len(names), max(present) + 1), -1, dtype=np.int64)
     remap[present] = np.arange(len(present))
     labels = dict(pieces.labels)
     labels[task] = np.where(lab >= 0, remap[np.maximum(lab, 0)], -1)
-    relabelled = Pieces(ids=pieces.ids, tokens=pieces.tokens, labels=labels, label_names=pieces.label_names,
-                        split=pieces.split, vocab_hash=pieces.vocab_hash)
+    relabelled = Pieces(
+        ids=pieces.ids,
+        tokens=pieces.tokens,
+        labels=labels,
+        label_names=pieces.label_names,
+        split=pieces.split,
+        vocab_hash=pieces.vocab_hash,
+    )
     return [names[c] if c < len(names) else str(c) for c in present], relabelled
 
 
 def _check_label_set(where: str, meta: dict, task: str, class_names: list[str]) -> None:
-    if meta.get("task") == task and meta.get("class_names") is not None and meta["class_names"] != class_names:
-        raise ValueError(f"label set mismatch: {where} was fine-tuned for {task} on {meta['class_names']}, "
-                         f"the data has {class_names}")
+    if (
+        meta.get("task") == task
+        and meta.get("class_names") is not None
+        and meta["class_names"] != class_names
+    ):
+        raise ValueError(
+            f"label set mismatch: {where} was fine-tuned for {task} on {meta['class_names']}, "
+            f"the data has {class_names}"
+        )
 
 
 def init_model(src: Path, task: str, class_names: list[str] | None, vocab=None) -> TypeMoE:
@@ -83,9 +97,16 @@ def build_config(args, model_cfg, task: str) -> TrainConfig:
         task=task,
         objective="clm",
         seq_len=min(512, model_cfg.context_len),
-        batch_size=16, micro_batch=8, max_steps=500,
-        transpose=6, phase_shift=True, control_dropout=args.control_dropout,
-        log_every=10, eval_every=100, eval_pieces=512, ckpt_every=100,
+        batch_size=16,
+        micro_batch=8,
+        max_steps=500,
+        transpose=6,
+        phase_shift=True,
+        control_dropout=args.control_dropout,
+        log_every=10,
+        eval_every=100,
+        eval_pieces=512,
+        ckpt_every=100,
     )
     cfg = apply_overrides(cfg, args)
     return replace(cfg, infill_p=getattr(args, "infill_p", None) or 0.0)
@@ -109,8 +130,10 @@ def run(args) -> int:
             raise ValueError(f"--from {args.from_}: {err}") from err
         vocab = TypedVocab.default()
         if pre_meta.get("vocab_hash") is not None and not vocab.reads(pre_meta["vocab_hash"]):
-            raise ValueError(f"--from {src} was trained with vocabulary {pre_meta['vocab_hash'][:12]}, "
-                             f"this code has {vocab.hash[:12]}")
+            raise ValueError(
+                f"--from {src} was trained with vocabulary {pre_meta['vocab_hash'][:12]}, "
+                f"this code has {vocab.hash[:12]}"
+            )
         loop.check_resume_target(args.out, args.resume)
         pieces = load_pieces(args.data, vocab)
         class_names = None
@@ -125,16 +148,28 @@ def run(args) -> int:
         model = init_model(src, args.task, class_names, vocab)
         cfg = build_config(args, model.cfg, args.task)
         cfg.check_world(d.world)
-        echo(f"finetune {args.task} from {src}: {len(train)} train / {len(val)} val pieces"
-             + (f", {len(class_names)} classes {class_names}" if class_names else "")
-             + f" | {cfg.max_steps} steps on {d.world} rank(s), {d.device}")
+        echo(
+            f"finetune {args.task} from {src}: {len(train)} train / {len(val)} val pieces"
+            + (f", {len(class_names)} classes {class_names}" if class_names else "")
+            + f" | {cfg.max_steps} steps on {d.world} rank(s), {d.device}"
+        )
         meta = {"data": [str(p) for p in args.data], "from": str(src)}
         if class_names is not None:
             meta["class_names"] = class_names
         else:
             meta.update(controls=["key", "meter", "genre", "emotion"], control_dropout=cfg.control_dropout)
-        loop.train(cfg, vocab=vocab, train_pieces=train, val_pieces=val, out_dir=args.out, d=d, model=model,
-                   meta=meta, resume=args.resume, echo=echo)
+        loop.train(
+            cfg,
+            vocab=vocab,
+            train_pieces=train,
+            val_pieces=val,
+            out_dir=args.out,
+            d=d,
+            model=model,
+            meta=meta,
+            resume=args.resume,
+            echo=echo,
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -144,7 +179,7 @@ def run(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m training.finetune") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m typemoe.training.finetune") -> int:
     return run(cli.finetune_parser(prog).parse_args(argv))
 
 

@@ -1,6 +1,6 @@
 """Fit the key fusion (typemoe/key_fusion.py) for an exported model and save it in the model directory.
 
-    python -m training.fit_key --model MODEL_DIR --data SHARDS [--data SHARDS ...] [--max-pieces 4000]
+    python -m typemoe.training.fit_key --model MODEL_DIR --data SHARDS [--data SHARDS ...] [--max-pieces 4000]
 
 Samples are windows of the key-labelled pieces of the train split, humanized (training/humanize.py) and
 transposed by a random shift in -5..+6 (the label moves with them), of random length (a few bars up to a
@@ -16,12 +16,12 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+from typemoe.training.augment import Transposer
+from typemoe.training.baselines import KEY_BASELINES
+from typemoe.training.data import load_pieces
+from typemoe.training.fit_meter import fit_parser, save_fusion
+from typemoe.training.humanize import Humanizer
 
-from training.augment import Transposer
-from training.baselines import KEY_BASELINES
-from training.data import load_pieces
-from training.fit_meter import fit_parser, save_fusion
-from training.humanize import Humanizer
 from typemoe.key_fusion import KeyFusion, KeyReader, profile_features, rotated_profiles
 
 
@@ -70,10 +70,11 @@ def window_samples(pieces, vocab, model, *, max_pieces: int, seed: int, context:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.runtime import OrtModel
+    from typemoe.export.runtime import OrtModel
+
     from typemoe import analysis
 
-    args = fit_parser("python -m training.fit_key", __doc__, 4000).parse_args(argv)
+    args = fit_parser("python -m typemoe.training.fit_key", __doc__, 4000).parse_args(argv)
     try:
         model = OrtModel(args.model)
         if list(model.key_names) != list(analysis.KEYS):

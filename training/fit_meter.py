@@ -1,6 +1,6 @@
 """Fit the meter fusion (typemoe/meter.py) for an exported model and save it in the model directory.
 
-    python -m training.fit_meter --model MODEL_DIR --data SHARDS [--data SHARDS ...] [--max-pieces 6000]
+    python -m typemoe.training.fit_meter --model MODEL_DIR --data SHARDS [--data SHARDS ...] [--max-pieces 6000]
 
 Samples are humanized windows (training/humanize.py) of the meter-labelled pieces of the train split,
 of random length (a few bars up to a full context), so the fusion sees what the bridge hears early in a
@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from typemoe.training.data import load_pieces
+from typemoe.training.humanize import Humanizer
 
-from training.data import load_pieces
-from training.humanize import Humanizer
 from typemoe import analysis
 from typemoe.meter import GRID, MeterFusion, rhythm_features
 
@@ -78,7 +78,7 @@ def fit_parser(prog: str, doc: str, max_pieces: int) -> argparse.ArgumentParser:
 def save_fusion(fusion, report: dict, args) -> None:
     """Print the report, keep it in the fusion's info, and (unless --dry-run) save the fusion in the model
     directory and re-list the directory's manifest: the fusion is part of the model, checked at load."""
-    from export.model_dir import refresh_manifest
+    from typemoe.export.model_dir import refresh_manifest
 
     print(json.dumps(report, indent=1))
     fusion.info = {**report, "data": [str(d) for d in args.data], "seed": args.seed}
@@ -89,9 +89,9 @@ def save_fusion(fusion, report: dict, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.runtime import OrtModel
+    from typemoe.export.runtime import OrtModel
 
-    args = fit_parser("python -m training.fit_meter", __doc__, 6000).parse_args(argv)
+    args = fit_parser("python -m typemoe.training.fit_meter", __doc__, 6000).parse_args(argv)
     try:
         model = OrtModel(args.model)
         pieces = load_pieces(args.data, model.vocab)

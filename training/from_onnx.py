@@ -1,6 +1,6 @@
 """Rebuild a trainable checkpoint from an exported TypeMoE ONNX graph (fp32 or int8 experts).
 
-    python -m training.from_onnx typemoe/default_model --out runs/recovered
+    python -m typemoe.training.from_onnx typemoe/default_model --out runs/recovered
 
 The shipped model directory holds only its ONNX graph, so a fresh clone has no torch weights to
 fine-tune or resume. Every weight of a TypeMoE is in the graph: the embedding (tied to the LM head),
@@ -119,7 +119,9 @@ def recover_dir(model_dir: str | Path, out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.from_onnx", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m typemoe.training.from_onnx", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("model_dir", help="an exported model directory (e.g. typemoe/default_model)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
     args = parser.parse_args(argv)

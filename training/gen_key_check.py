@@ -1,6 +1,6 @@
 """Does generation stay in the prompt's key? A command over held-out pieces.
 
-    python -m training.gen_key_check --shards DIR [--model MODEL_DIR] [--n 50] [--bars 4]
+    python -m typemoe.training.gen_key_check --shards DIR [--model MODEL_DIR] [--n 50] [--bars 4]
                                      [--key-control] [--guidance G] [--key-lock]
 
 For `n` held-out pieces with a key label (test split, evenly spread): the first 8 bars are the prompt, the
@@ -22,9 +22,9 @@ import argparse
 import sys
 
 import music21
+from typemoe.export.runtime import OrtModel
+from typemoe.training.shards import ShardSet
 
-from export.runtime import OrtModel
-from training.shards import ShardSet
 from typemoe import analysis
 from typemoe.shipped import default_model_dir
 

@@ -5,15 +5,15 @@ The GPU machine has torch, numpy and safetensors, no network and no miditok/symu
 64 MiB together; one command runs at most ~9 minutes. So (docs/GPU.md says more):
 
     # 1. here: the corpus as one compact bundle (~6 MiB: uint16 tokens, compressed) + the vocabulary
-    python -m training.gpu_recipe pack --data /work/data/M21 --data /work/data/SHIP --out gpu_pack
+    python -m typemoe.training.gpu_recipe pack --data /work/data/M21 --data /work/data/SHIP --out gpu_pack
     echo /gpu_pack/ >> .git/info/exclude            # carried, not committed
 
     # 2. there (run tool: carry ["gpu_pack"], timeout_s 600): SS-MTP on CUDA with bf16 autocast until the
     #    wall-clock budget, then the checkpoint as bf16 safetensors files of <= 16 MiB in $OUT
-    PYTHONUNBUFFERED=1 python3 -m training.gpu_recipe run --pack gpu_pack --out $OUT --minutes 8
+    PYTHONUNBUFFERED=1 python3 -m typemoe.training.gpu_recipe run --pack gpu_pack --out $OUT --minutes 8
 
     # 3. here: a normal checkpoint directory again
-    python -m training.gpu_recipe unpack /work/.device/.../files/* --out runs/gpu
+    python -m typemoe.training.gpu_recipe unpack /work/.device/.../files/* --out runs/gpu
     typemoe export --checkpoint runs/gpu --out models/gpu
     typemoe train --preset medium ... --resume --max-steps N       # unpack prints the exact line
 
@@ -70,7 +70,8 @@ def pack(data_dirs: list[Path], out: Path, *, max_mib: float = 50.0) -> dict[str
     Raises:
         ValueError: shards from another vocabulary, ids that do not fit uint16, or a pack over max_mib.
     """
-    from training.data import load_pieces
+    from typemoe.training.data import load_pieces
+
     from typemoe.vocab import TypedVocab
 
     vocab = TypedVocab.default()
@@ -112,8 +113,8 @@ def pack(data_dirs: list[Path], out: Path, *, max_mib: float = 50.0) -> dict[str
 
 def load_pack(pack_dir: Path):
     """(PackedVocab, Pieces) of a pack; checks every file's sha256 first."""
-    from training.data import Pieces
-    from training.gpu_vocab import PackedVocab
+    from typemoe.training.data import Pieces
+    from typemoe.training.gpu_vocab import PackedVocab
 
     doc = json.loads((pack_dir / "pack.json").read_text())
     if doc.get("format") != PACK_FORMAT or doc.get("version") != VERSION:
@@ -259,15 +260,14 @@ def run(args: argparse.Namespace, train_flags: list[str]) -> int:
     continues the run. Without --max-steps the budget decides the length.
     """
     t0 = time.time()
-    from training import gpu_vocab  # first: stand-ins for miditok/symusic where they are missing
+    from typemoe.training import gpu_vocab  # first: stand-ins for miditok/symusic where they are missing
 
     stand_ins = gpu_vocab.STUBBED
     from dataclasses import replace
 
     import torch
-
-    from training import ckpt, cli, dist, loop, pretrain
-    from training.data import keep_label_fraction
+    from typemoe.training import ckpt, cli, dist, loop, pretrain
+    from typemoe.training.data import keep_label_fraction
 
     lines: list[str] = []
 
@@ -346,8 +346,8 @@ def unpack(paths: list[Path], out: Path, *, force: bool = False) -> Path:
     """
     import torch
     from safetensors.torch import load_file, save_file
+    from typemoe.training import ckpt
 
-    from training import ckpt
     from typemoe import checkpoint
 
     files = {p.name: p for p in _bundle_files(paths)}
@@ -424,7 +424,7 @@ def resume_command(latest: Path, meta: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m training.gpu_recipe",
+        prog="python -m typemoe.training.gpu_recipe",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
+from typemoe.training import ckpt, losses
+from typemoe.training.config import TrainConfig
+from typemoe.training.data import Batch, Pieces, TokenOps, WindowSampler, eval_batches
+from typemoe.training.dist import Dist, all_sum, barrier
+from typemoe.training.prefetch import Prefetcher
 
-from training import ckpt, losses
-from training.config import TrainConfig
-from training.data import Batch, Pieces, TokenOps, WindowSampler, eval_batches
-from training.dist import Dist, all_sum, barrier
-from training.prefetch import Prefetcher
 from typemoe import analysis
 from typemoe.checkpoint import CheckpointError
 from typemoe.model import TypeMoE
@@ -111,8 +111,15 @@ def progress_line(rec: dict[str, Any], names: tuple[str, ...], eta_s: float) -> 
 def loss_weights(cfg: TrainConfig) -> dict[str, float]:
     """Term name -> weight of the objective (before the semi-supervised ramp)."""
     o = cfg.loss
-    return {"lm": o.lm, "key": o.key, "meter": o.meter, "semi": o.semi, "consistency": o.consistency,
-            "aux": o.aux, "cls": o.cls}
+    return {
+        "lm": o.lm,
+        "key": o.key,
+        "meter": o.meter,
+        "semi": o.semi,
+        "consistency": o.consistency,
+        "aux": o.aux,
+        "cls": o.cls,
+    }
 
 
 def cpu_autocast():
@@ -133,8 +140,23 @@ class Stepper:
       "all"         the whole padded micro-batch, as before issue 15 (kept for the benchmark).
     """
 
-    def __init__(self, cfg: TrainConfig, *, model, ddp_model, ema, opt, names, cls_task, ops: TokenOps, device,
-                 autocast=cpu_autocast, world: int = 1, ddp: bool = False, teacher_rows: str = "unlabelled"):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        model,
+        ddp_model,
+        ema,
+        opt,
+        names,
+        cls_task,
+        ops: TokenOps,
+        device,
+        autocast=cpu_autocast,
+        world: int = 1,
+        ddp: bool = False,
+        teacher_rows: str = "unlabelled",
+    ):
         if teacher_rows not in ("unlabelled", "all"):
             raise ValueError(f"teacher_rows must be 'unlabelled' or 'all', got {teacher_rows!r}")
         self.cfg, self.model, self.ddp_model, self.ema, self.opt = cfg, model, ddp_model, ema, opt
@@ -156,10 +178,18 @@ class Stepper:
         t_len = int(b.last[sel].max()) + 1  # causal: cutting the pads after the longest row changes nothing
         with torch.no_grad(), self.autocast():
             t_out = self.ema(idx[sel, :t_len])  # (R, t_len) -> heads (R, t_len, K | M)
-        sub = losses.teacher_targets(t_out.key_logits, t_out.meter_logits,
-                                     Batch(idx=idx[sel, :t_len], targets=b.targets[sel, :t_len],
-                                           valid=b.valid[sel, :t_len], head=b.head[sel, :t_len],
-                                           last=b.last[sel], shift=b.shift[sel]))
+        sub = losses.teacher_targets(
+            t_out.key_logits,
+            t_out.meter_logits,
+            Batch(
+                idx=idx[sel, :t_len],
+                targets=b.targets[sel, :t_len],
+                valid=b.valid[sel, :t_len],
+                head=b.head[sel, :t_len],
+                last=b.last[sel],
+                shift=b.shift[sel],
+            ),
+        )
         return losses.scatter_teacher(sub, sel, b.idx.shape)
 
     def __call__(self, batches: list[Batch], step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -175,8 +205,13 @@ class Stepper:
             counts[-1] += b.n_tokens
         counts = all_sum(counts)
         ramp = min(1.0, (step + 1) / cfg.loss.semi_rampup) if cfg.loss.semi_rampup else 1.0
-        scale = {n: self.w[n] * (ramp if n in ("semi", "consistency") else 1.0) * self.world
-                 / max(float(counts[i]), 1.0) for i, n in enumerate(names)}
+        scale = {
+            n: self.w[n]
+            * (ramp if n in ("semi", "consistency") else 1.0)
+            * self.world
+            / max(float(counts[i]), 1.0)
+            for i, n in enumerate(names)
+        }
         sums = torch.zeros(len(names), dtype=torch.float64)
         for m, b in enumerate(batches):
             b = b.to(self.device)
@@ -186,8 +221,14 @@ class Stepper:
             with sync:
                 with self.autocast():
                     out = self.ddp_model(b.idx, valid_mask=b.valid)
-                s = losses.term_sums(out, b, names, threshold=cfg.loss.pseudo_threshold, teacher=teacher,
-                                     cls_task=self.cls_task)
+                s = losses.term_sums(
+                    out,
+                    b,
+                    names,
+                    threshold=cfg.loss.pseudo_threshold,
+                    teacher=teacher,
+                    cls_task=self.cls_task,
+                )
                 loss = sum(scale[n] * s[n] for n in names)
                 loss.backward()
             sums += torch.tensor([float(s[n].detach()) for n in names], dtype=torch.float64)
@@ -197,8 +238,9 @@ class Stepper:
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
             with torch.no_grad():
-                torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()),
-                                     1.0 - cfg.loss.ema_decay)
+                torch._foreach_lerp_(
+                    list(self.ema.parameters()), list(self.model.parameters()), 1.0 - cfg.loss.ema_decay
+                )
         return sums, counts, ramp
 
 
@@ -301,23 +343,30 @@ def train(
     ema = None
     if "semi" in names or "consistency" in names:
         ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
-                            betas=(cfg.optim.beta1, cfg.optim.beta2), fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        model.param_groups(cfg.optim.weight_decay),
+        lr=cfg.optim.lr,
+        betas=(cfg.optim.beta1, cfg.optim.beta2),
+        fused=device.type == "cuda",
+    )
     sampler = WindowSampler(train_pieces, vocab, cfg, rank=d.rank, world=d.world)
     ops = TokenOps(vocab)
     start = 0
     metrics_path = out_dir / "metrics.jsonl"
     if ckpt.has_checkpoint(out_dir):
         if not resume:
-            raise ValueError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, "
-                             "or choose another --out")
+            raise ValueError(
+                f"{out_dir} already holds a checkpoint; pass --resume to continue it, or choose another --out"
+            )
         ck = ckpt.resolve(out_dir)
         saved = ckpt.read_state(ck)
         diff = _diff_config(saved.get("config", {}), cfg.to_dict())
         if diff:
             raise ValueError(f"cannot --resume {ck}: the configuration changed: " + "; ".join(diff))
         if saved.get("config", {}).get("max_steps", cfg.max_steps) != cfg.max_steps:
-            echo(f"note: max_steps {saved['config']['max_steps']} -> {cfg.max_steps}; the LR schedule follows")
+            echo(
+                f"note: max_steps {saved['config']['max_steps']} -> {cfg.max_steps}; the LR schedule follows"
+            )
         state = ckpt.load_training(ck, model=model, ema=ema, optimizer=opt, device=device)
         sampler.load_state(state["sampler"])
         start = int(state["step"])
@@ -328,27 +377,61 @@ def train(
         echo(f"--resume: no checkpoint in {out_dir} yet, starting from step 0")
     barrier()
 
-    ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=True) if d.ddp else model
+    ddp_model = (
+        DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+        if d.ddp
+        else model
+    )
     autocast = cuda_autocast if device.type == "cuda" else cpu_autocast
-    val = eval_batches(val_pieces, vocab, cfg, rank=d.rank, world=d.world) if val_pieces is not None and len(
-        val_pieces) else None
+    val = (
+        eval_batches(val_pieces, vocab, cfg, rank=d.rank, world=d.world)
+        if val_pieces is not None and len(val_pieces)
+        else None
+    )
     writer = None
     if d.master:
         out_dir.mkdir(parents=True, exist_ok=True)
         writer = _tensorboard(out_dir, start, echo)
-    save_meta = {"task": cfg.task, "objective": cfg.objective, "key_names": list(analysis.KEYS),
-                 "meter_names": list(analysis.METERS), **(meta or {})}
+    save_meta = {
+        "task": cfg.task,
+        "objective": cfg.objective,
+        "key_names": list(analysis.KEYS),
+        "meter_names": list(analysis.METERS),
+        **(meta or {}),
+    }
     w = loss_weights(cfg)
-    stepper = Stepper(cfg, model=model, ddp_model=ddp_model, ema=ema, opt=opt, names=names, cls_task=cls_task,
-                      ops=ops, device=device, autocast=autocast, world=d.world, ddp=d.ddp,
-                      teacher_rows=teacher_rows)
+    stepper = Stepper(
+        cfg,
+        model=model,
+        ddp_model=ddp_model,
+        ema=ema,
+        opt=opt,
+        names=names,
+        cls_task=cls_task,
+        ops=ops,
+        device=device,
+        autocast=autocast,
+        world=d.world,
+        ddp=d.ddp,
+        teacher_rows=teacher_rows,
+    )
 
     def save(step: int) -> None:
         if d.master:
-            ckpt.save(out_dir, model=model, vocab=vocab, meta={**save_meta, "step": step}, ema=ema, optimizer=opt,
-                      state={"step": step, "sampler": sampler.state.to_dict(), "config": cfg.to_dict(),
-                             "world": d.world})
+            ckpt.save(
+                out_dir,
+                model=model,
+                vocab=vocab,
+                meta={**save_meta, "step": step},
+                ema=ema,
+                optimizer=opt,
+                state={
+                    "step": step,
+                    "sampler": sampler.state.to_dict(),
+                    "config": cfg.to_dict(),
+                    "world": d.world,
+                },
+            )
         barrier()
 
     # after a resume's load_state: the workers build windows from the sampler's step on (daemonic: an
@@ -376,11 +459,15 @@ def train(
                 per_step = (now - t_fit) / max(done - start - FIT_SKIP, 1)
                 fitted = done + max(int((deadline - now) / per_step), 0) if now < deadline else done
                 if fitted < cfg.max_steps:
-                    cfg = replace(cfg, max_steps=fitted)  # resumable (RESUMABLE_CHANGES): the schedule follows
+                    cfg = replace(
+                        cfg, max_steps=fitted
+                    )  # resumable (RESUMABLE_CHANGES): the schedule follows
                     echo(f"budget: {per_step:.3f} s a step, max_steps -> {fitted}")
                     if fitted < cfg.optim.warmup_steps:
-                        echo(f"note: the budget ends inside the {cfg.optim.warmup_steps}-step warmup; the LR "
-                             "never reaches its peak (pass --warmup-steps to shorten it)")
+                        echo(
+                            f"note: the budget ends inside the {cfg.optim.warmup_steps}-step warmup; the LR "
+                            "never reaches its peak (pass --warmup-steps to shorten it)"
+                        )
         tokens_since += int(counts[-1])
         is_log = done % cfg.log_every == 0 or done == cfg.max_steps or done == 1
         is_eval = val is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps)
@@ -393,7 +480,9 @@ def train(
             t_last, tokens_since = now, 0
             rec: dict[str, Any] = {"step": done}
             vals = {n: float(sums[i] / max(float(counts[i]), 1.0)) for i, n in enumerate(names)}
-            rec["loss"] = sum(w[n] * (ramp if n in ("semi", "consistency") else 1.0) * v for n, v in vals.items())
+            rec["loss"] = sum(
+                w[n] * (ramp if n in ("semi", "consistency") else 1.0) * v for n, v in vals.items()
+            )
             rec.update(vals)
             rec.update(lr=lr, tokens_per_s=rate, elapsed_s=now - t_start)
             if is_eval:
@@ -420,8 +509,9 @@ def train(
 def check_resume_target(out_dir: Path, resume: bool) -> None:
     """Early, data-free version of train()'s checkpoint checks (so errors come before loading shards)."""
     if ckpt.has_checkpoint(out_dir) and not resume:
-        raise ValueError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, "
-                         "or choose another --out")
+        raise ValueError(
+            f"{out_dir} already holds a checkpoint; pass --resume to continue it, or choose another --out"
+        )
     if resume and ckpt.has_checkpoint(out_dir):
         try:
             ckpt.read_state(ckpt.resolve(out_dir))

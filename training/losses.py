@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from training.data import Batch
+from typemoe.training.data import Batch
 
 
 def _ce_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy; target -1 = ignore. An all-ignored target gives 0 with zero gradient."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=-1,
-                           reduction="sum")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=-1, reduction="sum"
+    )
 
 
 def head_sum(logits: torch.Tensor, labels: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
@@ -63,8 +63,9 @@ def shift_keys(probs: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.gather(probs, -1, src.unsqueeze(1).expand_as(probs))  # (B, T, K)
 
 
-def pseudo_sum(logits: torch.Tensor, teacher_last: torch.Tensor, rows: torch.Tensor, head: torch.Tensor,
-               threshold: float) -> torch.Tensor:
+def pseudo_sum(
+    logits: torch.Tensor, teacher_last: torch.Tensor, rows: torch.Tensor, head: torch.Tensor, threshold: float
+) -> torch.Tensor:
     """Hard pseudo-labels from the teacher's whole-window view.
 
     logits (B, T, K) student; teacher_last (B, K) teacher probabilities at the last position (already
@@ -76,8 +77,9 @@ def pseudo_sum(logits: torch.Tensor, teacher_last: torch.Tensor, rows: torch.Ten
     return _ce_sum(logits, target)
 
 
-def consistency_sum(logits: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor,
-                    head: torch.Tensor) -> torch.Tensor:
+def consistency_sum(
+    logits: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor, head: torch.Tensor
+) -> torch.Tensor:
     """KL(teacher || student) summed over head positions of `rows`: logits, teacher probs (B, T, K)."""
     mask = (head & rows.unsqueeze(1)).float()  # (B, T)
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, K)
@@ -86,7 +88,9 @@ def consistency_sum(logits: torch.Tensor, teacher: torch.Tensor, rows: torch.Ten
     return (kl * mask).sum()
 
 
-def teacher_targets(key_logits: torch.Tensor, meter_logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+def teacher_targets(
+    key_logits: torch.Tensor, meter_logits: torch.Tensor, batch: Batch
+) -> dict[str, torch.Tensor]:
     """Soft targets from the teacher's outputs on the untransposed batch, moved to the student's keys."""
     key_p = shift_keys(key_logits.float().softmax(-1), batch.shift)  # (B, T, K)
     meter_p = meter_logits.float().softmax(-1)  # (B, T, M)
@@ -94,8 +98,9 @@ def teacher_targets(key_logits: torch.Tensor, meter_logits: torch.Tensor, batch:
     return {"key": key_p, "key_last": key_p[rows, batch.last], "meter_last": meter_p[rows, batch.last]}
 
 
-def scatter_teacher(sub: dict[str, torch.Tensor], rows: torch.Tensor, shape: tuple[int, int]
-                    ) -> dict[str, torch.Tensor]:
+def scatter_teacher(
+    sub: dict[str, torch.Tensor], rows: torch.Tensor, shape: tuple[int, int]
+) -> dict[str, torch.Tensor]:
     """Teacher targets of R selected rows (cut to T' <= T positions) placed into a full (B, T) batch.
 
     The other rows and positions get zeros, which no term reads: pseudo_sum and consistency_sum are
@@ -144,8 +149,15 @@ def term_counts(batch: Batch, names: tuple[str, ...], cls_task: str | None = Non
     return n
 
 
-def term_sums(out, batch: Batch, names: tuple[str, ...], *, threshold: float = 0.9,
-              teacher: dict[str, torch.Tensor] | None = None, cls_task: str | None = None) -> dict[str, torch.Tensor]:
+def term_sums(
+    out,
+    batch: Batch,
+    names: tuple[str, ...],
+    *,
+    threshold: float = 0.9,
+    teacher: dict[str, torch.Tensor] | None = None,
+    cls_task: str | None = None,
+) -> dict[str, torch.Tensor]:
     """Summed loss of every requested term for one micro-batch; see the module docstring."""
     s: dict[str, torch.Tensor] = {}
     if "lm" in names:
@@ -160,8 +172,9 @@ def term_sums(out, batch: Batch, names: tuple[str, ...], *, threshold: float = 0
         if teacher is None:  # no unlabelled row in this micro-batch
             s["semi"], s["consistency"] = zero, zero
         else:
-            s["semi"] = (pseudo_sum(out.key_logits, teacher["key_last"], key < 0, batch.head, threshold)
-                         + pseudo_sum(out.meter_logits, teacher["meter_last"], meter < 0, batch.head, threshold))
+            s["semi"] = pseudo_sum(
+                out.key_logits, teacher["key_last"], key < 0, batch.head, threshold
+            ) + pseudo_sum(out.meter_logits, teacher["meter_last"], meter < 0, batch.head, threshold)
             s["consistency"] = consistency_sum(out.key_logits, teacher["key"], key < 0, batch.head)
     if "aux" in names:
         s["aux"] = out.aux.balance

@@ -47,7 +47,9 @@ def hits_at_k(logits: np.ndarray, targets: Sequence[int] | np.ndarray, k: int) -
     if len(targets) == 0:
         return math.nan
     if targets.min() < 0 or targets.max() >= logits.shape[1]:
-        raise ValueError(f"target ids span {targets.min()}..{targets.max()}, vocabulary has {logits.shape[1]}")
+        raise ValueError(
+            f"target ids span {targets.min()}..{targets.max()}, vocabulary has {logits.shape[1]}"
+        )
     target_score = logits[np.arange(len(targets)), targets]  # (N,)
     rank = (logits > target_score[:, None]).sum(axis=1)  # (N,)
     return float((rank < k).mean())

@@ -1,6 +1,6 @@
 """Performer perturbations for evaluation: what a human touch changes in a score, one factor at a time.
 
-    from training import perturb
+    from typemoe.training import perturb
     loud = perturb.constant_velocity(score, 110)                  # every note at velocity 110
     human = perturb.humanize(score, "all", seed=3)                # curve + noise + jitter + articulation
     up = perturb.transpose(score, 5)                              # pitched notes up a fourth

@@ -1,7 +1,7 @@
 """Training curves from metrics.jsonl, as a PNG.
 
-    python -m training.plot runs/small                      # -> runs/small/curves.png
-    python -m training.plot runs/ssmtp runs/clm --out ablation.png   # several runs overlaid
+    python -m typemoe.training.plot runs/small                      # -> runs/small/curves.png
+    python -m typemoe.training.plot runs/ssmtp runs/clm --out ablation.png   # several runs overlaid
 
 Three panels: training losses per term (lm solid, heads dashed), held-out LM loss, held-out key/meter
 accuracy. Several runs share the panels, one colour per run.
@@ -69,10 +69,14 @@ def plot(runs: list[str | Path], out: str | Path) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m training.plot") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "python -m typemoe.training.plot") -> int:
+    p = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("runs", nargs="+", type=Path, help="run directories (or metrics.jsonl files)")
-    p.add_argument("--out", type=Path, default=None, help="PNG path (default: RUN/curves.png of the first run)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="PNG path (default: RUN/curves.png of the first run)"
+    )
     args = p.parse_args(argv)
     out = args.out or (args.runs[0] if args.runs[0].is_dir() else args.runs[0].parent) / "curves.png"
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import multiprocessing as mp
 
-from training.data import Batch, Sample, WindowSampler
+from typemoe.training.data import Batch, Sample, WindowSampler
 
 _SAMPLER: WindowSampler | None = None  # the forked workers' sampler (set before the pool starts)
 

@@ -1,7 +1,7 @@
 """MIDI sources -> cached token shards: one uint16 token file, per-piece offsets and label arrays.
 
-    python -m training.prepare build --source music21 --source shared:emopia --out /tmp/shards
-    python -m training.prepare stats /tmp/shards
+    python -m typemoe.training.prepare build --source music21 --source shared:emopia --out /tmp/shards
+    python -m typemoe.training.prepare stats /tmp/shards
     typemoe data build ... / typemoe data stats ...          (the same, through the console script)
 
 Output directory (training/shards.py reads it):
@@ -39,9 +39,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-
-from training.music21_source import default_cache_dir
-from training.sources import (
+from typemoe.training.music21_source import default_cache_dir
+from typemoe.training.sources import (
     LABELS,
     SPLITS,
     Piece,
@@ -51,6 +50,7 @@ from training.sources import (
     normalize_spec,
     read_source,
 )
+
 from typemoe import analysis
 
 log = logging.getLogger(__name__)
@@ -371,11 +371,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m training.prepare") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m typemoe.training.prepare") -> int:
     args = _parser(prog).parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from training.shards import ShardError, ShardSet, format_stats
+    from typemoe.training.shards import ShardError, ShardSet, format_stats
 
     try:
         if args.action == "stats":

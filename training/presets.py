@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.config import LossConfig, OptimConfig, TrainConfig
+from typemoe.training.config import LossConfig, OptimConfig, TrainConfig
+
 from typemoe import analysis
 from typemoe import config as model_presets
 
@@ -26,8 +27,14 @@ def tiny(vocab, **model_overrides: Any) -> TrainConfig:
         model=_model("tiny", vocab, **model_overrides),
         optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10),
         loss=LossConfig(semi_rampup=20, ema_decay=0.99),
-        seq_len=128, batch_size=8, micro_batch=4, max_steps=200,
-        log_every=5, eval_every=50, eval_pieces=32, ckpt_every=50,
+        seq_len=128,
+        batch_size=8,
+        micro_batch=4,
+        max_steps=200,
+        log_every=5,
+        eval_every=50,
+        eval_pieces=32,
+        ckpt_every=50,
     )
 
 
@@ -43,8 +50,14 @@ def small(vocab, **model_overrides: Any) -> TrainConfig:
         model=_model("small", vocab, **model_overrides),
         optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=100),
         loss=LossConfig(semi_rampup=300, ema_decay=0.995),
-        seq_len=512, batch_size=16, micro_batch=8, max_steps=1500,
-        log_every=10, eval_every=250, eval_pieces=256, ckpt_every=50,
+        seq_len=512,
+        batch_size=16,
+        micro_batch=8,
+        max_steps=1500,
+        log_every=10,
+        eval_every=250,
+        eval_pieces=256,
+        ckpt_every=50,
     )
 
 
@@ -62,8 +75,14 @@ def medium(vocab, **model_overrides: Any) -> TrainConfig:
         model=_model("small", vocab, **{**shape, **model_overrides}),
         optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=200),
         loss=LossConfig(semi_rampup=500, ema_decay=0.998),
-        seq_len=1024, batch_size=64, micro_batch=32, max_steps=3000,
-        log_every=20, eval_every=250, eval_pieces=1024, ckpt_every=500,
+        seq_len=1024,
+        batch_size=64,
+        micro_batch=32,
+        max_steps=3000,
+        log_every=20,
+        eval_every=250,
+        eval_pieces=1024,
+        ckpt_every=500,
     )
 
 
@@ -73,8 +92,14 @@ def base(vocab, **model_overrides: Any) -> TrainConfig:
         model=_model("base", vocab, **model_overrides),
         optim=OptimConfig(lr=6e-4, min_lr=6e-5, warmup_steps=500),
         loss=LossConfig(semi_rampup=1000, ema_decay=0.999),
-        seq_len=1024, batch_size=64, micro_batch=16, max_steps=20_000,
-        log_every=20, eval_every=500, eval_pieces=1024, ckpt_every=500,
+        seq_len=1024,
+        batch_size=64,
+        micro_batch=16,
+        max_steps=20_000,
+        log_every=20,
+        eval_every=500,
+        eval_pieces=1024,
+        ckpt_every=500,
     )
 
 

@@ -1,4 +1,4 @@
-"""SS-MTP pre-training: the run behind `typemoe train` and `python -m training.pretrain`.
+"""SS-MTP pre-training: the run behind `typemoe train` and `python -m typemoe.training.pretrain`.
 
 Its flags and help text live in training/cli.py (torch-free, so that `--help` works without torch).
 Every bad input is reported before the first step: an unknown preset or bad value, a shard directory
@@ -12,16 +12,23 @@ import logging
 import sys
 from dataclasses import replace
 
-from training import ckpt, cli, dist, loop
-from training.data import keep_label_fraction, load_pieces
-from training.presets import PRESETS
+from typemoe.training import ckpt, cli, dist, loop
+from typemoe.training.data import keep_label_fraction, load_pieces
+from typemoe.training.presets import PRESETS
 
 
 def apply_overrides(cfg, args):
     """The preset with the command line's explicit values on top (None = keep the preset's)."""
-    top = {"max_steps": args.max_steps, "seed": args.seed, "batch_size": args.batch_size,
-           "micro_batch": args.micro_batch, "seq_len": args.seq_len, "log_every": args.log_every,
-           "eval_every": args.eval_every, "ckpt_every": args.ckpt_every}
+    top = {
+        "max_steps": args.max_steps,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "micro_batch": args.micro_batch,
+        "seq_len": args.seq_len,
+        "log_every": args.log_every,
+        "eval_every": args.eval_every,
+        "ckpt_every": args.ckpt_every,
+    }
     kw = {k: v for k, v in top.items() if v is not None}
     kw.update(device=args.device, threads=args.threads)
     if args.micro_batch is not None and args.batch_size is None:
@@ -38,7 +45,7 @@ def build_config(args, vocab):
     command line's explicit values on top."""
     saved = _saved_config(args)
     if saved is not None:
-        from training.config import TrainConfig
+        from typemoe.training.config import TrainConfig
 
         cfg = apply_overrides(TrainConfig.from_dict(saved), args)
     else:
@@ -70,7 +77,8 @@ def _saved_config(args) -> dict | None:
 def init_model(path, cfg, vocab=None):
     """The weights to start from (--init): they must have the preset's shapes; a checkpoint from before
     the infilling tokens is grown to `vocab` (training/infill_data.grow_vocab)."""
-    from training import ckpt, infill_data
+    from typemoe.training import ckpt, infill_data
+
     from typemoe import checkpoint
 
     try:
@@ -80,7 +88,9 @@ def init_model(path, cfg, vocab=None):
     except (checkpoint.CheckpointError, ValueError) as err:
         raise ValueError(f"--init {path}: {err}") from err
     if model.cfg != cfg.model:
-        raise ValueError(f"--init {path}: its model shapes differ from the preset's ({model.cfg} vs {cfg.model})")
+        raise ValueError(
+            f"--init {path}: its model shapes differ from the preset's ({model.cfg} vs {cfg.model})"
+        )
     return model.train()
 
 
@@ -88,8 +98,9 @@ def split_pieces(pieces, dirs):
     """(train, val) of loaded shards; an empty train split is an error."""
     train, val = pieces.with_split("train"), pieces.with_split("val")
     if len(train) == 0:
-        raise ValueError(f"empty dataset: {[str(d) for d in dirs]} hold {len(pieces)} pieces and none in the "
-                         "train split")
+        raise ValueError(
+            f"empty dataset: {[str(d) for d in dirs]} hold {len(pieces)} pieces and none in the train split"
+        )
     return train, val
 
 
@@ -113,17 +124,29 @@ def run(args) -> int:
         train = keep_label_fraction(train, cfg.labelled_fraction)
         n_key = int((train.label("key") >= 0).sum())
         n_meter = int((train.label("meter") >= 0).sum())
-        echo(f"data: {len(train)} train pieces ({sum(len(t) for t in train.tokens):,} tokens; key labels "
-             f"{n_key}, meter labels {n_meter}), {len(val)} val | model {cfg.model.ffn} "
-             f"d{cfg.model.d_model} L{cfg.model.n_layer} | {d.world} rank(s) on {d.device} | "
-             f"{cfg.batch_size} windows x <= {cfg.seq_len} tokens a step, {cfg.max_steps} steps")
+        echo(
+            f"data: {len(train)} train pieces ({sum(len(t) for t in train.tokens):,} tokens; key labels "
+            f"{n_key}, meter labels {n_meter}), {len(val)} val | model {cfg.model.ffn} "
+            f"d{cfg.model.d_model} L{cfg.model.n_layer} | {d.world} rank(s) on {d.device} | "
+            f"{cfg.batch_size} windows x <= {cfg.seq_len} tokens a step, {cfg.max_steps} steps"
+        )
         meta = {"data": [str(p) for p in args.data], "labelled_fraction": cfg.labelled_fraction}
         model = None
         if getattr(args, "init", None) is not None:
             model = init_model(args.init, cfg, vocab)
             meta["init"] = str(args.init)
-        loop.train(cfg, vocab=vocab, train_pieces=train, val_pieces=val, out_dir=args.out, d=d, meta=meta,
-                   resume=args.resume, echo=echo, model=model)
+        loop.train(
+            cfg,
+            vocab=vocab,
+            train_pieces=train,
+            val_pieces=val,
+            out_dir=args.out,
+            d=d,
+            meta=meta,
+            resume=args.resume,
+            echo=echo,
+            model=model,
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -133,8 +156,8 @@ def run(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m training.pretrain") -> int:
-    """`python -m training.pretrain ...`, and the `typemoe train` row of typemoe/cli.py."""
+def main(argv: list[str] | None = None, prog: str = "python -m typemoe.training.pretrain") -> int:
+    """`python -m typemoe.training.pretrain ...`, and the `typemoe train` row of typemoe/cli.py."""
     return run(cli.train_parser(prog).parse_args(argv))
 
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from training.sources import LABELS, SPLITS
+from typemoe.training.sources import LABELS, SPLITS
 
 
 class ShardError(ValueError):

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import symusic
+from typemoe.training import music21_source
+from typemoe.training.music21_source import default_cache_dir
 
-from training import music21_source
-from training.music21_source import default_cache_dir
 from typemoe import analysis
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,20 @@ MODES = ("major", "minor")
 KEYS: tuple[str, ...] = tuple(f"{t} {m}" for m in MODES for t in TONICS)  # index = pc + 12 * minor
 
 # Ordered by frequency in the music21 corpus (dominant time signature per piece).
-METERS: tuple[str, ...] = ("4/4", "2/4", "3/4", "6/8", "2/2", "4/2", "3/8", "3/2", "9/8", "6/4", "12/8", "other")
+METERS: tuple[str, ...] = (
+    "4/4",
+    "2/4",
+    "3/4",
+    "6/8",
+    "2/2",
+    "4/2",
+    "3/8",
+    "3/2",
+    "9/8",
+    "6/4",
+    "12/8",
+    "other",
+)
 
 GENRES: tuple[str, ...] = ("classical", "country", "folk", "jazz", "pop", "rap", "rnb", "rock")
 EMOTIONS: tuple[str, ...] = ("Q1", "Q2", "Q3", "Q4")
@@ -34,8 +47,18 @@ EMOTION_GLOSS: dict[str, str] = {
 
 _LETTER_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 _MODE_MINOR = {
-    "major": False, "maj": False, "ionian": False, "lydian": False, "mixolydian": False, "": False,
-    "minor": True, "min": True, "m": True, "aeolian": True, "dorian": True, "phrygian": True,
+    "major": False,
+    "maj": False,
+    "ionian": False,
+    "lydian": False,
+    "mixolydian": False,
+    "": False,
+    "minor": True,
+    "min": True,
+    "m": True,
+    "aeolian": True,
+    "dorian": True,
+    "phrygian": True,
 }
 _KEY_RE = re.compile(r"^\s*([A-Ga-g])\s*([#b♯♭s-]*)\s*(?:[_\s]*([A-Za-z]*))\s*$")
 
@@ -78,7 +101,9 @@ def parse_key(x: object) -> int:
     if mode == "" and letter.islower():
         mode = "minor"
     if mode not in _MODE_MINOR:
-        raise ValueError(f"unknown mode {mode!r} in key {x!r}; expected major/minor or a church mode but locrian")
+        raise ValueError(
+            f"unknown mode {mode!r} in key {x!r}; expected major/minor or a church mode but locrian"
+        )
     return _tonic_pc(letter, acc) + 12 * _MODE_MINOR[mode]
 
 
@@ -156,8 +181,16 @@ def meter_family(i: int | str) -> str:
 
 def parse_genre(x: str) -> str:
     """Normalise a genre name onto GENRES (case-insensitive, common aliases)."""
-    aliases = {"classic": "classical", "rap_hip_hop": "rap", "hiphop": "rap", "hip-hop": "rap",
-               "rnb_soul": "rnb", "rhythm_and_blues": "rnb", "r&b": "rnb", "soul": "rnb"}
+    aliases = {
+        "classic": "classical",
+        "rap_hip_hop": "rap",
+        "hiphop": "rap",
+        "hip-hop": "rap",
+        "rnb_soul": "rnb",
+        "rhythm_and_blues": "rnb",
+        "r&b": "rnb",
+        "soul": "rnb",
+    }
     g = aliases.get(x.strip().lower(), x.strip().lower())
     if g not in GENRES:
         raise ValueError(f"unknown genre {x!r}; expected one of {', '.join(GENRES)}")

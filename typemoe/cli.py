@@ -48,17 +48,26 @@ OPTIONAL_PACKAGES: dict[str, str] = {
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": (
-        "training.prepare",
+        "typemoe.training.prepare",
         "build token shards from music21 / shared / folder sources; show their stats",
     ),
-    "train": ("training.cli", "SS-MTP pre-training"),
-    "finetune": ("training.cli", "fine-tune a checkpoint: classification or conditional generation"),
-    "eval": ("training.eval_cli", "the paper's metrics, baselines, ablations and label efficiency"),
-    "export": ("export.cli", "export a checkpoint to an ONNX model directory (parity-checked)"),
-    "bench": ("typemoe.commands.bench", "decode/prefill latency, ORT vs PyTorch, TypeMoE vs dense, bridge latency"),
-    "analyze": ("export.tools", "key and meter of a MIDI file, with confidences"),
-    "generate": ("export.tools", "continue a MIDI file, optionally steered by key/meter/genre/emotion"),
-    "infill": ("typemoe.commands.infill", "rewrite bars in the middle of a MIDI file, between before and after"),
+    "train": ("typemoe.training.cli", "SS-MTP pre-training"),
+    "finetune": ("typemoe.training.cli", "fine-tune a checkpoint: classification or conditional generation"),
+    "eval": ("typemoe.training.eval_cli", "the paper's metrics, baselines, ablations and label efficiency"),
+    "export": ("typemoe.export.cli", "export a checkpoint to an ONNX model directory (parity-checked)"),
+    "bench": (
+        "typemoe.commands.bench",
+        "decode/prefill latency, ORT vs PyTorch, TypeMoE vs dense, bridge latency",
+    ),
+    "analyze": ("typemoe.export.tools", "key and meter of a MIDI file, with confidences"),
+    "generate": (
+        "typemoe.export.tools",
+        "continue a MIDI file, optionally steered by key/meter/genre/emotion",
+    ),
+    "infill": (
+        "typemoe.commands.infill",
+        "rewrite bars in the middle of a MIDI file, between before and after",
+    ),
 }
 
 

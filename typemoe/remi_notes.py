@@ -12,7 +12,9 @@ import numpy as np
 
 from typemoe.vocab import FAMILIES, TypedVocab
 
-_BAR, _POS, _PITCH, _VEL, _DUR = (FAMILIES.index(f) for f in ("Bar", "Position", "Pitch", "Velocity", "Duration"))
+_BAR, _POS, _PITCH, _VEL, _DUR = (
+    FAMILIES.index(f) for f in ("Bar", "Position", "Pitch", "Velocity", "Duration")
+)
 
 
 class RemiNotes:
@@ -25,7 +27,9 @@ class RemiNotes:
         pos = {i: int(t.split("_")[1]) for i, t in enumerate(toks) if t.startswith("Position_")}
         self.pos_lo, self.n_pos = min(pos), len(pos)
         self.ticks_per_beat = self.n_pos // 4
-        self.value = np.zeros(len(toks), dtype=np.int64)  # (V,) position index / velocity rank / duration ticks
+        self.value = np.zeros(
+            len(toks), dtype=np.int64
+        )  # (V,) position index / velocity rank / duration ticks
         self.value[list(pos)] = list(pos.values())
         vel = sorted((int(t.split("_")[1]), i) for i, t in enumerate(toks) if t.startswith("Velocity_"))
         self.vel_ids = np.asarray([i for _, i in vel], dtype=np.int64)  # rank -> id, ascending velocity
@@ -89,4 +93,3 @@ class RemiNotes:
             out.append(self.bar)
             bar += 1
         return np.asarray(out, dtype=np.int64)
-

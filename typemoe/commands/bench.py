@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 def add_parsers(subparsers) -> None:
-    from bridge.bench import run_bridge_bench
-    from export import bench, cli
+    from typemoe.bridge.bench import run_bridge_bench
+    from typemoe.export import bench, cli
 
     bench.EXTRA_BENCHES["bridge"] = run_bridge_bench
     b = cli.add_bench_parser(subparsers)
@@ -29,7 +29,7 @@ def add_parsers(subparsers) -> None:
 
 
 def _train_bench(args: argparse.Namespace) -> int:
-    from training import bench_train
+    from typemoe.training import bench_train
 
     argv = ["--preset", args.preset or "small", "--steps", str(args.train_steps), "--json", str(args.out)]
     for d in args.train_data:

@@ -40,7 +40,7 @@ def parse_bars(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.tools import ToolError, open_model, read_midi
+    from typemoe.export.tools import ToolError, open_model, read_midi
 
     first, last = args.bars
     controls = {"key": args.key, "meter": args.meter, "genre": args.genre, "emotion": args.emotion}

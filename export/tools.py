@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from typemoe.export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
 
 from typemoe import analysis, decoding, note_writer
+from typemoe.export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
 from typemoe.shipped import default_model_dir, emotion_dir
 
 log = logging.getLogger(__name__)

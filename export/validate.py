@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from typemoe.export.runtime import MODEL_FP16_FILE, KVCache, OrtGraph, OrtModel, softmax
 
+from typemoe.export.runtime import MODEL_FP16_FILE, KVCache, OrtGraph, OrtModel, softmax
 from typemoe.model import TypeMoE
 
 log = logging.getLogger(__name__)

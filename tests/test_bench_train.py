@@ -14,12 +14,12 @@ from dataclasses import replace
 import pytest
 import torch
 from training_fixtures import build_shards
+
+from typemoe.model import TypeMoE
 from typemoe.training import bench_train, loop, losses
 from typemoe.training.data import TokenOps, WindowSampler, keep_label_fraction, load_pieces
 from typemoe.training.prefetch import Prefetcher
 from typemoe.training.presets import tiny
-
-from typemoe.model import TypeMoE
 
 
 @pytest.fixture(scope="module")

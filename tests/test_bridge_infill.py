@@ -27,6 +27,7 @@ from bridge_fixtures import (
     toy_vocab,
 )
 from test_bridge_steer import FlatModel
+
 from typemoe.bridge import infill
 from typemoe.bridge.events import InfillJob
 from typemoe.bridge.notes import BeatNote
@@ -110,7 +111,6 @@ def test_nothing_heard_since_a_reset_is_an_error():
 
 def test_a_model_without_the_infill_tokens_is_refused_by_name(monkeypatch):
     from typemoe.bridge.torchless import TypedVocab
-
     from typemoe.shipped import default_model_dir
 
     old = TypedVocab.load(default_model_dir())  # the shipped model's vocabulary predates infilling

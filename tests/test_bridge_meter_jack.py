@@ -45,6 +45,7 @@ TUNES = {
 def _tune(rel: str, x: str):
     from music21 import common, converter
     from test_invariance import _m21_to_score
+
     from typemoe.training.sources import split_of
 
     assert split_of(f"{rel}#{x}") == "test", "the tune must be held out from training"

@@ -256,6 +256,7 @@ def test_cli_writes_outputs(labelled_folder, ckpt, tmp_path, capsys):
 def test_ablation_and_label_efficiency(tmp_path, monkeypatch):
     """Every variant trains through training.pretrain for 2 steps and is evaluated; tables and plot appear."""
     from training_fixtures import build_shards
+
     from typemoe.training import ablation
 
     shards = build_shards(tmp_path / "shards", n=24)
@@ -490,9 +491,9 @@ def test_read_whole_piece_slides_contiguous_windows_to_the_end(vocab):
 
 def test_signature_and_meta_labels():
     import symusic
-    from typemoe.training.eval_data import meta_labels, signature_of_key
 
     from typemoe import analysis
+    from typemoe.training.eval_data import meta_labels, signature_of_key
 
     assert (
         signature_of_key(analysis.parse_key("C major"))

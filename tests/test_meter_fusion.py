@@ -60,7 +60,11 @@ def test_the_family_rule_reads_the_bar_length_and_keeps_the_class_choice_within_
     assert rhythm_family(rhythm_features(*_piece(4, rng))) == "duple"
     assert rhythm_family(np.zeros(96)) is None  # no music: no say
     probs = np.full(len(ALL_METERS), 0.01)
-    probs[ALL_METERS.index("4/4")], probs[ALL_METERS.index("6/8")], probs[ALL_METERS.index("3/4")] = 0.5, 0.2, 0.1
+    probs[ALL_METERS.index("4/4")], probs[ALL_METERS.index("6/8")], probs[ALL_METERS.index("3/4")] = (
+        0.5,
+        0.2,
+        0.1,
+    )
     probs /= probs.sum()
     tri = within_family(probs, "triple", ALL_METERS)
     assert ALL_METERS[int(tri.argmax())] == "6/8" and np.isclose(tri.sum(), 1.0)

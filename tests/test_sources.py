@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import symusic
+
+from tests.conftest import SHARED_DATA, score_from_notes
+from typemoe import analysis
 from typemoe.training import music21_source
 from typemoe.training.sources import (
     SHARED_SETS,
@@ -20,9 +23,6 @@ from typemoe.training.sources import (
     read_source,
     split_of,
 )
-
-from tests.conftest import SHARED_DATA, score_from_notes
-from typemoe import analysis
 
 pytest.importorskip("music21")
 

@@ -67,10 +67,9 @@ def bench_bare(model_cfg, type_of, *, batch: int, seq_len: int, steps: int, warm
 
 def bench_loop(cfg, vocab, pieces, *, steps: int, warmup: int, modes=MODES) -> dict[str, Any]:
     """The real step per teacher_rows mode, alternating modes step by step on identical batches."""
+    from typemoe.model import TypeMoE
     from typemoe.training import loop
     from typemoe.training.data import TokenOps, WindowSampler
-
-    from typemoe.model import TypeMoE
 
     torch.manual_seed(cfg.seed)
     base = TypeMoE(cfg.model, vocab.type_of).train()
@@ -115,7 +114,6 @@ def bench_loop(cfg, vocab, pieces, *, steps: int, warmup: int, modes=MODES) -> d
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from typemoe.training.data import keep_label_fraction, load_pieces
     from typemoe.training.presets import PRESETS
-
     from typemoe.vocab import TypedVocab
 
     if args.threads:

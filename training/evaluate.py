@@ -58,6 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from typemoe import analysis
 from typemoe.training import baselines, metrics
 from typemoe.training.eval_data import EvalData, EvalPiece, load_eval_data
 from typemoe.training.eval_keymeter import (  # noqa: F401  (re-exported)
@@ -75,8 +77,6 @@ from typemoe.training.eval_report import (  # noqa: F401  (re-exported)
     _safe,
     _window,
 )
-
-from typemoe import analysis
 
 log = logging.getLogger(__name__)
 

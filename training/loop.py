@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+from typemoe import analysis
+from typemoe.checkpoint import CheckpointError
+from typemoe.model import TypeMoE
 from typemoe.training import ckpt, losses
 from typemoe.training.config import TrainConfig
 from typemoe.training.data import Batch, Pieces, TokenOps, WindowSampler, eval_batches
 from typemoe.training.dist import Dist, all_sum, barrier
 from typemoe.training.prefetch import Prefetcher
-
-from typemoe import analysis
-from typemoe.checkpoint import CheckpointError
-from typemoe.model import TypeMoE
 
 # config fields that may change on --resume: bookkeeping, and max_steps (to extend or shorten a run; the
 # cosine schedule then follows the new length, so that run is no longer identical to an uninterrupted one)

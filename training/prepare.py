@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from typemoe import analysis
 from typemoe.training.music21_source import default_cache_dir
 from typemoe.training.sources import (
     LABELS,
@@ -50,8 +52,6 @@ from typemoe.training.sources import (
     normalize_spec,
     read_source,
 )
-
-from typemoe import analysis
 
 log = logging.getLogger(__name__)
 

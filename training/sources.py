@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import symusic
-from typemoe.training import music21_source
-from typemoe.training.music21_source import default_cache_dir
 
 from typemoe import analysis
+from typemoe.training import music21_source
+from typemoe.training.music21_source import default_cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ typemoe.torch_session when torch is installed. Either way the decoder is typemoe
 bridge and `typemoe eval` use. No --model: the shipped default, typemoe/default_model.
 
 analyze reads the whole piece the way the bridge hears it (all pitched tracks merged, time and key
-signatures ignored, fed bar by bar through one session whose context slides when full) and reports the key
-and meter heads at the end, with their probabilities as confidences; --json adds where the estimate stood
-after 1, 2, 4 and 8 bars ("after_bars"). When an emotion classifier is at hand it also reports the piece's
+signatures ignored, fed bar by bar through one session whose context slides when full) and answers for the
+whole piece: the key and meter heads averaged over its bar lines, fused with its notes' pitch classes and
+rhythm, the probabilities as confidences; --json adds the running estimate at the end ("at_end") and where
+it stood after 1, 2, 4 and 8 bars ("after_bars"). When an emotion classifier is at hand it also reports the piece's
 EMOPIA quadrant (Q1..Q4, the class head pooled over every token): --emotion-model DIR, else the `emotion/`
 sub-directory of the model directory (typemoe/default_model/emotion/ for the shipped model; see
 typemoe/shipped.py). Without one the output has no emotion line. The sub-model is an exported model
@@ -198,38 +199,66 @@ def _prefix_bars(vocab, ids: Sequence[int], bars: int) -> list[int]:
     return list(ids[: int(at[bars])] if len(at) > bars else ids)
 
 
-def listen(model, ids: Sequence[int], *, report_bars: Sequence[int] = ()) -> tuple[object, dict[int, object]]:
-    """Feed [BOS, *ids] through one session bar by bar, as the bridge hears a performance.
+@dataclass
+class Heard:
+    """A piece heard through one session (listen)."""
 
-    Returns the session (its `last` holds the heads at the end) and the StepOut after each of
-    `report_bars` whole bars the piece has.
-    """
+    session: object  # its `last` holds the heads at the end
+    after: dict[int, object]  # bars -> the StepOut after that many whole bars (the asked report_bars)
+    at_bars: list[object]  # the StepOut at every bar line after the first bar, and at the end
+
+
+def listen(model, ids: Sequence[int], *, report_bars: Sequence[int] = ()) -> Heard:
+    """Feed [BOS, *ids] through one session bar by bar, as the bridge hears a performance."""
     session = model.session()
     session.feed([model.vocab.bos_id])
     bar = model.vocab.id("Bar_None")
-    seen, after = 0, {}
+    seen, after, at_bars = 0, {}, []
     for chunk in bar_chunks(model.vocab, ids, max(1, model.context_len // 4)):
         if chunk[0] == bar:
             seen += 1
-            if seen - 1 in report_bars:  # the chunk opens bar `seen`: bar seen-1 is complete
+            if seen > 1:  # the chunk opens bar `seen`: bar seen-1 is complete
+                at_bars.append(session.last)
+            if seen - 1 in report_bars:
                 after[seen - 1] = session.last
         session.feed(chunk)
     if seen in report_bars:
         after[seen] = session.last
-    return session, after
+    at_bars.append(session.last)
+    return Heard(session, after, at_bars)
+
+
+@dataclass
+class _Heads:
+    key_probs: np.ndarray
+    meter_probs: np.ndarray
+
+
+def whole_piece(heard: Heard) -> _Heads:
+    """The heads over the whole piece: their probabilities averaged over every bar line (each bar heard
+    once, as the sliding context heard it), so a piece's key is the one it keeps, not the one it ends in."""
+    return _Heads(
+        np.mean([o.key_probs for o in heard.at_bars], axis=0),
+        np.mean([o.meter_probs for o in heard.at_bars], axis=0),
+    )
 
 
 def analyze(model, midi: Path, emotion=None) -> dict:
-    """{"key", "key_confidence", "meter", "meter_confidence", "after_bars"} of one MIDI file, the estimate
-    at the end of the whole piece and after 1, 2, 4 and 8 bars ({"1": {"key", ...}, ...}, bars the piece
-    has); with an emotion model (open_emotion_model) also "emotion" (Q1..Q4), "emotion_confidence" and
-    "emotion_probs" {class: p}."""
+    """{"key", "key_confidence", "meter", "meter_confidence", "at_end", "after_bars"} of one MIDI file.
+
+    key and meter answer for the whole piece: the heads averaged over its bar lines (whole_piece), fused
+    with every note of it. "at_end" is the running estimate at the end (what the bridge shows once the
+    piece is over) and "after_bars" where it stood after 1, 2, 4 and 8 bars ({"1": {"key", ...}, ...},
+    the bars the piece has). With an emotion model (open_emotion_model) also "emotion" (Q1..Q4),
+    "emotion_confidence" and "emotion_probs" {class: p}."""
     score = read_midi(midi)
     ids = _tokens(model.vocab, score, midi)
-    session, after = listen(model, ids, report_bars=REPORT_BARS)
-    res = _estimate(model, session.last, ids)
+    heard = listen(model, ids, report_bars=REPORT_BARS)
+    res = _estimate(model, whole_piece(heard), ids)
+    res["at_end"] = _estimate(model, heard.session.last, ids)
     res["after_bars"] = {
-        str(b): _estimate(model, out, _prefix_bars(model.vocab, ids, b)) for b, out in sorted(after.items())
+        str(b): _estimate(model, out, _prefix_bars(model.vocab, ids, b))
+        for b, out in sorted(heard.after.items())
     }
     if emotion is not None:
         res.update(_emotion(emotion, score, ids if emotion.vocab.hash == model.vocab.hash else None, midi))
@@ -240,8 +269,7 @@ def _emotion(emo, score, ids: list[int] | None, midi: Path) -> dict:
     """The class head pooled over every token of the piece (the running mean of a session fed bar by bar)."""
     if ids is None:  # another vocabulary than the main model's
         ids = _tokens(emo.vocab, score, midi)
-    session, _ = listen(emo, ids)
-    probs = np.asarray(session.last.class_probs, dtype=np.float64)  # (C,)
+    probs = np.asarray(listen(emo, ids).session.last.class_probs, dtype=np.float64)  # (C,)
     probs /= probs.sum()
     c = int(np.argmax(probs))
     return {

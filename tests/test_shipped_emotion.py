@@ -110,7 +110,7 @@ def test_model_dir_with_emotion_subdir_and_without(model_copy, capsys):
     assert "emotion" in _analyze_json(capsys, "--model", str(model_copy))  # --model DIR uses DIR/emotion
     shutil.rmtree(model_copy / EMOTION_DIRNAME)
     res = _analyze_json(capsys, "--model", str(model_copy))  # none: output as before, no error
-    assert set(res) == {"key", "key_confidence", "meter", "meter_confidence", "after_bars"}
+    assert set(res) == {"key", "key_confidence", "meter", "meter_confidence", "at_end", "after_bars"}
     assert tools.run_cli(["analyze", str(TUNE), "--model", str(model_copy)]) == 0
     out = capsys.readouterr()
     assert len(out.out.splitlines()) == 2 and "emotion" not in out.out + out.err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import symusic
 from export_fixtures import analyze_without_torch
@@ -43,7 +44,8 @@ def tune(tmp_path_factory) -> Path:
 def test_analyze_json(model_dir, tune, capsys):
     assert tools.run_cli(["analyze", str(tune), "--model", str(model_dir), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert set(res) == {"key", "key_confidence", "meter", "meter_confidence", "after_bars"}
+    assert set(res) == {"key", "key_confidence", "meter", "meter_confidence", "at_end", "after_bars"}
+    assert set(res["at_end"]) == {"key", "key_confidence", "meter", "meter_confidence"}
     assert res["key"] in analysis.KEYS and res["meter"] in analysis.METERS
     assert 0.0 < res["key_confidence"] <= 1.0 and 0.0 < res["meter_confidence"] <= 1.0
     assert list(res["after_bars"]) == ["1", "2", "4", "8"]  # the tune has more than 8 bars
@@ -51,7 +53,8 @@ def test_analyze_json(model_dir, tune, capsys):
 
 
 def test_analyze_reads_the_whole_piece(model_dir, tmp_path):
-    """A piece longer than the context: the estimate is the one at its end, after the context slid."""
+    """A piece longer than the context: the answer is the heads' mean over every bar line as the sliding
+    context heard it, and "at_end" the estimate at its end, after the context slid."""
     from conftest import music21_scores
 
     from typemoe.export.runtime import OrtModel
@@ -73,10 +76,20 @@ def test_analyze_reads_the_whole_piece(model_dir, tmp_path):
     first = model.session().feed([model.vocab.bos_id, *ids][: model.context_len])
     end = model.session()
     end.feed([model.vocab.bos_id])
+    bar, seen, at_bars = model.vocab.id("Bar_None"), 0, []
     for chunk in tools.bar_chunks(model.vocab, ids, model.context_len // 4):
+        if chunk[0] == bar:
+            seen += 1
+            if seen > 1:
+                at_bars.append(end.last.key_probs)  # bar seen-1 complete
         out = end.feed(chunk)
-    assert res["key_confidence"] == round(float(out.key_probs.max()), 4)
+    at_bars.append(out.key_probs)
+    mean = np.mean(at_bars, axis=0)
+    assert len(at_bars) > 20
+    assert res["key_confidence"] == round(float(mean.max()), 4)  # the whole piece: the mean over bar lines
+    assert res["at_end"]["key_confidence"] == round(float(out.key_probs.max()), 4)  # after the slides
     assert res["key_confidence"] != round(float(first.key_probs.max()), 4)
+    assert res["at_end"]["key_confidence"] != res["key_confidence"]
 
 
 def test_analyze_text_and_torch_fallback_agree(model_dir, ckpt_dir, tune, capsys):

@@ -93,10 +93,11 @@ def source_table_markdown(runs: list[dict]) -> str:
     lines = [
         f"# Key and meter per source: {model}",
         "",
-        "Model = the key / meter head; baselines read the same notes. `first` = the first context window "
-        "(what `typemoe analyze` reads), `whole` = the running estimate at the end of the piece read as "
-        "the bridge hears it (sliding windows), `mean` = the whole piece's probabilities averaged over its "
-        "bar lines. Best profile = the best of music21's four key profiles on that row (picked after the "
+        "Model = the model's answer (its heads, fused with the notes' pitch classes and rhythm when the "
+        "model directory has the fusions); baselines read the same notes. `first` = the first context "
+        "window, `whole` = the running estimate at the end of the piece read as the bridge hears it "
+        "(sliding windows), `mean` = the heads averaged over the piece's bar lines (`typemoe analyze`'s "
+        "answer for the whole piece). Best profile = the best of music21's four key profiles on that row (picked after the "
         "fact). Key signature: the predicted key's signature against the file's key-signature meta, for "
         "sources whose files carry only that (always written as major). Perturb `all` = a velocity curve "
         "+ per-note noise + +-1/32-beat jitter + legato/staccato (training/perturb.py).",

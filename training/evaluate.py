@@ -28,7 +28,8 @@ Choices the design leaves open (all fixed here, so numbers compare across runs):
   whole_max_tokens tokens, read as the bridge hears it: windows of the context that slide by about 3/4
   of a context, each restarting at a bar line after BOS (the bridge's OrtSession keeps 3/4 of its
   context when it slides). "whole" is the running estimate at the end of the piece; "whole_mean" the
-  argmax of the key / meter probabilities averaged over every bar line of the piece. The baselines read
+  argmax of the key / meter probabilities averaged over every bar line of the piece (`typemoe
+  analyze`'s answer for the whole piece, export/tools.py whole_piece). The baselines read
   the same notes (key.baselines.NAME.whole).
 - Key signature (key.signature, key.whole.signature, key.baselines.NAME.signature): for sources whose key
   label is only the file's key-signature meta (training/eval_data.py META_KEY_SOURCES: classical_piano,

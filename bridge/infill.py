@@ -5,9 +5,10 @@ Two halves:
 - `Infiller` (pure, driven by bridge.engine): keeps the notes heard since the last reset or Start, by bar
   (the last HEARD_BARS bars), checks a request, makes the model job (events.InfillJob), and plays the
   answer through its own bridge.playback.Playback, so panic, the DAW's Stop and reset end every note.
-- `answer(model, job, now)` (the model thread, bridge.worker): the prefix and suffix around the span
+- `start(model, job)` (the model thread, bridge.worker): the prefix and suffix around the span
   (typemoe.infill.split_score, as `typemoe infill` cuts a file) and the middle from
-  typemoe.infill.generate_middle, whose SpanGrammar writes exactly the span's bars and nothing past them.
+  typemoe.infill.start_middle, whose SpanGrammar writes exactly the span's bars and nothing past them, a
+  token per InfillRun.step(), so the thread hears the performer between tokens; `answer` runs it whole.
   The toy model is not that decoder: it fills the span with its arpeggio on the key it heard.
 
 Bars are 4-beat bars numbered from 1:
@@ -29,14 +30,14 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from typemoe import decoding
 from typemoe.bridge.events import Infilled, InfillJob, SendOsc
 from typemoe.bridge.notes import BEATS_PER_BAR, BeatNote, TokenReader
 from typemoe.bridge.playback import Playback
-from typemoe.infill import InfillError, InfillIds, generate_middle, split_score
+from typemoe.infill import InfillError, InfillIds, split_score, start_middle
 from typemoe.vocab import MAX_INFILL_BARS, TICKS_PER_BAR, TICKS_PER_BEAT
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,36 @@ class Infiller:
 # ---- the model thread --------------------------------------------------------------------------------
 
 
-def run_job(model, job: InfillJob) -> list[tuple[float, float, int, int]]:
-    """The middle's notes (onset, duration in beats from the span's first bar line, pitch, velocity)."""
+@dataclass
+class InfillRun:
+    """An answer being written on the model thread, a token per step(), so the thread can hear the
+    performer between tokens (as it does during a continuation)."""
+
+    job: InfillJob
+    steps: Iterator[int]
+    notes_of: Callable[[list[int]], list[tuple[float, float, int, int]]]  # the ids -> the span's notes
+    ids: list[int] = field(default_factory=list)
+
+    def step(self) -> bool:
+        """Sample one token; False once the middle is complete (nothing was sampled)."""
+        nxt = next(self.steps, None)
+        if nxt is None:
+            return False
+        self.ids.append(nxt)
+        return True
+
+    def result(self, now: float) -> Infilled:
+        return Infilled(self.job.request_id, tuple(self.notes_of(self.ids)), None, now)
+
+
+def start(model, job: InfillJob) -> InfillRun:
+    """Cut the heard notes around the span (typemoe.infill.split_score, as `typemoe infill` cuts a file),
+    feed a fresh session the arrangement and return the run; its notes are (onset, duration in beats from
+    the span's first bar line, pitch, velocity), inside the span.
+
+    Raises:
+        InfillError: the model has no infilling tokens, or the span cannot be filled.
+    """
     import symusic
 
     vocab = model.vocab
@@ -220,9 +249,13 @@ def run_job(model, job: InfillJob) -> list[tuple[float, float, int, int]]:
     t0, t1 = (job.first_bar - 1) * TICKS_PER_BAR, job.last_bar * TICKS_PER_BAR
     split = split_score(vocab, score, t0, t1)
     span = (t1 - t0) / TICKS_PER_BEAT
+
+    def inside(notes) -> list[tuple[float, float, int, int]]:
+        return [(on, min(d, span - on), p, v) for on, d, p, v in notes if 0 <= on < span - _EPS]
+
     session = model.session()
     if isinstance(session, decoding.Session):
-        mid = generate_middle(
+        run = start_middle(
             session,
             split.prefix,
             split.suffix,
@@ -235,23 +268,40 @@ def run_job(model, job: InfillJob) -> list[tuple[float, float, int, int]]:
             guidance=job.guidance,
             key_lock=job.key_lock,
         )
-        notes = [
-            (n.time / TICKS_PER_BEAT, n.duration / TICKS_PER_BEAT, n.pitch, n.velocity) for n in mid.notes
-        ]
-    else:  # the toy stand-in: its arpeggio on the key of the bars around the span
-        session.feed([vocab.bos_id, *split.prefix, *split.suffix])
-        ids = session.generate(n_bars=split.n_bars, temperature=job.temperature, seed=job.seed)
-        notes = [(n.onset, n.duration, n.pitch, n.velocity) for n in TokenReader(vocab).read(ids)]
-    return [(on, min(d, span - on), p, v) for on, d, p, v in notes if 0 <= on < span - _EPS]
+
+        def notes_of(ids):
+            tpb = TICKS_PER_BEAT
+            return inside(
+                (n.time / tpb, n.duration / tpb, n.pitch, n.velocity) for n in run.finish(ids).notes
+            )
+
+        return InfillRun(job, run.steps, notes_of)
+    # the toy stand-in: its arpeggio on the key of the bars around the span
+    session.feed([vocab.bos_id, *split.prefix, *split.suffix])
+    steps = session.generate_steps(n_bars=split.n_bars, temperature=job.temperature, seed=job.seed)
+
+    def toy_notes(ids):
+        return inside((n.onset, n.duration, n.pitch, n.velocity) for n in TokenReader(vocab).read(ids))
+
+    return InfillRun(job, steps, toy_notes)
+
+
+def failed(job: InfillJob, err: Exception, now: float) -> Infilled:
+    """The event that reports a failed infill: an InfillError's message as it is, anything else (a model
+    failure, which must not kill the bridge) logged and named."""
+    if isinstance(err, InfillError):
+        return Infilled(job.request_id, (), str(err), now)
+    log.error("infill %d failed", job.request_id, exc_info=err)
+    return Infilled(job.request_id, (), f"infill failed: {err}", now)
 
 
 def answer(model, job: InfillJob, now: Callable[[], float]) -> Infilled:
-    """run_job as the event the engine reads; a failure is its error, never an exception."""
+    """The whole answer in one call (start, every step, result); a failure is its error, never an
+    exception."""
     try:
-        notes = run_job(model, job)
-    except InfillError as err:
-        return Infilled(job.request_id, (), str(err), now())
-    except Exception as err:  # a model failure must not kill the bridge
-        log.exception("infill %d failed", job.request_id)
-        return Infilled(job.request_id, (), f"infill failed: {err}", now())
-    return Infilled(job.request_id, tuple(notes), None, now())
+        run = start(model, job)
+        while run.step():
+            pass
+        return run.result(now())
+    except Exception as err:
+        return failed(job, err, now())

@@ -4,10 +4,8 @@ The engine's model actions (Feed, Recondition, ResetModel, Generate, CancelGener
 results come back to the loop as events through `post`. Queued work stays bounded: consecutive Feeds merge
 into one prefill (a flood costs one model call per batch, not per note), and only the newest Generate waits.
 
-An infill (bridge.infill) runs whole, as one job, on a fresh session of its own (the live one is kept).
-
-A generation runs on a fork of the live session, one token per step, and queued work goes first between
-steps: a performer's note is analysed within one decode step even while a continuation is being sampled.
+A generation runs on a fork of the live session, and an infill (bridge.infill) on a fresh session of its
+own (the live one is kept), each one token per step, and queued work goes first between steps: a performer's note is analysed within one decode step even while a continuation is being sampled.
 Each finished note is posted at once (Generated chunks; the last has done=True), so the first note can be
 scheduled a few tokens after the trigger instead of after the whole continuation.
 
@@ -82,6 +80,7 @@ class ModelThread:
         self._closed = False
         self._session = None
         self._gen: _Generation | None = None  # the generation in progress (thread-only)
+        self._fill: infill.InfillRun | None = None  # the infill answer in progress (thread-only)
         self._ends_note = np.asarray(model.vocab.family_of) == FAMILIES.index("Duration")  # (V,)
         self._fused = getattr(model, "answer", None)  # the model directory's fused key/meter answers
         self._thread = threading.Thread(target=self._run, name="typemoe-model", daemon=True)
@@ -135,15 +134,18 @@ class ModelThread:
         self._apply(self._policy.rebuild())
         while True:
             with self._cond:
-                while not self._jobs and self._gen is None and not self._closed:
+                while not self._jobs and self._gen is None and self._fill is None and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return
                 job = self._jobs.popleft() if self._jobs else None
                 self.busy = True
             try:
-                if job is None:
-                    self._step()
+                if job is None:  # a token of each answer in progress, the infill's first
+                    if self._fill is not None:
+                        self._step_fill()
+                    if self._gen is not None:
+                        self._step()
                 else:
                     self._do(job)
             except (
@@ -173,6 +175,18 @@ class ModelThread:
             self._post(Generated(gen.job.request_id, tuple(gen.chunk), None, self._now(), done=False))
             gen.chunk = []
 
+    def _step_fill(self) -> None:
+        """One token of the infill answer in progress; post the answer once it is complete."""
+        run = self._fill
+        try:
+            if run.step():
+                return
+            event = run.result(self._now())
+        except Exception as err:  # a model failure must not kill the bridge, nor the live context
+            event = infill.failed(run.job, err, self._now())
+        self._fill = None
+        self._post(event)
+
     def _answer(self, out, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(key, meter) probabilities: the heads' at the end of `ids` (the music the session holds), fused
         with those notes' pitch classes and rhythm when the model directory has fusions (OrtModel.key,
@@ -200,7 +214,11 @@ class ModelThread:
             if self._gen is not None and self._gen.job.request_id == job.request_id:
                 self._gen = None
         elif isinstance(job, InfillJob):  # a session of its own: the live context is not touched
-            self._post(infill.answer(self._model, job, self._now))
+            try:  # replaces an infill in progress (its request is stale)
+                self._fill = infill.start(self._model, job)
+            except Exception as err:
+                self._fill = None
+                self._post(infill.failed(job, err, self._now()))
         elif isinstance(job, Recondition):
             self._apply(self._policy.recondition(job.controls))
         elif isinstance(job, ResetModel):

@@ -7,7 +7,17 @@ import time
 
 from bridge_fixtures import toy_vocab
 
-from typemoe.bridge.events import Analysis, CancelGenerate, Feed, Generate, Generated, Recondition
+from typemoe.bridge import infill
+from typemoe.bridge.events import (
+    Analysis,
+    CancelGenerate,
+    Feed,
+    Generate,
+    Generated,
+    Infilled,
+    InfillJob,
+    Recondition,
+)
 from typemoe.bridge.toy_model import ToyModel, ToySession
 from typemoe.bridge.worker import ModelThread
 from typemoe.vocab import FAMILIES
@@ -198,3 +208,44 @@ def test_analysis_is_the_model_directorys_fused_answer_over_the_music_held():
     (a,) = _run(model, [Feed(ids, 1.0)], 1)
     assert isinstance(a, Analysis) and int(a.key_probs.argmax()) == 6 and int(a.meter_probs.argmax()) == 2
     assert seen[-2:] == [list(ids), list(ids)]  # both readers read the music the session holds
+
+
+def test_an_infill_answers_a_token_at_a_time_and_a_note_played_meanwhile_is_analysed_first():
+    v = toy_vocab()
+    w, results = _start(_Slow(toy_vocab()))  # the toy fills 2 bars token by token, DELAY s each
+    heard = tuple((16 * b, 4, 60 + b, 90) for b in range(4))  # one note a bar, bars 1-4
+    w.submit(InfillJob(5, heard, 2, 3, seed=0))
+    time.sleep(5 * _SlowSession.DELAY)  # the answer is under way
+    w.submit(Feed(_note(v, 62), time.monotonic()))
+    seen = [results.get(timeout=10)]
+    while not isinstance(seen[-1], Infilled):
+        seen.append(results.get(timeout=10))
+    w.close()
+    assert isinstance(seen[0], Analysis), seen  # heard between two tokens of the infill, not after it
+    answer = seen[-1]
+    assert answer.request_id == 5 and answer.error is None and answer.notes
+    assert answer == infill.answer(_Slow(toy_vocab()), InfillJob(5, heard, 2, 3, seed=0), lambda: answer.t)
+
+
+def test_a_failing_infill_is_an_error_event_and_the_live_context_stays():
+    class _Broken(ToyModel):
+        def session(self):
+            s = super().session()
+            s.generate_steps = lambda **kw: iter(_boom())
+            return s
+
+    def _boom():
+        raise RuntimeError("the graph fell over")
+        yield
+
+    v = toy_vocab()
+    model = _Broken(v)
+    w, results = _start(model)
+    w.submit(Feed(_note(v, 60), 0.0))
+    assert isinstance(results.get(timeout=10), Analysis)
+    w.submit(InfillJob(6, ((0, 4, 60, 90),), 2, 3))
+    ev = results.get(timeout=10)
+    assert isinstance(ev, Infilled) and ev.notes == () and "the graph fell over" in ev.error
+    w.submit(Feed(_note(v, 64), 1.0))  # the live context still answers
+    assert isinstance(results.get(timeout=10), Analysis)
+    w.close()

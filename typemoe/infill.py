@@ -25,12 +25,12 @@ in other meters its last REMI bar is cut at the span's end by the grammar.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from typemoe import note_writer
+from typemoe import decoding, note_writer
 from typemoe.grammar_tables import tables_of
 from typemoe.note_writer import Note
 from typemoe.vocab import (
@@ -156,7 +156,23 @@ def fit_context(prefix: list[int], suffix: list[int], room: int, bar: int) -> tu
     return prefix, suffix
 
 
-def generate_middle(
+@dataclass
+class MiddleRun:
+    """A middle being written: each id of `steps` is sampled and fed (one token per next()); `finish` turns
+    the ids it gave into the Middle. What start_middle returns, so a caller can interleave other work."""
+
+    steps: Iterator[int]
+    tables: object  # typemoe.grammar_tables.Tables
+    end_id: int
+
+    def finish(self, out: Sequence[int]) -> Middle:
+        out = [int(i) for i in out]
+        ended = bool(out) and out[-1] == self.end_id
+        body = out[:-1] if ended else out
+        return Middle(body, middle_notes(self.tables, body), ended)
+
+
+def start_middle(
     session,
     prefix: Sequence[int],
     suffix: Sequence[int],
@@ -170,11 +186,12 @@ def generate_middle(
     seed: int | np.random.Generator | None = None,
     guidance: float = 1.0,
     key_lock: str | int | None = None,
-) -> Middle:
-    """Fill n_bars REMI bars between `prefix` (music ids up to the span's first bar line, empty bars
-    included) and `suffix` (music ids from a Bar on). The session is reset and fed the FIM arrangement;
-    both are cut to fit the context (prefix from its end, suffix from its start) with room left for the
-    middle. span_ticks (default: the whole n_bars) ends the span inside its last bar.
+) -> MiddleRun:
+    """Set up the fill of n_bars REMI bars between `prefix` (music ids up to the span's first bar line,
+    empty bars included) and `suffix` (music ids from a Bar on): the session is reset and fed the FIM
+    arrangement; both are cut to fit the context (prefix from its end, suffix from its start) with room
+    left for the middle. span_ticks (default: the whole n_bars) ends the span inside its last bar.
+    Nothing is sampled until the returned run's steps are drawn.
 
     Raises:
         InfillError: the model has no infilling tokens, or n_bars < 1; ValueError: bad sampling options.
@@ -183,6 +200,7 @@ def generate_middle(
     ids = InfillIds.of(vocab)
     if n_bars < 1:
         raise InfillError(f"a middle needs at least 1 bar, got {n_bars}")
+    decoding.check_sampling(temperature, top_p, guidance)  # now, not at the first step
     span_ticks = n_bars * TICKS_PER_BAR if span_ticks is None else int(span_ticks)
     t = tables_of(vocab)
     ctx = session.engine.context_len
@@ -194,7 +212,7 @@ def generate_middle(
     session.reset()
     session.feed([*head, *pre, ids.suffix, *suf, ids.middle, ids.span(n_bars)])
     hook = SpanGrammar(t, ids, n_bars=n_bars, span_ticks=span_ticks, bars0=session.bars)
-    out = session.generate(
+    steps = session.generate_steps(
         n_tokens=max(1, min(budget, ctx - session.n_past)),
         temperature=temperature,
         top_p=top_p,
@@ -204,9 +222,13 @@ def generate_middle(
         hooks=[hook],
         stop_ids=(ids.end,),
     )
-    ended = bool(out) and out[-1] == ids.end
-    body = out[:-1] if ended else out
-    return Middle(body, middle_notes(t, body), ended)
+    return MiddleRun(steps, t, ids.end)
+
+
+def generate_middle(session, prefix: Sequence[int], suffix: Sequence[int], **kwargs) -> Middle:
+    """start_middle(...) run to its end: the middle, written in one call (arguments as start_middle's)."""
+    run = start_middle(session, prefix, suffix, **kwargs)
+    return run.finish(list(run.steps))
 
 
 # --------------------------------------------------------------------------- files

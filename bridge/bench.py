@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from typemoe.bridge import osc_io
 from typemoe.bridge.config import BridgeConfig
 from typemoe.bridge.jackd import jack_server
@@ -117,6 +118,7 @@ def run_bridge_bench(
     """
     check_available()
     import rtmidi
+
     from typemoe.bridge.daemon import Bridge
     from typemoe.bridge.model import load_model
 
@@ -139,6 +141,7 @@ def _play_tune(out, reply: socket.socket, beats: float, bpm: float = 100.0) -> d
     /typemoe/key received; the chord is still held then), the key changes reported, and the minutes played.
     """
     from pythonosc.osc_message import OscMessage
+
     from typemoe.bridge.demo import load_tune
 
     spb = 60.0 / bpm

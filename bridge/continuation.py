@@ -24,10 +24,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from typemoe import decoding
 from typemoe.bridge.events import Generate
 from typemoe.bridge.notes import BEATS_PER_BAR, BeatNote, TokenReader
-
-from typemoe import decoding
 from typemoe.vocab import MAX_EMPTY_BARS
 
 _EPS = 1e-6  # beats: onsets are multiples of 1/4 beat, so this only absorbs float noise

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import symusic
+
 from typemoe.bridge.config import BridgeConfig
 from typemoe.bridge.daemon import Bridge
 from typemoe.bridge.events import MidiIn, OscIn, SendOsc

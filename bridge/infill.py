@@ -32,11 +32,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from typemoe import decoding
 from typemoe.bridge.events import Infilled, InfillJob, SendOsc
 from typemoe.bridge.notes import BEATS_PER_BAR, BeatNote, TokenReader
 from typemoe.bridge.playback import Playback
-
-from typemoe import decoding
 from typemoe.infill import InfillError, InfillIds, generate_middle, split_score
 from typemoe.vocab import MAX_INFILL_BARS, TICKS_PER_BAR, TICKS_PER_BEAT
 

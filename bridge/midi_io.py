@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 
 import rtmidi
+
 from typemoe.bridge.config import BridgeConfig
 
 log = logging.getLogger(__name__)

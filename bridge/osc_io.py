@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 
 from pythonosc.osc_message_builder import OscMessageBuilder
+
 from typemoe.bridge.events import BadDatagram, OscIn
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from typemoe.bridge.notes import TokenReader
 from typemoe.bridge.torchless import TypedVocab, analysis
 

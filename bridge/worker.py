@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from typemoe import decoding
 from typemoe.bridge import infill
 from typemoe.bridge.context import ContextPolicy, Plan
 from typemoe.bridge.continuation import generate_kwargs
@@ -40,8 +42,6 @@ from typemoe.bridge.events import (
     Recondition,
     ResetModel,
 )
-
-from typemoe import decoding
 from typemoe.vocab import FAMILIES
 
 log = logging.getLogger(__name__)

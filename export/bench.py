@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from typemoe.export.runtime import MODEL_INT8_FILE, OrtModel, OrtSession
 
+from typemoe.export.runtime import MODEL_INT8_FILE, OrtModel, OrtSession
 from typemoe.shipped import default_model_dir
 
 log = logging.getLogger(__name__)
@@ -445,11 +445,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _export_preset(preset: str, tmp: Path) -> tuple[Path, Any]:
     import torch
-    from typemoe.export.cli import quiet_exporter_logs
-    from typemoe.export.onnx_export import export_model
 
     from typemoe import analysis
     from typemoe.config import PRESETS
+    from typemoe.export.cli import quiet_exporter_logs
+    from typemoe.export.onnx_export import export_model
     from typemoe.model import TypeMoE
     from typemoe.vocab import TypedVocab
 

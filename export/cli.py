@@ -77,10 +77,9 @@ def add_export_arguments(p: argparse.ArgumentParser, *, positional: bool = False
 
 def run_export(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
+    from typemoe.checkpoint import CheckpointError
     from typemoe.export.onnx_export import export_checkpoint
     from typemoe.export.validate import ExportMismatchError
-
-    from typemoe.checkpoint import CheckpointError
 
     if not args.verbose:
         quiet_exporter_logs()  # again: importing torch re-levels its own loggers

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from typemoe import analysis
 from typemoe.export import graphs
 from typemoe.export.runtime import (
     FORMAT,
@@ -45,8 +47,6 @@ from typemoe.export.runtime import (
     MODEL_INT8_FILE,
     sha256_file,
 )
-
-from typemoe import analysis
 from typemoe.model import TypeMoE
 
 log = logging.getLogger(__name__)

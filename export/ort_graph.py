@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
 from typemoe.export.model_dir import ModelDirError
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from typemoe import analysis
+from typemoe.decoding import TOKENS_PER_BAR_CAP, Session, StepOut  # noqa: F401
 from typemoe.export.model_dir import (  # noqa: F401  (re-exported: the runtime's public names)
     EXPORT_COMMAND,
     FORMAT,
@@ -49,9 +52,6 @@ from typemoe.export.ort_graph import (  # noqa: F401
     cpu_session_options,
     resolve_provider,
 )
-
-from typemoe import analysis
-from typemoe.decoding import TOKENS_PER_BAR_CAP, Session, StepOut, sample_next, softmax  # noqa: F401
 from typemoe.key_fusion import FILE as KEY_FILE
 from typemoe.key_fusion import KeyFusion, KeyReader
 from typemoe.meter import FILE as METER_FILE

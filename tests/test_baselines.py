@@ -6,9 +6,9 @@ import functools
 
 import numpy as np
 import pytest
-from typemoe.training import baselines
 
 from typemoe import analysis
+from typemoe.training import baselines
 
 music21 = pytest.importorskip("music21")
 

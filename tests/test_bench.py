@@ -13,6 +13,7 @@ pytestmark = pytest.mark.onnx
 def test_bench_writes_all_keys(tmp_path, capsys):
     pytest.importorskip("torch")
     from export_fixtures import make_tiny_model_dir
+
     from typemoe.export.bench import add_arguments, run
 
     model_dir = make_tiny_model_dir(tmp_path / "model")

@@ -6,6 +6,7 @@ import math
 
 import pytest
 from test_bridge_jack import pytestmark  # noqa: F401 - same skips (jackd, rtmidi JACK) and markers
+
 from typemoe.bridge.bench import run_bridge_bench
 
 

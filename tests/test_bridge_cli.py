@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from typemoe.bridge import cli, osc_api
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from typemoe.bridge.clock import PPQN, BeatClock, FakeClock
 
 

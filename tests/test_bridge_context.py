@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from typemoe.bridge.context import ContextPolicy
 
 BOS, BAR = 1, 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import symusic
 from bridge_fixtures import toy_vocab
+
 from typemoe.bridge.config import BridgeConfig
 from typemoe.bridge.demo import DEMO_TUNE, load_tune, run_demo
 from typemoe.bridge.toy_model import ToyModel

@@ -7,6 +7,7 @@ import math
 import pytest
 import symusic
 from bridge_fixtures import C_MAJOR_TUNE, Harness, toy_vocab
+
 from typemoe.bridge.clock import PPQN
 from typemoe.bridge.engine import _EARLY_S as EARLY
 from typemoe.bridge.events import Generated, Tick

@@ -14,19 +14,10 @@ from dataclasses import dataclass
 
 import bridge_fixtures
 import pytest
-from bridge_fixtures import (
-    C_MAJOR_TUNE,
-    JACKD,
-    Harness,
-    MidiRecv,
-    MidiSend,
-    OscPeer,
-    free_udp_port,
-    start_bridge,
-    stop_process,
-    toy_vocab,
-)
+from bridge_fixtures import C_MAJOR_TUNE, Harness, toy_vocab
+from bridge_jack_fixtures import JACKD, MidiRecv, MidiSend, OscPeer, free_udp_port, start_bridge, stop_process
 from test_bridge_steer import FlatModel
+
 from typemoe.bridge import infill
 from typemoe.bridge.events import InfillJob
 from typemoe.bridge.notes import BeatNote
@@ -110,7 +101,6 @@ def test_nothing_heard_since_a_reset_is_an_error():
 
 def test_a_model_without_the_infill_tokens_is_refused_by_name(monkeypatch):
     from typemoe.bridge.torchless import TypedVocab
-
     from typemoe.shipped import default_model_dir
 
     old = TypedVocab.load(default_model_dir())  # the shipped model's vocabulary predates infilling

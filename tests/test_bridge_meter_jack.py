@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from bridge_fixtures import JACKD, MidiSend, OscPeer, free_udp_port, start_bridge, stop_process
+from bridge_jack_fixtures import JACKD, MidiSend, OscPeer, free_udp_port, start_bridge, stop_process
 
 from typemoe.shipped import default_model_dir
 
@@ -45,6 +45,7 @@ TUNES = {
 def _tune(rel: str, x: str):
     from music21 import common, converter
     from test_invariance import _m21_to_score
+
     from typemoe.training.sources import split_of
 
     assert split_of(f"{rel}#{x}") == "test", "the tune must be held out from training"

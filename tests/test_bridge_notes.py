@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from bridge_fixtures import C_MAJOR_TUNE, Harness, hanging_notes
+
 from typemoe.bridge.engine import CONFIRM_S
 
 
@@ -146,6 +147,7 @@ def test_a_held_chord_is_analysed_at_note_on_not_at_its_end():
 
 def test_hysteresis_keeps_the_reported_key_until_another_leads_by_the_margin():
     import numpy as np
+
     from typemoe.bridge.engine import KEY_MARGIN
     from typemoe.bridge.events import Analysis
 

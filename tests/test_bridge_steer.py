@@ -16,27 +16,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bridge_fixtures import (
-    C_MAJOR_TUNE,
+from bridge_fixtures import C_MAJOR_TUNE, Harness, toy_vocab
+from bridge_jack_fixtures import (
     JACKD,
     ClockSender,
-    Harness,
     MidiRecv,
     MidiSend,
     OscPeer,
     free_udp_port,
     start_bridge,
     stop_process,
-    toy_vocab,
 )
+
+from typemoe import analysis, decoding
 from typemoe.bridge import continuation as cont
 from typemoe.bridge.config import BridgeConfig
 from typemoe.bridge.context import ContextPolicy
 from typemoe.bridge.events import Analysis, Feed, Generated
 from typemoe.bridge.notes import TokenReader
 from typemoe.bridge.worker import ModelThread
-
-from typemoe import analysis, decoding
 from typemoe.shipped import default_model_dir
 
 F_SHARP_MAJOR = {6, 8, 10, 11, 1, 3, 5}  # pitch classes of F# major's scale

@@ -6,10 +6,10 @@ import queue
 import time
 
 from bridge_fixtures import toy_vocab
+
 from typemoe.bridge.events import Analysis, CancelGenerate, Feed, Generate, Generated, Recondition
 from typemoe.bridge.toy_model import ToyModel, ToySession
 from typemoe.bridge.worker import ModelThread
-
 from typemoe.vocab import FAMILIES
 
 

@@ -75,6 +75,7 @@ def test_both_backends_give_the_same_ids(ort_model, torch_model, temperature, st
 def test_eval_path_equals_the_bridge_path(model_dir, ort_model, torch_model, temperature):
     """`typemoe eval`'s generate (ONNX dir and checkpoint) = OrtSession.generate_steps, what the bridge calls."""
     from export_fixtures import tiny_checkpoint_dir
+
     from typemoe.training.eval_model import open_model
 
     vocab = ort_model.vocab

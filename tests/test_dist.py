@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from training_fixtures import build_shards, losses_of, run_module, tiny_args
+
 from typemoe.training import pretrain
 
 

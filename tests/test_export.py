@@ -10,13 +10,13 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from export_fixtures import N_CLASSES, make_tiny_model_dir, tiny_checkpoint_dir  # noqa: E402
+
+from typemoe import analysis, checkpoint  # noqa: E402
+from typemoe.config import tiny  # noqa: E402
 from typemoe.export import graphs  # noqa: E402
 from typemoe.export.onnx_export import export_model, resolve_checkpoint  # noqa: E402
 from typemoe.export.runtime import MANIFEST_FILE, MODEL_FILE, MODEL_FP16_FILE, MODEL_INT8_FILE, OrtModel  # noqa: E402
 from typemoe.export.validate import ExportMismatchError, check_parity, default_cases  # noqa: E402
-
-from typemoe import analysis, checkpoint  # noqa: E402
-from typemoe.config import tiny  # noqa: E402
 from typemoe.model import TypeMoE  # noqa: E402
 from typemoe.vocab import TypedVocab  # noqa: E402
 

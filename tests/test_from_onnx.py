@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from export_fixtures import make_tiny_model_dir, tiny_checkpoint_dir
-from typemoe.training.from_onnx import RecoverError, recover_dir
 
 from typemoe import checkpoint
+from typemoe.training.from_onnx import RecoverError, recover_dir
 
 pytestmark = pytest.mark.onnx
 

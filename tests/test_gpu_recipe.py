@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from training_fixtures import REPO, build_shards, python_env
-from typemoe.training import gpu_recipe, pretrain
-from typemoe.training.gpu_vocab import PackedVocab
 
 from typemoe import checkpoint
+from typemoe.training import gpu_recipe, pretrain
+from typemoe.training.gpu_vocab import PackedVocab
 
 BLOCKED = "import sys; sys.modules['miditok'] = None; sys.modules['symusic'] = None"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import music21_scores
+
 from typemoe.training.humanize import HumanizeConfig, Humanizer
 
 OFF = dict(

@@ -19,6 +19,7 @@ KEYS = ("time", "duration", "pitch", "velocity")
 @pytest.fixture(scope="module")
 def ort_model(tmp_path_factory):
     from export_fixtures import make_tiny_model_dir
+
     from typemoe.export.runtime import OrtModel
 
     return OrtModel(make_tiny_model_dir(tmp_path_factory.mktemp("infill") / "model"), provider="cpu")
@@ -133,9 +134,9 @@ def test_infilling_tokens_have_onnx_pytorch_parity(ort_model):
     """The export's parity cases include a fill-in-the-middle stream, and it passes (checked here again,
     against the checkpoint the fixture exported)."""
     from export_fixtures import tiny_checkpoint_dir
-    from typemoe.export.validate import check_parity, default_cases
 
     from typemoe import checkpoint
+    from typemoe.export.validate import check_parity, default_cases
 
     cases = [c for c in default_cases(ort_model.vocab, ort_model.context_len) if c.name.startswith("infill")]
     assert len(cases) == 1

@@ -122,11 +122,10 @@ def test_fim_needs_the_tokens():
 
 
 def test_sampler_mixes_fim_at_its_rate_and_targets_the_end(vocab):
+    from typemoe.config import tiny
     from typemoe.training.config import TrainConfig
     from typemoe.training.data import Pieces, TokenOps, WindowSampler, collate
     from typemoe.training.infill_data import FimOps
-
-    from typemoe.config import tiny
 
     tokens = [music(vocab, 30 + 7 * i, i) for i in range(24)]
     n = len(tokens)
@@ -176,12 +175,11 @@ def test_sampler_mixes_fim_at_its_rate_and_targets_the_end(vocab):
 
 def test_grow_vocab_keeps_the_old_model(tmp_path, vocab):
     torch = pytest.importorskip("torch")
+    from typemoe import analysis, checkpoint
+    from typemoe.model import TypeMoE
     from typemoe.training.infill_data import grow_vocab
     from typemoe.training.presets import PRESETS
     from typemoe.training.pretrain import init_model
-
-    from typemoe import analysis, checkpoint
-    from typemoe.model import TypeMoE
 
     old = legacy_vocab()
     cfg = PRESETS["tiny"](vocab).model
@@ -203,11 +201,10 @@ def test_grow_vocab_keeps_the_old_model(tmp_path, vocab):
 
 def test_finetune_from_an_older_checkpoint_grows_it(tmp_path, vocab):
     torch = pytest.importorskip("torch")
-    from typemoe.training.finetune import init_model
-    from typemoe.training.presets import PRESETS
-
     from typemoe import checkpoint
     from typemoe.model import TypeMoE
+    from typemoe.training.finetune import init_model
+    from typemoe.training.presets import PRESETS
 
     old = legacy_vocab()
     torch.manual_seed(1)

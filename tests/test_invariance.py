@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import symusic
+
 from typemoe.training import perturb
 
 AGREEMENT = 0.95
@@ -83,6 +84,7 @@ def music21_test_pieces() -> tuple[tuple[str, symusic.Score], ...]:
     import warnings
 
     from music21 import common, converter
+
     from typemoe.training.sources import split_of
 
     root = Path(common.getCorpusFilePath())
@@ -147,7 +149,6 @@ def model():
     import os
 
     from typemoe.export.runtime import OrtModel
-
     from typemoe.shipped import default_model_dir
 
     return OrtModel(os.environ.get("TYPEMOE_INVARIANCE_MODEL") or default_model_dir())

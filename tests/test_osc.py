@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+
 from typemoe.bridge import osc_api
 from typemoe.bridge.events import BadDatagram, OscIn
 from typemoe.bridge.osc_io import decode, encode

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from typemoe.export.runtime import MANIFEST_FILE, MODEL_FILE, ModelDirError, OrtModel, resolve_provider
 
 pytestmark = pytest.mark.onnx

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from export_fixtures import analyze_without_torch
-from typemoe.export import tools
-from typemoe.export.runtime import MANIFEST_FILE, OrtModel, read_manifest
 
 from typemoe import analysis
+from typemoe.export import tools
+from typemoe.export.runtime import MANIFEST_FILE, OrtModel, read_manifest
 from typemoe.shipped import EMOTION_DIRNAME, default_emotion_dir, default_model_dir
 
 REPO = Path(__file__).resolve().parents[1]

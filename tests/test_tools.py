@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import symusic
 from export_fixtures import analyze_without_torch
-from typemoe.export import tools
 
 from typemoe import analysis
+from typemoe.export import tools
 
 pytest.importorskip("onnx")
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +53,7 @@ def test_analyze_json(model_dir, tune, capsys):
 def test_analyze_reads_the_whole_piece(model_dir, tmp_path):
     """A piece longer than the context: the estimate is the one at its end, after the context slid."""
     from conftest import music21_scores
+
     from typemoe.export.runtime import OrtModel
 
     model = OrtModel(model_dir, provider="cpu")

@@ -13,6 +13,8 @@ import time
 import numpy as np
 import pytest
 from training_fixtures import REPO, build_shards, losses_of, python_env, read_metrics, run_module, tiny_args
+
+from typemoe import checkpoint
 from typemoe.training import ckpt, finetune, pretrain
 from typemoe.training.augment import Transposer, shift_phase
 from typemoe.training.data import (
@@ -24,8 +26,6 @@ from typemoe.training.data import (
     make_sample,
 )
 from typemoe.training.presets import tiny
-
-from typemoe import checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,6 @@ def test_resume_continues_with_the_runs_own_configuration(shards, tmp_path):
 
 def read_config_of_tiny() -> int:
     from typemoe.training.presets import PRESETS
-
     from typemoe.vocab import TypedVocab
 
     return PRESETS["tiny"](TypedVocab.default()).model.d_model

@@ -27,6 +27,7 @@ MAJOR_OF_SHARPS = {s: (7 * s) % 12 for s in range(-7, 8)}
 def build_shards(out: Path, n: int = 48) -> Path:
     """Shards of the first n tunes of essenFolksong/altdeu10 (cached per directory)."""
     from conftest import music21_scores
+
     from typemoe.training.prepare import BuildConfig, build
 
     if (out / "manifest.json").is_file():

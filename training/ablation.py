@@ -84,9 +84,8 @@ def _shards(cfg: AblationConfig, out_dir: Path) -> Path:
 
 
 def _step_of(run: Path) -> int | None:
-    from typemoe.training import ckpt
-
     from typemoe.checkpoint import CheckpointError, read_config
+    from typemoe.training import ckpt
 
     try:
         return int(read_config(ckpt.resolve(run))[2].get("step", -1))

@@ -14,9 +14,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from typemoe.training.presets import PRESETS
-
 from typemoe.cli import TORCH_INSTALL_HINT
+from typemoe.training.presets import PRESETS
 
 CLS_TASKS = ("genre", "emotion", "composer")
 

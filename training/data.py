@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from typemoe.training import infill_data
 from typemoe.training.humanize import Humanizer
-
 from typemoe.vocab import TypedVocab
 
 LABEL_TASKS = ("key", "meter", "genre", "emotion", "composer")

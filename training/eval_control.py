@@ -23,10 +23,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from typemoe.training import baselines
-from typemoe.training.data import load_pieces
 
 from typemoe import analysis
+from typemoe.training import baselines
+from typemoe.training.data import load_pieces
 
 METERS = ("4/4", "3/4", "6/8", "2/4")
 

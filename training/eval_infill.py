@@ -25,10 +25,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from typemoe.training import metrics
 
 from typemoe import infill
 from typemoe.grammar_tables import tables_of
+from typemoe.training import metrics
 
 MAX_BARS = 4
 

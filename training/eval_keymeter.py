@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from typemoe import analysis
 from typemoe.training import baselines, metrics
 from typemoe.training.eval_data import EvalData, EvalPiece, signature_of_key
 from typemoe.training.eval_report import (
@@ -17,8 +19,6 @@ from typemoe.training.eval_report import (
     _mirex_with_misses,
     _window,
 )
-
-from typemoe import analysis
 
 
 def _parse_pred(names: list[str], probs: np.ndarray, parse) -> int:

@@ -76,9 +76,8 @@ def open_model(path: str | Path | None, *, provider: str = "cpu") -> TorchModel 
     if is_onnx_dir(path):
         return OnnxModel(path, provider=provider)
     try:
-        from typemoe.training import ckpt
-
         from typemoe.checkpoint import CheckpointError
+        from typemoe.training import ckpt
     except ImportError as err:  # torch missing
         raise ModelOpenError(
             f"{path} is not an exported ONNX model dir, and reading a PyTorch checkpoint needs torch: {err}"

@@ -7,9 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from typemoe.training.eval_data import EvalPiece
 
 from typemoe import analysis
+from typemoe.training.eval_data import EvalPiece
 
 STREAM_BARS = (1, 2, 4, 8)
 

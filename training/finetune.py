@@ -23,14 +23,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from typemoe import checkpoint
+from typemoe.model import TypeMoE
 from typemoe.training import ckpt, cli, dist, infill_data, loop
 from typemoe.training.cli import CLS_TASKS
 from typemoe.training.config import LossConfig, OptimConfig, TrainConfig
 from typemoe.training.data import Pieces, load_pieces
 from typemoe.training.pretrain import apply_overrides, split_pieces
-
-from typemoe import checkpoint
-from typemoe.model import TypeMoE
 
 
 def label_set(pieces: Pieces, task: str) -> tuple[list[str], Pieces]:

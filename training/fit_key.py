@@ -16,13 +16,13 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+
+from typemoe.key_fusion import KeyFusion, KeyReader, profile_features, rotated_profiles
 from typemoe.training.augment import Transposer
 from typemoe.training.baselines import KEY_BASELINES
 from typemoe.training.data import load_pieces
 from typemoe.training.fit_meter import fit_parser, save_fusion
 from typemoe.training.humanize import Humanizer
-
-from typemoe.key_fusion import KeyFusion, KeyReader, profile_features, rotated_profiles
 
 
 def music21_profiles() -> tuple[np.ndarray, tuple[str, ...]]:
@@ -70,9 +70,8 @@ def window_samples(pieces, vocab, model, *, max_pieces: int, seed: int, context:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from typemoe.export.runtime import OrtModel
-
     from typemoe import analysis
+    from typemoe.export.runtime import OrtModel
 
     args = fit_parser("python -m typemoe.training.fit_key", __doc__, 4000).parse_args(argv)
     try:

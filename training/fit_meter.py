@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from typemoe.training.data import load_pieces
-from typemoe.training.humanize import Humanizer
 
 from typemoe import analysis
 from typemoe.meter import GRID, MeterFusion, rhythm_features
+from typemoe.training.data import load_pieces
+from typemoe.training.humanize import Humanizer
 
 
 def window_samples(pieces, vocab, model, *, max_pieces: int, seed: int, context: int):

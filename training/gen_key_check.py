@@ -22,11 +22,11 @@ import argparse
 import sys
 
 import music21
-from typemoe.export.runtime import OrtModel
-from typemoe.training.shards import ShardSet
 
 from typemoe import analysis
+from typemoe.export.runtime import OrtModel
 from typemoe.shipped import default_model_dir
+from typemoe.training.shards import ShardSet
 
 
 def music21_key(vocab, ids) -> int | None:

@@ -71,7 +71,6 @@ def pack(data_dirs: list[Path], out: Path, *, max_mib: float = 50.0) -> dict[str
         ValueError: shards from another vocabulary, ids that do not fit uint16, or a pack over max_mib.
     """
     from typemoe.training.data import load_pieces
-
     from typemoe.vocab import TypedVocab
 
     vocab = TypedVocab.default()
@@ -266,6 +265,7 @@ def run(args: argparse.Namespace, train_flags: list[str]) -> int:
     from dataclasses import replace
 
     import torch
+
     from typemoe.training import ckpt, cli, dist, loop, pretrain
     from typemoe.training.data import keep_label_fraction
 
@@ -346,9 +346,9 @@ def unpack(paths: list[Path], out: Path, *, force: bool = False) -> Path:
     """
     import torch
     from safetensors.torch import load_file, save_file
-    from typemoe.training import ckpt
 
     from typemoe import checkpoint
+    from typemoe.training import ckpt
 
     files = {p.name: p for p in _bundle_files(paths)}
     if META not in files:

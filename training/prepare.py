@@ -39,19 +39,19 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from typemoe import analysis
 from typemoe.training.music21_source import default_cache_dir
+from typemoe.training.skip_log import SkipLog
 from typemoe.training.sources import (
     LABELS,
     SPLITS,
     Piece,
-    SkipLog,
     SourceOptions,
     default_shared_dir,
     normalize_spec,
     read_source,
 )
-
-from typemoe import analysis
 
 log = logging.getLogger(__name__)
 

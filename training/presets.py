@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from typemoe.training.config import LossConfig, OptimConfig, TrainConfig
-
 from typemoe import analysis
 from typemoe import config as model_presets
+from typemoe.training.config import LossConfig, OptimConfig, TrainConfig
 
 
 def _model(name: str, vocab, **overrides: Any):

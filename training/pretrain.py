@@ -77,9 +77,8 @@ def _saved_config(args) -> dict | None:
 def init_model(path, cfg, vocab=None):
     """The weights to start from (--init): they must have the preset's shapes; a checkpoint from before
     the infilling tokens is grown to `vocab` (training/infill_data.grow_vocab)."""
-    from typemoe.training import ckpt, infill_data
-
     from typemoe import checkpoint
+    from typemoe.training import ckpt, infill_data
 
     try:
         model = checkpoint.load(ckpt.resolve(path))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from typemoe.training.sources import LABELS, SPLITS
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from typemoe import analysis
-from typemoe.decoding import TOKENS_PER_BAR_CAP, Session, StepOut, sample_next, softmax  # noqa: F401
+from typemoe.decoding import TOKENS_PER_BAR_CAP, Session, StepOut  # noqa: F401
 from typemoe.export.model_dir import (  # noqa: F401  (re-exported: the runtime's public names)
     EXPORT_COMMAND,
     FORMAT,

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from typemoe import analysis, decoding, note_writer
+from typemoe import analysis, decoding, note_writer, sampling
 from typemoe.export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
 from typemoe.shipped import default_model_dir, emotion_dir
 
@@ -321,7 +321,7 @@ def continuation_score(
     if bars < 1:
         raise ToolError(f"--bars must be >= 1, got {bars}")
     try:
-        decoding.check_sampling(temperature, top_p, guidance)
+        sampling.check_sampling(temperature, top_p, guidance)
     except ValueError as err:
         raise ToolError(f"--temperature/--top-p/--guidance: {err}") from err
     if key_lock and not controls.get("key"):

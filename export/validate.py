@@ -26,8 +26,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from typemoe.export.runtime import MODEL_FP16_FILE, KVCache, OrtGraph, OrtModel, softmax
+from typemoe.export.runtime import MODEL_FP16_FILE, KVCache, OrtGraph, OrtModel
 from typemoe.model import TypeMoE
+from typemoe.sampling import softmax
 
 log = logging.getLogger(__name__)
 

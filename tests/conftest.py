@@ -1,7 +1,9 @@
-"""Shared fixtures: the real vocabulary and small sets of real pieces (music21 corpus, ../shared/data)."""
+"""Shared fixtures: the real vocabulary, small sets of real pieces (music21 corpus, ../shared/data), a labelled
+folder of real tunes and the tiny checkpoint for the `typemoe eval` tests, and the bridge's jackd and --model."""
 
 from __future__ import annotations
 
+import csv
 import functools
 import os
 import tarfile
@@ -16,6 +18,7 @@ import symusic
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+N_TUNES = 12  # tunes in the labelled_folder fixture
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +87,43 @@ def real_pieces() -> list[tuple[str, symusic.Score]]:
     return music21_scores(200 - len(shared)) + shared
 
 
+@pytest.fixture(scope="module")
+def labelled_folder(tmp_path_factory):
+    """Real Essen tunes as MIDI + a labels CSV (key on 3 of 4 tunes, meter, emotion cycling Q1..Q4): the
+    folder and its rows, for the `typemoe eval` tests (N_TUNES tunes)."""
+    from typemoe import analysis
+
+    d = tmp_path_factory.mktemp("tunes")
+    rows = []
+    for i, (_, score) in enumerate(music21_scores(N_TUNES)):
+        ts, ks = score.time_signatures, score.key_signatures
+        meter = f"{ts[0].numerator}/{ts[0].denominator}" if len(ts) else ""
+        key = analysis.KEYS[(7 * ks[0].key) % 12] if len(ks) and i % 4 else ""
+        score.dump_midi(str(d / f"tune{i:02d}.mid"))
+        rows.append(
+            {
+                "path": f"tune{i:02d}.mid",
+                "key": key,
+                "meter": meter,
+                "genre": "folk",
+                "emotion": f"Q{i % 4 + 1}",
+            }
+        )
+    with (d / "labels.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "key", "meter", "genre", "emotion"])
+        w.writeheader()
+        w.writerows(rows)
+    return d, rows
+
+
+@pytest.fixture(scope="module")
+def ckpt():
+    """The tiny random checkpoint of export_fixtures (shared: do not modify it)."""
+    from export_fixtures import tiny_checkpoint_dir
+
+    return tiny_checkpoint_dir()
+
+
 def score_from_notes(notes, tpq: int = 4) -> symusic.Score:
     """A one-track score from (onset, duration, pitch, velocity) tuples in ticks."""
     arr = np.asarray(notes, dtype=np.int64).reshape(-1, 4)
@@ -102,7 +142,7 @@ def score_from_notes(notes, tpq: int = 4) -> symusic.Score:
 @pytest.fixture(scope="module")
 def jack():
     """A private jackd (64-frame periods) for one test module; skips where JACK is not available."""
-    from bridge_fixtures import jack_or_skip
+    from bridge_jack_fixtures import jack_or_skip
 
     with jack_or_skip(period=64) as name:
         yield name

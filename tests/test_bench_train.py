@@ -16,7 +16,7 @@ import torch
 from training_fixtures import build_shards
 
 from typemoe.model import TypeMoE
-from typemoe.training import bench_train, loop, losses
+from typemoe.training import bench_train, loop, losses, stepper
 from typemoe.training.data import TokenOps, WindowSampler, keep_label_fraction, load_pieces
 from typemoe.training.prefetch import Prefetcher
 from typemoe.training.presets import tiny
@@ -53,8 +53,8 @@ def test_teacher_on_unlabelled_rows_matches_whole_batch(setup, vocab):
     )
     kw = dict(model=model, ddp_model=model, ema=ema, opt=None, names=names, cls_task=None, ops=ops,
               device=torch.device("cpu"))  # fmt: skip
-    old = loop.Stepper(cfg, teacher_rows="all", **kw)
-    new = loop.Stepper(cfg, teacher_rows="unlabelled", **kw)
+    old = stepper.Stepper(cfg, teacher_rows="all", **kw)
+    new = stepper.Stepper(cfg, teacher_rows="unlabelled", **kw)
     for b in batches:
         t_old, t_new = old.teacher(b), new.teacher(b)
         if t_old is None:

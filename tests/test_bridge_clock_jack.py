@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from bridge_fixtures import ClockSender, MidiRecv, MidiSend
+from bridge_jack_fixtures import ClockSender, MidiRecv, MidiSend
 from test_bridge_jack import (
     Running,
     _wait_notes_done,
@@ -29,7 +29,7 @@ from test_bridge_jack import (
 @pytest.fixture(scope="module")
 def jack():
     """A private jackd at 128-frame periods for this module (see the module docstring)."""
-    from bridge_fixtures import jack_or_skip
+    from bridge_jack_fixtures import jack_or_skip
 
     with jack_or_skip(period=128) as name:
         yield name

@@ -14,18 +14,8 @@ from dataclasses import dataclass
 
 import bridge_fixtures
 import pytest
-from bridge_fixtures import (
-    C_MAJOR_TUNE,
-    JACKD,
-    Harness,
-    MidiRecv,
-    MidiSend,
-    OscPeer,
-    free_udp_port,
-    start_bridge,
-    stop_process,
-    toy_vocab,
-)
+from bridge_fixtures import C_MAJOR_TUNE, Harness, toy_vocab
+from bridge_jack_fixtures import JACKD, MidiRecv, MidiSend, OscPeer, free_udp_port, start_bridge, stop_process
 from test_bridge_steer import FlatModel
 
 from typemoe.bridge import infill

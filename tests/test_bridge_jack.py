@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from bridge_fixtures import (
+from bridge_jack_fixtures import (
     JACKD,
     MidiRecv,
     OscPeer,
@@ -36,7 +36,7 @@ pytestmark = [
     ),
 ]
 
-FIXTURES = Path(__file__).resolve().parent / "bridge_fixtures.py"
+FIXTURES = Path(__file__).resolve().parent / "bridge_jack_fixtures.py"
 
 
 class Running:

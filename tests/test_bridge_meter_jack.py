@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from bridge_fixtures import JACKD, MidiSend, OscPeer, free_udp_port, start_bridge, stop_process
+from bridge_jack_fixtures import JACKD, MidiSend, OscPeer, free_udp_port, start_bridge, stop_process
 
 from typemoe.shipped import default_model_dir
 

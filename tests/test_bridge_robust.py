@@ -15,7 +15,7 @@ import struct
 import time
 
 import pytest
-from bridge_fixtures import MidiRecv, jack_or_skip, stop_process
+from bridge_jack_fixtures import MidiRecv, jack_or_skip, stop_process
 from test_bridge_jack import Running, _peer, pytestmark  # noqa: F401 - same skips and markers
 
 FLOOD_S = float(os.environ.get("TYPEMOE_FLOOD_S", "3"))

@@ -16,14 +16,8 @@ import sys
 import time
 
 import pytest
-from bridge_fixtures import (
-    C_MAJOR_TUNE,
-    JACKD,
-    MidiRecv,
-    MidiSend,
-    _die_with_parent,
-    stop_process,
-)
+from bridge_fixtures import C_MAJOR_TUNE
+from bridge_jack_fixtures import JACKD, MidiRecv, MidiSend, _die_with_parent, stop_process
 from test_bridge_jack import Running, pytestmark  # noqa: F401 - same skips and markers
 
 

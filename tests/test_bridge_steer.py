@@ -16,18 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bridge_fixtures import (
-    C_MAJOR_TUNE,
+from bridge_fixtures import C_MAJOR_TUNE, Harness, toy_vocab
+from bridge_jack_fixtures import (
     JACKD,
     ClockSender,
-    Harness,
     MidiRecv,
     MidiSend,
     OscPeer,
     free_udp_port,
     start_bridge,
     stop_process,
-    toy_vocab,
 )
 
 from typemoe import analysis, decoding

@@ -12,11 +12,11 @@ import symusic
 
 from tests.conftest import SHARED_DATA, score_from_notes
 from typemoe import analysis
-from typemoe.training import music21_source
+from typemoe.training import label_rules, music21_source
+from typemoe.training.skip_log import SkipLog
 from typemoe.training.sources import (
     SHARED_SETS,
     Piece,
-    SkipLog,
     SourceOptions,
     read_folder,
     read_shared,
@@ -92,14 +92,14 @@ def test_signature_only_formats_use_the_finalis(tmp_path):
 
 def test_meter_is_the_signature_covering_most_time():
     # a 1/4 pickup bar, then 3/4 for 12 beats, a 2/4 bar at the end
-    assert music21_source.longest_meter([(0.0, "1/4"), (1.0, "3/4"), (13.0, "2/4")], 15.0) == "3/4"
-    assert music21_source.longest_meter([], 10.0) is None
+    assert label_rules.longest_meter([(0.0, "1/4"), (1.0, "3/4"), (13.0, "2/4")], 15.0) == "3/4"
+    assert label_rules.longest_meter([], 10.0) is None
 
 
 def test_finalis_rule():
-    assert music21_source.finalis_key(-1, 5) == ("F major", "finalis")
-    assert music21_source.finalis_key(-1, 2) == ("D minor", "finalis")
-    assert music21_source.finalis_key(0, 2)[0] is None  # D dorian on a white-key signature: unlabelled
+    assert label_rules.finalis_key(-1, 5) == ("F major", "finalis")
+    assert label_rules.finalis_key(-1, 2) == ("D minor", "finalis")
+    assert label_rules.finalis_key(0, 2)[0] is None  # D dorian on a white-key signature: unlabelled
 
 
 def test_unparseable_file_is_counted_not_raised(tmp_path):

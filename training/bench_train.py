@@ -7,7 +7,7 @@ Two measurements in one process, on the same model shapes (issue 15):
 
   bare   forward + next-token loss + backward + AdamW on random (batch x seq_len) ids (default 8 x 512):
          the floor the loop cannot beat.
-  loop   training/loop.py's Stepper on real shards, data included: sampling and augmentation
+  loop   training/stepper.py's Stepper on real shards, data included: sampling and augmentation
          (WindowSampler.next_step), the EMA teacher pass, the SS-MTP losses, backward, clipping, AdamW and
          the EMA update. One row per teacher_rows mode ("all" = the loop before issue 15, "unlabelled" =
          now); the modes run alternately on the same batches (each with its own model and optimizer), so
@@ -70,6 +70,7 @@ def bench_loop(cfg, vocab, pieces, *, steps: int, warmup: int, modes=MODES) -> d
     from typemoe.model import TypeMoE
     from typemoe.training import loop
     from typemoe.training.data import TokenOps, WindowSampler
+    from typemoe.training.stepper import Stepper
 
     torch.manual_seed(cfg.seed)
     base = TypeMoE(cfg.model, vocab.type_of).train()
@@ -80,7 +81,7 @@ def bench_loop(cfg, vocab, pieces, *, steps: int, warmup: int, modes=MODES) -> d
         model = copy.deepcopy(base)
         ema = copy.deepcopy(model).eval().requires_grad_(False) if "semi" in names else None
         opt = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr)
-        stepper = loop.Stepper(
+        stepper = Stepper(
             cfg, model=model, ddp_model=model, ema=ema, opt=opt, names=names, cls_task=None, ops=ops,
             device=torch.device("cpu"), teacher_rows=mode,
         )  # fmt: skip

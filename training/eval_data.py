@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from typemoe import analysis
+from typemoe.training.skip_log import SkipLog
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def _from_source(
     import dataclasses
 
     from typemoe.training.prepare import tokenize_piece
-    from typemoe.training.sources import SkipLog, SourceOptions, read_source
+    from typemoe.training.sources import SourceOptions, read_source
 
     opts = {"labels_csv": labels_csv}
     if cache_dir is not None:

@@ -45,8 +45,7 @@ Choices the design leaves open (all fixed here, so numbers compare across runs):
 - Baselines on the same pieces and the same window's notes (decoded from the tokens the model read):
   music21's four key profiles, the autocorrelation meter detector, and the majority class of the
   training split of the same data.
-- Classification (fine-tuned models, any number of them): accuracy and macro-F1 per model, reported as
-  the mean with `.std` (sample standard deviation) and `.n_models` when several are given.
+- Classification (fine-tuned models): training/eval_classification.py.
 A piece missing the label a metric needs is skipped for that metric, and skipped.<metric> counts it.
 """
 
@@ -62,7 +61,8 @@ import numpy as np
 
 from typemoe import analysis
 from typemoe.training import baselines, metrics
-from typemoe.training.eval_data import EvalData, EvalPiece, load_eval_data
+from typemoe.training.eval_classification import classification
+from typemoe.training.eval_data import EvalPiece, load_eval_data
 from typemoe.training.eval_keymeter import (  # noqa: F401  (re-exported)
     _slide_reads,
     key_meter,
@@ -81,7 +81,6 @@ from typemoe.training.eval_report import (  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-CLS_TASKS = ("genre", "emotion", "composer")
 GROUPS = ("continuation", "conditional", "control", "keymeter", "classification", "experts", "infill")
 
 
@@ -217,53 +216,6 @@ def attribute_control(model, pieces: list[EvalPiece], cfg: EvalConfig, report: R
     r["control.meter_match"] = float(np.mean(meter_hits)) if chosen else math.nan
     r["control.meter_family_match"] = float(np.mean(family_hits)) if chosen else math.nan
     r["control.n"] = len(chosen)
-
-
-def _cls_task(model) -> str | None:
-    if model.class_names is None:
-        return None
-    if model.task in CLS_TASKS:
-        return model.task
-    names = set(model.class_names)
-    if names <= set(analysis.EMOTIONS):
-        return "emotion"
-    if names <= set(analysis.GENRES):
-        return "genre"
-    return "composer"
-
-
-def classification(models: list, data: EvalData, window: int, report: Report) -> None:
-    """Accuracy and macro-F1 of each fine-tuned classification head; mean and spread per task."""
-    per_task: dict[str, list[tuple[float, float]]] = {}
-    for model in models:
-        task = _cls_task(model)
-        if task is None:
-            continue
-        pred, true = [], []
-        for piece in data.pieces:
-            label = getattr(piece, task)
-            if label is None:
-                continue
-            probs = model.class_probs(_window(piece, model.vocab, window))
-            pred.append(model.class_names[int(np.argmax(probs))])
-            true.append(label)
-        report.skipped[task] += len(data.pieces) - len(true)
-        per_task.setdefault(task, []).append((metrics.accuracy(pred, true), metrics.macro_f1(pred, true)))
-        report.details.setdefault(f"{task}.per_model", []).append(
-            {
-                "model": str(model.path),
-                "accuracy": _safe(per_task[task][-1][0]),
-                "macro_f1": _safe(per_task[task][-1][1]),
-                "n": len(true),
-            }
-        )
-    r = report.results
-    for task, scores in per_task.items():
-        for j, name in enumerate(("accuracy", "macro_f1")):
-            mean, std = metrics.mean_std([s[j] for s in scores])
-            r[f"{task}.{name}"] = mean
-            r[f"{task}.{name}.std"] = std
-        r[f"{task}.n_models"] = len(scores)
 
 
 def expert_share(model, pieces: list[EvalPiece], window: int, max_pieces: int = 32) -> dict | None:

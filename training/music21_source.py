@@ -20,12 +20,15 @@ Conversion choices (bump CONVERTER_VERSION when one changes, which invalidates t
   * Essen tunes (essenFolksong) are ABC translations of EsAC, whose ``K:`` is the tonic only (minor
     tunes keep the major signature and spell their flats as accidentals: altdeu10 #1 is ``K: G`` with
     B-flats throughout). Their mode is read from the third degree above that tonic: minor if the
-    minor third holds >= THIRD_SHARE of the notated duration of both thirds, major for the major
-    third, unlabelled when neither dominates or neither occurs.
+    minor third holds >= label_rules.THIRD_SHARE of the notated duration of both thirds, major for
+    the major third, unlabelled when neither dominates or neither occurs.
   * Every other format (kern, MusicXML, RomanText) is read as a key *signature* only (MusicXML's
     ``<mode>`` is usually an editor default: the Bach chorale parts disagree with each other): major
     tonic or relative minor, chosen by the finalis (pitch class of the lowest note sounding at the
     end). A finalis that is neither (a modal or half-cadence ending) leaves the key unlabelled.
+
+The rules themselves (third, finalis, longest meter) work on plain note arrays and live in
+training/label_rules.py, shared with the MIDI sources; this module reads the scores and applies them.
 """
 
 from __future__ import annotations
@@ -44,14 +47,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from typemoe import analysis
+from typemoe.training.label_rules import final_bass_pc, finalis_key, key_name, longest_meter, third_mode
 
 log = logging.getLogger(__name__)
 
 CONVERTER_VERSION = 2  # part of the cache path: bump when notes or label rules change
 TPQ = 480  # ticks per quarter note in the cached MIDI files
 DEFAULT_VELOCITY = 80
-THIRD_SHARE = 0.75  # Essen mode rule: share of the winning third among both thirds
 EXCLUDED_COLLECTIONS = (
     "demos",
 )  # music21's own test fixtures (chord-symbol tests, drum samples), not repertoire
@@ -111,66 +113,6 @@ def corpus_files() -> tuple[Path, list[Path]]:
     paths = sorted(Path(p) for p in corpus.getCorePaths())
     keep = [p for p in paths if p.relative_to(root).parts[0] not in EXCLUDED_COLLECTIONS]
     return root, keep
-
-
-# --------------------------------------------------------------------------- labels
-
-
-def key_name(pc: int, minor: bool) -> str:
-    """Name in analysis.KEYS spelling ("Eb minor") of a tonic pitch class and mode."""
-    return analysis.KEYS[pc % 12 + 12 * minor]
-
-
-def finalis_key(sharps: int, final_bass_pc: int | None) -> tuple[str | None, str]:
-    """Major tonic of the signature or its relative minor, whichever the finalis names.
-
-    Returns (key name or None, rule tag). Shared with the MIDI sources (piano-midi.de), whose key
-    signature events always claim major.
-    """
-    if final_bass_pc is None:
-        return None, "none:no-finalis"
-    major_pc = (7 * sharps) % 12
-    if final_bass_pc == major_pc:
-        return key_name(major_pc, False), "finalis"
-    if final_bass_pc == (major_pc + 9) % 12:
-        return key_name(major_pc + 9, True), "finalis"
-    return None, "none:modal-finalis"
-
-
-def final_bass_pc(onsets: np.ndarray, ends: np.ndarray, pitches: np.ndarray) -> int | None:
-    """Pitch class of the lowest note still sounding at the very end (the finalis)."""
-    if len(pitches) == 0:
-        return None
-    end = ends.max()
-    sounding = (onsets < end) & (ends >= end)
-    return int(pitches[sounding].min()) % 12
-
-
-def third_mode(tonic_pc: int, pitches: np.ndarray, durations: np.ndarray) -> bool | None:
-    """True (minor) / False (major) from the thirds above the tonic, None if neither dominates."""
-    pcs = pitches % 12
-    minor = float(durations[pcs == (tonic_pc + 3) % 12].sum())
-    major = float(durations[pcs == (tonic_pc + 4) % 12].sum())
-    if minor + major == 0:
-        return None
-    if minor >= THIRD_SHARE * (minor + major):
-        return True
-    if major >= THIRD_SHARE * (minor + major):
-        return False
-    return None
-
-
-def longest_meter(spans: list[tuple[float, str]], end: float) -> str | None:
-    """The time signature (ratio string) covering the most duration; spans = (offset, ratio) sorted."""
-    if not spans:
-        return None
-    cover: Counter[str] = Counter()
-    for i, (offset, ratio) in enumerate(spans):
-        stop = spans[i + 1][0] if i + 1 < len(spans) else max(end, offset)
-        cover[ratio] += stop - offset
-    # ties (e.g. a zero-length piece) go to the first signature, which is what a reader sees
-    best = max(cover.values())
-    return next(r for _, r in spans if cover[r] == best)
 
 
 # --------------------------------------------------------------------------- notes

@@ -42,11 +42,11 @@ from tqdm import tqdm
 
 from typemoe import analysis
 from typemoe.training.music21_source import default_cache_dir
+from typemoe.training.skip_log import SkipLog
 from typemoe.training.sources import (
     LABELS,
     SPLITS,
     Piece,
-    SkipLog,
     SourceOptions,
     default_shared_dir,
     normalize_spec,

@@ -10,7 +10,7 @@
 
 Bad input never stops a build: a missing file, an unknown label value, a labels-CSV row that is not
 UTF-8, a tune music21 cannot parse is logged with its name (file:line for a CSV row), counted per reason
-in a `SkipLog`, and the build goes on. Whether a MIDI file is
+in a `SkipLog` (training/skip_log.py), and the build goes on. Whether a MIDI file is
 corrupt, empty or drums-only is found when it is tokenized (training/prepare.py), with the same log.
 
 Splits are by piece, from a hash of its source-relative id (90/5/5), never by window, so no piece is in
@@ -35,7 +35,9 @@ import symusic
 
 from typemoe import analysis
 from typemoe.training import music21_source
+from typemoe.training.label_rules import final_bass_pc, finalis_key, longest_meter
 from typemoe.training.music21_source import default_cache_dir
+from typemoe.training.skip_log import SkipLog
 
 log = logging.getLogger(__name__)
 
@@ -98,45 +100,6 @@ class Piece:
 
     def load_score(self) -> symusic.Score:
         return self.score if self.score is not None else symusic.Score(self.midi)
-
-
-class SkipLog:
-    """Counts skipped items per reason and names each one in the log (the first few at WARNING)."""
-
-    def __init__(self, *, loud_per_reason: int = 10, examples_per_reason: int = 20) -> None:
-        self.counts: Counter[str] = Counter()
-        self.examples: dict[str, list[str]] = {}
-        self._loud = loud_per_reason
-        self._keep = examples_per_reason
-
-    def add(self, reason: str, item: str, detail: str = "", *, expected: bool = False) -> None:
-        """Count and name one skipped item; `expected` exclusions (by design) log at INFO, not WARNING."""
-        self.counts[reason] += 1
-        msg = f"{item}: {detail}" if detail else item
-        self.examples.setdefault(reason, [])
-        if len(self.examples[reason]) < self._keep:
-            self.examples[reason].append(msg)
-        level = logging.WARNING if self.counts[reason] <= self._loud else logging.DEBUG
-        log.log(
-            logging.INFO if expected and level == logging.WARNING else level, "skipped (%s) %s", reason, msg
-        )
-
-    def merge(self, other: SkipLog) -> None:
-        """Add another log's counts (e.g. per-source logs into a build total)."""
-        self.counts.update(other.counts)
-        for reason, items in other.examples.items():
-            self.examples.setdefault(reason, []).extend(
-                items[: self._keep - len(self.examples.get(reason, []))]
-            )
-
-    def summary(self) -> str:
-        return ", ".join(f"{n} {r}" for r, n in sorted(self.counts.items())) or "nothing"
-
-    def as_dict(self) -> dict:
-        return {"counts": dict(sorted(self.counts.items())), "examples": self.examples}
-
-    def __len__(self) -> int:
-        return sum(self.counts.values())
 
 
 @dataclass(kw_only=True)
@@ -376,14 +339,14 @@ def _row_classical_piano(row: dict, item: str, skips: SkipLog, midi: Path) -> di
     spans = {}
     for ts in sorted(score.time_signatures, key=lambda t: t.time):
         spans.setdefault(float(ts.time), f"{ts.numerator}/{ts.denominator}")
-    out["meter"] = _meter_or_other(music21_source.longest_meter(sorted(spans.items()), float(end)))
+    out["meter"] = _meter_or_other(longest_meter(sorted(spans.items()), float(end)))
     sharps = {int(ks.key) for ks in score.key_signatures}
     notes = [t.notes.numpy() for t in score.tracks if not t.is_drum]
     if len(sharps) == 1 and notes:
         onset = np.concatenate([n["time"] for n in notes]).astype(np.float64)
         ends = onset + np.concatenate([n["duration"] for n in notes])
         pitch = np.concatenate([n["pitch"] for n in notes]).astype(int)
-        name, _ = music21_source.finalis_key(sharps.pop(), music21_source.final_bass_pc(onset, ends, pitch))
+        name, _ = finalis_key(sharps.pop(), final_bass_pc(onset, ends, pitch))
         out["key"] = analysis.parse_key(name) if name else None
     return out
 

@@ -12,9 +12,9 @@ turns it into a stream of tokens and holds every decoding decision once:
 - Sliding: when the context would overflow, the cache is rebuilt from the leading control tokens (BOS, Key_,
   Meter_, ...) plus the most recent tokens, 3/4 of the context in all. Cached keys carry absolute RoPE
   positions, so they cannot be shifted, only re-prefilled.
-- Sampling: temperature (0 = greedy) and nucleus top-p, from a seeded numpy generator, so two backends
-  with equal logits pick equal ids.
-- Classifier-free guidance: logits = uncond + g * (cond - uncond); the unconditioned logits come from a
+- Sampling (typemoe.sampling): temperature (0 = greedy) and nucleus top-p, from a seeded numpy generator,
+  so two backends with equal logits pick equal ids.
+- Classifier-free guidance (typemoe.sampling.guide): logits = uncond + g * (cond - uncond), uncond from a
   second KV-cached stream whose context lacks the control tokens (g = 1: off, no second stream).
 - Key lock: Pitch ids outside the scale of a key are masked (a hard guarantee, separate from guidance).
 - Meter-aware bars: REMI's Bar token comes every 4 beats whatever the music's meter; with `meter` the
@@ -42,6 +42,7 @@ from typemoe.grammar_tables import (  # noqa: F401  (the decoder's public names)
     scale_pitch_classes,
     tables_of,
 )
+from typemoe.sampling import check_sampling, guide, sample_next, softmax
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,6 @@ class Engine(Protocol):
     def copy_cache(self, dst: Any, src: Any, n_rows: int) -> None: ...
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def slide_keep(tokens: Sequence[int], is_control: np.ndarray, context_len: int) -> list[int]:
     """Indices of `tokens` to re-prefill when the context is full: the leading control tokens (at most a
     quarter of the context), then the most recent tokens, SLIDE_KEEP of the context in all."""
@@ -89,31 +85,6 @@ def slide_keep(tokens: Sequence[int], is_control: np.ndarray, context_len: int) 
         n_pre += 1
     start = max(n_pre, len(tokens) - (int(SLIDE_KEEP * context_len) - n_pre))
     return [*range(n_pre), *range(start, len(tokens))]
-
-
-def sample_next(
-    logits: np.ndarray, allowed: np.ndarray, *, temperature: float, top_p: float, rng: np.random.Generator
-) -> int:
-    """One id from (V,) logits restricted to `allowed`: greedy at temperature 0, else nucleus sampling."""
-    assert allowed.any(), "the decoding masks allow no token"
-    masked = np.where(allowed, logits.astype(np.float64), -np.inf)  # (V,)
-    if temperature == 0:
-        return int(np.argmax(masked))
-    probs = softmax(masked / temperature)  # (V,)
-    if top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")  # (V,)
-        sorted_p = probs[order]
-        drop = (np.cumsum(sorted_p) - sorted_p) >= top_p  # the most likely id always stays
-        probs[order[drop]] = 0.0
-        probs /= probs.sum()
-    return int(rng.choice(probs.size, p=probs))
-
-
-def check_sampling(temperature: float, top_p: float, guidance: float = 1.0) -> None:
-    if temperature < 0 or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-    if not guidance >= 0:
-        raise ValueError(f"guidance must be >= 0 (1 = off), got {guidance}")
 
 
 # --------------------------------------------------------------------------- the session
@@ -432,8 +403,7 @@ class Session:
                 self._mask_window(allowed, window, on_downbeat and not placed, placed)
             logits = self.last.logits
             if uncond is not None:
-                u = uncond.last.logits.astype(np.float64)
-                logits = (u + guidance * (logits.astype(np.float64) - u)).astype(np.float32)
+                logits = guide(logits, uncond.last.logits, guidance)
             for hook in hooks:
                 logits = np.array(logits, dtype=np.float32)
                 hook(self, logits, allowed)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from typemoe import decoding, note_writer
+from typemoe import note_writer, sampling
 from typemoe.grammar_tables import tables_of
 from typemoe.note_writer import Note
 from typemoe.vocab import (
@@ -200,7 +200,7 @@ def start_middle(
     ids = InfillIds.of(vocab)
     if n_bars < 1:
         raise InfillError(f"a middle needs at least 1 bar, got {n_bars}")
-    decoding.check_sampling(temperature, top_p, guidance)  # now, not at the first step
+    sampling.check_sampling(temperature, top_p, guidance)  # now, not at the first step
     span_ticks = n_bars * TICKS_PER_BAR if span_ticks is None else int(span_ticks)
     t = tables_of(vocab)
     ctx = session.engine.context_len

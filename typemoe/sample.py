@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from typemoe import decoding
+from typemoe import decoding, sampling
 from typemoe.model import TypeMoE
 from typemoe.torch_session import session_for
 
@@ -57,13 +57,13 @@ def sample_next(
     allowed: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Pick one id per row of (B, V) logits with decoding.sample_next; returns (B,) long."""
-    decoding.check_sampling(temperature, top_p)
+    """Pick one id per row of (B, V) logits with typemoe.sampling.sample_next; returns (B,) long."""
+    sampling.check_sampling(temperature, top_p)
     rows = logits.float().cpu().numpy()  # (B, V)
     ok = np.ones(rows.shape, dtype=bool) if allowed is None else allowed.cpu().numpy()  # (B, V)
     rng = _rng(generator)
     picks = [
-        decoding.sample_next(r, a, temperature=temperature, top_p=top_p, rng=rng) for r, a in zip(rows, ok)
+        sampling.sample_next(r, a, temperature=temperature, top_p=top_p, rng=rng) for r, a in zip(rows, ok)
     ]
     return torch.as_tensor(picks, dtype=torch.long, device=logits.device)
 
@@ -86,7 +86,7 @@ def generate(
         model: the model; run in eval mode, its training flag is restored afterwards.
         prompt: (B, T) long, T >= 1 (start with BOS or control tokens).
         max_new_tokens: tokens to add.
-        temperature, top_p: see decoding.sample_next.
+        temperature, top_p: see typemoe.sampling.sample_next.
         grammar: optional REMI grammar mask (family rows only: synthetic vocabularies have no time grid).
         seed: seeds the draws (None = nondeterministic); rows draw from one generator in turn.
         stop_id: a row stops once it has produced it; finished rows are padded with it.

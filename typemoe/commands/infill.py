@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from typemoe import analysis, decoding
+from typemoe import analysis, sampling
 from typemoe.infill import InfillError, infill_score
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         if args.key_lock and not args.key:
             raise ToolError("--key-lock needs --key (the key whose scale to keep)")
         try:
-            decoding.check_sampling(args.temperature, args.top_p, args.guidance)
+            sampling.check_sampling(args.temperature, args.top_p, args.guidance)
         except ValueError as err:
             raise ToolError(f"--temperature/--top-p/--guidance: {err}") from err
         model = open_model(args.model)

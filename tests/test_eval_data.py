@@ -1,0 +1,158 @@
+"""What `typemoe eval` reads: prompts cut at a bar line, a spread sample of pieces, the key/meter reads
+over a whole piece (sliding windows that hear every bar once), the labels from MIDI meta events, and
+perturbed pieces that keep their notes.
+
+The labelled tune folder (`labelled_folder`) is conftest's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from typemoe.training import evaluate  # noqa: E402
+
+
+def test_prompt_ends_at_a_bar_line(vocab):
+    from typemoe.training.evaluate import EvalConfig, _prompt_cut
+
+    bar = vocab.id("Bar_None")
+    pitch = vocab.id("Pitch_60")
+    music = np.array(([bar] + [pitch] * 39) * 10)  # bars of 40 tokens
+    cfg = EvalConfig(models=[None], data="music21", out="r.json", prompt_tokens=100, min_prompt_tokens=32)
+    assert _prompt_cut(music, vocab, cfg, budget=1000) == 80  # the last bar line <= 100
+    assert _prompt_cut(music[:90], vocab, cfg, budget=1000) is None  # 90 - 64 < 32: too short
+
+
+def test_max_pieces_is_a_spread_sample():
+    from typemoe.training.eval_data import sample_ids
+
+    ids = [("music21", f"collection{c}/tune{i}") for c in range(3) for i in range(50)]
+    picked = sample_ids(ids, 30)
+    assert len(picked) == 30 and picked == sample_ids(list(reversed(ids)), 30)  # order-free, stable
+    assert {p[1].split("/")[0] for p in picked} == {"collection0", "collection1", "collection2"}
+
+
+def _bars_music(vocab, n_bars: int, bar_len: int = 40) -> np.ndarray:
+    """Bars of bar_len tokens, each bar's filler a different pitch (so every window is unique)."""
+    bar = vocab.id("Bar_None")
+    return np.array(
+        [t for b in range(n_bars) for t in [bar] + [vocab.id(f"Pitch_{21 + b % 80}")] * (bar_len - 1)]
+    )
+
+
+@pytest.mark.parametrize("n_bars", [3, 25, 100])
+def test_slide_reads_hear_every_bar_once_and_the_end(vocab, n_bars):
+    music = _bars_music(vocab, n_bars)
+    window = 1024
+    w = window - 1
+    plan = evaluate._slide_reads(music, vocab, window)
+    reads = [i for _, r in plan for i in r]
+    bars = [int(i) for i in np.flatnonzero(vocab.family_of[music] == 0)]
+    assert reads == sorted(set(reads)), "a bar read twice or out of order"
+    assert set(reads) == set(bars) | {len(music) - 1}
+    for j, (start, r) in enumerate(plan):
+        assert all(start <= i < start + w for i in r), "a read outside its window"
+        if j:
+            assert vocab.family_of[music[start]] == 0, "a window that does not start at a bar line"
+            assert all(i >= start + w // 4 for i in r), "a read with less than a quarter window heard"
+    assert len(plan) == (1 if len(music) <= w else len(plan))
+
+
+class _Recorder:
+    """Fake model: records each window it is given; its key head says how many tokens the window holds."""
+
+    def __init__(self, vocab):
+        self.vocab, self.calls = vocab, []
+        self.key_names = [str(i) for i in range(24)]
+
+    def outputs_at(self, seq, at):
+        from typemoe.training.eval_model import HeadOutputs
+
+        self.calls.append((list(seq), list(at)))
+        keys = np.zeros((len(at), 24))
+        keys[np.arange(len(at)), np.asarray(at) % 24] = 1
+        return HeadOutputs(np.zeros((len(at), 4)), keys, np.ones((len(at), 12)) / 12)
+
+
+def test_read_whole_piece_slides_contiguous_windows_to_the_end(vocab):
+    music = _bars_music(vocab, 60)
+    rec = _Recorder(vocab)
+    k_end, _, k_mean, _ = evaluate.read_whole_piece(rec, music, 512)
+    assert len(rec.calls) > 1
+    covered = set()
+    for seq, at in rec.calls:
+        assert seq[0] == vocab.bos_id and len(seq) <= 512 and max(at) <= len(seq)
+        body = seq[1:]
+        start = next(s for s in range(len(music)) if music[s : s + len(body)].tolist() == body)
+        covered |= set(range(start, start + len(body)))
+    assert max(covered) == len(music) - 1  # the last window reaches the end of the piece
+    last_seq, last_at = rec.calls[-1]
+    assert int(np.argmax(k_end)) == last_at[-1] % 24 and last_at[-1] == len(last_seq)
+    n_reads = sum(len(a) for _, a in rec.calls)
+    assert k_mean.sum() == pytest.approx(1.0) and n_reads == 60 + 1  # every bar, and the end
+
+
+def test_signature_and_meta_labels():
+    import symusic
+
+    from typemoe import analysis
+    from typemoe.training.eval_data import meta_labels, signature_of_key
+
+    assert (
+        signature_of_key(analysis.parse_key("C major"))
+        == signature_of_key(analysis.parse_key("A minor"))
+        == 0
+    )
+    assert (
+        signature_of_key(analysis.parse_key("D minor"))
+        == signature_of_key(analysis.parse_key("F major"))
+        == 5
+    )
+    assert (
+        signature_of_key(analysis.parse_key("F# major"))
+        == signature_of_key(analysis.parse_key("Eb minor"))
+        == 6
+    )
+    s = symusic.Score(480)
+    assert meta_labels(s) == (None, None)
+    s.key_signatures.append(symusic.KeySignature(960, 2, 0))  # D major later
+    s.key_signatures.append(symusic.KeySignature(0, -1, 0))  # F major first
+    s.time_signatures.append(symusic.TimeSignature(0, 3, 4))
+    s.time_signatures.append(symusic.TimeSignature(960, 6, 8))
+    assert meta_labels(s) == (5, analysis.parse_meter("3/4"))  # the FIRST events
+
+
+def test_perturbed_pieces_keep_their_notes(labelled_folder, vocab):
+    from typemoe.training.eval_data import load_eval_data
+
+    d, _ = labelled_folder
+    plain = load_eval_data(f"folder:{d}", vocab=vocab, labels_csv=d / "labels.csv", split="all", max_pieces=4)
+    loud = load_eval_data(
+        f"folder:{d}",
+        vocab=vocab,
+        labels_csv=d / "labels.csv",
+        split="all",
+        max_pieces=4,
+        perturb="velocity",
+        seed=1,
+    )
+    again = load_eval_data(
+        f"folder:{d}",
+        vocab=vocab,
+        labels_csv=d / "labels.csv",
+        split="all",
+        max_pieces=4,
+        perturb="velocity",
+        seed=1,
+    )
+    vel = vocab.type_names.index("velocity")
+    for a, b, c in zip(plain.pieces, loud.pieces, again.pieces):
+        assert a.id == b.id and np.array_equal(b.tokens, c.tokens)  # seeded
+        assert not np.array_equal(a.tokens, b.tokens)
+        not_vel = lambda t: t[vocab.type_of[t] != vel]  # noqa: E731
+        np.testing.assert_array_equal(not_vel(a.tokens), not_vel(b.tokens))  # only the velocities changed
+    with pytest.raises(ValueError, match="tempo"):
+        load_eval_data(f"folder:{d}", vocab=vocab, labels_csv=d / "labels.csv", split="all", perturb="tempo")

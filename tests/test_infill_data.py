@@ -104,12 +104,15 @@ def test_fim_round_trips(vocab):
         out = fim.apply(ids, a, k)
         assert len(out) == len(ids) + 4 and out[-1] == vocab.id("Infill_End")
         assert np.array_equal(fim.undo(out), ids)
+        h = int(np.flatnonzero(ids == fim.bar)[0])  # BOS + controls stay first
+        assert np.array_equal(out[:h], ids[:h]) and out[h] == vocab.id("Infill_Suffix")
         m = int(np.flatnonzero(out == vocab.id("Infill_Middle"))[0])
-        middle = out[m + 2 : -1]
-        assert out[m + 1] == vocab.id(f"Infill_Bars_{k}")
+        middle = out[m + 1 : -1]
         assert middle[0] == fim.bar and int((middle == fim.bar).sum()) == k  # whole bars, k of them
-        s = int(np.flatnonzero(out == vocab.id("Infill_Suffix"))[0])
-        assert out[s + 1] == fim.bar  # the suffix opens on the bar after the middle
+        bars_at = int(np.flatnonzero(out == vocab.id(f"Infill_Bars_{k}"))[0])
+        assert out[h + 1] == fim.bar  # the suffix opens on the bar after the middle...
+        prefix = out[bars_at + 1 : m]  # ...and the prefix runs straight into the middle
+        assert np.array_equal(np.concatenate([prefix, middle]), ids[h : h + len(prefix) + len(middle)])
         n += 1
     assert n >= 50
 

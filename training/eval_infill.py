@@ -5,8 +5,8 @@ is masked, n and the start drawn from default_rng((seed, piece index)), with at 
 and one after it in the window. Prefix (the bars before) and suffix (from the bar after) are cut to fit
 the context as typemoe/infill.py cuts them at decoding time. Then, on the same middle tokens:
 
-- infill.hits@1 / infill.hits@5: teacher forcing on [BOS, prefix, Infill_Suffix, suffix, Infill_Middle,
-  Infill_Bars_n, middle]: the share of middle tokens that are the model's top-1 / top-5 prediction.
+- infill.hits@1 / infill.hits@5: teacher forcing on [BOS, Infill_Suffix, suffix, Infill_Bars_n, prefix,
+  Infill_Middle, middle] (typemoe/infill.py's arrangement): the share of middle tokens that are the model's top-1 / top-5 prediction.
   infill.continuation.hits@1 / @5: the same middle tokens after [BOS, prefix] alone (no suffix).
 - infill.bleu2: corpus BLEU-2 (token strings) of the greedy middle (typemoe.infill.generate_middle:
   temperature 0, the span grammar) against the true middle; infill.continuation.bleu2: the greedy
@@ -79,7 +79,7 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
             report.skipped["infill"] += 1
             continue
         prefix, suffix = infill.fit_context(music[: at[a]].tolist(), music[at[a + n] :].tolist(), room, bar)
-        fim = [vocab.bos_id, *prefix, ids.suffix, *suffix, ids.middle, ids.span(n), *middle]
+        fim = [vocab.bos_id, ids.suffix, *suffix, ids.span(n), *prefix, ids.middle, *middle]
         cont = [vocab.bos_id, *prefix, *middle]
         m = len(middle)
         logits["infill"].append(model.outputs_at(fim, range(len(fim) - m, len(fim))).logits)

@@ -2,11 +2,16 @@
 
 A window [BOS, *controls, *music] (music opens on a Bar) becomes, with probability cfg.infill_p:
 
-    [BOS, *controls, *prefix, Infill_Suffix, *suffix, Infill_Middle, Infill_Bars_<n>, *middle, Infill_End]
+    [BOS, *controls, Infill_Suffix, *suffix, Infill_Bars_<n>, *prefix, Infill_Middle, *middle, Infill_End]
 
 where middle is n whole bars of the window (1 to MAX_SPAN_BARS REMI bars, each opening with its Bar token),
-prefix everything before them and suffix everything after them (from the Bar that follows the middle).
-The LM loss covers every music token, so the middle is learnt with the suffix in view, and Infill_End is a
+prefix the music before them and suffix everything after them (from the Bar that follows the middle).
+Suffix first ("SPM", Bavarian et al. 2022, "Efficient training of language models to fill in the
+middle"): the middle follows its prefix as a continuation follows its prompt, one marker between them,
+so infilling is continuation with the suffix in view. (Prefix first, the middle sat a whole suffix away
+from the music it continues; a 520-step run of that arrangement scored 0.757 Hits@1 on the middle
+against 0.763 for plain continuation on the same bars.) The LM loss covers every music token, so the
+middle is learnt with the suffix in view, and Infill_End is a
 target (the other Infill_* tokens are given, never predicted, like every control token). The key/meter
 heads are off on such windows (head_from = the end): the music is out of order there, as they are off on
 windows with a control prefix. `undo` restores the original window exactly (tests/test_infill_data.py).
@@ -63,9 +68,18 @@ class FimOps:
         bars = np.flatnonzero(ids == self.bar)
         if not (first_bar >= 0 and n_bars >= 1 and first_bar + n_bars < len(bars)):
             raise FimError(f"bars {first_bar}..+{n_bars} do not lie inside a window of {len(bars)} bars")
-        a, b = int(bars[first_bar]), int(bars[first_bar + n_bars])
+        h, a, b = int(bars[0]), int(bars[first_bar]), int(bars[first_bar + n_bars])
         return np.concatenate(
-            [ids[:a], [self.suffix], ids[b:], [self.middle, self.span_token(n_bars)], ids[a:b], [self.end]]
+            [
+                ids[:h],
+                [self.suffix],
+                ids[b:],
+                [self.span_token(n_bars)],
+                ids[h:a],
+                [self.middle],
+                ids[a:b],
+                [self.end],
+            ]
         ).astype(np.int64)
 
     def undo(self, ids: np.ndarray) -> np.ndarray:
@@ -74,12 +88,16 @@ class FimOps:
         at = {
             k: np.flatnonzero(ids == v) for k, v in (("s", self.suffix), ("m", self.middle), ("e", self.end))
         }
-        if any(len(v) != 1 for v in at.values()):
-            raise FimError("not a FIM window: it needs one Infill_Suffix, one Infill_Middle, one Infill_End")
-        s, m, e = int(at["s"][0]), int(at["m"][0]), int(at["e"][0])
-        if not s < m < e or e != len(ids) - 1:
+        spans = np.flatnonzero(np.isin(ids, list(self.bars_id.values())))
+        if any(len(v) != 1 for v in at.values()) or len(spans) != 1:
+            raise FimError(
+                "not a FIM window: it needs one Infill_Suffix, one Infill_Bars_n, one Infill_Middle, one "
+                "Infill_End"
+            )
+        s, n, m, e = int(at["s"][0]), int(spans[0]), int(at["m"][0]), int(at["e"][0])
+        if not s < n < m < e or e != len(ids) - 1:
             raise FimError("not a FIM window: markers out of order")
-        return np.concatenate([ids[:s], ids[m + 2 : e], ids[s + 1 : m]]).astype(np.int64)
+        return np.concatenate([ids[:s], ids[n + 1 : m], ids[m + 1 : e], ids[s + 1 : n]]).astype(np.int64)
 
     def choose_span(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
         """(first_bar, n_bars): n uniform in 1..MAX_SPAN_BARS (as far as the window allows), the start

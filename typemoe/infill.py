@@ -3,7 +3,9 @@
 Torch-free (numpy, symusic). The model reads the fill-in-the-middle arrangement it was trained on
 (training/infill_data.py):
 
-    [BOS, *controls, *prefix, Infill_Suffix, *suffix, Infill_Middle, Infill_Bars_<n>] -> middle, Infill_End
+    [BOS, *controls, Infill_Suffix, *suffix, Infill_Bars_<n>, *prefix, Infill_Middle] -> middle, Infill_End
+
+(suffix first: the middle continues its prefix directly, as a continuation continues its prompt)
 
 and the one decoder (typemoe.decoding.Session, either backend) writes the middle under `SpanGrammar`, a
 decoding hook that makes the span a hard guarantee: exactly n Bar tokens, no Position at or past the span's
@@ -210,7 +212,7 @@ def start_middle(
     bar = vocab.id("Bar_None")
     pre, suf = fit_context([int(i) for i in prefix], [int(i) for i in suffix], max(room, 0), bar)
     session.reset()
-    session.feed([*head, *pre, ids.suffix, *suf, ids.middle, ids.span(n_bars)])
+    session.feed([*head, ids.suffix, *suf, ids.span(n_bars), *pre, ids.middle])
     hook = SpanGrammar(t, ids, n_bars=n_bars, span_ticks=span_ticks, bars0=session.bars)
     steps = session.generate_steps(
         n_tokens=max(1, min(budget, ctx - session.n_past)),

@@ -46,6 +46,7 @@ import numpy as np
 
 from typemoe import analysis, decoding, note_writer, sampling
 from typemoe.export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
+from typemoe.listening import bar_chunks, listen, whole_piece
 from typemoe.shipped import default_model_dir, emotion_dir
 
 log = logging.getLogger(__name__)
@@ -164,18 +165,6 @@ def _tokens(vocab, score, path: Path) -> list[int]:
         raise ToolError(f"{path}: {err}") from err
 
 
-def bar_chunks(vocab, ids: Sequence[int], max_len: int) -> list[list[int]]:
-    """`ids` cut before every Bar token (one chunk per bar), long bars cut further to max_len ids, so a
-    session fed chunk by chunk runs every token once even when its context slides."""
-    bar = vocab.id("Bar_None")
-    chunks: list[list[int]] = []
-    for i in ids:
-        if not chunks or i == bar or len(chunks[-1]) >= max_len:
-            chunks.append([])
-        chunks[-1].append(int(i))
-    return chunks
-
-
 def _estimate(model, out, ids: Sequence[int]) -> dict:
     """Key and meter from the model directory's readers (the notes' pitch classes fused with the key head,
     typemoe.key_fusion; their rhythm fused with the meter head, typemoe.meter) when it has them, else the
@@ -197,50 +186,6 @@ def _prefix_bars(vocab, ids: Sequence[int], bars: int) -> list[int]:
     """The ids of the first `bars` whole bars (up to the Bar token that opens bar bars + 1)."""
     at = np.flatnonzero(np.asarray(ids) == vocab.id("Bar_None"))
     return list(ids[: int(at[bars])] if len(at) > bars else ids)
-
-
-@dataclass
-class Heard:
-    """A piece heard through one session (listen)."""
-
-    session: object  # its `last` holds the heads at the end
-    after: dict[int, object]  # bars -> the StepOut after that many whole bars (the asked report_bars)
-    at_bars: list[object]  # the StepOut at every bar line after the first bar, and at the end
-
-
-def listen(model, ids: Sequence[int], *, report_bars: Sequence[int] = ()) -> Heard:
-    """Feed [BOS, *ids] through one session bar by bar, as the bridge hears a performance."""
-    session = model.session()
-    session.feed([model.vocab.bos_id])
-    bar = model.vocab.id("Bar_None")
-    seen, after, at_bars = 0, {}, []
-    for chunk in bar_chunks(model.vocab, ids, max(1, model.context_len // 4)):
-        if chunk[0] == bar:
-            seen += 1
-            if seen > 1:  # the chunk opens bar `seen`: bar seen-1 is complete
-                at_bars.append(session.last)
-            if seen - 1 in report_bars:
-                after[seen - 1] = session.last
-        session.feed(chunk)
-    if seen in report_bars:
-        after[seen] = session.last
-    at_bars.append(session.last)
-    return Heard(session, after, at_bars)
-
-
-@dataclass
-class _Heads:
-    key_probs: np.ndarray
-    meter_probs: np.ndarray
-
-
-def whole_piece(heard: Heard) -> _Heads:
-    """The heads over the whole piece: their probabilities averaged over every bar line (each bar heard
-    once, as the sliding context heard it), so a piece's key is the one it keeps, not the one it ends in."""
-    return _Heads(
-        np.mean([o.key_probs for o in heard.at_bars], axis=0),
-        np.mean([o.meter_probs for o in heard.at_bars], axis=0),
-    )
 
 
 def analyze(model, midi: Path, emotion=None) -> dict:

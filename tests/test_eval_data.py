@@ -12,8 +12,6 @@ import pytest
 
 pytest.importorskip("torch")
 
-from typemoe.training import evaluate  # noqa: E402
-
 
 def test_prompt_ends_at_a_bar_line(vocab):
     from typemoe.training.evaluate import EvalConfig, _prompt_cut
@@ -33,66 +31,6 @@ def test_max_pieces_is_a_spread_sample():
     picked = sample_ids(ids, 30)
     assert len(picked) == 30 and picked == sample_ids(list(reversed(ids)), 30)  # order-free, stable
     assert {p[1].split("/")[0] for p in picked} == {"collection0", "collection1", "collection2"}
-
-
-def _bars_music(vocab, n_bars: int, bar_len: int = 40) -> np.ndarray:
-    """Bars of bar_len tokens, each bar's filler a different pitch (so every window is unique)."""
-    bar = vocab.id("Bar_None")
-    return np.array(
-        [t for b in range(n_bars) for t in [bar] + [vocab.id(f"Pitch_{21 + b % 80}")] * (bar_len - 1)]
-    )
-
-
-@pytest.mark.parametrize("n_bars", [3, 25, 100])
-def test_slide_reads_hear_every_bar_once_and_the_end(vocab, n_bars):
-    music = _bars_music(vocab, n_bars)
-    window = 1024
-    w = window - 1
-    plan = evaluate._slide_reads(music, vocab, window)
-    reads = [i for _, r in plan for i in r]
-    bars = [int(i) for i in np.flatnonzero(vocab.family_of[music] == 0)]
-    assert reads == sorted(set(reads)), "a bar read twice or out of order"
-    assert set(reads) == set(bars) | {len(music) - 1}
-    for j, (start, r) in enumerate(plan):
-        assert all(start <= i < start + w for i in r), "a read outside its window"
-        if j:
-            assert vocab.family_of[music[start]] == 0, "a window that does not start at a bar line"
-            assert all(i >= start + w // 4 for i in r), "a read with less than a quarter window heard"
-    assert len(plan) == (1 if len(music) <= w else len(plan))
-
-
-class _Recorder:
-    """Fake model: records each window it is given; its key head says how many tokens the window holds."""
-
-    def __init__(self, vocab):
-        self.vocab, self.calls = vocab, []
-        self.key_names = [str(i) for i in range(24)]
-
-    def outputs_at(self, seq, at):
-        from typemoe.training.eval_model import HeadOutputs
-
-        self.calls.append((list(seq), list(at)))
-        keys = np.zeros((len(at), 24))
-        keys[np.arange(len(at)), np.asarray(at) % 24] = 1
-        return HeadOutputs(np.zeros((len(at), 4)), keys, np.ones((len(at), 12)) / 12)
-
-
-def test_read_whole_piece_slides_contiguous_windows_to_the_end(vocab):
-    music = _bars_music(vocab, 60)
-    rec = _Recorder(vocab)
-    k_end, _, k_mean, _ = evaluate.read_whole_piece(rec, music, 512)
-    assert len(rec.calls) > 1
-    covered = set()
-    for seq, at in rec.calls:
-        assert seq[0] == vocab.bos_id and len(seq) <= 512 and max(at) <= len(seq)
-        body = seq[1:]
-        start = next(s for s in range(len(music)) if music[s : s + len(body)].tolist() == body)
-        covered |= set(range(start, start + len(body)))
-    assert max(covered) == len(music) - 1  # the last window reaches the end of the piece
-    last_seq, last_at = rec.calls[-1]
-    assert int(np.argmax(k_end)) == last_at[-1] % 24 and last_at[-1] == len(last_seq)
-    n_reads = sum(len(a) for _, a in rec.calls)
-    assert k_mean.sum() == pytest.approx(1.0) and n_reads == 60 + 1  # every bar, and the end
 
 
 def test_signature_and_meta_labels():

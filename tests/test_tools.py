@@ -10,7 +10,7 @@ import pytest
 import symusic
 from export_fixtures import analyze_without_torch
 
-from typemoe import analysis
+from typemoe import analysis, listening
 from typemoe.export import tools
 
 pytest.importorskip("onnx")
@@ -77,7 +77,7 @@ def test_analyze_reads_the_whole_piece(model_dir, tmp_path):
     end = model.session()
     end.feed([model.vocab.bos_id])
     bar, seen, at_bars = model.vocab.id("Bar_None"), 0, []
-    for chunk in tools.bar_chunks(model.vocab, ids, model.context_len // 4):
+    for chunk in listening.bar_chunks(model.vocab, ids, model.context_len // 4):
         if chunk[0] == bar:
             seen += 1
             if seen > 1:
@@ -85,7 +85,9 @@ def test_analyze_reads_the_whole_piece(model_dir, tmp_path):
         out = end.feed(chunk)
     at_bars.append(out.key_probs)
     mean = np.mean(at_bars, axis=0)
-    assert len(at_bars) > 20
+    assert len(at_bars) == int(np.sum(np.asarray(ids) == bar)) > 20  # every bar once (the last at the end)
+    heard = listening.listen(model, ids)
+    assert len(heard.at_bars) == len(at_bars) and np.allclose(heard.at_bars[-1].key_probs, out.key_probs)
     assert res["key_confidence"] == round(float(mean.max()), 4)  # the whole piece: the mean over bar lines
     assert res["at_end"]["key_confidence"] == round(float(out.key_probs.max()), 4)  # after the slides
     assert res["key_confidence"] != round(float(first.key_probs.max()), 4)

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from typemoe import analysis
+from typemoe import analysis, listening
 from typemoe.training import baselines, metrics
 from typemoe.training.eval_data import EvalData, EvalPiece, signature_of_key
 from typemoe.training.eval_report import (
@@ -25,52 +25,12 @@ def _parse_pred(names: list[str], probs: np.ndarray, parse) -> int:
     return _label_index(names, int(np.argmax(probs)), parse)
 
 
-def _slide_reads(music: np.ndarray, vocab, window: int) -> list[tuple[int, list[int]]]:
-    """Windows that slide through a piece as the bridge hears it: (start, [music index to read after]).
-
-    Each window is [BOS] + music[start : start + window - 1]. The first starts at 0; the next at the last
-    bar line at or before 3/4 of the current one (the bridge keeps 3/4 of its context when it slides).
-    A window reads after every Bar token in its settled part (from a quarter of a window in, where it
-    has heard at least that much; the first window from its start), each bar in exactly one window, and
-    the last window also at the piece's end. Index i means "having read music[: i + 1]".
-    """
-    w = window - 1
-    if len(music) <= w:
-        bars = [int(i) for i in np.flatnonzero(vocab.family_of[music] == 0)]
-        return [(0, sorted(set(bars) | {len(music) - 1}))]
-    is_bar = vocab.family_of[music] == 0
-    starts = [0]
-    while starts[-1] + w < len(music):
-        s, target = starts[-1], starts[-1] + 3 * w // 4
-        bars = np.flatnonzero(is_bar[s + 1 : target + 1])
-        starts.append(s + 1 + int(bars[-1]) if len(bars) else target)
-    out = []
-    for j, s in enumerate(starts):
-        lo = 0 if j == 0 else s + w // 4
-        hi = starts[j + 1] + w // 4 if j + 1 < len(starts) else min(s + w, len(music))
-        reads = [int(i) for i in np.flatnonzero(is_bar[lo:hi]) + lo]
-        if j + 1 == len(starts):
-            reads = sorted(set(reads) | {hi - 1})
-        out.append((s, reads))
-    return out
-
-
-def read_whole_piece(
-    model, music: np.ndarray, window: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The heads over a whole piece: (key, meter) probabilities at its end as the sliding windows hear
-    it, and (key, meter) probabilities averaged over every bar line (each heard once, _slide_reads)."""
-    vocab = model.vocab
-    keys, meters = [], []
-    for start, reads in _slide_reads(music, vocab, window):
-        if not reads:
-            continue
-        seq = [vocab.bos_id, *music[start : start + window - 1].tolist()]
-        out = model.outputs_at(seq, [i - start + 2 for i in reads])
-        keys.append(out.key_probs)
-        meters.append(out.meter_probs)
-    k, m = np.concatenate(keys), np.concatenate(meters)
-    return k[-1], m[-1], k.mean(axis=0), m.mean(axis=0)
+def read_whole_piece(model, music: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The heads over a whole piece heard as the bridge hears it (typemoe.listening, as `typemoe analyze`):
+    (key, meter) probabilities at its end, and (key, meter) averaged over every bar line."""
+    heard = listening.listen(model, [int(i) for i in music])
+    end, mean = heard.session.last, listening.whole_piece(heard)
+    return end.key_probs, end.meter_probs, mean.key_probs, mean.meter_probs
 
 
 def _readings(model, piece: EvalPiece, window: int, whole_max_tokens: int | None) -> dict:
@@ -100,7 +60,7 @@ def _readings(model, piece: EvalPiece, window: int, whole_max_tokens: int | None
         rec[n] = pred(seq[: reads[n]], out.key_probs[row], out.meter_probs[row])
     if whole_max_tokens is not None:
         music = piece.tokens[:whole_max_tokens]
-        k_end, m_end, k_mean, m_mean = read_whole_piece(model, music, window)
+        k_end, m_end, k_mean, m_mean = read_whole_piece(model, music)
         rec["whole"] = pred(music, k_end, m_end)
         rec["whole_mean"] = pred(music, k_mean, m_mean)
     return rec

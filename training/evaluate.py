@@ -25,11 +25,10 @@ Choices the design leaves open (all fixed here, so numbers compare across runs):
 - Key / meter heads, first window (key.accuracy, meter.accuracy, ...): the head at the LAST position of
   the first window (the head is trained at every position, and the last has heard the most).
 - Whole piece (key.whole.*, key.whole_mean.*; off with whole_max_tokens=0): the piece, up to
-  whole_max_tokens tokens, read as the bridge hears it: windows of the context that slide by about 3/4
-  of a context, each restarting at a bar line after BOS (the bridge's OrtSession keeps 3/4 of its
-  context when it slides). "whole" is the running estimate at the end of the piece; "whole_mean" the
-  argmax of the key / meter probabilities averaged over every bar line of the piece (`typemoe
-  analyze`'s answer for the whole piece, export/tools.py whole_piece). The baselines read
+  whole_max_tokens tokens, read as the bridge hears it and as `typemoe analyze` reads it
+  (typemoe.listening: one session fed bar by bar, its context sliding when full). "whole" is the
+  running estimate at the end of the piece; "whole_mean" the argmax of the key / meter probabilities
+  averaged over every bar line of the piece (`typemoe analyze`'s answer for the whole piece). The baselines read
   the same notes (key.baselines.NAME.whole).
 - Key signature (key.signature, key.whole.signature, key.baselines.NAME.signature): for sources whose key
   label is only the file's key-signature meta (training/eval_data.py META_KEY_SOURCES: classical_piano,
@@ -64,10 +63,8 @@ from typemoe.training import baselines, metrics
 from typemoe.training.eval_classification import classification
 from typemoe.training.eval_data import EvalPiece, load_eval_data
 from typemoe.training.eval_keymeter import (  # noqa: F401  (re-exported)
-    _slide_reads,
     key_meter,
     key_meter_baselines,
-    read_whole_piece,
 )
 from typemoe.training.eval_report import (  # noqa: F401  (re-exported)
     STREAM_BARS,

@@ -106,7 +106,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `bench` (the CLI's room adds the bridge's rows to export.bench.EXTRA_BENCHES first)."""
+    """Register `bench` (the CLI's room adds the bridge's rows to typemoe.export.bench.EXTRA_BENCHES first)."""
     from typemoe.export import bench
 
     b = subparsers.add_parser(

@@ -1,4 +1,4 @@
-"""Without jackd, bridge.bench fails at once with a catchable reason that says what to install."""
+"""Without jackd, typemoe.bridge.bench fails at once with a catchable reason that says what to install."""
 
 from __future__ import annotations
 

@@ -9,9 +9,10 @@ import sys
 def test_bridge_imports_leave_torch_out():
     code = (
         "import sys\n"
-        "import bridge.cli, bridge.daemon, bridge.engine, bridge.demo, bridge.bench, bridge.toy_model, bridge.model\n"
-        "import bridge.worker, bridge.midi_io, bridge.osc_io\n"
-        "from bridge.toy_model import ToyModel\n"
+        "import typemoe.bridge.cli, typemoe.bridge.daemon, typemoe.bridge.engine, typemoe.bridge.demo\n"
+        "import typemoe.bridge.bench, typemoe.bridge.toy_model, typemoe.bridge.model\n"
+        "import typemoe.bridge.worker, typemoe.bridge.midi_io, typemoe.bridge.osc_io\n"
+        "from typemoe.bridge.toy_model import ToyModel\n"
         "ToyModel()\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not bad, bad[:5]\n"

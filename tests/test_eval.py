@@ -213,7 +213,7 @@ def test_metric_pipeline_on_an_oracle(labelled_folder, vocab):
 
 @pytest.mark.slow
 def test_ablation_and_label_efficiency(tmp_path, monkeypatch):
-    """Every variant trains through training.pretrain for 2 steps and is evaluated; tables and plot appear."""
+    """Every variant trains through typemoe.training.pretrain for 2 steps and is evaluated; tables and plot appear."""
     from training_fixtures import build_shards
 
     from typemoe.training import ablation

@@ -36,7 +36,7 @@ def ran(shards, tmp_path_factory):
             "--minutes", "2", "--reserve-s", "0", "--device", "cpu", "--threads", "1", "--max-steps", "3",
             "--batch-size", "4", "--micro-batch", "2", "--seq-len", "64", "--log-every", "1",
             "--eval-every", "1000", "--ckpt-every", "1000", "--data-workers", "2"]  # fmt: skip
-    code = f"{BLOCKED}\nfrom training.gpu_recipe import main\nassert main({argv!r}) == 0\n"
+    code = f"{BLOCKED}\nfrom typemoe.training.gpu_recipe import main\nassert main({argv!r}) == 0\n"
     code += "assert all(sys.modules[m].__typemoe_stand_in__ for m in ('miditok', 'symusic'))\n"
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=python_env(), capture_output=True, text=True,
                        timeout=300)  # fmt: skip

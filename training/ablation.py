@@ -4,7 +4,7 @@ each on the same held-out pieces, and write one comparison (the README's ablatio
     typemoe eval --ablation --data music21 --steps 500 --out ablation/results.json
     typemoe eval --label-efficiency --data /tmp/shards --steps 500 --out labeleff/results.json
 
-Variants (all through training.pretrain, the same entry point as `typemoe train`, same preset, seed,
+Variants (all through typemoe.training.pretrain, the same entry point as `typemoe train`, same preset, seed,
 data and number of steps):
 
     --ablation           typemoe (TypeMoE + SS-MTP), dense (a dense FFN of the same active parameters),
@@ -32,7 +32,7 @@ from typemoe.training.evaluate import EvalConfig, evaluate, require_music21, wri
 
 log = logging.getLogger(__name__)
 
-ABLATION_VARIANTS: dict[str, list[str]] = {  # name -> training.pretrain flags
+ABLATION_VARIANTS: dict[str, list[str]] = {  # name -> typemoe.training.pretrain flags
     "typemoe": ["--ffn", "typemoe", "--objective", "ssmtp"],
     "dense": ["--ffn", "dense", "--objective", "ssmtp"],
     "switch": ["--ffn", "switch", "--objective", "ssmtp"],
@@ -59,7 +59,7 @@ class AblationConfig:
     steps: int
     preset: str = "tiny"
     seed: int = 0
-    train_args: list[str] = field(default_factory=list)  # extra training.pretrain flags (batch size, ...)
+    train_args: list[str] = field(default_factory=list)  # extra typemoe.training.pretrain flags (batch size, ...)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -94,7 +94,7 @@ def _step_of(run: Path) -> int | None:
 
 
 def train_variant(cfg: AblationConfig, shards: Path, run: Path, flags: list[str]) -> Path:
-    """Train one variant with training.pretrain (or reuse a finished run). Raises RuntimeError on failure."""
+    """Train one variant with typemoe.training.pretrain (or reuse a finished run). Raises RuntimeError on failure."""
     from typemoe.training import pretrain
 
     step = _step_of(run)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from training_fixtures import REPO, build_shards, python_env
 
-from typemoe import checkpoint
+from typemoe import analysis, checkpoint
 from typemoe.training import gpu_recipe, pretrain
 from typemoe.training.gpu_vocab import PackedVocab
 
@@ -77,7 +77,7 @@ def test_pack_round_trips_the_pieces(ran, shards, vocab):
     want = load_pieces([shards], vocab)
     assert got.ids == want.ids and list(got.split) == list(want.split)
     assert all(np.array_equal(a, b) for a, b in zip(got.tokens, want.tokens))
-    for t in gpu_recipe.LABEL_TASKS:
+    for t in analysis.LABELS:
         np.testing.assert_array_equal(got.label(t), want.label(t))
 
 

@@ -59,7 +59,9 @@ class AblationConfig:
     steps: int
     preset: str = "tiny"
     seed: int = 0
-    train_args: list[str] = field(default_factory=list)  # extra typemoe.training.pretrain flags (batch size, ...)
+    train_args: list[str] = field(
+        default_factory=list
+    )  # extra typemoe.training.pretrain flags (batch size, ...)
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from typemoe import analysis
 from typemoe.training import infill_data
 from typemoe.training.humanize import Humanizer
-from typemoe.vocab import TypedVocab
-
-LABEL_TASKS = ("key", "meter", "genre", "emotion", "composer")
+from typemoe.vocab import FAMILIES, TypedVocab
 
 
 @dataclass
@@ -120,7 +119,7 @@ def load_pieces(dirs, vocab: TypedVocab) -> Pieces:
     from typemoe.training.shards import ShardSet
     from typemoe.training.sources import SPLITS
 
-    ids, tokens, split, labels = [], [], [], {t: [] for t in LABEL_TASKS}
+    ids, tokens, split, labels = [], [], [], {t: [] for t in analysis.LABELS}
     names: dict[str, tuple[str, ...]] | None = None
     for d in dirs:
         shards = ShardSet(d, vocab=vocab)
@@ -131,7 +130,7 @@ def load_pieces(dirs, vocab: TypedVocab) -> Pieces:
         ids += [f"{shards.sources[shards.source[i]]}:{shards.ids[i]}" for i in range(len(shards))]
         tokens += [np.asarray(shards.tokens_of(i), dtype=np.int64) for i in range(len(shards))]
         split += [SPLITS[int(s)] for s in shards.split]
-        for t in LABEL_TASKS:
+        for t in analysis.LABELS:
             labels[t].append(
                 np.asarray(shards.labels[t], dtype=np.int64)
                 if t in shards.labels
@@ -167,7 +166,7 @@ class TokenOps:
             "Position ids must be contiguous"
         )
         self.ticks_per_beat = self.n_pos // 4
-        self.is_control = np.asarray(vocab.family_of) == 5  # (V,) specials and control tokens
+        self.is_control = np.asarray(vocab.family_of) == FAMILIES.index("control")  # (V,) specials, controls
         self.no_target = self.is_control & ~infill_data.loss_targets(vocab)  # (V,) Infill_End is a target
         self.control_ids = vocab.control_ids
 
@@ -237,7 +236,7 @@ def make_sample(
     control_dropout: float = 0.0,
     key_move_p: float = 0.0,
     humanizer: Humanizer | None = None,
-    tasks=LABEL_TASKS,
+    tasks=analysis.LABELS,
 ) -> Sample:
     """One window of piece i; rng=None gives the deterministic view (first bar, no augmentation).
 

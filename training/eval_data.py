@@ -41,7 +41,6 @@ from typemoe.training.skip_log import SkipLog
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("test", "val", "train", "all")
-TASKS = ("key", "meter", "genre", "emotion", "composer")
 META_KEY_SOURCES = ("shared:classical_piano", "shared:vgmidi")  # key signature + first meter from the meta
 
 
@@ -158,7 +157,7 @@ def _from_shards(
 
     shards = ShardSet(path, vocab=vocab)
     names = shards.label_names
-    data = EvalData(pieces=[], train_labels={t: [] for t in TASKS})
+    data = EvalData(pieces=[], train_labels={t: [] for t in analysis.LABELS})
 
     def label(task: str, i: int):
         v = int(shards.labels[task][i]) if task in shards.labels else -1
@@ -174,7 +173,7 @@ def _from_shards(
     )
     for i in range(len(shards)):
         if splits[i] == "train":
-            for t in TASKS:
+            for t in analysis.LABELS:
                 data.train_labels[t].append(label(t, i))
         if (sources[i], shards.ids[i]) not in chosen:
             continue
@@ -184,7 +183,12 @@ def _from_shards(
                 _perturbed_ids(vocab, vocab.decode(tokens), perturb, shards.ids[i], seed), dtype=np.int64
             )
         data.pieces.append(
-            EvalPiece(id=shards.ids[i], source=sources[i], tokens=tokens, **{t: label(t, i) for t in TASKS})
+            EvalPiece(
+                id=shards.ids[i],
+                source=sources[i],
+                tokens=tokens,
+                **{t: label(t, i) for t in analysis.LABELS},
+            )
         )
     return data
 
@@ -213,8 +217,8 @@ def _from_source(
     skips = SkipLog()
     # no limit here: a limit takes a prefix of the whole source, which holds few held-out pieces
     pieces = read_source(spec, SourceOptions(**opts), skips)
-    data = EvalData(pieces=[], train_labels={t: [] for t in TASKS})
-    for t in TASKS:
+    data = EvalData(pieces=[], train_labels={t: [] for t in analysis.LABELS})
+    for t in analysis.LABELS:
         data.train_labels[t] = [getattr(p, t) for p in pieces if p.split == "train"]
     chosen = sample_ids([(p.source, p.id) for p in pieces if _in_split(p.split, split)], max_pieces)
     for p in pieces:

@@ -10,6 +10,7 @@ import numpy as np
 
 from typemoe import analysis
 from typemoe.training.eval_data import EvalPiece
+from typemoe.vocab import FAMILIES
 
 STREAM_BARS = (1, 2, 4, 8)
 
@@ -27,7 +28,7 @@ class Report:
 
 
 def _bar_indices(seq: list[int], vocab) -> list[int]:
-    bar = vocab.family_of[np.asarray(seq, dtype=np.int64)] == 0  # family 0 = Bar
+    bar = vocab.family_of[np.asarray(seq, dtype=np.int64)] == FAMILIES.index("Bar")
     return [int(i) for i in np.flatnonzero(bar)]
 
 

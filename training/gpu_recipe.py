@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 
+from typemoe import analysis
+
 PACK_FORMAT, BUNDLE_FORMAT, VERSION = "typemoe-gpu-pack", "typemoe-gpu-bundle", 1
 MIB = 2**20
 SPLITS = ("train", "val", "test")  # = training/sources.py's (which imports symusic)
-LABEL_TASKS = ("key", "meter", "genre", "emotion", "composer")  # = training/data.py's
 META, LOG = "gpu_meta.json", "run.log"
 FILE_LIMIT = 16 * MIB  # the run tool's limits on what comes back
 RETURN_FILES, RETURN_TOTAL = 8, 64 * MIB
@@ -83,7 +84,7 @@ def pack(data_dirs: list[Path], out: Path, *, max_mib: float = 50.0) -> dict[str
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (P+1,)
     tokens = np.concatenate(pieces.tokens).astype(np.uint16) if len(pieces) else np.zeros(0, np.uint16)
     split = np.array([SPLITS.index(s) for s in pieces.split], dtype=np.int8)  # (P,)
-    labels = {f"label_{t}": pieces.label(t).astype(np.int16) for t in LABEL_TASKS}
+    labels = {f"label_{t}": pieces.label(t).astype(np.int16) for t in analysis.LABELS}
     np.savez_compressed(out / "pieces.npz", tokens=tokens, offsets=offsets, split=split, **labels)
     (out / "pieces.json").write_text(json.dumps({"ids": pieces.ids, "label_names": pieces.label_names}))
     files = [
@@ -130,7 +131,7 @@ def load_pack(pack_dir: Path):
     pieces = Pieces(
         ids=meta["ids"],
         tokens=[tok[off[i] : off[i + 1]] for i in range(len(off) - 1)],
-        labels={t: z[f"label_{t}"].astype(np.int64) for t in LABEL_TASKS},
+        labels={t: z[f"label_{t}"].astype(np.int64) for t in analysis.LABELS},
         label_names={k: tuple(v) for k, v in meta["label_names"].items()},
         split=np.asarray([SPLITS[s] for s in z["split"]], dtype=object),
         vocab_hash=vocab.hash,

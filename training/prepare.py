@@ -44,7 +44,6 @@ from typemoe import analysis
 from typemoe.training.music21_source import default_cache_dir
 from typemoe.training.skip_log import SkipLog
 from typemoe.training.sources import (
-    LABELS,
     SPLITS,
     Piece,
     SourceOptions,
@@ -223,7 +222,9 @@ def _counts(kept: list[tuple[Piece, np.ndarray]], sources: list[str]) -> dict:
                 }
                 for s in SPLITS
             },
-            "labelled": {name: sum(getattr(p, name) is not None for p, _ in rows) for name in LABELS},
+            "labelled": {
+                name: sum(getattr(p, name) is not None for p, _ in rows) for name in analysis.LABELS
+            },
         }
     return per
 
@@ -298,7 +299,7 @@ def _write(
         "split.npy": np.asarray([SPLITS.index(p.split) for p, _ in kept], dtype=np.int8),
         "source.npy": np.asarray([cfg.sources.index(p.source) for p, _ in kept], dtype=np.int16),
     }
-    for name in LABELS:
+    for name in analysis.LABELS:
         arrays[f"{name}.npy"] = np.asarray(
             [_label_index(names[name], getattr(p, name)) for p, _ in kept], dtype=np.int16
         )

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from typemoe.training.sources import LABELS, SPLITS
+from typemoe.analysis import LABELS
+from typemoe.training.sources import SPLITS
 
 
 class ShardError(ValueError):

@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SPLIT_PERCENT = (90, 5, 5)
-LABELS = ("key", "meter", "genre", "emotion", "composer")
 MIDI_SUFFIXES = (".mid", ".midi")
 SHARED_SETS = ("pop909", "emopia", "vgmidi", "genre_freemidi", "genre_cjnolet", "groove", "classical_piano")
 
@@ -96,7 +95,7 @@ class Piece:
     @property
     def labelled(self) -> dict[str, bool]:
         """Which label each task has, e.g. {"key": True, "meter": True, "genre": False, ...}."""
-        return {name: getattr(self, name) is not None for name in LABELS}
+        return {name: getattr(self, name) is not None for name in analysis.LABELS}
 
     def load_score(self) -> symusic.Score:
         return self.score if self.score is not None else symusic.Score(self.midi)

@@ -37,6 +37,13 @@ METERS: tuple[str, ...] = (
 
 GENRES: tuple[str, ...] = ("classical", "country", "folk", "jazz", "pop", "rap", "rnb", "rock")
 EMOTIONS: tuple[str, ...] = ("Q1", "Q2", "Q3", "Q4")
+LABELS: tuple[str, ...] = (
+    "key",
+    "meter",
+    "genre",
+    "emotion",
+    "composer",
+)  # what a piece may be labelled with
 # Russell's valence-arousal quadrants, as EMOPIA labels them
 EMOTION_GLOSS: dict[str, str] = {
     "Q1": "high valence, high arousal (happy, excited)",

@@ -17,8 +17,9 @@ Why the two ONNX Runtime contrib operators (com.microsoft), emitted with torch.o
   weight slices (typemoe.moe "gather" path) copies 1.5 MB per layer per step and measured 1.6x
   slower. No data-dependent control flow appears in the graph (no If/Loop).
 
-Outside ONNX export (eager PyTorch) both ops run a plain reference implementation, so the wrapper
-itself can be checked against TypeMoE.forward without ONNX Runtime.
+Outside ONNX export (eager PyTorch) both ops run a reference implementation: the attention is the
+model's own (typemoe.model.apply_rope and cached_attention, on the same preallocated cache layout), so
+the wrapper itself can be checked against TypeMoE.forward without ONNX Runtime.
 
 Dimensions: B batch, T new tokens, P cached tokens (past_len), S cache buffer length (>= P + T),
 D d_model, H heads, Dh d_head, F d_expert, E experts, V vocab, K keys, M meters, C classes
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from typemoe.model import TypeMoE, rope_tables
+from typemoe.model import TypeMoE, apply_rope, cached_attention, rope_tables
 from typemoe.moe import DenseFFN, SwitchFFN, TypeMoEFFN
 
 MS_DOMAIN = "com.microsoft"
@@ -62,13 +63,6 @@ def _exporting() -> bool:
     return torch.onnx.is_in_onnx_export()
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Half-split (GPT-NeoX) rotation of (B, H, T, Dh) by (T, Dh/2) tables, as typemoe.model does."""
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]  # (B, H, T, Dh/2) each
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, H, T, Dh)
-
-
 class CachedAttention(nn.Module):
     """Packed-QKV attention over a fixed-size cache: com.microsoft.GroupQueryAttention when exporting."""
 
@@ -96,18 +90,14 @@ class CachedAttention(nn.Module):
         return self._reference(qkv, past_k, past_v, cos, sin, int(past_len))
 
     def _reference(self, qkv, past_k, past_v, cos, sin, P: int):
+        """The model's own attention (typemoe.model.apply_rope, cached_attention) on copies of the buffers."""
         B, T, _ = qkv.shape
         H, Dh = self.n_head, self.d_head
-        assert past_k.size(2) >= P + T, f"cache of {past_k.size(2)} rows cannot hold {P} + {T} tokens"
         q, k, v = qkv.view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
-        c, s = cos[P : P + T].to(q.dtype), sin[P : P + T].to(q.dtype)  # (T, Dh/2)
-        q, k = _rope(q, c, s), _rope(k, c, s)
+        c, s = cos[P : P + T], sin[P : P + T]  # (T, Dh/2)
+        q, k = apply_rope(q, c, s), apply_rope(k, c, s)
         present_k, present_v = past_k.clone(), past_v.clone()  # (B, H, S, Dh): rows P..P+T-1 written
-        present_k[:, :, P : P + T], present_v[:, :, P : P + T] = k, v
-        keys, values = present_k[:, :, : P + T], present_v[:, :, : P + T]  # (B, H, P+T, Dh)
-        q_pos = torch.arange(T, device=qkv.device).unsqueeze(1) + P  # (T, 1)
-        mask = torch.arange(P + T, device=qkv.device).unsqueeze(0) <= q_pos  # (T, P+T)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, T, Dh)
+        y = cached_attention(q, k, v, present_k, present_v, P)  # (B, H, T, Dh)
         return y.transpose(1, 2).reshape(B, T, H * Dh), present_k, present_v
 
 

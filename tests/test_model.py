@@ -163,6 +163,29 @@ def test_cached_decoding_matches_full_forward(ffn, path):
         assert diff <= 1e-5, f"{ffn}/{path} {name}: cached vs full max |diff| {diff:.2e}"
 
 
+def test_the_cache_is_preallocated_written_in_place_and_rewinds():
+    """No copy of the cache per step: the buffers stay the same tensors; a rewind re-runs exactly."""
+    model = _model("typemoe")
+    idx = _tokens((1, 24), seed=3)
+    with torch.no_grad():
+        past = model.empty_past(1)
+        buffers = [t.data_ptr() for t in past.k + past.v]
+        assert past.capacity == model.cfg.context_len and past.length == 0
+        a = model(idx[:, :16], past=past)
+        b = model(idx[:, 16:20], past=a.present)
+        assert b.present is past and past.length == 20
+        assert [t.data_ptr() for t in past.k + past.v] == buffers
+        fork = past.clone(16)  # an independent copy of the first 16 rows
+        past.length = 16  # rewind: rows 16.. are written again
+        again = model(idx[:, 16:20], past=past)
+        c = model(idx[:, 16:20], past=fork)
+    torch.testing.assert_close(again.logits, b.logits, rtol=0, atol=0)
+    torch.testing.assert_close(c.logits, b.logits, rtol=0, atol=0)
+    small = model.empty_past(1, capacity=8)
+    with pytest.raises(ValueError, match="cannot hold 0 \\+ 9 tokens"):
+        model(_tokens((1, 9)), past=small)
+
+
 @pytest.mark.parametrize("ffn", FFN_KINDS)
 def test_bf16_autocast_trains(ffn):
     """GPU training runs under bf16 autocast; every path must accept mixed dtypes (checked here on CPU)."""

@@ -4,11 +4,12 @@ Pre-norm (RMSNorm), rotary positions, F.scaled_dot_product_attention, an LM head
 key and meter heads on every position (so they work while music streams) and an optional pooled
 sequence-classification head. forward returns logits only: losses live in training/.
 
-KV cache, done one way so ONNX can reproduce it: past keys/values come in as plain tensors, one (k, v)
-pair per layer of shape (B, H, P, Dh), and the layer returns them with the new ones appended (present,
-(B, H, P + T, Dh)). New tokens sit at positions P .. P+T-1. P = 0 is allowed. Keys are cached after RoPE.
+KV cache, preallocated (KVCache): one (B, H, S, Dh) buffer pair per layer, of which the first P rows hold
+the stream; a forward writes its T new rows in place at P .. P+T-1 (no copy of the cache per step) and
+attends over rows 0 .. P+T-1 (`cached_attention`, which the exported graph's reference path runs too).
+P = 0 is allowed. Keys are cached after RoPE. The ONNX graph keeps the same layout (export/graphs.py).
 
-Dimensions: B batch, T new tokens, P cached tokens, S = P + T, D d_model, H heads, Dh d_head,
+Dimensions: B batch, T new tokens, P cached tokens, S cache rows (capacity), D d_model, H heads, Dh d_head,
 V vocab, E experts, L layers, K keys, M meters, C classes
 """
 
@@ -33,6 +34,53 @@ KVPair = tuple[torch.Tensor, torch.Tensor]  # (B, H, P, Dh) keys (after RoPE), v
 
 
 @dataclass
+class KVCache:
+    """Preallocated keys (after RoPE) and values: k[i], v[i] are layer i's (B, H, S, Dh) buffers, the first
+    `length` rows the stream so far. A forward writes in place and advances `length`; setting `length`
+    back rewinds (the rows past it are overwritten by the next forward). cache[i] is layer i's (k, v) rows
+    in use, as views."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    length: int = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].size(2)
+
+    def __len__(self) -> int:
+        return len(self.k)
+
+    def __getitem__(self, i: int) -> KVPair:
+        return self.k[i][:, :, : self.length], self.v[i][:, :, : self.length]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def clone(self, length: int | None = None) -> KVCache:
+        """An independent copy of the first `length` rows (default: all in use), same capacity."""
+        n = self.length if length is None else int(length)
+        k, v = [torch.zeros_like(t) for t in self.k], [torch.zeros_like(t) for t in self.v]
+        for dst, src in zip(k + v, self.k + self.v):
+            dst[:, :, :n] = src[:, :, :n]
+        return KVCache(k, v, n)
+
+
+def cached_attention(q, k, v, cache_k: torch.Tensor, cache_v: torch.Tensor, P: int) -> torch.Tensor:
+    """Write the new keys/values k, v (B, H, T, Dh) into rows P..P+T-1 of the buffers cache_k, cache_v
+    (B, H, S, Dh), in place, and attend the new queries q (B, H, T, Dh) over rows 0..P+T-1: new token i
+    (absolute position P+i) sees keys j <= P+i. Returns (B, H, T, Dh)."""
+    T = q.size(2)
+    if cache_k.size(2) < P + T:
+        raise ValueError(f"a cache of {cache_k.size(2)} rows cannot hold {P} + {T} tokens")
+    cache_k[:, :, P : P + T], cache_v[:, :, P : P + T] = k, v
+    q_pos = torch.arange(T, device=q.device).unsqueeze(1) + P  # (T, 1)
+    mask = torch.arange(P + T, device=q.device).unsqueeze(0) <= q_pos  # (T, P+T) bool
+    # is_causal aligns the mask top-left, wrong when P > 0: an explicit mask
+    return F.scaled_dot_product_attention(q, cache_k[:, :, : P + T], cache_v[:, :, : P + T], attn_mask=mask)
+
+
+@dataclass
 class SwitchAux:
     """Router facts of the switch baseline, for its load-balancing loss and for plots."""
 
@@ -47,7 +95,7 @@ class Outputs:
     meter_logits: torch.Tensor  # (B, T, M) meter estimate at every position
     cls_logits: torch.Tensor | None  # (B, C) pooled over valid positions; None when n_classes == 0
     hidden: torch.Tensor  # (B, T, D) final-norm hidden states
-    present: list[KVPair]  # L x ((B, H, S, Dh), (B, H, S, Dh)): feed back as past
+    present: KVCache | list[KVPair]  # the past given, advanced by T; without one, L x (k, v) (B, H, T, Dh)
     expert_counts: torch.Tensor  # (L, E) long, tokens per expert per layer (dense: tokens per type)
     aux: SwitchAux | None  # switch only
 
@@ -87,26 +135,23 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, past: KVPair | None) -> tuple[torch.Tensor, KVPair]:
+    def forward(self, x, cos, sin, cache: tuple[torch.Tensor, torch.Tensor, int] | None):
+        """cache: None (training / plain forward: the fused causal kernel), or (k buffer, v buffer, P) of a
+        KVCache layer, written in place. Returns (B, T, D) and, without a cache, this call's (k, v)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, T, D)
         q = q.view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, H, T, Dh)
         k = k.view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, H, T, Dh)
         v = v.view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, H, T, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        dropout_p = self.dropout if self.training else 0.0
-        if past is None:  # training / plain forward: the fused causal kernel
+        if cache is None:
+            dropout_p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            kv = (k, v)
         else:
-            k = torch.cat((past[0], k), dim=2)  # (B, H, S, Dh)
-            v = torch.cat((past[1], v), dim=2)  # (B, H, S, Dh)
-            # is_causal aligns the mask top-left, wrong when P > 0; new token i (absolute P+i) sees keys j <= P+i
-            P = k.size(2) - T
-            q_pos = torch.arange(T, device=x.device).unsqueeze(1) + P  # (T, 1)
-            mask = torch.arange(k.size(2), device=x.device).unsqueeze(0) <= q_pos  # (T, S) bool
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            y, kv = cached_attention(q, k, v, *cache), None
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
-        return self.proj(y), (k, v)
+        return self.proj(y), kv
 
 
 class Block(nn.Module):
@@ -118,8 +163,8 @@ class Block(nn.Module):
         self.ffn = make_ffn(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, types, cos, sin, past, moe_path) -> tuple[torch.Tensor, KVPair, FFNOut]:
-        a, present = self.attn(self.norm_attn(x), cos, sin, past)
+    def forward(self, x, types, cos, sin, cache, moe_path) -> tuple[torch.Tensor, KVPair | None, FFNOut]:
+        a, present = self.attn(self.norm_attn(x), cos, sin, cache)
         x = x + self.drop(a)
         f = self.ffn(self.norm_ffn(x), types, moe_path)
         x = x + self.drop(f.y)
@@ -179,17 +224,19 @@ class TypeMoE(nn.Module):
         elif isinstance(module, SwiGLU):
             nn.init.normal_(module.w_down.weight, mean=0.0, std=std_out)
 
-    def empty_past(self, batch: int = 1) -> list[KVPair]:
-        """An empty cache (P = 0) on the model's device and dtype, for the first call of a decode loop."""
+    def empty_past(self, batch: int = 1, capacity: int | None = None) -> KVCache:
+        """An empty cache (P = 0) of `capacity` rows (default: the context) on the model's device and dtype,
+        for the first call of a decode loop."""
         w = self.wte.weight
-        shape = (batch, self.cfg.n_head, 0, self.cfg.d_head)
-        return [(w.new_zeros(shape), w.new_zeros(shape)) for _ in range(self.cfg.n_layer)]
+        shape = (batch, self.cfg.n_head, capacity or self.cfg.context_len, self.cfg.d_head)
+        L = self.cfg.n_layer
+        return KVCache([w.new_zeros(shape) for _ in range(L)], [w.new_zeros(shape) for _ in range(L)])
 
     def forward(
         self,
         idx: torch.Tensor,
         *,
-        past: Sequence[KVPair] | None = None,
+        past: KVCache | None = None,
         valid_mask: torch.Tensor | None = None,
         moe_path: str = "sparse",
     ) -> Outputs:
@@ -197,24 +244,26 @@ class TypeMoE(nn.Module):
 
         Args:
             idx: (B, T) long token ids.
-            past: None (no cache: fused causal attention), or one (k, v) per layer, each (B, H, P, Dh).
+            past: None (no cache: fused causal attention), or a KVCache holding P tokens, written in place.
             valid_mask: (B, T) bool, True on real tokens; only the classification pooling reads it. Pads go
                 on the right: attention is causal, so they never change a real position's output.
             moe_path: "sparse" (training), "gather" (export decode) or "onehot" (export prefill).
         Returns:
-            Outputs; its present is the cache to pass as past next time.
+            Outputs; its present is `past` itself, now holding P + T tokens (pass it again next time).
         """
         B, T = idx.shape
         cfg = self.cfg
         assert past is None or len(past) == cfg.n_layer, f"past has {len(past)} layers, model {cfg.n_layer}"
-        P = 0 if past is None else past[0][0].size(2)
+        P = 0 if past is None else past.length
         positions = torch.arange(P, P + T, device=idx.device)  # (T,)
         cos, sin = rope_tables(positions, self.inv_freq)  # (T, Dh/2) each
         types = self.router(idx)  # (B, T) expert of each token
         x = self.drop(self.wte(idx))  # (B, T, D)
         present, counts, balances, routes = [], [], [], []
         for i, block in enumerate(self.blocks):
-            x, kv, f = block(x, types, cos, sin, None if past is None else past[i], moe_path)
+            x, kv, f = block(
+                x, types, cos, sin, None if past is None else (past.k[i], past.v[i], P), moe_path
+            )
             present.append(kv)
             counts.append(f.counts)
             if f.balance is not None:
@@ -229,6 +278,9 @@ class TypeMoE(nn.Module):
             m = valid_mask.to(h.dtype)  # (B, T)
             pooled = (h * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1.0)  # (B, D)
             cls_logits = self.cls_head(pooled)  # (B, C)
+        if past is not None:
+            past.length = P + T
+            present = past
         aux = None
         if balances:
             aux = SwitchAux(balance=torch.stack(balances).mean(), route=torch.stack(routes))  # (), (L, B, T)

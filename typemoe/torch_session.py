@@ -4,8 +4,8 @@
     session = Session(engine)                      # feed / generate, the same decoder as the ONNX runtime
     model = TorchModel(ckpt_dir)                   # the OrtModel face for a checkpoint: .session(), names
 
-The cache holds the (k, v) pairs the model returned, one per layer, each (1, H, P, Dh); running at
-past_len < P first cuts them back to past_len rows (a rewind), so a session may rewind and re-run.
+The cache is the model's preallocated KVCache (context_len rows); running at past_len < P first sets its
+length back to past_len (a rewind: the next rows are overwritten), so a session may rewind and re-run.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import torch
 
 from typemoe import analysis
 from typemoe.decoding import Session, Tables
-from typemoe.model import TypeMoE
+from typemoe.model import KVCache, TypeMoE
 
 
 class _Cache:
     def __init__(self) -> None:
-        self.past: list | None = None  # L x (k, v), each (1, H, P, Dh)
+        self.past: KVCache | None = None  # allocated on the first run
 
 
 class TorchEngine:
@@ -40,15 +40,15 @@ class TorchEngine:
         return _Cache()
 
     def copy_cache(self, dst: _Cache, src: _Cache, n_rows: int) -> None:
-        dst.past = None if src.past is None else [(k[:, :, :n_rows], v[:, :, :n_rows]) for k, v in src.past]
+        dst.past = None if src.past is None else src.past.clone(n_rows)
 
     @torch.inference_mode()
     def run(self, ids: Sequence[int], past_len: int, cache: _Cache) -> dict[str, np.ndarray]:
         m = self.model
-        if past_len == 0 or cache.past is None:
-            past = m.empty_past(1)
-        else:
-            past = [(k[:, :, :past_len], v[:, :, :past_len]) for k, v in cache.past]
+        if cache.past is None:
+            cache.past = m.empty_past(1)
+        past = cache.past
+        past.length = past_len  # a rewind when past_len < the rows held
         idx = torch.as_tensor(np.asarray(ids, dtype=np.int64)[None], device=self.device)  # (1, T)
         was_training = m.training
         m.eval()

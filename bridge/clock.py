@@ -17,10 +17,11 @@ import math
 from collections import deque
 from typing import Protocol
 
+from typemoe.vocab import BEATS_PER_BAR
+
 log = logging.getLogger(__name__)
 
 PPQN = 24  # MIDI beat clock pulses per quarter note
-BEATS_PER_BAR = 4
 _FIT_PULSES = 48  # two beats of pulses for the tempo/phase fit
 _SYNC_TIMEOUT_S = 0.5  # no pulse for this long: not synced (free-running)
 _LOST_AFTER = 6  # pulses in a row a whole pulse off the fitted line: one was lost, recount

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 
 from typemoe import decoding
 from typemoe.bridge.events import Generate
-from typemoe.bridge.notes import BEATS_PER_BAR, BeatNote, TokenReader
-from typemoe.vocab import MAX_EMPTY_BARS
+from typemoe.bridge.notes import BeatNote, TokenReader
+from typemoe.vocab import BEATS_PER_BAR, MAX_EMPTY_BARS
 
 _EPS = 1e-6  # beats: onsets are multiples of 1/4 beat, so this only absorbs float noise
 

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typemoe.bridge import continuation as cont
 from typemoe.bridge import midi_parse as mp
 from typemoe.bridge import osc_api
-from typemoe.bridge.clock import BEATS_PER_BAR, BeatClock
+from typemoe.bridge.clock import BeatClock
 from typemoe.bridge.config import BridgeConfig
 from typemoe.bridge.events import (
     Analysis,
@@ -48,10 +48,11 @@ from typemoe.bridge.playback import CONFIRM_S, Playback  # noqa: F401 (CONFIRM_S
 from typemoe.bridge.readout import KEY_MARGIN, METER_MARGIN, Readout  # noqa: F401 (KEY_MARGIN: tests)
 from typemoe.bridge.stats import Stats
 from typemoe.bridge.torchless import StreamingTokenizer
+from typemoe.vocab import BEATS_PER_BAR, TICKS_PER_BEAT
 
 log = logging.getLogger(__name__)
 
-_GRID = 4  # wake-ups per beat (the tokenizer's grid), for bar reports and respond timing
+_GRID = TICKS_PER_BEAT  # wake-ups per beat (the tokenizer's grid), for bar reports and respond timing
 # A note this close to its deadline is due. The loop's timer wakes up to 1 ms late (epoll rounds up to ms),
 # so it is asked to wake this much early: sends then spread around the deadline instead of after it.
 _EARLY_S = 0.001

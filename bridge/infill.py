@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 
 from typemoe import decoding
 from typemoe.bridge.events import Infilled, InfillJob, SendOsc
-from typemoe.bridge.notes import BEATS_PER_BAR, BeatNote, TokenReader
+from typemoe.bridge.notes import BeatNote, TokenReader
 from typemoe.bridge.playback import Playback
 from typemoe.infill import InfillError, InfillIds, split_score, start_middle
-from typemoe.vocab import MAX_INFILL_BARS, TICKS_PER_BAR, TICKS_PER_BEAT
+from typemoe.vocab import BEATS_PER_BAR, MAX_INFILL_BARS, TICKS_PER_BAR, TICKS_PER_BEAT
 
 log = logging.getLogger(__name__)
 

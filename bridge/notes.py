@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-BEATS_PER_BAR = 4
-POSITIONS_PER_BEAT = 4
+from typemoe.vocab import BEATS_PER_BAR, TICKS_PER_BEAT
+
+POSITIONS_PER_BEAT = TICKS_PER_BEAT
 
 
 @dataclass(frozen=True, slots=True)

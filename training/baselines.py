@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from typemoe import analysis
+from typemoe.vocab import TICKS_PER_BEAT
 
 KEY_BASELINES: dict[str, str] = {  # result-key name -> music21.analysis.discrete class
     "krumhansl": "KrumhanslSchmuckler",
@@ -47,7 +48,7 @@ KEY_BASELINES: dict[str, str] = {  # result-key name -> music21.analysis.discret
     "temperley": "TemperleyKostkaPayne",
     "simple": "SimpleWeights",
 }
-GRID = 4  # onset-signal ticks per beat (sixteenths), the tokenizer's grid
+GRID = TICKS_PER_BEAT  # onset-signal ticks per beat: the tokenizer's grid
 ACCENT_CAP_BEATS = 2.0
 MAX_LAG = 48  # 3 bars of 4/4
 NINE_EIGHT_MARGIN = 0.05  # 9/8 needs A(36) > A(24) + this

@@ -40,7 +40,7 @@ import torch
 from typemoe import analysis
 from typemoe.training import infill_data
 from typemoe.training.humanize import Humanizer
-from typemoe.vocab import FAMILIES, TypedVocab
+from typemoe.vocab import BEATS_PER_BAR, FAMILIES, TypedVocab
 
 
 @dataclass
@@ -165,7 +165,7 @@ class TokenOps:
         assert list(pos) == list(range(self.pos_lo, self.pos_lo + self.n_pos)), (
             "Position ids must be contiguous"
         )
-        self.ticks_per_beat = self.n_pos // 4
+        self.ticks_per_beat = self.n_pos // BEATS_PER_BAR
         self.is_control = np.asarray(vocab.family_of) == FAMILIES.index("control")  # (V,) specials, controls
         self.no_target = self.is_control & ~infill_data.loss_targets(vocab)  # (V,) Infill_End is a target
         self.control_ids = vocab.control_ids

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from typemoe.analysis import meter_family
+from typemoe.vocab import TICKS_PER_BEAT
 
-GRID = 4  # ticks per beat (the tokenizer's sixteenth grid)
+GRID = TICKS_PER_BEAT  # the onset signal's ticks per beat: the tokenizer's grid
 MAX_LAG = 48
 ACCENT_CAP_BEATS = 2.0
 FILE = "meter_fusion.json"

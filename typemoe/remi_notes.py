@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from typemoe.vocab import FAMILIES, TypedVocab
+from typemoe.vocab import BEATS_PER_BAR, FAMILIES, TypedVocab
 
 _BAR, _POS, _PITCH, _VEL, _DUR = (
     FAMILIES.index(f) for f in ("Bar", "Position", "Pitch", "Velocity", "Duration")
@@ -26,7 +26,7 @@ class RemiNotes:
         self.bar = vocab.id("Bar_None")
         pos = {i: int(t.split("_")[1]) for i, t in enumerate(toks) if t.startswith("Position_")}
         self.pos_lo, self.n_pos = min(pos), len(pos)
-        self.ticks_per_beat = self.n_pos // 4
+        self.ticks_per_beat = self.n_pos // BEATS_PER_BAR
         self.value = np.zeros(
             len(toks), dtype=np.int64
         )  # (V,) position index / velocity rank / duration ticks

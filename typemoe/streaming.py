@@ -19,9 +19,7 @@ import bisect
 import copy
 from dataclasses import dataclass, field
 
-from typemoe.vocab import BEATS_PER_BAR, MAX_EMPTY_BARS, TICKS_PER_BEAT, TypedVocab
-
-TICKS_PER_BAR = TICKS_PER_BEAT * BEATS_PER_BAR
+from typemoe.vocab import MAX_EMPTY_BARS, TICKS_PER_BAR, TICKS_PER_BEAT, TypedVocab
 
 
 @dataclass(order=True)

@@ -335,7 +335,7 @@ def _analyze_cmd(args: argparse.Namespace) -> int:
 
 
 def _generate_cmd(args: argparse.Namespace) -> int:
-    controls = {"key": args.key, "meter": args.meter, "genre": args.genre, "emotion": args.emotion}
+    controls = {kind.name: getattr(args, kind.name) for kind in analysis.CONTROLS}
     try:
         res = continuation_score(
             open_model(args.model),
@@ -390,12 +390,9 @@ def add_parsers(subparsers) -> None:
     g.add_argument("--bars", type=int, required=True, help="bars of the meter to add")
     g.add_argument("--out", type=Path, required=True, help="output MIDI: the prompt, then the continuation")
     g.add_argument("--model", type=Path, help="exported model dir or checkpoint (default: the shipped model)")
-    g.add_argument("--key", help='control token, e.g. "E minor"')
-    g.add_argument(
-        "--meter", help='control token and bar length, e.g. "6/8" (default: the model\'s estimate)'
-    )
-    g.add_argument("--genre", help=f"control token: {', '.join(analysis.GENRES)}")
-    g.add_argument("--emotion", help="control token: Q1..Q4")
+    for kind in analysis.CONTROLS:
+        more = " and bar length (default: the model's estimate)" if kind.name == "meter" else ""
+        g.add_argument(f"--{kind.name}", help=kind.help + more)
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=0.95)
     g.add_argument("--seed", type=int)

@@ -306,3 +306,19 @@ def test_note_times_past_the_midi_readers_range_are_refused(vocab, tmp_path):
     mid.save(tmp_path / "wrapped.mid")
     with pytest.raises(ScoreError, match="more than 2\\^31 ticks apart"):
         vocab.encode_score(symusic.Score(tmp_path / "wrapped.mid"))
+
+
+def test_control_tokens_come_from_the_one_registry():
+    from typemoe import analysis
+    from typemoe.shipped import default_model_dir
+
+    vocab = TypedVocab.load(default_model_dir())
+    for kind in analysis.CONTROLS:  # every kind's tokens, in its classes' order, are in the vocabulary
+        ids = [vocab.id(t) for t in kind.tokens()]
+        assert ids == sorted(ids) and len(ids) == len(kind.classes)
+    ids = vocab.control_ids(emotion="q2", key="e minor", meter="6/8")  # any keyword order: registry order
+    assert [vocab.token(i) for i in ids] == ["Key_E_minor", "Meter_6/8", "Emotion_Q2"]
+    with pytest.raises(TypeError, match="tempo"):
+        vocab.control_ids(tempo="fast")
+    with pytest.raises(ValueError, match="H major"):
+        vocab.control_ids(key="H major")

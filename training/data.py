@@ -276,7 +276,7 @@ def make_sample(
     ctrl: list[int] = []
     if controls:
         names = pieces.label_names
-        for task in ("key", "meter", "genre", "emotion"):
+        for task in (kind.name for kind in analysis.CONTROLS):  # the registry's order (the rng's too)
             c = labels.get(task, -1)
             if c < 0 or task not in names or (rng is not None and rng.random() < control_dropout):
                 continue

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from typemoe import checkpoint
+from typemoe import analysis, checkpoint
 from typemoe.model import TypeMoE
 from typemoe.training import ckpt, cli, dist, infill_data, loop
 from typemoe.training.cli import CLS_TASKS
@@ -157,7 +157,9 @@ def run(args) -> int:
         if class_names is not None:
             meta["class_names"] = class_names
         else:
-            meta.update(controls=["key", "meter", "genre", "emotion"], control_dropout=cfg.control_dropout)
+            meta.update(
+                controls=[kind.name for kind in analysis.CONTROLS], control_dropout=cfg.control_dropout
+            )
         loop.train(
             cfg,
             vocab=vocab,

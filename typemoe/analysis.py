@@ -14,6 +14,8 @@ Torch-free: the bridge imports this to name the heads' outputs.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 TONICS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 MODES = ("major", "minor")
@@ -209,3 +211,34 @@ def parse_emotion(x: str) -> str:
     if q not in EMOTIONS:
         raise ValueError(f"unknown emotion {x!r}; expected one of {', '.join(EMOTIONS)}")
     return q
+
+
+# --------------------------------------------------------------------------- control tokens
+
+
+@dataclass(frozen=True)
+class ControlKind:
+    """One kind of control token. Its name is the keyword everywhere (TypedVocab.control_ids, the CLI's
+    --flag, the data's label task); its tokens are prefix + class (spaces as _), in `classes` order."""
+
+    name: str
+    prefix: str
+    classes: tuple[str, ...]
+    canonical: Callable[[object], str]  # a user's value -> its class name; ValueError names a bad one
+    help: str  # for a --flag
+
+    def token(self, value: object) -> str:
+        return self.prefix + self.canonical(value).replace(" ", "_")
+
+    def tokens(self) -> list[str]:
+        return [self.prefix + c.replace(" ", "_") for c in self.classes]
+
+
+# The registry, in the canonical order of a control prefix (the vocabulary's order; changing it changes
+# every model's token ids).
+CONTROLS: tuple[ControlKind, ...] = (
+    ControlKind("key", "Key_", KEYS, lambda x: key_name(parse_key(x)), 'control token, e.g. "E minor"'),
+    ControlKind("meter", "Meter_", METERS, lambda x: meter_name(parse_meter(x)), 'control token, e.g. "6/8"'),
+    ControlKind("genre", "Genre_", GENRES, parse_genre, f"control token: {', '.join(GENRES)}"),
+    ControlKind("emotion", "Emotion_", EMOTIONS, parse_emotion, "control token: Q1..Q4"),
+)

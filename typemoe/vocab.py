@@ -163,11 +163,8 @@ def _resample(notes: Mapping[str, np.ndarray], tpq: int) -> dict[str, np.ndarray
 
 
 def control_tokens() -> list[str]:
-    keys = [f"Key_{k.replace(' ', '_')}" for k in analysis.KEYS]
-    meters = [f"Meter_{m}" for m in analysis.METERS]
-    genres = [f"Genre_{g}" for g in analysis.GENRES]
-    emotions = [f"Emotion_{q}" for q in analysis.EMOTIONS]
-    return keys + meters + genres + emotions + list(INFILL_TOKENS)
+    """The control kinds' tokens (analysis.CONTROLS, in its order), then the infilling tokens."""
+    return [t for kind in analysis.CONTROLS for t in kind.tokens()] + list(INFILL_TOKENS)
 
 
 def _prefix(token: str) -> str:
@@ -335,18 +332,19 @@ class TypedVocab:
     def tokens(self) -> list[str]:
         return list(self._tokens)
 
-    def control_ids(self, *, key=None, meter=None, genre=None, emotion=None) -> list[int]:
-        """Control-token ids in canonical order (key, meter, genre, emotion); None/"" skips one."""
-        out = []
-        if key not in (None, ""):
-            out.append(self.id("Key_" + analysis.key_name(analysis.parse_key(key)).replace(" ", "_")))
-        if meter not in (None, ""):
-            out.append(self.id("Meter_" + analysis.meter_name(analysis.parse_meter(meter))))
-        if genre not in (None, ""):
-            out.append(self.id("Genre_" + analysis.parse_genre(genre)))
-        if emotion not in (None, ""):
-            out.append(self.id("Emotion_" + analysis.parse_emotion(emotion)))
-        return out
+    def control_ids(self, **values) -> list[int]:
+        """Control-token ids in the registry's order (analysis.CONTROLS: key=, meter=, genre=, emotion=);
+        None or "" skips one. Raises ValueError for a bad value, TypeError for an unknown kind."""
+        unknown = set(values) - {kind.name for kind in analysis.CONTROLS}
+        if unknown:
+            raise TypeError(
+                f"unknown control kind(s) {sorted(unknown)}; known: {[k.name for k in analysis.CONTROLS]}"
+            )
+        return [
+            self.id(kind.token(values[kind.name]))
+            for kind in analysis.CONTROLS
+            if values.get(kind.name) not in (None, "")
+        ]
 
     # ---- scores <-> ids -----------------------------------------------------------------------------
     def prepare_score(self, score: symusic.Score) -> symusic.Score:

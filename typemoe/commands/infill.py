@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from typemoe.export.tools import ToolError, open_model, read_midi
 
     first, last = args.bars
-    controls = {"key": args.key, "meter": args.meter, "genre": args.genre, "emotion": args.emotion}
+    controls = {kind.name: getattr(args, kind.name) for kind in analysis.CONTROLS}
     try:
         if args.key_lock and not args.key:
             raise ToolError("--key-lock needs --key (the key whose scale to keep)")
@@ -96,10 +96,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--bars", type=parse_bars, required=True, help="FIRST-LAST (or one bar), numbered from 1")
     p.add_argument("--out", type=Path, required=True, help="output MIDI: the file with those bars rewritten")
     p.add_argument("--model", type=Path, help="exported model dir or checkpoint (default: the shipped model)")
-    p.add_argument("--key", help='control token, e.g. "E minor"')
-    p.add_argument("--meter", help='control token, e.g. "6/8"')
-    p.add_argument("--genre", help=f"control token: {', '.join(analysis.GENRES)}")
-    p.add_argument("--emotion", help="control token: Q1..Q4")
+    for kind in analysis.CONTROLS:
+        p.add_argument(f"--{kind.name}", help=kind.help)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int)

@@ -75,7 +75,7 @@ def analyze_without_torch(*args: str, timeout: float = 120.0) -> subprocess.Comp
     """`typemoe analyze ARGS` in a fresh interpreter where `import torch` fails (the DAW-user install)."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from export import tools\n"
+        "from typemoe.commands import tools\n"
         f"sys.exit(tools.run_cli(['analyze', *{list(args)!r}]))"
     )
     return subprocess.run(

@@ -14,7 +14,7 @@ import pytest
 from export_fixtures import analyze_without_torch
 
 from typemoe import analysis
-from typemoe.export import tools
+from typemoe.commands import tools
 from typemoe.export.runtime import MANIFEST_FILE, OrtModel, read_manifest
 from typemoe.shipped import EMOTION_DIRNAME, default_emotion_dir, default_model_dir
 

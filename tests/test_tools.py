@@ -11,7 +11,7 @@ import symusic
 from export_fixtures import analyze_without_torch
 
 from typemoe import analysis, listening
-from typemoe.export import tools
+from typemoe.commands import tools
 
 pytest.importorskip("onnx")
 REPO = Path(__file__).resolve().parents[1]
@@ -362,7 +362,7 @@ def test_console_script_wiring(model_dir, tune, monkeypatch, capsys):
     """The rows the lead adds to typemoe/cli.py COMMANDS dispatch to add_parsers / main correctly."""
     from typemoe import cli
 
-    monkeypatch.setitem(cli.COMMANDS, "analyze", ("typemoe.export.tools", "key and meter of a MIDI file"))
+    monkeypatch.setitem(cli.COMMANDS, "analyze", ("typemoe.commands.tools", "key and meter of a MIDI file"))
     monkeypatch.setitem(cli.COMMANDS, "eval", ("typemoe.training.eval_cli", "metrics on held-out pieces"))
     assert cli.main(["analyze", str(tune), "--model", str(model_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["meter"] in analysis.METERS

@@ -59,9 +59,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "typemoe.commands.bench",
         "decode/prefill latency, ORT vs PyTorch, TypeMoE vs dense, bridge latency",
     ),
-    "analyze": ("typemoe.export.tools", "key and meter of a MIDI file, with confidences"),
+    "analyze": ("typemoe.commands.tools", "key and meter of a MIDI file, with confidences"),
     "generate": (
-        "typemoe.export.tools",
+        "typemoe.commands.tools",
         "continue a MIDI file, optionally steered by key/meter/genre/emotion",
     ),
     "infill": (

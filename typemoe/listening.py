@@ -1,6 +1,6 @@
 """Hearing a whole piece as the bridge hears it: one session fed bar by bar, its context sliding when full.
 
-Torch-free. `typemoe analyze` (export/tools.py) and `typemoe eval`'s whole-piece numbers
+Torch-free. `typemoe analyze` (typemoe/commands/tools.py) and `typemoe eval`'s whole-piece numbers
 (training/eval_keymeter.py) both read a piece through `listen`, so the two cannot drift apart; the session
 is typemoe.decoding's (either backend), whose slide keeps the control prefix.
 

@@ -40,7 +40,7 @@ def parse_bars(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from typemoe.export.tools import ToolError, open_model, read_midi
+    from typemoe.commands.tools import ToolError, open_model, read_midi
 
     first, last = args.bars
     controls = {kind.name: getattr(args, kind.name) for kind in analysis.CONTROLS}

@@ -406,8 +406,8 @@ def add_parsers(subparsers) -> None:
     g.set_defaults(func=_generate_cmd)
 
 
-def run_cli(argv: list[str] | None = None, prog: str = "python -m typemoe.export.tools") -> int:
-    """`python -m typemoe.export.tools analyze|generate ...`. Deliberately not called `main`: typemoe/cli.py calls a
+def run_cli(argv: list[str] | None = None, prog: str = "python -m typemoe.commands.tools") -> int:
+    """`python -m typemoe.commands.tools analyze|generate ...`. Deliberately not called `main`: typemoe/cli.py calls a
     module's main(argv-after-the-command), and this module registers two commands via add_parsers."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -1,4 +1,4 @@
-"""Key-profile and meter baselines (training/baselines.py) on real music21 tunes and synthetic rhythms."""
+"""Key-profile and meter baselines (training/evaluation/baselines.py) on real music21 tunes and synthetic rhythms."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from typemoe import analysis
-from typemoe.training import baselines
+from typemoe.training.evaluation import baselines
 
 music21 = pytest.importorskip("music21")
 
 
 @functools.lru_cache(maxsize=4)
 def _chorale(name: str):
-    from typemoe.training.music21_source import _notes
+    from typemoe.training.data.music21_source import _notes
 
     score = music21.corpus.parse(name)
     arr = _notes(score.flatten())

@@ -3,7 +3,7 @@
 * the EMA teacher on the unlabelled rows only (Stepper teacher_rows="unlabelled") gives the same loss
   terms and gradients as the teacher on the whole padded micro-batch ("all");
 * the Prefetcher's batches are WindowSampler.next_step()'s;
-* `python -m typemoe.training.bench_train` runs and reports both loop modes.
+* `python -m typemoe.training.learn.bench_train` runs and reports both loop modes.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 from training_fixtures import build_shards
 
 from typemoe.model import TypeMoE
-from typemoe.training import bench_train, loop, losses, stepper
-from typemoe.training.data import TokenOps, WindowSampler, keep_label_fraction, load_pieces
-from typemoe.training.prefetch import Prefetcher
-from typemoe.training.presets import tiny
+from typemoe.training.learn import bench_train, loop, losses, stepper
+from typemoe.training.learn.data import TokenOps, WindowSampler, keep_label_fraction, load_pieces
+from typemoe.training.learn.prefetch import Prefetcher
+from typemoe.training.learn.presets import tiny
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """A waltz and a jig, played with a human touch into `TypeMoE In` over JACK, read as 3/4 and 6/8 (issue 12).
 
 The bridge runs the shipped model (analysis only) on a private jackd. Each tune is a held-out music21 corpus
-tune (test split: never trained on), humanized (training/perturb.py "all": a velocity swell and per-note
+tune (test split: never trained on), humanized (training/evaluation/perturb.py "all": a velocity swell and per-note
 noise, +-1/32-beat onset/duration jitter, legato/staccato) and played in real time from a separate JACK
 client at the bridge's internal tempo. The bridge's last /typemoe/meter must name the tune's meter.
 
@@ -46,7 +46,7 @@ def _tune(rel: str, x: str):
     from music21 import common, converter
     from test_invariance import _m21_to_score
 
-    from typemoe.training.sources import split_of
+    from typemoe.training.data.sources import split_of
 
     assert split_of(f"{rel}#{x}") == "test", "the tune must be held out from training"
     text = (Path(common.getCorpusFilePath()) / rel).read_text(encoding="utf-8", errors="replace")
@@ -94,7 +94,7 @@ def bridge(jack, tmp_path_factory):
 
 @pytest.mark.parametrize("meter", sorted(TUNES))
 def test_a_humanized_tune_over_jack_reads_its_meter(bridge, meter):
-    from typemoe.training import perturb
+    from typemoe.training.evaluation import perturb
 
     peer, send, log = bridge
     played = perturb.humanize(_tune(*TUNES[meter]), "all", seed=1)

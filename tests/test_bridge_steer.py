@@ -319,7 +319,7 @@ def _over_jack(test):
 
 
 def _music21_key(notes: list[tuple]) -> str | None:
-    """music21's key (Krumhansl-Schmuckler, as training/gen_key_check.py) of (pitch, beat, dur) notes."""
+    """music21's key (Krumhansl-Schmuckler, as training/evaluation/gen_key_check.py) of (pitch, beat, dur) notes."""
     music21 = pytest.importorskip("music21")
     stream = music21.stream.Stream()
     for pitch, beat, dur in notes:

@@ -76,7 +76,7 @@ def test_eval_path_equals_the_bridge_path(model_dir, ort_model, torch_model, tem
     """`typemoe eval`'s generate (ONNX dir and checkpoint) = OrtSession.generate_steps, what the bridge calls."""
     from export_fixtures import tiny_checkpoint_dir
 
-    from typemoe.training.eval_model import open_model
+    from typemoe.training.evaluation.eval_model import open_model
 
     vocab = ort_model.vocab
     prefix = [vocab.bos_id, *vocab.control_ids(key="A minor"), *_music(vocab, 230, seed=9)]  # slides at 256

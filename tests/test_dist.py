@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from training_fixtures import build_shards, losses_of, run_module, tiny_args
 
-from typemoe.training import pretrain
+from typemoe.training.learn import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_two_gloo_ranks_match_one_rank(shards, tmp_path):
             "--standalone",
             "--nproc_per_node=2",
             "-m",
-            "typemoe.training.pretrain",
+            "typemoe.training.learn.pretrain",
             *tiny_args(shards, two, steps=steps, extra=("--eval-every", "4")),
         ],
         timeout=180,

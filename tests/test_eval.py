@@ -14,8 +14,8 @@ from conftest import N_TUNES
 
 pytest.importorskip("torch")
 
-from typemoe.training import evaluate  # noqa: E402
-from typemoe.training.eval_model import open_model  # noqa: E402
+from typemoe.training.evaluation import evaluate  # noqa: E402
+from typemoe.training.evaluation.eval_model import open_model  # noqa: E402
 
 STABLE_KEYS = (
     "continuation.hits@1",
@@ -158,7 +158,7 @@ class _Oracle:
         return self.by_music[tuple(music[:16])], music
 
     def outputs_at(self, seq, at):
-        from typemoe.training.eval_model import HeadOutputs
+        from typemoe.training.evaluation.eval_model import HeadOutputs
 
         piece, _ = self._piece(seq)
         self.reads.append((len(seq), list(at)))
@@ -179,7 +179,7 @@ class _Oracle:
 
 def test_metric_pipeline_on_an_oracle(labelled_folder, vocab):
     """Known answers through the whole pipeline: an oracle scores 1.0, and heads are read where documented."""
-    from typemoe.training.eval_data import load_eval_data
+    from typemoe.training.evaluation.eval_data import load_eval_data
 
     d, _ = labelled_folder
     data = load_eval_data(f"folder:{d}", vocab=vocab, labels_csv=d / "labels.csv", split="all")
@@ -213,10 +213,10 @@ def test_metric_pipeline_on_an_oracle(labelled_folder, vocab):
 
 @pytest.mark.slow
 def test_ablation_and_label_efficiency(tmp_path, monkeypatch):
-    """Every variant trains through typemoe.training.pretrain for 2 steps and is evaluated; tables and plot appear."""
+    """Every variant trains through typemoe.training.learn.pretrain for 2 steps and is evaluated; tables and plot appear."""
     from training_fixtures import build_shards
 
-    from typemoe.training import ablation
+    from typemoe.training.evaluation import ablation
 
     shards = build_shards(tmp_path / "shards", n=24)
     monkeypatch.setattr(ablation, "LABEL_FRACTIONS", (0.5, 1.0))

@@ -14,7 +14,7 @@ from conftest import N_TUNES
 
 pytest.importorskip("torch")
 
-from typemoe.training import eval_cli, evaluate  # noqa: E402
+from typemoe.training.evaluation import eval_cli, evaluate  # noqa: E402
 
 
 def test_cli_errors(tmp_path, capsys, ckpt):
@@ -49,7 +49,7 @@ def test_cli_errors(tmp_path, capsys, ckpt):
 
 
 def test_no_model_and_no_default_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    from typemoe.training import eval_model
+    from typemoe.training.evaluation import eval_model
 
     monkeypatch.setattr(eval_model, "default_model_dir", lambda: tmp_path / "default_model")
     assert eval_cli.main(["--data", "music21", "--out", str(tmp_path / "r.json")]) == 2

@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 
 
 def test_prompt_ends_at_a_bar_line(vocab):
-    from typemoe.training.evaluate import EvalConfig, _prompt_cut
+    from typemoe.training.evaluation.evaluate import EvalConfig, _prompt_cut
 
     bar = vocab.id("Bar_None")
     pitch = vocab.id("Pitch_60")
@@ -25,7 +25,7 @@ def test_prompt_ends_at_a_bar_line(vocab):
 
 
 def test_max_pieces_is_a_spread_sample():
-    from typemoe.training.eval_data import sample_ids
+    from typemoe.training.evaluation.eval_data import sample_ids
 
     ids = [("music21", f"collection{c}/tune{i}") for c in range(3) for i in range(50)]
     picked = sample_ids(ids, 30)
@@ -37,7 +37,7 @@ def test_signature_and_meta_labels():
     import symusic
 
     from typemoe import analysis
-    from typemoe.training.eval_data import meta_labels, signature_of_key
+    from typemoe.training.evaluation.eval_data import meta_labels, signature_of_key
 
     assert (
         signature_of_key(analysis.parse_key("C major"))
@@ -64,7 +64,7 @@ def test_signature_and_meta_labels():
 
 
 def test_perturbed_pieces_keep_their_notes(labelled_folder, vocab):
-    from typemoe.training.eval_data import load_eval_data
+    from typemoe.training.evaluation.eval_data import load_eval_data
 
     d, _ = labelled_folder
     plain = load_eval_data(f"folder:{d}", vocab=vocab, labels_csv=d / "labels.csv", split="all", max_pieces=4)

@@ -1,4 +1,4 @@
-"""The per-source table (training/eval_table.py): its command line and its markdown."""
+"""The per-source table (training/evaluation/eval_table.py): its command line and its markdown."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from typemoe.training import eval_cli, eval_table  # noqa: E402
+from typemoe.training.evaluation import eval_cli, eval_table  # noqa: E402
 
 
 def test_cli_data_repeats_only_with_the_source_table(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""typemoe.training.from_onnx: an exported graph reads back into a checkpoint that computes the same heads."""
+"""typemoe.training.learn.from_onnx: an exported graph reads back into a checkpoint that computes the same heads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from export_fixtures import make_tiny_model_dir, tiny_checkpoint_dir
 
 from typemoe import checkpoint
-from typemoe.training.from_onnx import RecoverError, recover_dir
+from typemoe.training.learn.from_onnx import RecoverError, recover_dir
 
 pytestmark = pytest.mark.onnx
 

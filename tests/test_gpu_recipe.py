@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from training_fixtures import REPO, build_shards, python_env
 
 from typemoe import analysis, checkpoint
-from typemoe.training import gpu_recipe, pretrain
-from typemoe.training.gpu_vocab import PackedVocab
+from typemoe.training.learn import gpu_recipe, pretrain
+from typemoe.training.learn.gpu_vocab import PackedVocab
 
 BLOCKED = "import sys; sys.modules['miditok'] = None; sys.modules['symusic'] = None"
 
@@ -36,7 +36,7 @@ def ran(shards, tmp_path_factory):
             "--minutes", "2", "--reserve-s", "0", "--device", "cpu", "--threads", "1", "--max-steps", "3",
             "--batch-size", "4", "--micro-batch", "2", "--seq-len", "64", "--log-every", "1",
             "--eval-every", "1000", "--ckpt-every", "1000", "--data-workers", "2"]  # fmt: skip
-    code = f"{BLOCKED}\nfrom typemoe.training.gpu_recipe import main\nassert main({argv!r}) == 0\n"
+    code = f"{BLOCKED}\nfrom typemoe.training.learn.gpu_recipe import main\nassert main({argv!r}) == 0\n"
     code += "assert all(sys.modules[m].__typemoe_stand_in__ for m in ('miditok', 'symusic'))\n"
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=python_env(), capture_output=True, text=True,
                        timeout=300)  # fmt: skip
@@ -68,7 +68,7 @@ def test_packed_vocab_matches_typed_vocab(vocab, tmp_path):
 
 
 def test_pack_round_trips_the_pieces(ran, shards, vocab):
-    from typemoe.training.data import load_pieces
+    from typemoe.training.learn.data import load_pieces
 
     pack, _, _ = ran
     doc = json.loads((pack / "pack.json").read_text())
@@ -147,9 +147,9 @@ def test_bundle_cuts_large_tensors_and_drops_what_does_not_fit(ran, tmp_path):
 def test_a_run_past_its_deadline_stops_with_a_checkpoint(shards, vocab, tmp_path):
     from dataclasses import replace
 
-    from typemoe.training import ckpt, dist, loop
-    from typemoe.training.data import load_pieces
-    from typemoe.training.presets import tiny
+    from typemoe.training.learn import ckpt, dist, loop
+    from typemoe.training.learn.data import load_pieces
+    from typemoe.training.learn.presets import tiny
 
     cfg = replace(
         tiny(vocab), seq_len=64, batch_size=4, micro_batch=2, max_steps=50, eval_every=1000, threads=1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import music21_scores
 
-from typemoe.training.humanize import HumanizeConfig, Humanizer
+from typemoe.training.learn.humanize import HumanizeConfig, Humanizer
 
 OFF = dict(
     p_const_velocity=0.0,

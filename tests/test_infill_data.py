@@ -70,7 +70,7 @@ def test_shipped_model_vocabulary_is_unchanged():
 
 
 def test_older_shards_are_read_with_the_new_vocabulary(vocab, tmp_path):
-    from typemoe.training.shards import ShardError, ShardSet
+    from typemoe.training.data.shards import ShardError, ShardSet
 
     d = tmp_path / "shards"
     d.mkdir()
@@ -88,7 +88,7 @@ def test_older_shards_are_read_with_the_new_vocabulary(vocab, tmp_path):
 
 
 def test_fim_round_trips(vocab):
-    from typemoe.training.infill_data import FimOps
+    from typemoe.training.learn.infill_data import FimOps
 
     fim = FimOps(vocab)
     rng = np.random.default_rng(0)
@@ -118,7 +118,7 @@ def test_fim_round_trips(vocab):
 
 
 def test_fim_needs_the_tokens():
-    from typemoe.training.infill_data import FimError, FimOps
+    from typemoe.training.learn.infill_data import FimError, FimOps
 
     with pytest.raises(FimError, match="Infill_Suffix"):
         FimOps(legacy_vocab())
@@ -126,9 +126,9 @@ def test_fim_needs_the_tokens():
 
 def test_sampler_mixes_fim_at_its_rate_and_targets_the_end(vocab):
     from typemoe.config import tiny
-    from typemoe.training.config import TrainConfig
-    from typemoe.training.data import Pieces, TokenOps, WindowSampler, collate
-    from typemoe.training.infill_data import FimOps
+    from typemoe.training.learn.config import TrainConfig
+    from typemoe.training.learn.data import Pieces, TokenOps, WindowSampler, collate
+    from typemoe.training.learn.infill_data import FimOps
 
     tokens = [music(vocab, 30 + 7 * i, i) for i in range(24)]
     n = len(tokens)
@@ -180,9 +180,9 @@ def test_grow_vocab_keeps_the_old_model(tmp_path, vocab):
     torch = pytest.importorskip("torch")
     from typemoe import analysis, checkpoint
     from typemoe.model import TypeMoE
-    from typemoe.training.infill_data import grow_vocab
-    from typemoe.training.presets import PRESETS
-    from typemoe.training.pretrain import init_model
+    from typemoe.training.learn.infill_data import grow_vocab
+    from typemoe.training.learn.presets import PRESETS
+    from typemoe.training.learn.pretrain import init_model
 
     old = legacy_vocab()
     cfg = PRESETS["tiny"](vocab).model
@@ -206,8 +206,8 @@ def test_finetune_from_an_older_checkpoint_grows_it(tmp_path, vocab):
     torch = pytest.importorskip("torch")
     from typemoe import checkpoint
     from typemoe.model import TypeMoE
-    from typemoe.training.finetune import init_model
-    from typemoe.training.presets import PRESETS
+    from typemoe.training.learn.finetune import init_model
+    from typemoe.training.learn.presets import PRESETS
 
     old = legacy_vocab()
     torch.manual_seed(1)

@@ -13,7 +13,7 @@ Each is an agreement rate with the prediction on the unperturbed piece, over eve
 and must be >= AGREEMENT. The heads are read at the last token of the piece's first WINDOW tokens
 (BOS + music), as `typemoe analyze` and a freshly started bridge read them.
 
-Held out means the pieces' ids fall in the test split that training never sees (training/sources.py
+Held out means the pieces' ids fall in the test split that training never sees (training/data/sources.py
 split_of; EMOPIA's official split). For music21, only test-split tunes of a few multi-tune ABC files
 are parsed (the id is "path#X"), so this needs no corpus conversion.
 """
@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import symusic
 
-from typemoe.training import perturb
+from typemoe.training.evaluation import perturb
 
 AGREEMENT = 0.95
 WINDOW = 512  # tokens read per piece, BOS included
@@ -85,7 +85,7 @@ def music21_test_pieces() -> tuple[tuple[str, symusic.Score], ...]:
 
     from music21 import common, converter
 
-    from typemoe.training.sources import split_of
+    from typemoe.training.data.sources import split_of
 
     root = Path(common.getCorpusFilePath())
     out = []
@@ -109,8 +109,8 @@ def music21_test_pieces() -> tuple[tuple[str, symusic.Score], ...]:
 
 def shared_test_pieces() -> list[tuple[str, symusic.Score]]:
     """Up to N_SHARED test-split pieces of POP909 and of EMOPIA, when ../shared/data holds them."""
-    from typemoe.training.music21_source import default_cache_dir
-    from typemoe.training.sources import extract_archive, split_of
+    from typemoe.training.data.music21_source import default_cache_dir
+    from typemoe.training.data.sources import extract_archive, split_of
 
     out = []
     for name, path_col, is_test in (

@@ -12,11 +12,11 @@ import torch
 
 from typemoe import analysis
 from typemoe.model import TypeMoE
-from typemoe.training import losses
-from typemoe.training.data import Pieces, TokenOps, collate, make_sample
-from typemoe.training.dist import Dist
-from typemoe.training.loop import train
-from typemoe.training.presets import tiny
+from typemoe.training.learn import losses
+from typemoe.training.learn.data import Pieces, TokenOps, collate, make_sample
+from typemoe.training.learn.dist import Dist
+from typemoe.training.learn.loop import train
+from typemoe.training.learn.presets import tiny
 
 
 def synthetic_pieces(vocab, n: int = 12, bars: int = 12, seed: int = 0, key_labelled=True) -> Pieces:

@@ -1,4 +1,4 @@
-"""Metrics of training/metrics.py on hand-made cases whose answers are worked out by hand."""
+"""Metrics of training/evaluation/metrics.py on hand-made cases whose answers are worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from typemoe.training import metrics
+from typemoe.training.evaluation import metrics
 
 
 def test_hits_at_k_known_ranks():

@@ -1,4 +1,4 @@
-"""training/perturb.py: each perturbation changes what it says and nothing else, reproducibly."""
+"""training/evaluation/perturb.py: each perturbation changes what it says and nothing else, reproducibly."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import symusic
 
-from typemoe.training import perturb
+from typemoe.training.evaluation import perturb
 
 
 def _score(tpq: int = 480) -> symusic.Score:

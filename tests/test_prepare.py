@@ -12,10 +12,10 @@ import symusic
 
 from tests.conftest import SHARED_DATA, music21_scores, score_from_notes
 from typemoe import analysis, cli
-from typemoe.training.augment import Transposer, shift_phase
-from typemoe.training.prepare import BuildConfig, build, tokenize_piece
-from typemoe.training.shards import ShardError, ShardSet
-from typemoe.training.sources import Piece
+from typemoe.training.data.prepare import BuildConfig, build, tokenize_piece
+from typemoe.training.data.shards import ShardError, ShardSet
+from typemoe.training.data.sources import Piece
+from typemoe.training.learn.augment import Transposer, shift_phase
 
 NOTES = [(0, 4, 60, 80), (4, 2, 64, 90), (6, 2, 67, 70), (8, 8, 72, 100), (16, 4, 48, 60)]
 

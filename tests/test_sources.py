@@ -12,9 +12,9 @@ import symusic
 
 from tests.conftest import SHARED_DATA, score_from_notes
 from typemoe import analysis
-from typemoe.training import label_rules, music21_source
-from typemoe.training.skip_log import SkipLog
-from typemoe.training.sources import (
+from typemoe.training.data import label_rules, music21_source
+from typemoe.training.data.skip_log import SkipLog
+from typemoe.training.data.sources import (
     SHARED_SETS,
     Piece,
     SourceOptions,
@@ -252,7 +252,7 @@ def test_classical_piano_key_only_when_clear(shared_opts):
 
 
 def test_csv_rows_skip_a_non_utf8_row_by_file_and_line(tmp_path, caplog):
-    from typemoe.training.sources import csv_rows
+    from typemoe.training.data.sources import csv_rows
 
     path = tmp_path / "labels.csv"
     path.write_bytes(

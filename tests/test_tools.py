@@ -363,7 +363,9 @@ def test_console_script_wiring(model_dir, tune, monkeypatch, capsys):
     from typemoe import cli
 
     monkeypatch.setitem(cli.COMMANDS, "analyze", ("typemoe.commands.tools", "key and meter of a MIDI file"))
-    monkeypatch.setitem(cli.COMMANDS, "eval", ("typemoe.training.eval_cli", "metrics on held-out pieces"))
+    monkeypatch.setitem(
+        cli.COMMANDS, "eval", ("typemoe.training.evaluation.eval_cli", "metrics on held-out pieces")
+    )
     assert cli.main(["analyze", str(tune), "--model", str(model_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["meter"] in analysis.METERS
     with pytest.raises(SystemExit):

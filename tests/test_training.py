@@ -1,4 +1,4 @@
-"""Training: data windows agree with training/augment.py, a tiny real run learns and writes its outputs,
+"""Training: data windows agree with training/learn/augment.py, a tiny real run learns and writes its outputs,
 SIGKILL + --resume equals an uninterrupted run, bad inputs fail before any step, fine-tuning."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 from training_fixtures import REPO, build_shards, losses_of, python_env, read_metrics, run_module, tiny_args
 
 from typemoe import checkpoint
-from typemoe.training import ckpt, finetune, pretrain
-from typemoe.training.augment import Transposer, shift_phase
-from typemoe.training.data import (
+from typemoe.training.learn import ckpt, finetune, pretrain
+from typemoe.training.learn.augment import Transposer, shift_phase
+from typemoe.training.learn.data import (
     Pieces,
     TokenOps,
     WindowSampler,
@@ -25,7 +25,7 @@ from typemoe.training.data import (
     load_pieces,
     make_sample,
 )
-from typemoe.training.presets import tiny
+from typemoe.training.learn.presets import tiny
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_tiny_run_learns_and_writes_outputs(shards, tmp_path):
         and model.cfg.n_meters == len(meta["meter_names"])
     )
     assert list((out / "tb").iterdir())
-    from typemoe.training.plot import plot
+    from typemoe.training.learn.plot import plot
 
     png = plot([out], tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -152,7 +152,7 @@ def test_sigkill_then_resume_matches_uninterrupted(shards, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "typemoe.training.pretrain",
+        "typemoe.training.learn.pretrain",
         *tiny_args(shards, run, steps=steps, extra=("--ckpt-every", "10")),
     ]
     proc = subprocess.Popen(
@@ -224,7 +224,7 @@ def test_resume_continues_with_the_runs_own_configuration(shards, tmp_path):
     )
     bare = ["--data", str(shards), "--out", str(out), "--resume", "--max-steps", "3", "--threads", "1"]
     assert pretrain.main(bare) == 0
-    from typemoe.training import ckpt
+    from typemoe.training.learn import ckpt
 
     saved = ckpt.read_state(ckpt.resolve(out))
     assert saved["step"] == 3 and saved["config"]["optim"]["lr"] == 3e-4 and saved["config"]["seed"] == 7
@@ -232,7 +232,7 @@ def test_resume_continues_with_the_runs_own_configuration(shards, tmp_path):
 
 
 def read_config_of_tiny() -> int:
-    from typemoe.training.presets import PRESETS
+    from typemoe.training.learn.presets import PRESETS
     from typemoe.vocab import TypedVocab
 
     return PRESETS["tiny"](TypedVocab.default()).model.d_model
@@ -327,7 +327,7 @@ def test_finetune_conditional(shards, tmp_path):
 def test_cli_registers_train_and_finetune():
     import argparse
 
-    from typemoe.training.cli import add_parsers
+    from typemoe.training.learn.cli import add_parsers
 
     p = argparse.ArgumentParser()
     add_parsers(p.add_subparsers(dest="cmd"))
@@ -335,5 +335,5 @@ def test_cli_registers_train_and_finetune():
     assert a.func is not None and a.objective == "clm"
     f = p.parse_args(["finetune", "--task", "emotion", "--from", "c", "--data", "x", "--out", "y"])
     assert f.func is not None and f.task == "emotion"
-    r = run_module(["-m", "typemoe.training.pretrain", "--help"], timeout=60)
+    r = run_module(["-m", "typemoe.training.learn.pretrain", "--help"], timeout=60)
     assert r.returncode == 0 and "--labelled-fraction" in r.stdout

@@ -1,7 +1,7 @@
 """Shared helpers for the training tests: a small shard directory of real music21 tunes.
 
 The shards are built the way a user builds them (`folder:` source + labels CSV through
-training/prepare.py), from the first tunes of an Essen collection, so every test trains on real music.
+training/data/prepare.py), from the first tunes of an Essen collection, so every test trains on real music.
 Labels come from the notation: meter from the first time signature, key from the key signature read as
 major (a plausible label is all these tests need); every 4th tune has no key label (unlabelled), and
 alternate tunes are called "folk" / "classical" to give the classification tests two classes.
@@ -28,7 +28,7 @@ def build_shards(out: Path, n: int = 48) -> Path:
     """Shards of the first n tunes of essenFolksong/altdeu10 (cached per directory)."""
     from conftest import music21_scores
 
-    from typemoe.training.prepare import BuildConfig, build
+    from typemoe.training.data.prepare import BuildConfig, build
 
     if (out / "manifest.json").is_file():
         return out

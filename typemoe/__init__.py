@@ -3,7 +3,7 @@ typemoe.training, typemoe.export and typemoe.bridge.
 
 The rooms' sources are the repository's top-level folders `training/`, `export/` and `bridge/`;
 pyproject.toml's package-dir installs them under this one name, so nothing else lands in site-packages.
-Run from a checkout that is not installed (`python -m typemoe.training.gpu_recipe` on a machine that only
+Run from a checkout that is not installed (`python -m typemoe.training.learn.gpu_recipe` on a machine that only
 received the working tree), the same names resolve to those folders: the repository root joins this
 package's search path, for the rooms only.
 """

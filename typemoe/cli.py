@@ -6,9 +6,9 @@
 
 COMMANDS maps a command name to the module that implements it. That module offers either
   - `main(argv: list[str] | None, prog: str) -> int`: it parses everything after the command name
-    itself (training/prepare.py, `typemoe data`), or
+    itself (training/data/prepare.py, `typemoe data`), or
   - `add_parsers(subparsers)`: it registers its command(s) on an argparse subparsers object, each with
-    `func(args) -> int` as a default (training/cli.py, `typemoe train` and `typemoe finetune`).
+    `func(args) -> int` as a default (training/learn/cli.py, `typemoe train` and `typemoe finetune`).
 Modules are imported only when their command runs, so `typemoe --help` is instant and imports neither
 torch nor music21, and this file never imports training/ or export/ statically (the library does not
 import its users): it only names them. To add a command, add a row.
@@ -48,12 +48,18 @@ OPTIONAL_PACKAGES: dict[str, str] = {
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": (
-        "typemoe.training.prepare",
+        "typemoe.training.data.prepare",
         "build token shards from music21 / shared / folder sources; show their stats",
     ),
-    "train": ("typemoe.training.cli", "SS-MTP pre-training"),
-    "finetune": ("typemoe.training.cli", "fine-tune a checkpoint: classification or conditional generation"),
-    "eval": ("typemoe.training.eval_cli", "the paper's metrics, baselines, ablations and label efficiency"),
+    "train": ("typemoe.training.learn.cli", "SS-MTP pre-training"),
+    "finetune": (
+        "typemoe.training.learn.cli",
+        "fine-tune a checkpoint: classification or conditional generation",
+    ),
+    "eval": (
+        "typemoe.training.evaluation.eval_cli",
+        "the paper's metrics, baselines, ablations and label efficiency",
+    ),
     "export": ("typemoe.export.cli", "export a checkpoint to an ONNX model directory (parity-checked)"),
     "bench": (
         "typemoe.commands.bench",

@@ -1,7 +1,7 @@
 """Infilling: new notes for a span of bars, between the music before it and the music after it.
 
 Torch-free (numpy, symusic). The model reads the fill-in-the-middle arrangement it was trained on
-(training/infill_data.py):
+(training/learn/infill_data.py):
 
     [BOS, *controls, Infill_Suffix, *suffix, Infill_Bars_<n>, *prefix, Infill_Middle] -> middle, Infill_End
 

@@ -14,7 +14,7 @@ with a transposition by construction. So the key estimate scores every one of th
 and one weight per feature, shared by all 24 keys, plus a bias for minor: a softmax regression with 10
 parameters. Sharing the weights keeps the profile part exactly transposition-equivariant, and leaves too
 few parameters to learn a corpus's key distribution. The profile vectors are read from music21 when the
-fusion is fitted (training/fit_key.py) and saved with the weights in `key_fusion.json`, so the runtime
+fusion is fitted (training/evaluation/fit_key.py) and saved with the weights in `key_fusion.json`, so the runtime
 needs neither music21 nor torch.
 """
 

@@ -1,7 +1,7 @@
 """Hearing a whole piece as the bridge hears it: one session fed bar by bar, its context sliding when full.
 
 Torch-free. `typemoe analyze` (typemoe/commands/tools.py) and `typemoe eval`'s whole-piece numbers
-(training/eval_keymeter.py) both read a piece through `listen`, so the two cannot drift apart; the session
+(training/evaluation/eval_keymeter.py) both read a piece through `listen`, so the two cannot drift apart; the session
 is typemoe.decoding's (either backend), whose slide keeps the control prefix.
 
     heard = listen(model, ids, report_bars=(1, 2, 4, 8))

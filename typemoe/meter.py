@@ -10,7 +10,7 @@ multinomial logistic regression over
     legato and staccato playing give the same evidence);
   - the model's meter-head log-probabilities, when a model is there (zeros otherwise).
 
-Its weights are fitted by training/fit_meter.py on humanized training windows and saved beside the
+Its weights are fitted by training/evaluation/fit_meter.py on humanized training windows and saved beside the
 model as `meter_fusion.json`. The fit is plain numpy (full-batch gradient descent on the softmax
 cross-entropy with L2), so the runtime stays free of torch and scikit-learn.
 """
@@ -209,7 +209,7 @@ def rhythm_family(rhythm: np.ndarray) -> str | None:
     """'triple' or 'duple' by the accent autocorrelation at the two families' bar lengths (3 beats + 6
     beats against 4 + 8, in sixteenths), or None when they tie (too little music to tell).
 
-    This is the onset-autocorrelation baseline's family rule (training/baselines.py). On pieces the fusion
+    This is the onset-autocorrelation baseline's family rule (training/evaluation/baselines.py). On pieces the fusion
     never saw it is the better judge of the family (classical piano 0.81 against the fusion's 0.78, VGMIDI
     0.82 against 0.79), while the fusion is the better judge of the meter within it (6/8 or 3/4, 2/4 or
     4/4); rhythm_features' first MAX_LAG values are the accent autocorrelation at lags 1..MAX_LAG.

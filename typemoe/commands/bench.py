@@ -1,6 +1,6 @@
 """`typemoe bench`: export's model benchmark plus the bridge's latency rows (composed here, so that
 export never imports the bridge), and `typemoe bench --train`, the CPU training throughput
-(training/bench_train.py: the bare model step against the real loop's, old and new, in one run)."""
+(training/learn/bench_train.py: the bare model step against the real loop's, old and new, in one run)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def add_parsers(subparsers) -> None:
 
 
 def _train_bench(args: argparse.Namespace) -> int:
-    from typemoe.training import bench_train
+    from typemoe.training.learn import bench_train
 
     argv = ["--preset", args.preset or "small", "--steps", str(args.train_steps), "--json", str(args.out)]
     for d in args.train_data:

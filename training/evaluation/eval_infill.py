@@ -1,0 +1,121 @@
+"""`typemoe eval --groups infill`: infilling against continuation on the same held-out bars.
+
+Per held-out piece (its first `window` tokens, from its first bar), a span of n = 1-4 whole REMI bars
+is masked, n and the start drawn from default_rng((seed, piece index)), with at least one bar before it
+and one after it in the window. Prefix (the bars before) and suffix (from the bar after) are cut to fit
+the context as typemoe/infill.py cuts them at decoding time. Then, on the same middle tokens:
+
+- infill.hits@1 / infill.hits@5: teacher forcing on [BOS, Infill_Suffix, suffix, Infill_Bars_n, prefix,
+  Infill_Middle, middle] (typemoe/infill.py's arrangement): the share of middle tokens that are the model's top-1 / top-5 prediction.
+  infill.continuation.hits@1 / @5: the same middle tokens after [BOS, prefix] alone (no suffix).
+- infill.bleu2: corpus BLEU-2 (token strings) of the greedy middle (typemoe.infill.generate_middle:
+  temperature 0, the span grammar) against the true middle; infill.continuation.bleu2: the greedy
+  continuation of n bars from the prefix (typemoe.decoding, the grammar of `typemoe generate`).
+- Leading into the suffix, infill.lead.{model,true,continuation}: the mean |pitch difference| between
+  the last note of the middle (the highest pitch at its last onset) and the first note of the suffix (the
+  highest pitch at its first onset), for the generated middle, the true middle and the continuation; a
+  middle without notes is left out of that mean (infill.lead.*.n counts the rest).
+- infill.ended: share of generated middles closed by the model's own Infill_End (else the span was full).
+
+A model without the infilling tokens gets no infill.* numbers (skipped.infill counts its pieces).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from typemoe import infill
+from typemoe.grammar_tables import tables_of
+from typemoe.training.evaluation import metrics
+
+MAX_BARS = 4
+
+
+def _top_pitch(notes, last: bool) -> int | None:
+    """The highest pitch at the last (or first) onset of notes, None without notes."""
+    if not notes:
+        return None
+    t = max(n.time for n in notes) if last else min(n.time for n in notes)
+    return max(n.pitch for n in notes if n.time == t)
+
+
+def choose(tokens: np.ndarray, bar: int, rng: np.random.Generator) -> tuple[int, int] | None:
+    """(first bar, n): a span with a bar before and after it, or None when the window has under 3 bars."""
+    k = int((tokens == bar).sum())
+    if k < 3:
+        return None
+    n = int(rng.integers(1, min(MAX_BARS, k - 2) + 1))
+    return int(rng.integers(1, k - n)), n
+
+
+def infill_metrics(model, pieces, cfg, window: int, report) -> None:
+    """The infill.* numbers of the module docstring, on `pieces` (training.eval_data.EvalPiece)."""
+    vocab = model.vocab
+    try:
+        ids = infill.InfillIds.of(vocab, where=str(getattr(model, "path", "the model")))
+    except infill.InfillError:
+        report.skipped["infill"] += len(pieces)
+        return
+    t = tables_of(vocab)
+    bar = vocab.id("Bar_None")
+    logits = {"infill": [], "continuation": []}
+    targets, pairs, cont_pairs, ended = [], [], [], []
+    lead = {"model": [], "true": [], "continuation": []}
+    for i, piece in enumerate(pieces):
+        music = np.asarray(piece.tokens, dtype=np.int64)
+        starts = np.flatnonzero(music == bar)
+        music = music[starts[0] : starts[0] + window] if len(starts) else music[:0]
+        span = choose(music, bar, np.random.default_rng((cfg.seed, i)))
+        if span is None:
+            report.skipped["infill"] += 1
+            continue
+        at = np.flatnonzero(music == bar)
+        a, n = span
+        middle = music[at[a] : at[a + n]].tolist()
+        room = window - 1 - 3 - len(middle) - 1
+        if room < 16:
+            report.skipped["infill"] += 1
+            continue
+        prefix, suffix = infill.fit_context(music[: at[a]].tolist(), music[at[a + n] :].tolist(), room, bar)
+        fim = [vocab.bos_id, ids.suffix, *suffix, ids.span(n), *prefix, ids.middle, *middle]
+        cont = [vocab.bos_id, *prefix, *middle]
+        m = len(middle)
+        logits["infill"].append(model.outputs_at(fim, range(len(fim) - m, len(fim))).logits)
+        logits["continuation"].append(model.outputs_at(cont, range(len(cont) - m, len(cont))).logits)
+        targets.append(np.asarray(middle, dtype=np.int64))
+        mid = infill.generate_middle(
+            model.session(), prefix, suffix, n_bars=n, temperature=0.0, seed=cfg.seed
+        )
+        cont_ids = model.generate([vocab.bos_id, *prefix], len(middle) + 64, temperature=0.0, n_bars=n + 1)
+        pairs.append(([vocab.token(j) for j in mid.ids], [vocab.token(j) for j in middle]))
+        cont_pairs.append(([vocab.token(j) for j in cont_ids], [vocab.token(j) for j in middle]))
+        ended.append(mid.ended)
+        first = _top_pitch(infill.middle_notes(t, suffix), last=False)
+        for name, notes in (
+            ("model", mid.notes),
+            ("true", infill.middle_notes(t, middle)),
+            ("continuation", infill.middle_notes(t, cont_ids)),
+        ):
+            last = _top_pitch(notes, last=True)
+            if first is not None and last is not None:
+                lead[name].append(abs(last - first))
+    r = report.results
+    r["infill.n"] = len(targets)
+    if not targets:
+        for k in ("hits@1", "hits@5", "bleu2", "continuation.hits@1", "continuation.hits@5"):
+            r[f"infill.{k}"] = math.nan
+        return
+    y = np.concatenate(targets)
+    for name, key in (("infill", "infill"), ("continuation", "infill.continuation")):
+        x = np.concatenate(logits[name])
+        r[f"{key}.hits@1"] = metrics.hits_at_k(x, y, 1)
+        r[f"{key}.hits@5"] = metrics.hits_at_k(x, y, 5)
+    r["infill.bleu2"] = metrics.corpus_bleu2(pairs)
+    r["infill.continuation.bleu2"] = metrics.corpus_bleu2(cont_pairs)
+    r["infill.ended"] = float(np.mean(ended))
+    r["infill.tokens"] = int(len(y))
+    for name, vals in lead.items():
+        r[f"infill.lead.{name}"] = float(np.mean(vals)) if vals else math.nan
+        r[f"infill.lead.{name}.n"] = len(vals)

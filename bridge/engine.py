@@ -47,7 +47,7 @@ from typemoe.bridge.notes import TokenReader
 from typemoe.bridge.playback import CONFIRM_S, Playback  # noqa: F401 (CONFIRM_S: daemon, tests)
 from typemoe.bridge.readout import KEY_MARGIN, METER_MARGIN, Readout  # noqa: F401 (KEY_MARGIN: tests)
 from typemoe.bridge.stats import Stats
-from typemoe.bridge.torchless import StreamingTokenizer
+from typemoe.streaming import StreamingTokenizer
 from typemoe.vocab import BEATS_PER_BAR, TICKS_PER_BEAT
 
 log = logging.getLogger(__name__)

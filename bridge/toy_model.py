@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from typemoe import analysis
 from typemoe.bridge.notes import TokenReader
-from typemoe.bridge.torchless import TypedVocab, analysis
-from typemoe.vocab import TICKS_PER_BEAT
+from typemoe.vocab import TICKS_PER_BEAT, TypedVocab
 
 _MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 _MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @functools.lru_cache(maxsize=1)
 def toy_vocab():
-    from typemoe.bridge.torchless import TypedVocab
+    from typemoe.vocab import TypedVocab
 
     return TypedVocab.default()
 

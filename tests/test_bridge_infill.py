@@ -100,8 +100,8 @@ def test_nothing_heard_since_a_reset_is_an_error():
 
 
 def test_a_model_without_the_infill_tokens_is_refused_by_name(monkeypatch):
-    from typemoe.bridge.torchless import TypedVocab
     from typemoe.shipped import default_model_dir
+    from typemoe.vocab import TypedVocab
 
     old = TypedVocab.load(default_model_dir())  # the shipped model's vocabulary predates infilling
     assert not any(t.startswith("Infill_") for t in old.tokens)

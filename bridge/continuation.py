@@ -1,7 +1,7 @@
 """Where a continuation goes: the meter's bar line it starts on, the window it fills, how it is steered.
 
 Pure: no clock, no model, no I/O. The engine decides *when* (bridge.engine._request); this module decides
-*where* and *how*, issue 13:
+*where* and *how*:
 
 - The meter is the asked one (/typemoe/condition), else the running estimate (/typemoe/meter), else 4/4
   (the DAW's 4-beat bar, which the timeline keeps in phase with the Song Position Pointer).

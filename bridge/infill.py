@@ -1,4 +1,4 @@
-"""Infilling in the bridge (issue 16): `/typemoe/infill start_bar end_bar` rewrites bars already heard.
+"""Infilling in the bridge: `/typemoe/infill start_bar end_bar` rewrites bars already heard.
 
 Two halves:
 

@@ -8,7 +8,7 @@
     typemoe eval --baselines-only --data music21 --max-pieces 300 --out baselines/results.json
     typemoe eval --data music21 --perturb all --groups keymeter --out human/results.json
     typemoe eval --source-table --data music21 --data shared:classical_piano --max-pieces 150 --out t/table.json
-        (the per-source table of issue 12; --data repeats, unperturbed and humanized: --table-perturb)
+        (the per-source table; --data repeats, unperturbed and humanized: --table-perturb)
 
 add_parsers(subparsers) registers `eval` (func(args) -> exit code); main(argv, prog) runs it alone.
 """

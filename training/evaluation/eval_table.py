@@ -1,4 +1,4 @@
-"""The per-source table of issue 12: key and meter of a model beside music21's key profiles and the
+"""The per-source table: key and meter of a model beside music21's key profiles and the
 onset-autocorrelation baseline, per source and per perturbation, with in-distribution sources marked.
 
     typemoe eval --source-table --data music21 --data shared:classical_piano --out table.json

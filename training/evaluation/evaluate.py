@@ -458,4 +458,4 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- the per-source table (issue 12)
+# --------------------------------------------------------------------------- the per-source table

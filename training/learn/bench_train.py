@@ -3,14 +3,14 @@
     python -m typemoe.training.learn.bench_train --data /work/data/M21 --data /work/data/SHIP --steps 6
     python -m typemoe.training.learn.bench_train --data shards/ --preset tiny --steps 3 --json out.json
 
-Two measurements in one process, on the same model shapes (issue 15):
+Two measurements in one process, on the same model shapes:
 
   bare   forward + next-token loss + backward + AdamW on random (batch x seq_len) ids (default 8 x 512):
          the floor the loop cannot beat.
   loop   training/learn/stepper.py's Stepper on real shards, data included: sampling and augmentation
          (WindowSampler.next_step), the EMA teacher pass, the SS-MTP losses, backward, clipping, AdamW and
-         the EMA update. One row per teacher_rows mode ("all" = the loop before issue 15, "unlabelled" =
-         now); the modes run alternately on the same batches (each with its own model and optimizer), so
+         the EMA update. One row per teacher_rows mode ("all" = the teacher on every row, as the older loop
+         did; "unlabelled" = today's); the modes run alternately on the same batches (each with its own model and optimizer), so
          a change in machine load hits both alike. tokens/s counts real (unpadded) tokens.
 
 Each row is the median over --steps timed steps after --warmup untimed ones. On a machine shared with
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-MODES = ("all", "unlabelled")  # Stepper.teacher_rows: before issue 15, now
+MODES = ("all", "unlabelled")  # Stepper.teacher_rows: the older loop's, today's
 
 
 def _median_rate(tokens: list[int], seconds: list[float]) -> dict[str, float]:

@@ -47,7 +47,7 @@ class Stepper:
     micro-batch the EMA teacher reads (the only term that reads it, semi + consistency, is masked to the
     unlabelled rows, so both give the same loss up to float rounding):
       "unlabelled"  only the rows missing a key or meter label, cut to their longest window (default);
-      "all"         the whole padded micro-batch, as before issue 15 (kept for the benchmark).
+      "all"         the whole padded micro-batch, as the older loop did (kept for the benchmark).
     """
 
     def __init__(

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from typemoe import decoding
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -71,7 +73,6 @@ class ContextPolicy:
         room = self.context_len - self.reserve - 1 - len(self.controls)
         keep = max(0, min(keep, room))
         music = list(self._history)[-keep:] if keep else []
-        if music and music[0] != self.bar:
-            music = music[music.index(self.bar) :] if self.bar in music else []
+        music = music[decoding.from_bar(music, 0, lambda i: i == self.bar) :]  # none without a Bar
         self._history = deque(music, maxlen=self.context_len)
         return Plan((self.bos, *self.controls, *music), rebuild=True, has_music=bool(music))

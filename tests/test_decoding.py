@@ -216,6 +216,11 @@ def test_slide_keep_and_rewind_state(ort_model):
     is_control[[0, 1]] = True
     keep = decoding.slide_keep([0, 1, *[5] * 98], is_control, context_len=40)
     assert keep[:2] == [0, 1] and len(keep) == 30 and keep[-1] == 99
+    bars = [0, 1, *([7] + [5] * 9) * 10]  # a Bar (7) every 10 ids
+    keep = decoding.slide_keep(bars, is_control, context_len=40, is_bar=lambda i: i == 7)
+    assert keep[:2] == [0, 1] and bars[keep[2]] == 7 and len(keep) == 2 + 20  # from the first bar line kept
+    no_bar = decoding.slide_keep([0, 1, *[5] * 98], is_control, context_len=40, is_bar=lambda i: i == 7)
+    assert len(no_bar) == 30  # no bar line in reach: the recent ids as they are
     vocab = ort_model.vocab
     ids = _music(vocab, 80, seed=12)
     s = ort_model.session()

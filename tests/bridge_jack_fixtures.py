@@ -29,6 +29,7 @@ from typemoe.bridge.jackd import die_with_parent
 
 JACKD = shutil.which("jackd")
 _JACK_SERIAL = 0
+REAL_STDERR_FD: int | None = None  # the stderr pytest started with, before its capture (conftest.py sets it)
 
 
 def free_udp_port() -> int:
@@ -54,10 +55,13 @@ def jack_server(period: int = 64, watchdog_s: float = 240.0):
         f"typemoe-test-{os.getpid()}-{_JACK_SERIAL}", period=period, kill_after_s=watchdog_s
     ) as name:
         # A test process stuck inside a JACK call does not come back even when the server dies: dump every
-        # thread's stack and exit instead of hanging the suite until CI's own limit.
+        # thread's stack and exit instead of hanging the suite until CI's own limit. The dump goes to the
+        # terminal pytest found (REAL_STDERR_FD, set by conftest.py), not to its capture file, which the
+        # exit would lose with the only clue.
         import faulthandler
 
-        faulthandler.dump_traceback_later(watchdog_s + 60.0, exit=True)
+        out = os.fdopen(os.dup(REAL_STDERR_FD), "w") if REAL_STDERR_FD is not None else sys.stderr
+        faulthandler.dump_traceback_later(watchdog_s + 60.0, exit=True, file=out)
         try:
             yield name
         finally:

@@ -160,3 +160,13 @@ def model_arg(tmp_path_factory) -> str:
         return str(make_tiny_model_dir(tmp_path_factory.mktemp("bridge") / "model"))
     except pytest.skip.Exception:
         return "toy"
+
+
+def pytest_configure(config):
+    """Hand the JACK fixtures the stderr pytest started with (its capture holds fd 2 in a file that a
+    watchdog's exit would lose), so a stuck JACK call's stack dump reaches the CI log."""
+    import bridge_jack_fixtures
+
+    capman = config.pluginmanager.getplugin("capturemanager")
+    err = getattr(getattr(capman, "_global_capturing", None), "err", None)
+    bridge_jack_fixtures.REAL_STDERR_FD = getattr(err, "targetfd_save", None)

@@ -17,6 +17,7 @@ cross-entropy with L2), so the runtime stays free of torch and scikit-learn.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,11 +222,17 @@ def rhythm_family(rhythm: np.ndarray) -> str | None:
     return "triple" if triple > duple else "duple"
 
 
+@functools.lru_cache(maxsize=8)
+def _families(meters: tuple[str, ...]) -> np.ndarray:
+    """(M,) family name of each meter, worked out once per meter list (it is read on every analysis)."""
+    return np.array([meter_family(m) for m in meters])
+
+
 def within_family(probs: np.ndarray, family: str | None, meters: tuple[str, ...]) -> np.ndarray:
     """probs renormalised over the meters of `family` (analysis.meter_family); unchanged for None."""
     if family is None:
         return probs
-    keep = np.array([meter_family(m) == family for m in meters])
+    keep = _families(tuple(meters)) == family  # (M,) bool
     mass = float(probs[keep].sum())
     if mass <= 0.0:
         return probs

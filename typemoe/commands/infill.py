@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 from typemoe import analysis, sampling
+from typemoe.commands import tools
+from typemoe.commands.tools import ToolError, open_model, read_midi
 from typemoe.infill import InfillError, infill_score
 
 
@@ -40,7 +42,6 @@ def parse_bars(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from typemoe.commands.tools import ToolError, open_model, read_midi
 
     first, last = args.bars
     controls = {kind.name: getattr(args, kind.name) for kind in analysis.CONTROLS}
@@ -96,13 +97,5 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--bars", type=parse_bars, required=True, help="FIRST-LAST (or one bar), numbered from 1")
     p.add_argument("--out", type=Path, required=True, help="output MIDI: the file with those bars rewritten")
     p.add_argument("--model", type=Path, help="exported model dir or checkpoint (default: the shipped model)")
-    for kind in analysis.CONTROLS:
-        p.add_argument(f"--{kind.name}", help=kind.help)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int)
-    p.add_argument(
-        "--guidance", type=float, default=1.0, help="classifier-free guidance for the controls (1 = off)"
-    )
-    p.add_argument("--key-lock", action="store_true", help="only pitches of --key's scale")
+    tools.add_generation_flags(p)
     p.set_defaults(func=run)

@@ -390,20 +390,25 @@ def add_parsers(subparsers) -> None:
     g.add_argument("--bars", type=int, required=True, help="bars of the meter to add")
     g.add_argument("--out", type=Path, required=True, help="output MIDI: the prompt, then the continuation")
     g.add_argument("--model", type=Path, help="exported model dir or checkpoint (default: the shipped model)")
+    add_generation_flags(g, meter_help=" and bar length (default: the model's estimate)")
+    g.set_defaults(func=_generate_cmd)
+
+
+def add_generation_flags(p, meter_help: str = "") -> None:
+    """The flags of a command that samples music (generate, infill): the control kinds (analysis.CONTROLS),
+    temperature, top-p, seed, guidance and key lock."""
     for kind in analysis.CONTROLS:
-        more = " and bar length (default: the model's estimate)" if kind.name == "meter" else ""
-        g.add_argument(f"--{kind.name}", help=kind.help + more)
-    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--seed", type=int)
-    g.add_argument(
+        p.add_argument(f"--{kind.name}", help=kind.help + (meter_help if kind.name == "meter" else ""))
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int)
+    p.add_argument(
         "--guidance",
         type=float,
         default=1.0,
         help="classifier-free guidance weight for the controls (1 = off)",
     )
-    g.add_argument("--key-lock", action="store_true", help="only pitches of --key's scale")
-    g.set_defaults(func=_generate_cmd)
+    p.add_argument("--key-lock", action="store_true", help="only pitches of --key's scale")
 
 
 def run_cli(argv: list[str] | None = None, prog: str = "python -m typemoe.commands.tools") -> int:

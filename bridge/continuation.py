@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from typemoe import decoding
 from typemoe.bridge.events import Generate
-from typemoe.bridge.notes import BeatNote, TokenReader
+from typemoe.streaming import BeatNote, TokenReader
 from typemoe.vocab import BEATS_PER_BAR, MAX_EMPTY_BARS
 
 _EPS = 1e-6  # beats: onsets are multiples of 1/4 beat, so this only absorbs float noise

@@ -5,7 +5,7 @@
     deadline = engine.next_deadline(clock.now())              # wake up then with a Tick
 
 What it keeps: the beat timeline (BeatClock), the live token stream (typemoe.streaming), the running
-key/meter estimate (bridge.readout), the performer's phrase (for respond mode), the continuation being
+key/meter estimate (Readout, below), the performer's phrase (for respond mode), the continuation being
 generated (bridge.continuation: it starts on the next bar line of the music's meter and is steered by
 guidance and the key lock), and the notes scheduled and sounding (bridge.playback), so that a stop always
 ends with a note-off for each of them.
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
 
 from typemoe.bridge import continuation as cont
 from typemoe.bridge import midi_parse as mp
 from typemoe.bridge import osc_api
 from typemoe.bridge.clock import BeatClock
+from typemoe.bridge.commands import OscCommands
 from typemoe.bridge.config import BridgeConfig
 from typemoe.bridge.events import (
     Analysis,
@@ -43,11 +43,9 @@ from typemoe.bridge.events import (
     Tick,
 )
 from typemoe.bridge.infill import Infiller
-from typemoe.bridge.notes import TokenReader
 from typemoe.bridge.playback import CONFIRM_S, Playback  # noqa: F401 (CONFIRM_S: daemon, tests)
-from typemoe.bridge.readout import KEY_MARGIN, METER_MARGIN, Readout  # noqa: F401 (KEY_MARGIN: tests)
-from typemoe.bridge.stats import Stats
-from typemoe.streaming import StreamingTokenizer
+from typemoe.bridge.stats import Bucket, Stats
+from typemoe.streaming import StreamingTokenizer, TokenReader
 from typemoe.vocab import BEATS_PER_BAR, TICKS_PER_BEAT
 
 log = logging.getLogger(__name__)
@@ -61,23 +59,55 @@ _ERRORS_PER_S = 20.0  # /typemoe/error replies (and warnings) per second at most
 _ERROR_CHARS = 200  # an error text is cut to this many characters (reply and log line)
 
 
-class _Bucket:
-    """Token bucket: `take(t)` is False once more than `rate` per second (burst `rate`) were taken."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate, self.level, self.t = rate, rate, -math.inf
-
-    def take(self, t: float) -> bool:
-        if t > self.t:  # stamps from different sources arrive slightly out of order: never refill backwards
-            gain = (t - self.t) * self.rate if self.t > -math.inf else self.rate
-            self.level, self.t = min(self.rate, self.level + gain), t
-        if self.level >= 1.0:
-            self.level -= 1.0
-            return True
-        return False
+# Relative keys (A major / F# minor) share their notes and their probabilities cross back and forth on
+# ambiguous bars. Measured with `typemoe.bridge.bench` on the demo chorale (first 96 beats, the shipped model):
+# 26.6 key changes a minute at 0.15 when provisional analyses could change the key, 10.6 at 0.15 without, 5.3
+# at 0.25 without; a real modulation moves the probabilities by more and gets through.
+KEY_MARGIN = 0.25
+METER_MARGIN = 0.15
 
 
-class Engine:
+class Readout:
+    """The key and meter the bridge reports (/typemoe/key, /typemoe/meter), with hysteresis. Pure.
+
+    The reported key (meter) changes only when the new estimate's probability beats the reported one's, in
+    the same final analysis, by a margin; a provisional analysis (held notes, lengths so far) refreshes the
+    confidence but never changes the estimate: changes need the final notes. `key`, `meter`: (name,
+    probability), None before the first analysis.
+    """
+
+    def __init__(self, key_names, meter_names) -> None:
+        self.key_names, self.meter_names = list(key_names), list(meter_names)
+        self.key: tuple[str, float] | None = None
+        self.meter: tuple[str, float] | None = None
+
+    def reset(self) -> None:
+        self.key = self.meter = None
+
+    def update(self, key_probs, meter_probs, *, provisional: bool, every: bool) -> tuple[bool, bool, bool]:
+        """Take one analysis: (report the key?, report the meter?, did the key change?). `every` reports both
+        after every update, not only on change (analysis_every_note)."""
+        margin = math.inf if provisional else 0.0
+        key = _hold(self.key_names, key_probs, self.key, KEY_MARGIN + margin)
+        meter = _hold(self.meter_names, meter_probs, self.meter, METER_MARGIN + margin)
+        changed = self.key is not None and self.key[0] != key[0]
+        new_key = self.key is None or changed or every
+        new_meter = self.meter is None or self.meter[0] != meter[0] or every
+        self.key, self.meter = key, meter
+        return new_key, new_meter, changed
+
+
+def _hold(names: list[str], probs, current: tuple[str, float] | None, margin: float) -> tuple[str, float]:
+    """The estimate to report: the argmax, unless the reported one is within `margin` of it."""
+    best = int(probs.argmax())
+    if current is not None and current[0] in names:
+        i = names.index(current[0])
+        if float(probs[best]) < float(probs[i]) + margin:
+            best = i
+    return names[best], float(probs[best])
+
+
+class Engine(OscCommands):
     def __init__(self, cfg: BridgeConfig, vocab, key_names, meter_names, *, now: float) -> None:
         self.cfg = cfg
         self.vocab = vocab
@@ -90,8 +120,8 @@ class Engine:
         self._origin: float | None = None
         self._beat = 0.0  # latest timeline beat (monotonic)
         self._held: dict[int, float] = {}  # pitch -> stream onset, performer notes held (channels merged)
-        self._notes_in = _Bucket(cfg.max_notes_per_s)
-        self._errors = _Bucket(_ERRORS_PER_S)
+        self._notes_in = Bucket(cfg.max_notes_per_s)
+        self._errors = Bucket(_ERRORS_PER_S)
         self._cc_high = False
         self._readout = Readout(key_names, meter_names)  # the reported key and meter
         self._bar = math.floor(self.clock.beat_at(now) / BEATS_PER_BAR)
@@ -426,51 +456,6 @@ class Engine:
         if pending is not None:
             out.append(CancelGenerate(pending.request_id))
         self._play.stop(self._now, out, force=force or pending is not None)
-
-    # ---- OSC commands ----------------------------------------------------------------------------------------
-    def _command(self, cmd, t: float, out: list) -> None:
-        if isinstance(cmd, osc_api.NoteCmd):
-            self._note(cmd.pitch, cmd.velocity, t, out)
-        elif isinstance(cmd, osc_api.ContinueCmd):
-            self._request(cmd.bars, t, out)
-        elif isinstance(cmd, osc_api.InfillCmd):
-            if self.cfg.mode == "analyze":
-                raise osc_api.OscInputError("mode is 'analyze': no infill (/typemoe/set mode manual)")
-            if self._origin is not None:  # notes just ended join the heard bars first
-                self._feed(self._tok.advance(self._beat - self._origin), t, out)
-            c, steer = self.cfg, {"controls": self._control_ids, "key_lock": self._key_lock()}
-            sample = {"temperature": c.temperature, "top_p": c.top_p, "seed": c.seed, "guidance": c.guidance}
-            self._infill.request(cmd.start_bar, cmd.end_bar, t, out, **sample, **steer)
-        elif isinstance(cmd, osc_api.ConditionCmd):
-            ids = tuple(self.vocab.control_ids(key=cmd.key, meter=cmd.meter))  # ValueError names a bad one
-            if ids != self._control_ids:  # a knob resending the same value costs nothing
-                self._controls, self._control_ids = (cmd.key, cmd.meter), ids
-                log.info("condition: key %r meter %r", cmd.key or "free", cmd.meter or "free")
-                out.append(Recondition(ids))
-        elif isinstance(cmd, osc_api.TempoCmd):
-            if self.clock.synced(t) or self.cfg.clock == "midi":
-                raise osc_api.OscInputError(
-                    f"tempo follows MIDI clock ({self.clock.tempo:.1f} BPM); /typemoe/tempo ignored"
-                )
-            self.clock.set_tempo(cmd.bpm, t)
-            log.info("tempo %.1f BPM", cmd.bpm)
-        elif isinstance(cmd, osc_api.SetCmd):
-            if cmd.name == "out_channel" and cmd.value != self.cfg.out_channel:
-                self._stop_playback(out)  # its notes end on the channel they were played on
-            self.cfg = replace(self.cfg, **{cmd.name: cmd.value})  # __post_init__ validates
-            self._notes_in.rate = self.cfg.max_notes_per_s
-            if cmd.name == "mode" and cmd.value == "analyze":
-                self._stop_playback(out)
-            log.info("set %s = %r", cmd.name, cmd.value)
-        elif cmd.name == "ping":
-            out.append(SendOsc("/typemoe/pong"))
-        elif cmd.name == "panic":
-            out += self.release_all()
-            self._phrase = None
-        elif cmd.name == "reset":
-            self._reset(out)
-        else:
-            raise osc_api.OscInputError(f"no handler for {cmd!r}")
 
     def _reset(self, out: list) -> None:
         self._stop_playback(out)

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 
 from typemoe import decoding
 from typemoe.bridge.events import Infilled, InfillJob, SendOsc
-from typemoe.bridge.notes import BeatNote, TokenReader
 from typemoe.bridge.playback import Playback
 from typemoe.infill import InfillError, InfillIds, split_score, start_middle
+from typemoe.streaming import BeatNote, TokenReader
 from typemoe.vocab import BEATS_PER_BAR, MAX_INFILL_BARS, TICKS_PER_BAR, TICKS_PER_BEAT
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import heapq
 
 from typemoe.bridge import midi_parse as mp
 from typemoe.bridge.events import SendMidi, SendOsc
-from typemoe.bridge.notes import BeatNote
+from typemoe.streaming import BeatNote
 
 # A stop that cut sounding notes sends their note-offs again this much later (and All Notes Off on the
 # channels used once nothing sounds), and a continuation that ended by itself gets the same late All Notes

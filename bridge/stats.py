@@ -1,7 +1,9 @@
-"""Latency samples and drop counters kept by the engine and the shell (bounded)."""
+"""Latency samples and drop counters kept by the engine and the shell (bounded), and the token bucket that
+limits how many notes and error replies a second the engine takes."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 
 import numpy as np
@@ -34,3 +36,19 @@ class Stats:
             parts.append(f"{name} p50 {p['p50']:.1f} ms p99 {p['p99']:.1f} ms (n={len(self.series[name])})")
         parts += [f"{k} {v}" for k, v in sorted(self.counts.items())]
         return "; ".join(parts) if parts else "no events yet"
+
+
+class Bucket:
+    """Token bucket: `take(t)` is False once more than `rate` per second (burst `rate`) were taken."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.level, self.t = rate, rate, -math.inf
+
+    def take(self, t: float) -> bool:
+        if t > self.t:  # stamps from different sources arrive slightly out of order: never refill backwards
+            gain = (t - self.t) * self.rate if self.t > -math.inf else self.rate
+            self.level, self.t = min(self.rate, self.level + gain), t
+        if self.level >= 1.0:
+            self.level -= 1.0
+            return True
+        return False

@@ -17,9 +17,10 @@ Why the two ONNX Runtime contrib operators (com.microsoft), emitted with torch.o
   weight slices (typemoe.moe "gather" path) copies 1.5 MB per layer per step and measured 1.6x
   slower. No data-dependent control flow appears in the graph (no If/Loop).
 
-Outside ONNX export (eager PyTorch) both ops run a reference implementation: the attention is the
-model's own (typemoe.model.apply_rope and cached_attention, on the same preallocated cache layout), so
-the wrapper itself can be checked against TypeMoE.forward without ONNX Runtime.
+Outside ONNX export (eager PyTorch) both ops run a reference implementation that is the model's own code:
+the attention is typemoe.model.apply_rope and cached_attention (on the same preallocated cache layout), the
+experts typemoe.moe.gathered_experts (on the MoE node's weights, their layout undone), so the wrapper itself
+can be checked against TypeMoE.forward without ONNX Runtime.
 
 Dimensions: B batch, T new tokens, P cached tokens (past_len), S cache buffer length (>= P + T),
 D d_model, H heads, Dh d_head, F d_expert, E experts, V vocab, K keys, M meters, C classes
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from typemoe.model import TypeMoE, apply_rope, cached_attention, rope_tables
-from typemoe.moe import DenseFFN, SwitchFFN, TypeMoEFFN
+from typemoe.moe import DenseFFN, SwitchFFN, TypeMoEFFN, gathered_experts
 
 MS_DOMAIN = "com.microsoft"
 INPUT_IDS = "input_ids"  # (B, T) int64
@@ -191,11 +192,12 @@ class RoutedExperts(nn.Module):
         probs_NE = torch.softmax(router_NE.float(), dim=-1)  # (N, E)
         p_N, e_N = probs_NE.max(dim=-1)  # (N,), (N,)
         weight_N = torch.ones_like(p_N) if self.normalize else p_N
-        x_N1D = x.reshape(-1, 1, D)  # (N, 1, D)
-        g_u = (x_N1D @ fc1[e_N].transpose(1, 2).to(x.dtype)).view(-1, 1, fc1.size(1) // 2, 2)  # (N, 1, F, 2)
-        h = F.silu(g_u[..., 0]) * g_u[..., 1]  # (N, 1, F)
-        y = (h @ fc2[e_N].transpose(1, 2).to(x.dtype)).squeeze(1)  # (N, D)
-        return (y * weight_N.unsqueeze(-1).to(y.dtype)).view(B, T, D)
+        # The model's own expert math (typemoe.moe.gathered_experts) on the node's weight layout, undone:
+        # fc1 rows interleave gate and up, fc2 is w_down transposed.
+        w_gate, w_up = (fc1[:, i::2, :].transpose(1, 2).to(x.dtype) for i in (0, 1))  # (E, D, F) each
+        w_down = fc2.transpose(1, 2).to(x.dtype)  # (E, F, D)
+        y = gathered_experts(x.reshape(1, -1, D), e_N.view(1, -1), w_gate, w_up, w_down)  # (1, N, D)
+        return (y[0] * weight_N.unsqueeze(-1).to(y.dtype)).view(B, T, D)
 
     @staticmethod
     def _dequant(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,10 @@
-"""typemoe.bridge.context.ContextPolicy without threads or a model: appends, rebuilds, the control prefix kept."""
+"""typemoe.bridge.worker.ContextPolicy without threads or a model: appends, rebuilds, the control prefix kept."""
 
 from __future__ import annotations
 
 import pytest
 
-from typemoe.bridge.context import ContextPolicy
+from typemoe.bridge.worker import ContextPolicy
 
 BOS, BAR = 1, 5
 

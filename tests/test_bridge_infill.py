@@ -20,7 +20,7 @@ from test_bridge_steer import FlatModel
 
 from typemoe.bridge import infill
 from typemoe.bridge.events import InfillJob
-from typemoe.bridge.notes import BeatNote
+from typemoe.streaming import BeatNote
 
 PERIOD = 60.0 / 120.0 / 24  # MIDI clock pulse at the Harness's 120 BPM
 

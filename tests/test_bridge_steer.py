@@ -31,11 +31,10 @@ from bridge_jack_fixtures import (
 from typemoe import analysis, decoding
 from typemoe.bridge import continuation as cont
 from typemoe.bridge.config import BridgeConfig
-from typemoe.bridge.context import ContextPolicy
 from typemoe.bridge.events import Analysis, Feed, Generated
-from typemoe.bridge.notes import TokenReader
-from typemoe.bridge.worker import ModelThread
+from typemoe.bridge.worker import ContextPolicy, ModelThread
 from typemoe.shipped import default_model_dir
+from typemoe.streaming import TokenReader
 
 F_SHARP_MAJOR = {6, 8, 10, 11, 1, 3, 5}  # pitch classes of F# major's scale
 

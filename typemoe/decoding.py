@@ -80,7 +80,7 @@ class Engine(Protocol):
 def from_bar(ids: Sequence[int], start: int, is_bar: Callable[[int], bool]) -> int:
     """The first index at or after `start` whose id is a Bar, len(ids) when there is none: where a window
     keeping the recent ids ids[start:] opens on a bar line. The one rule of what a slide keeps, for the
-    decoder (slide_keep) and the bridge's context rebuilds (bridge/context.py)."""
+    decoder (slide_keep) and the bridge's context rebuilds (bridge/worker.py's ContextPolicy)."""
     for i in range(max(0, start), len(ids)):
         if is_bar(ids[i]):
             return i

@@ -55,6 +55,17 @@ class TypeRouter(nn.Module):
         return self.type_of_id[idx]
 
 
+def gathered_experts(
+    x: torch.Tensor, expert: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor
+) -> torch.Tensor:
+    """(B, T, D) tokens through their own SwiGLU expert, (B, T) expert ids, stacked weights w_gate, w_up
+    (E, D, F) and w_down (E, F, D): each token's weights gathered. Experts.gather, and the eager reference
+    of the exported MoE node (export/graphs.py RoutedExperts), run this."""
+    x1 = x.unsqueeze(-2)  # (B, T, 1, D)
+    h = F.silu(x1 @ w_gate[expert]) * (x1 @ w_up[expert])  # (B, T, 1, F)
+    return (h @ w_down[expert]).squeeze(-2)  # (B, T, D)
+
+
 class Experts(nn.Module):
     """E SwiGLU experts stored as stacked weights, one slice per expert."""
 
@@ -103,12 +114,7 @@ class Experts(nn.Module):
 
     def gather(self, x: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """Export path for decode: gather each token's weights (gpt-fast ConditionalFeedForward)."""
-        w_gate = self.w_gate[expert]  # (B, T, D, F)
-        w_up = self.w_up[expert]  # (B, T, D, F)
-        w_down = self.w_down[expert]  # (B, T, F, D)
-        x1 = x.unsqueeze(-2)  # (B, T, 1, D)
-        h = F.silu(x1 @ w_gate) * (x1 @ w_up)  # (B, T, 1, F)
-        return (h @ w_down).squeeze(-2)  # (B, T, D)
+        return gathered_experts(x, expert, self.w_gate, self.w_up, self.w_down)
 
     def onehot(self, x: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """Export path for prefill: run all experts, keep each token's own output."""

@@ -11,15 +11,22 @@ in the canonical order (onset, duration, pitch, velocity) on the quantized grid 
      that started on the same tick can only be longer once the grid has moved past our note's end, and
      a future note-on lands on a tick >= the current one, so the current tick must be past our onset.
 Times are beats (quarter notes) from the start of the stream; the grid is `TICKS_PER_BEAT` per beat.
+
+The inverse, ids -> notes in beats, is `TokenReader` (below): the live stream's notes as the model heard
+them, and a generated continuation's. It parses the token strings itself (`Bar_None`, `Position_p`,
+`Pitch_p`, `Velocity_v`, `Duration_a.b.c` = a + b/c beats) rather than `vocab.decode` -> symusic, which
+keeps beat-exact positions and lets a continuation start where the live stream stopped: the cursor carries
+the bar and position of the last token read.
 """
 
 from __future__ import annotations
 
 import bisect
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from typemoe.vocab import MAX_EMPTY_BARS, TICKS_PER_BAR, TICKS_PER_BEAT, TypedVocab
+from typemoe.vocab import BEATS_PER_BAR, MAX_EMPTY_BARS, TICKS_PER_BAR, TICKS_PER_BEAT, TypedVocab
 
 
 @dataclass(order=True)
@@ -157,3 +164,65 @@ class StreamingTokenizer:
             self.vocab.duration_token_id(n.duration),
         ]
         return out
+
+
+# --------------------------------------------------------------------------- ids -> notes
+
+
+@dataclass(frozen=True, slots=True)
+class BeatNote:
+    onset: float  # beats from the start of the stream
+    duration: float  # beats
+    pitch: int
+    velocity: int
+
+
+@dataclass
+class TokenCursor:
+    """Where a REMI stream stands: bar index (-1 before the first Bar) and position in ticks."""
+
+    bar: int = -1
+    position: int = 0
+
+    @property
+    def beat(self) -> float:
+        return max(self.bar, 0) * BEATS_PER_BAR + self.position / TICKS_PER_BEAT
+
+    def copy(self) -> TokenCursor:
+        return TokenCursor(self.bar, self.position)
+
+
+class TokenReader:
+    """Turns ids into notes, keeping a cursor. Ill-formed sequences are skipped, never raised."""
+
+    def __init__(self, vocab, cursor: TokenCursor | None = None) -> None:
+        self._vocab = vocab
+        self.cursor = cursor.copy() if cursor is not None else TokenCursor()
+        self._pitch: int | None = None
+        self._velocity: int | None = None
+
+    def read(self, ids: Iterable[int]) -> list[BeatNote]:
+        notes: list[BeatNote] = []
+        for i in ids:
+            kind, _, value = self._vocab.token(int(i)).partition("_")
+            if kind == "Bar":
+                self.cursor.bar += 1
+                self.cursor.position = 0
+                self._pitch = self._velocity = None
+            elif kind == "Position":
+                self.cursor.position = int(value)
+                self._pitch = self._velocity = None
+            elif kind == "Pitch":
+                self._pitch, self._velocity = int(value), None
+            elif kind == "Velocity" and self._pitch is not None:
+                self._velocity = int(value)
+            elif kind == "Duration" and self._pitch is not None and self._velocity is not None:
+                notes.append(BeatNote(self.cursor.beat, _duration_beats(value), self._pitch, self._velocity))
+                self._pitch = self._velocity = None
+        return notes
+
+
+def _duration_beats(value: str) -> float:
+    """'1.2.4' -> 1.5 beats (whole beats . ticks . ticks per beat)."""
+    a, b, c = (int(x) for x in value.split("."))
+    return a + b / c

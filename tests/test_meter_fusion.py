@@ -71,3 +71,28 @@ def test_the_family_rule_reads_the_bar_length_and_keeps_the_class_choice_within_
     assert tri[ALL_METERS.index("4/4")] == 0.0 and tri[ALL_METERS.index("other")] == 0.0
     assert np.isclose(tri[ALL_METERS.index("6/8")] / tri[ALL_METERS.index("3/4")], 2.0)  # order kept
     assert within_family(probs, None, ALL_METERS) is probs
+
+
+def test_consistency_moves_weight_off_a_feature_that_another_touch_changes():
+    """A 'touch' feature (think: the head's velocity reading) predicts the meter in the training windows but
+    is redrawn when the same windows are played again; the rhythm predicts it a little less well and stays.
+    Without consistency the fit leans on the touch feature; with it, the answer keeps under a new touch."""
+    rng = np.random.default_rng(2)
+    n = 400
+    y = rng.integers(0, 2, n)
+    music = (2 * y - 1) + rng.normal(0, 1.0, n)  # stays under another touch
+    touch = (2 * y - 1) + rng.normal(0, 0.3, n)  # a sharper cue, gone under another touch
+    twin_touch = rng.normal(0, 1.0, n)
+    X, X2 = np.stack([music, touch], 1), np.stack([music, twin_touch], 1)
+    plain = MeterFusion.fit(X, y, METERS, steps=400)
+    kept = MeterFusion.fit(X, y, METERS, steps=400, twins=(X2, None), consistency=10.0)
+
+    def agreement(fit):
+        return float((fit.probs(X).argmax(1) == fit.probs(X2).argmax(1)).mean())
+
+    def touch_share(fit):
+        w = np.abs(fit.weights[:, 1] - fit.weights[:, 0])  # the 2-class margin's weight per feature
+        return float(w[1] / w.sum())
+
+    assert touch_share(plain) > 0.5 > touch_share(kept)
+    assert agreement(kept) > agreement(plain) + 0.1

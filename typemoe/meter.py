@@ -103,16 +103,25 @@ class MeterFusion:
         steps: int = 1500,
         lr: float = 0.5,
         info: dict | None = None,
+        twins: tuple[np.ndarray, np.ndarray | None] | None = None,
+        consistency: float = 0.0,
     ) -> MeterFusion:
         """Full-batch gradient descent on the mean cross-entropy, classes balanced (each class's samples
-        weigh 1 / its count, so 4/4 cannot win by frequency alone)."""
-        x = np.asarray(rhythm, dtype=np.float64)
-        if head_log_probs is not None:
-            x = np.concatenate([x, np.maximum(np.asarray(head_log_probs, dtype=np.float64), -20.0)], axis=1)
+        weigh 1 / its count, so 4/4 cannot win by frequency alone).
+
+        twins: (rhythm, head log-probs) of the same windows played with another touch (a second
+        humanization: other velocities, other timing), row for row. With `consistency` > 0 the fit also
+        pays consistency * mean ||(f(window) - f(twin)) W||^2, the change of the logits between the two
+        touches, so that weight moves off the features a touch changes (the heads' velocity reading).
+        """
+        x = cls._stack(rhythm, head_log_probs)
         y = np.asarray(labels, dtype=np.int64)
         M = len(meters)
         mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
         x = (x - mean) / scale
+        d = None  # (N, F) standardized feature change between a window and its twin
+        if twins is not None and consistency > 0:
+            d = (cls._stack(twins[0], twins[1] if head_log_probs is not None else None) - mean) / scale - x
         counts = np.bincount(y, minlength=M).astype(np.float64)
         w_sample = 1.0 / np.maximum(counts[y], 1.0)
         w_sample /= w_sample.sum()
@@ -123,12 +132,22 @@ class MeterFusion:
             p = np.exp(_log_softmax(x @ W + b))
             g = (p - onehot) * w_sample[:, None]  # (N, M)
             gW, gb = x.T @ g + l2 * W, g.sum(axis=0)
+            if d is not None:
+                gW += (2.0 * consistency / len(d)) * (d.T @ (d @ W))
             mW, vW = 0.9 * mW + 0.1 * gW, 0.999 * vW + 0.001 * gW**2
             mb, vb = 0.9 * mb + 0.1 * gb, 0.999 * vb + 0.001 * gb**2
             c1, c2 = 1 - 0.9**t, 1 - 0.999**t
             W -= lr * 0.02 * (mW / c1) / (np.sqrt(vW / c2) + 1e-8)
             b -= lr * 0.02 * (mb / c1) / (np.sqrt(vb / c2) + 1e-8)
         return cls(W, b, tuple(meters), head_log_probs is not None, mean, scale, dict(info or {}))
+
+    @staticmethod
+    def _stack(rhythm, head_log_probs) -> np.ndarray:
+        """(N, F) raw features: rhythm, then the head's log-probs (floored at -20) when given."""
+        x = np.asarray(rhythm, dtype=np.float64)
+        if head_log_probs is None:
+            return x
+        return np.concatenate([x, np.maximum(np.asarray(head_log_probs, dtype=np.float64), -20.0)], axis=1)
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / FILE

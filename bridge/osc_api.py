@@ -159,17 +159,24 @@ class Address:
     parse: object  # (args) -> command
 
 
-# The whole input protocol. The help text and the README's table are generated from it (`table_text`);
-# an address not listed here is an error, never a default action.
+# The whole input protocol. The help text (`table_text`) and the examples' tables (`markdown_table`) are
+# generated from it; an address not listed here is an error, never a default action.
 ADDRESSES = (
-    Address("note", 2, 3, "pitch i, velocity i [, channel i]", "a performer note (velocity 0 = off)", _note),
-    Address("continue", 0, 1, "[bars f]", "ask for a continuation now", _continue),
+    Address(
+        "note",
+        2,
+        3,
+        "pitch i, velocity i [, channel i 1-16]",
+        "a live note, as if from MIDI (velocity 0 = off)",
+        _note,
+    ),
+    Address("continue", 0, 1, "[bars f]", "generate a continuation now", _continue),
     Address(
         "condition",
         1,
         2,
         "key s [, meter s]",
-        'steer key/meter ("" or "free" = free); bars follow the meter',
+        'steer key/meter ("" or "free" = free); continuations start on the meter\'s bar lines',
         _condition,
     ),
     Address(
@@ -180,30 +187,46 @@ ADDRESSES = (
         "new notes for those heard bars (1-based), between the bars around them",
         _infill,
     ),
-    Address("tempo", 1, 1, "bpm f", "internal clock tempo (ignored while following MIDI clock)", _tempo),
+    Address("tempo", 1, 1, "bpm f", "internal clock tempo (refused while following MIDI clock)", _tempo),
     Address(
         "set",
         2,
         2,
         "name s, value",
-        "a setting (see 'settable'), e.g. guidance 1.5, key_lock 1",
+        "a setting (see settable), e.g. guidance 1.5 (>= 1, 1 = off), key_lock 1, seed -1 (random)",
         _set,
     ),
-    Address("reset", 0, 0, "", "forget the performer's context", lambda a: SimpleCmd("reset")),
-    Address("panic", 0, 0, "", "stop playback: note-offs, then All Notes Off", lambda a: SimpleCmd("panic")),
+    Address("reset", 0, 0, "", "forget the context (the condition stays)", lambda a: SimpleCmd("reset")),
+    Address(
+        "panic",
+        0,
+        0,
+        "",
+        "note-off for every note it plays, then All Notes Off",
+        lambda a: SimpleCmd("panic"),
+    ),
     Address("ping", 0, 0, "", "answered with /typemoe/pong", lambda a: SimpleCmd("ping")),
 )
 _BY_NAME = {a.name: a for a in ADDRESSES}
 REPLIES = (
-    ("key", "name s, confidence f", "the key estimate, on change and every bar"),
-    ("meter", "name s, confidence f", "the meter estimate, on change and every bar"),
-    ("note", "pitch i, velocity i, beat f, dur f", "each generated note as it is sent"),
+    (
+        "key",
+        "name s, confidence f",
+        "the key estimate: when it changes (it must lead the reported one by a margin) and every bar; "
+        "a held chord is analysed at its note-on",
+    ),
+    ("meter", "name s, confidence f", "the meter estimate: the same"),
+    (
+        "note",
+        "pitch i, velocity i, onset_beats f, duration_beats f",
+        "each generated note, when it sounds (onset on the bridge's beat timeline)",
+    ),
     (
         "infill",
         "first_bar i, last_bar i, notes i, beat f",
-        "an infill is scheduled: beat = its first bar line",
+        "an infill's notes are scheduled; beat is where its first bar starts",
     ),
-    ("error", "message s", "why an input message was refused"),
+    ("error", "message s", "a bad message or a failure (rate-limited); the bridge keeps running"),
     ("pong", "", "the answer to /typemoe/ping"),
 )
 
@@ -215,6 +238,17 @@ def table_text() -> str:
     rows.append("OSC out (to --reply-port):")
     rows += [f"  {PREFIX}{n:<10} {u:<36} {d}" for n, u, d in REPLIES]
     rows.append("settable: " + ", ".join(SETTABLE))
+    return "\n".join(rows)
+
+
+def markdown_table(in_port: int = 9000, out_port: int = 9001) -> str:
+    """The protocol as the Markdown tables of examples/README.md (between its osc-table markers; a test
+    keeps them equal: `python -m typemoe.bridge.osc_api` prints them)."""
+    rows = [f"| in (to {in_port}) | arguments | effect |", "| --- | --- | --- |"]
+    rows += [f"| `{PREFIX}{a.name}` | {a.usage} | {a.doc} |" for a in ADDRESSES]
+    rows += ["", f"| out (to {out_port}) | arguments | when |", "| --- | --- | --- |"]
+    rows += [f"| `{PREFIX}{n}` | {u} | {d} |" for n, u, d in REPLIES]
+    rows += ["", "Settable with `/typemoe/set`: " + ", ".join(f"`{s}`" for s in SETTABLE) + "."]
     return "\n".join(rows)
 
 
@@ -254,3 +288,9 @@ def _coerce(name: str, value: object) -> object:
             return value.lower() in ("true", "on")
         return bool(_integer(value, name, 0, 1))
     return _string(value, name)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(markdown_table() + "\n")

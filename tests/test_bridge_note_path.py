@@ -1,4 +1,4 @@
-"""The path of a performer's note, from the engine to /typemoe/key, stays short (issue 14's measure).
+"""The path of a performer's note, from the engine to /typemoe/key, stays short.
 
 The engine and the real model thread (its own thread, with the toy model) are traced with sys/threading
 .setprofile while one note is played and its analysis comes back as /typemoe/key. Every bridge module whose

@@ -238,3 +238,15 @@ def test_listening_beyond_loopback_warns_and_replies_come_from_loopback(caplog):
         assert r._sock.getsockname()[0] == "127.0.0.1"
     finally:
         r.close()
+
+
+def test_the_examples_tables_are_the_protocol_table():
+    """examples/README.md's OSC tables are generated from osc_api's table (python -m typemoe.bridge.osc_api)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / "README.md").read_text(encoding="utf-8")
+    start = text.index("<!-- osc-table:start")
+    body = text[text.index("\n", start) + 1 : text.index("<!-- osc-table:end -->")]
+    assert body.strip() == osc_api.markdown_table().strip(), (
+        "examples/README.md's OSC tables differ from bridge/osc_api.py's: paste `python -m typemoe.bridge.osc_api`"
+    )

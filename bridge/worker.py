@@ -9,9 +9,10 @@ own (the live one is kept), each one token per step, and queued work goes first 
 Each finished note is posted at once (Generated chunks; the last has done=True), so the first note can be
 scheduled a few tokens after the trigger instead of after the whole continuation.
 
-What the context holds and when it is rebuilt is decided by ContextPolicy (below: pure, no model, no thread,
-no clock, tested without threads); this thread only carries out its plans on the session. How a continuation is steered
-(meter window, guidance, key lock) is bridge.continuation's; the decoder is typemoe.decoding's.
+What the context holds and when it is rebuilt is decided by ContextPolicy (below: pure, no model, no
+thread, no clock, tested without threads); this thread only carries out its plans on the session. How a
+continuation is steered (meter window, guidance, key lock) is bridge.continuation's; the decoder is
+typemoe.decoding's.
 """
 
 from __future__ import annotations
@@ -45,17 +46,6 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- the context's policy (pure)
-# The model context's policy: what it holds and when it is rebuilt. Pure: no model, no thread, no clock.
-#
-# The context is `[BOS] + control tokens + music`. Music is appended as it arrives (the KV cache grows by
-# the new ids only). Before it would overflow, leaving `reserve` slots free for a generation, the context is
-# rebuilt: the control prefix first, then the recent music from a Bar token on, so the controls never slide
-# out of the window. A new condition or a reset rebuilds it too.
-#
-#     policy = ContextPolicy(context_len=1024, reserve=256, bos=1, bar=5)
-#     plan = policy.feed(ids, n_past=session.n_past)
-#     if plan.rebuild: session = model.session(); out = session.feed(plan.tokens)
-#     else: out = session.feed(plan.tokens)
 
 
 @dataclass(frozen=True)
@@ -68,7 +58,17 @@ class Plan:
 
 
 class ContextPolicy:
-    """Keeps the control prefix and the recent music; decides appends and rebuilds.
+    """The model context's policy: what it holds and when it is rebuilt. Pure: no model, no thread, no clock.
+
+    The context is `[BOS] + control tokens + music`. Music is appended as it arrives (the KV cache grows by
+    the new ids only). Before it would overflow, leaving `reserve` slots free for a generation, the context
+    is rebuilt: the control prefix first, then the recent music from a Bar token on, so the controls never
+    slide out of the window. A new condition or a reset rebuilds it too.
+
+        policy = ContextPolicy(context_len=1024, reserve=256, bos=1, bar=5)
+        plan = policy.feed(ids, n_past=session.n_past)
+        session = model.session() if plan.rebuild else session
+        out = session.feed(plan.tokens)
 
     Args:
         context_len: the model's context length.

@@ -101,3 +101,27 @@ def test_reader_counts_the_pitch_classes_of_token_ids():
     head = np.full(24, 1 / 24)
     assert reader.probs(vocab.encode_score(score), head) is not None
     np.testing.assert_array_equal(reader.probs([], head), head)  # no fusion: the head answers
+
+
+def test_consistency_makes_the_answer_turn_with_a_transposition():
+    """A head that knows the key of the untransposed window and does not turn with a transposition (it
+    answers the same key for the twin): without consistency the fit leans on it; with consistency it leans
+    on the profiles, which turn exactly, and the answers turn with the music."""
+    rng = np.random.default_rng(4)
+    n = 300
+    keys = rng.integers(0, 24, size=n)
+    shifts = rng.choice([s for s in range(-5, 7) if s != 0], size=n)
+    tunes = [_tune(int(k), rng, n=12) for k in keys]  # short: the profiles alone are unsure
+    h = np.stack([histograms(p, d) for p, d in tunes])
+    h2 = np.stack([histograms(p + s, d) for (p, d), s in zip(tunes, shifts)])
+    head = np.log(np.full((n, 24), 0.01) + 0.75 * np.eye(24)[keys])  # the same for the twin: no turn
+    plain = KeyFusion.fit(PROFILES, ("kk", "scale"), h, keys, head)
+    kept = KeyFusion.fit(PROFILES, ("kk", "scale"), h, keys, head, twins=(h2, head, shifts), consistency=10.0)
+
+    def turns(fit) -> float:
+        a = np.asarray([fit.probs(x, lp).argmax() for x, lp in zip(h, head)])
+        b = np.asarray([fit.probs(x, lp).argmax() for x, lp in zip(h2, head)])
+        return float(np.mean((a % 12 + shifts) % 12 + 12 * (a // 12) == b))
+
+    assert kept.weights[-1] < 0.5 * plain.weights[-1]  # the head's weight
+    assert turns(kept) > turns(plain) + 0.3

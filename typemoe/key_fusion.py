@@ -111,8 +111,16 @@ class KeyFusion:
         steps: int = 800,
         lr: float = 0.05,
         info: dict | None = None,
+        twins: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None,
+        consistency: float = 0.0,
     ) -> KeyFusion:
-        """Full-batch Adam on the mean cross-entropy of (N, 2, 12) histograms with (N,) key labels."""
+        """Full-batch Adam on the mean cross-entropy of (N, 2, 12) histograms with (N,) key labels.
+
+        twins: (histograms, head log-probs, shifts (N,)) of the same windows transposed by `shifts`
+        semitones. With `consistency` > 0 the fit also pays consistency * mean over windows and keys of the
+        change of a key's logit between the window and its twin's logit for that key moved by the shift:
+        the answer should turn with the music (the profiles do exactly; the head only nearly).
+        """
         uses_head = head_log_probs is not None
         P = len(profiles)
         probe = cls(
@@ -129,6 +137,13 @@ class KeyFusion:
                 for i, h in enumerate(hists)
             ]
         )  # (N, 24, F)
+        d = None  # (N, 24, F): a twin's features, moved back by its shift, less the window's
+        if twins is not None and consistency > 0:
+            h2, lp2, shifts = twins
+            x2 = np.stack([probe.features(h, None if lp2 is None else lp2[i]) for i, h in enumerate(h2)])
+            k = np.arange(N_KEYS)
+            moved = (k[None, :] % 12 + np.asarray(shifts)[:, None]) % 12 + 12 * (k[None, :] // 12)  # (N, 24)
+            d = np.take_along_axis(x2, moved[:, :, None], axis=1) - x
         y = np.asarray(labels, dtype=np.int64)
         onehot = np.eye(N_KEYS)[y]
         minor = (np.arange(N_KEYS) >= 12).astype(np.float64)
@@ -140,6 +155,9 @@ class KeyFusion:
             p = np.exp(_log_softmax(z))
             g = (p - onehot) / len(y)  # (N, 24)
             grad = np.append(np.einsum("nk,nkf->f", g, x), (g * minor).sum()) + l2 * theta
+            if d is not None:
+                dz = d @ theta[:-1]  # (N, 24) logit changes
+                grad[:-1] += (2.0 * consistency / dz.size) * np.einsum("nk,nkf->f", dz, d)
             m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad**2
             theta -= lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
         probe.weights, probe.minor_bias, probe.info = theta[:-1], float(theta[-1]), dict(info or {})

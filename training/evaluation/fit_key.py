@@ -6,7 +6,9 @@ Samples are windows of the key-labelled pieces of the train split, humanized (tr
 transposed by a random shift in -5..+6 (the label moves with them), of random length (a few bars up to a
 full context), so the fusion sees what the bridge hears early in a performance as well as whole pieces,
 in every key. For each window: the pitch-class histograms of its notes, and the model's key-head
-log-probabilities at its last token. The fit is checked on the val split, sampled the same way, beside
+log-probabilities at its last token. Each window is also transposed again (a twin), and the fit pays for
+an answer that does not turn with it (KeyFusion.fit's consistency weight, picked on the val split: the
+profiles turn exactly, the head nearly). The fit is checked on the val split, sampled the same way, beside
 the profiles alone (each, and fitted together) and the head alone; the numbers go into the saved file's
 `info` and are printed.
 """
@@ -19,7 +21,7 @@ import numpy as np
 
 from typemoe.key_fusion import KeyFusion, KeyReader, profile_features, rotated_profiles
 from typemoe.training.evaluation.baselines import KEY_BASELINES
-from typemoe.training.evaluation.fit_meter import fit_parser, save_fusion
+from typemoe.training.evaluation.fit_meter import fit_parser, pick_consistency, save_fusion
 from typemoe.training.learn.augment import Transposer
 from typemoe.training.learn.data import load_pieces
 from typemoe.training.learn.humanize import Humanizer
@@ -37,8 +39,10 @@ def music21_profiles() -> tuple[np.ndarray, tuple[str, ...]]:
     return np.asarray(out, dtype=np.float64), names
 
 
-def window_samples(pieces, vocab, model, *, max_pieces: int, seed: int, context: int):
-    """(histograms (N, 2, 12), head log-probs (N, 24), labels (N,)) of one window per key-labelled piece."""
+def window_samples(pieces, vocab, model, *, max_pieces: int, seed: int, context: int, twins: bool = False):
+    """(histograms (N, 2, 12), head log-probs (N, 24), labels (N,)) of one window per key-labelled piece;
+    with `twins`, also (histograms, head log-probs, shifts (N,)) of each window transposed again by a
+    random shift in -5..+6 other than 0."""
     rng = np.random.default_rng(seed)
     hum, tr = Humanizer(vocab), Transposer(vocab)
     reader = KeyReader(None, vocab)
@@ -48,7 +52,13 @@ def window_samples(pieces, vocab, model, *, max_pieces: int, seed: int, context:
         idx = np.sort(rng.choice(idx, size=max_pieces, replace=False))
     bar = vocab.id("Bar_None")
     session = model.session()
-    Hs, L, Y = [], [], []
+
+    def read(ids):
+        session.reset()
+        out = session.feed([vocab.bos_id, *ids.tolist()])
+        return reader.hists(ids), np.log(np.maximum(out.key_probs, 1e-9))
+
+    Hs, L, Y, H2, L2, S = [], [], [], [], [], []
     for i in idx:
         toks = pieces.tokens[i]
         bars = np.flatnonzero(toks == bar)
@@ -58,22 +68,42 @@ def window_samples(pieces, vocab, model, *, max_pieces: int, seed: int, context:
         length = int(rng.integers(32, context))
         ids, label, _ = tr.transpose(toks[start : start + length], int(rng.integers(-5, 7)), int(key[i]))
         ids = hum(ids, rng)[: context - 1]
-        h = reader.hists(ids)
-        if h[1].sum() < 4:
+        if reader.hists(ids)[1].sum() < 4:
             continue
-        session.reset()
-        out = session.feed([vocab.bos_id, *ids.tolist()])
+        h, lp = read(ids)
         Hs.append(h)
-        L.append(np.log(np.maximum(out.key_probs, 1e-9)))
+        L.append(lp)
         Y.append(label)
-    return np.asarray(Hs), np.asarray(L), np.asarray(Y)
+        if twins:
+            shift = int(rng.choice([s for s in range(-5, 7) if s != 0]))
+            h2, lp2 = read(tr.transpose(ids, shift)[0])
+            H2.append(h2)
+            L2.append(lp2)
+            S.append(shift)
+    out = (np.asarray(Hs), np.asarray(L), np.asarray(Y))
+    return (*out, np.asarray(H2), np.asarray(L2), np.asarray(S)) if twins else out
+
+
+def turned(key: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """(N,) key classes moved by (N,) semitone shifts (mode kept)."""
+    key, shifts = np.asarray(key), np.asarray(shifts)
+    return (key % 12 + shifts) % 12 + 12 * (key // 12)
 
 
 def main(argv: list[str] | None = None) -> int:
     from typemoe import analysis
     from typemoe.export.runtime import OrtModel
 
-    args = fit_parser("python -m typemoe.training.evaluation.fit_key", __doc__, 4000).parse_args(argv)
+    parser = fit_parser("python -m typemoe.training.evaluation.fit_key", __doc__, 4000)
+    parser.add_argument("--val-pieces", type=int, default=2000, help="val pieces sampled (one window each)")
+    parser.add_argument(
+        "--consistency",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.3, 1.0, 3.0, 10.0],
+        help="consistency weights tried (KeyFusion.fit); the val split picks one",
+    )
+    args = parser.parse_args(argv)
     try:
         model = OrtModel(args.model)
         if list(model.key_names) != list(analysis.KEYS):
@@ -92,14 +122,20 @@ def main(argv: list[str] | None = None) -> int:
         max_pieces=args.max_pieces,
         seed=args.seed,
         context=ctx,
+        twins=True,
     )
     va = window_samples(
-        pieces.with_split("val"), model.vocab, model, max_pieces=2000, seed=args.seed + 1, context=ctx
+        pieces.with_split("val"),
+        model.vocab,
+        model,
+        max_pieces=args.val_pieces,
+        seed=args.seed + 1,
+        context=ctx,
+        twins=True,
     )
     profiles, names = music21_profiles()
     profiles_only = KeyFusion.fit(profiles, names, tr[0], tr[2])
-    fused = KeyFusion.fit(profiles, names, tr[0], tr[2], tr[1])
-    report = {"train_windows": len(tr[2]), "val_windows": len(va[2])}
+    report: dict = {"train_windows": len(tr[2]), "val_windows": len(va[2])}
     rot = rotated_profiles(profiles)
     for j, name in enumerate(names):  # each profile alone, on the duration histogram (music21's reading)
         pred = np.asarray([profile_features(h, rot)[:, j].argmax() for h in va[0]])
@@ -107,9 +143,27 @@ def main(argv: list[str] | None = None) -> int:
     for name, pred in (
         ("head", va[1].argmax(1)),
         ("profiles", np.asarray([profiles_only.probs(h).argmax() for h in va[0]])),
-        ("fused", np.asarray([fused.probs(h, lp).argmax() for h, lp in zip(va[0], va[1])])),
     ):
         report[f"val_{name}"] = round(float((pred == va[2]).mean()), 4)
+    # The consistency weight is chosen on the val split (never on a test set): fit_meter.pick_consistency.
+    fits, rows = {}, {}
+    for lam in args.consistency:
+        fits[lam] = KeyFusion.fit(
+            profiles, names, tr[0], tr[2], tr[1], twins=(tr[3], tr[4], tr[5]), consistency=lam
+        )
+        pred = np.asarray([fits[lam].probs(h, lp).argmax() for h, lp in zip(va[0], va[1])])
+        twin = np.asarray([fits[lam].probs(h, lp).argmax() for h, lp in zip(va[3], va[4])])
+        rows[lam] = {
+            "exact": round(float((pred == va[2]).mean()), 4),
+            "turns": round(float((turned(pred, va[5]) == twin).mean()), 4),
+        }
+        print(f"consistency {lam:g}: val {rows[lam]}", flush=True)
+    lam = pick_consistency(rows, "turns")
+    fused = fits[lam]
+    report["val_fused"] = rows[lam]["exact"]
+    report["val_fused_turns"] = rows[lam]["turns"]
+    report["consistency"] = lam
+    report["consistency_sweep"] = {f"{k:g}": v for k, v in rows.items()}
     report["weights"] = [round(float(w), 3) for w in fused.weights]
     report["minor_bias"] = round(fused.minor_bias, 3)
     save_fusion(fused, report, args)

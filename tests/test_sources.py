@@ -264,3 +264,15 @@ def test_csv_rows_skip_a_non_utf8_row_by_file_and_line(tmp_path, caplog):
     assert header == ["path", "key"]
     assert [(line, row["path"]) for line, row in rows] == [(3, "a.mid"), (5, "c.mid")]
     assert skips.counts == {"CSV row not UTF-8": 1} and f"{path}:4" in caplog.text
+
+
+def test_the_default_shared_dir_is_beside_the_repository(monkeypatch):
+    """Without $TYPEMOE_SHARED_DATA, shared:NAME sets are read from ../shared/data next to the checkout."""
+    from pathlib import Path
+
+    from typemoe.training.data.sources import default_shared_dir
+
+    monkeypatch.delenv("TYPEMOE_SHARED_DATA", raising=False)
+    assert default_shared_dir() == Path(__file__).resolve().parents[2] / "shared" / "data"
+    monkeypatch.setenv("TYPEMOE_SHARED_DATA", "/somewhere/else")
+    assert default_shared_dir() == Path("/somewhere/else")

@@ -50,7 +50,7 @@ SHARED_SETS = ("pop909", "emopia", "vgmidi", "genre_freemidi", "genre_cjnolet", 
 def default_shared_dir() -> Path:
     """$TYPEMOE_SHARED_DATA, else ../shared/data next to the repository (the team's development copy)."""
     env = os.environ.get("TYPEMOE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def split_of(piece_id: str) -> str:

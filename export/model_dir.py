@@ -88,7 +88,8 @@ def refresh_manifest(
 ) -> dict[str, Any]:
     """Re-list every file of a model directory in its manifest (after adding meter_fusion.json, say),
     first deleting the ONNX graphs not in keep_graphs (a slim shipped directory). Everything else in the
-    manifest is kept; `note` goes under "shipped"."""
+    manifest is kept; `note` goes under "shipped". Markdown files (a model card) are documentation, edited
+    by hand: they are not listed, so editing one never breaks the directory's check at load."""
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir, verify=False)
     if keep_graphs is not None:
@@ -104,7 +105,7 @@ def refresh_manifest(
     manifest["files"] = {
         f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
         for f in sorted(model_dir.iterdir())
-        if f.is_file() and f.name != MANIFEST_FILE
+        if f.is_file() and f.name != MANIFEST_FILE and f.suffix != ".md"
     }
     tmp = model_dir / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -96,3 +96,11 @@ def test_consistency_moves_weight_off_a_feature_that_another_touch_changes():
 
     assert touch_share(plain) > 0.5 > touch_share(kept)
     assert agreement(kept) > agreement(plain) + 0.1
+
+    # Calibration changes how sure the answers are, never which they are, and lowers the likelihood loss.
+    before = kept.probs(X)
+    t = kept.calibrate(X, y)
+    after = kept.probs(X)
+    assert t != 1.0 and np.array_equal(before.argmax(1), after.argmax(1))
+    nll = [-np.log(p[np.arange(n), y]).mean() for p in (before, after)]
+    assert nll[1] < nll[0]

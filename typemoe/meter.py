@@ -67,7 +67,7 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 @dataclass
 class MeterFusion:
-    """Softmax regression: probs = softmax([rhythm, head log-probs] @ W + b)."""
+    """Softmax regression: probs = softmax(([rhythm, head log-probs] @ W + b) / temperature)."""
 
     weights: np.ndarray  # (F, M)
     bias: np.ndarray  # (M,)
@@ -76,6 +76,7 @@ class MeterFusion:
     mean: np.ndarray  # (F,) feature standardisation
     scale: np.ndarray  # (F,)
     info: dict
+    temperature: float = 1.0  # calibration (calibrate): changes how sure the answer is, never which it is
 
     def features(self, rhythm: np.ndarray, head_log_probs: np.ndarray | None) -> np.ndarray:
         parts = [np.asarray(rhythm, dtype=np.float64)]
@@ -89,7 +90,23 @@ class MeterFusion:
 
     def probs(self, rhythm: np.ndarray, head_log_probs: np.ndarray | None = None) -> np.ndarray:
         """(M,) meter probabilities (or (N, M) for stacked inputs)."""
-        return np.exp(_log_softmax(self.features(rhythm, head_log_probs) @ self.weights + self.bias))
+        z = self.features(rhythm, head_log_probs) @ self.weights + self.bias
+        return np.exp(_log_softmax(z / self.temperature))
+
+    def calibrate(
+        self, rhythm: np.ndarray, labels: np.ndarray, head_log_probs: np.ndarray | None = None
+    ) -> float:
+        """Set `temperature` to the one that minimises the mean negative log-likelihood of (N,) labels
+        (temperature scaling, Guo et al. 2017; a grid over 0.05..5, log-spaced) and return it. The
+        consistency term of `fit` shrinks the weights, so its probabilities come out flatter than their
+        accuracy warrants; the live readout's hysteresis compares probabilities, so they should mean what
+        they say."""
+        y = np.asarray(labels, dtype=np.int64)
+        z = self.features(rhythm, head_log_probs) @ self.weights + self.bias  # (N, M)
+        grid = np.exp(np.linspace(np.log(0.05), np.log(5.0), 201))
+        nll = [-_log_softmax(z / g)[np.arange(len(y)), y].mean() for g in grid]
+        self.temperature = float(grid[int(np.argmin(nll))])
+        return self.temperature
 
     @classmethod
     def fit(
@@ -162,6 +179,7 @@ class MeterFusion:
             "bias": self.bias.tolist(),
             "mean": self.mean.tolist(),
             "scale": self.scale.tolist(),
+            "temperature": self.temperature,
             "info": self.info,
         }
         path.write_text(json.dumps(doc) + "\n", encoding="utf-8")
@@ -189,6 +207,7 @@ class MeterFusion:
                 np.asarray(doc["mean"]),
                 np.asarray(doc["scale"]),
                 dict(doc.get("info", {})),
+                float(doc.get("temperature", 1.0)),
             )
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path} is not a readable meter fusion: {err}") from err

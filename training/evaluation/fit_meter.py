@@ -7,7 +7,8 @@ of random length (a few bars up to a full context), so the fusion sees what the 
 performance as well as whole pieces. For each window: the rhythm features of its notes, and the model's
 meter-head log-probabilities at its last token (the running estimate). Each window is also played again
 with another touch (TOUCH: other velocities, a few onsets moved a grid step), and the fit pays for answers
-that change between the two (MeterFusion.fit's consistency weight, picked on the val split). The fit is
+that change between the two (MeterFusion.fit's consistency weight, picked on the val split); its
+probabilities are then calibrated on the val split (MeterFusion.calibrate, temperature scaling). The fit is
 checked on the val split, humanized the same way, beside the rhythm-only fit and the model's head alone;
 the numbers go into the saved file's `info` and are printed.
 """
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"consistency {lam:g}: val {rows[lam]}", flush=True)
     lam = pick_consistency(rows, "touch_agreement")
     fused = fits[lam]
+    report["temperature"] = round(fused.calibrate(va[0], va[2], va[1]), 4)  # calibrated on val
     report.update({f"val_fused_{k}": v for k, v in rows[lam].items()})
     report["consistency"] = lam
     report["consistency_sweep"] = {f"{k:g}": v for k, v in rows.items()}

@@ -203,6 +203,12 @@ class MidiRecv:
         return hanging_notes(d for _, d in self.events)
 
     def close(self) -> None:
+        """Cancel the Python callback, let one in flight finish, then close (as bridge.midi_io does): the
+        driver's thread may be waiting for the GIL to run the callback while closing waits for that thread.
+        Two full-suite runs hung at the end of tests/test_bridge_clock_jack.py, after its clients closed,
+        with a thread that had no Python frame (one entering a callback) in the stack dump."""
+        self.midi.cancel_callback()
+        time.sleep(0.05)  # releases the GIL
         self.midi.close_port()
         self.midi.delete()
 

@@ -44,6 +44,7 @@ def window_samples(pieces, vocab, model, *, max_pieces: int, seed: int, context:
     with `twins`, also (histograms, head log-probs, shifts (N,)) of each window transposed again by a
     random shift in -5..+6 other than 0."""
     rng = np.random.default_rng(seed)
+    twin_rng = np.random.default_rng((seed, 0x7717))  # its own stream: the windows do not depend on twins
     hum, tr = Humanizer(vocab), Transposer(vocab)
     reader = KeyReader(None, vocab)
     key = pieces.label("key")
@@ -75,7 +76,7 @@ def window_samples(pieces, vocab, model, *, max_pieces: int, seed: int, context:
         L.append(lp)
         Y.append(label)
         if twins:
-            shift = int(rng.choice([s for s in range(-5, 7) if s != 0]))
+            shift = int(twin_rng.choice([s for s in range(-5, 7) if s != 0]))
             h2, lp2 = read(tr.transpose(ids, shift)[0])
             H2.append(h2)
             L2.append(lp2)

@@ -21,7 +21,12 @@ import numpy as np
 
 from typemoe.key_fusion import KeyFusion, KeyReader, profile_features, rotated_profiles
 from typemoe.training.evaluation.baselines import KEY_BASELINES
-from typemoe.training.evaluation.fit_meter import fit_parser, pick_consistency, save_fusion
+from typemoe.training.evaluation.fit_meter import (
+    fit_parser,
+    save_fusion,
+    sweep_consistency,
+    train_val_samples,
+)
 from typemoe.training.learn.augment import Transposer
 from typemoe.training.learn.data import load_pieces
 from typemoe.training.learn.humanize import Humanizer
@@ -95,16 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from typemoe import analysis
     from typemoe.export.runtime import OrtModel
 
-    parser = fit_parser("python -m typemoe.training.evaluation.fit_key", __doc__, 4000)
-    parser.add_argument("--val-pieces", type=int, default=2000, help="val pieces sampled (one window each)")
-    parser.add_argument(
-        "--consistency",
-        type=float,
-        nargs="+",
-        default=[0.0, 0.3, 1.0, 3.0, 10.0],
-        help="consistency weights tried (KeyFusion.fit); the val split picks one",
-    )
-    args = parser.parse_args(argv)
+    args = fit_parser("python -m typemoe.training.evaluation.fit_key", __doc__, 4000).parse_args(argv)
     try:
         model = OrtModel(args.model)
         if list(model.key_names) != list(analysis.KEYS):
@@ -115,25 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    ctx = min(model.context_len, 1024)
-    tr = window_samples(
-        pieces.with_split("train"),
-        model.vocab,
-        model,
-        max_pieces=args.max_pieces,
-        seed=args.seed,
-        context=ctx,
-        twins=True,
-    )
-    va = window_samples(
-        pieces.with_split("val"),
-        model.vocab,
-        model,
-        max_pieces=args.val_pieces,
-        seed=args.seed + 1,
-        context=ctx,
-        twins=True,
-    )
+    tr, va = train_val_samples(window_samples, pieces, model, args)
     profiles, names = music21_profiles()
     profiles_only = KeyFusion.fit(profiles, names, tr[0], tr[2])
     report: dict = {"train_windows": len(tr[2]), "val_windows": len(va[2])}
@@ -146,21 +124,24 @@ def main(argv: list[str] | None = None) -> int:
         ("profiles", np.asarray([profiles_only.probs(h).argmax() for h in va[0]])),
     ):
         report[f"val_{name}"] = round(float((pred == va[2]).mean()), 4)
-    # The consistency weight is chosen on the val split (never on a test set): fit_meter.pick_consistency.
-    fits, rows = {}, {}
-    for lam in args.consistency:
-        fits[lam] = KeyFusion.fit(
-            profiles, names, tr[0], tr[2], tr[1], twins=(tr[3], tr[4], tr[5]), consistency=lam
-        )
-        pred = np.asarray([fits[lam].probs(h, lp).argmax() for h, lp in zip(va[0], va[1])])
-        twin = np.asarray([fits[lam].probs(h, lp).argmax() for h, lp in zip(va[3], va[4])])
-        rows[lam] = {
+
+    def score(fusion) -> dict:
+        pred = np.asarray([fusion.probs(h, lp).argmax() for h, lp in zip(va[0], va[1])])
+        twin = np.asarray([fusion.probs(h, lp).argmax() for h, lp in zip(va[3], va[4])])
+        return {
             "exact": round(float((pred == va[2]).mean()), 4),
             "turns": round(float((turned(pred, va[5]) == twin).mean()), 4),
         }
-        print(f"consistency {lam:g}: val {rows[lam]}", flush=True)
-    lam = pick_consistency(rows, "turns")
-    fused = fits[lam]
+
+    # The consistency weight is chosen on the val split, never on a test set.
+    lam, fused, rows = sweep_consistency(
+        args.consistency,
+        lambda c: KeyFusion.fit(
+            profiles, names, tr[0], tr[2], tr[1], twins=(tr[3], tr[4], tr[5]), consistency=c
+        ),
+        score,
+        "turns",
+    )
     report["val_fused"] = rows[lam]["exact"]
     report["val_fused_turns"] = rows[lam]["turns"]
     report["consistency"] = lam

@@ -123,9 +123,41 @@ def fit_parser(prog: str, doc: str, max_pieces: int) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-pieces", type=int, default=max_pieces, help="train pieces sampled (one window each)"
     )
+    p.add_argument("--val-pieces", type=int, default=2000, help="val pieces sampled (one window each)")
+    p.add_argument(
+        "--consistency",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.3, 1.0, 3.0, 10.0],
+        help="consistency weights tried (the fusion's fit); the val split picks one (pick_consistency)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="fit and report, save nothing")
     return p
+
+
+def train_val_samples(window_samples, pieces, model, args) -> tuple[tuple, tuple]:
+    """(train, val) samples with twins of a fusion fit: `window_samples` (this module's or fit_key's) on the
+    train split (--max-pieces, --seed) and the val split (--val-pieces, --seed + 1)."""
+    ctx = min(model.context_len, 1024)
+    return tuple(
+        window_samples(
+            pieces.with_split(split), model.vocab, model, max_pieces=n, seed=seed, context=ctx, twins=True
+        )
+        for split, n, seed in (("train", args.max_pieces, args.seed), ("val", args.val_pieces, args.seed + 1))
+    )
+
+
+def sweep_consistency(weights, fit, score, agreement: str):
+    """(chosen weight, its fusion, val rows by weight): `fit(weight)` -> a fusion, `score(fusion)` -> its val
+    row {"exact": .., agreement: .., ...}; the weight is picked on those rows (pick_consistency)."""
+    fits, rows = {}, {}
+    for lam in weights:
+        fits[lam] = fit(lam)
+        rows[lam] = score(fits[lam])
+        print(f"consistency {lam:g}: val {rows[lam]}", flush=True)
+    lam = pick_consistency(rows, agreement)
+    return lam, fits[lam], rows
 
 
 def save_fusion(fusion, report: dict, args) -> None:
@@ -144,60 +176,36 @@ def save_fusion(fusion, report: dict, args) -> None:
 def main(argv: list[str] | None = None) -> int:
     from typemoe.export.runtime import OrtModel
 
-    parser = fit_parser("python -m typemoe.training.evaluation.fit_meter", __doc__, 6000)
-    parser.add_argument("--val-pieces", type=int, default=2000, help="val pieces sampled (one window each)")
-    parser.add_argument(
-        "--consistency",
-        type=float,
-        nargs="+",
-        default=[0.0, 0.3, 1.0, 3.0, 10.0],
-        help="consistency weights tried (MeterFusion.fit); the val split picks one",
-    )
-    args = parser.parse_args(argv)
+    args = fit_parser("python -m typemoe.training.evaluation.fit_meter", __doc__, 6000).parse_args(argv)
     try:
         model = OrtModel(args.model)
         pieces = load_pieces(args.data, model.vocab)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    ctx = min(model.context_len, 1024)
-    tr = window_samples(
-        pieces.with_split("train"),
-        model.vocab,
-        model,
-        max_pieces=args.max_pieces,
-        seed=args.seed,
-        context=ctx,
-        twins=True,
-    )
-    va = window_samples(
-        pieces.with_split("val"),
-        model.vocab,
-        model,
-        max_pieces=args.val_pieces,
-        seed=args.seed + 1,
-        context=ctx,
-        twins=True,
-    )
+    tr, va = train_val_samples(window_samples, pieces, model, args)
     meters = tuple(model.meter_names)
     rhythm_only = MeterFusion.fit(tr[0], tr[2], meters)
     report: dict = {"train_windows": len(tr[2]), "val_windows": len(va[2])}
     for name, pred in (("head", va[1].argmax(1)), ("rhythm", rhythm_only.probs(va[0]).argmax(1))):
         report[f"val_{name}_exact"] = round(float((pred == va[2]).mean()), 4)
         report[f"val_{name}_family"] = round(family_accuracy(pred, va[2]), 4)
-    # The consistency weight is chosen on the val split (never on a test set): pick_consistency.
-    fits, rows = {}, {}
-    for lam in args.consistency:
-        fits[lam] = MeterFusion.fit(tr[0], tr[2], meters, tr[1], twins=(tr[3], tr[4]), consistency=lam)
-        pred, twin = decide(fits[lam], va[0], va[1]), decide(fits[lam], va[3], va[4])
-        rows[lam] = {
+
+    def score(fusion) -> dict:
+        pred, twin = decide(fusion, va[0], va[1]), decide(fusion, va[3], va[4])
+        return {
             "exact": round(float((pred == va[2]).mean()), 4),
             "family": round(family_accuracy(pred, va[2]), 4),
             "touch_agreement": round(float((pred == twin).mean()), 4),
         }
-        print(f"consistency {lam:g}: val {rows[lam]}", flush=True)
-    lam = pick_consistency(rows, "touch_agreement")
-    fused = fits[lam]
+
+    # The consistency weight is chosen on the val split, never on a test set.
+    lam, fused, rows = sweep_consistency(
+        args.consistency,
+        lambda c: MeterFusion.fit(tr[0], tr[2], meters, tr[1], twins=(tr[3], tr[4]), consistency=c),
+        score,
+        "touch_agreement",
+    )
     report["temperature"] = round(fused.calibrate(va[0], va[2], va[1]), 4)  # calibrated on val
     report.update({f"val_fused_{k}": v for k, v in rows[lam].items()})
     report["consistency"] = lam

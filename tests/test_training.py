@@ -15,6 +15,7 @@ import pytest
 from training_fixtures import REPO, build_shards, losses_of, python_env, read_metrics, run_module, tiny_args
 
 from typemoe import checkpoint
+from typemoe.training.evaluation.eval_data import sample_ids
 from typemoe.training.learn import ckpt, finetune, pretrain
 from typemoe.training.learn.augment import Transposer, shift_phase
 from typemoe.training.learn.data import (
@@ -113,6 +114,23 @@ def test_label_fraction_is_by_piece(pieces):
     kept = (half.label("meter") >= 0).sum() / max((pieces.label("meter") >= 0).sum(), 1)
     assert 0.2 < kept < 0.8
     assert np.array_equal(half.label("genre"), pieces.label("genre"))  # only key and meter are thinned
+
+
+def test_label_fraction_does_not_depend_on_where_a_folder_lies(shards, tmp_path, vocab):
+    # The same MIDI folder's shards, moved: the same pieces keep their labels (the ids carry no path).
+    moved = tmp_path / "elsewhere" / shards.name
+    shutil.copytree(shards, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["sources"] = [
+        s.replace(str(shards.parent), str(tmp_path / "other_disk")) for s in manifest["sources"]
+    ]
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    a, b = load_pieces([shards], vocab), load_pieces([moved], vocab)
+    assert a.ids == b.ids and not any(str(tmp_path) in i or str(shards.parent) in i for i in a.ids)
+    assert np.array_equal(keep_label_fraction(a, 0.5).label("key"), keep_label_fraction(b, 0.5).label("key"))
+    tunes = [f"tune{i:03d}.mid" for i in range(40)]  # and eval's --max-pieces sample
+    here, there = (sample_ids([(f"folder:{d}/m21_midi", t) for t in tunes], 10) for d in ("/a", "/b/c"))
+    assert {t for _, t in here} == {t for _, t in there}
 
 
 # ------------------------------------------------------------------------------------------- runs

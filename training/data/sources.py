@@ -60,6 +60,19 @@ def split_of(piece_id: str) -> str:
     return "train" if bucket < train else "val" if bucket < train + val else "test"
 
 
+def location_free(source: str) -> str:
+    """A source's name without where it lies: "folder:/any/path/tunes" -> "folder:tunes".
+
+    Piece ids hash to their labelled fraction (learn.data.keep_label_fraction) and to eval's --max-pieces
+    sample (evaluation.eval_data.sample_ids), so a folder of MIDI moved, or built in another temporary
+    directory, keeps the same pieces in both.
+    """
+    kind, sep, where = source.partition(":")
+    if kind != "folder" or not sep:
+        return source
+    return f"folder:{Path(where).name}"
+
+
 @dataclass(kw_only=True)
 class Piece:
     """One piece of music with its labels; None means unlabelled for that task."""

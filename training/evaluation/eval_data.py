@@ -82,7 +82,12 @@ def sample_ids(ids: list[tuple[str, str]], n: int | None) -> set[tuple[str, str]
     """The n (source, id) pairs with the smallest sha1 (all of them when n is None): a stable sample."""
     if n is None or n >= len(ids):
         return set(ids)
-    return set(sorted(ids, key=lambda si: hashlib.sha1(f"{si[0]}:{si[1]}".encode()).hexdigest())[:n])
+    from typemoe.training.data.sources import location_free
+
+    def rank(si: tuple[str, str]) -> str:
+        return hashlib.sha1(f"{location_free(si[0])}:{si[1]}".encode()).hexdigest()
+
+    return set(sorted(ids, key=rank)[:n])
 
 
 def signature_of_key(key: int) -> int:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from typemoe import analysis
+from typemoe.training.data.sources import location_free
 from typemoe.training.learn import infill_data
 from typemoe.training.learn.humanize import Humanizer
 from typemoe.vocab import BEATS_PER_BAR, FAMILIES, TypedVocab
@@ -127,7 +128,9 @@ def load_pieces(dirs, vocab: TypedVocab) -> Pieces:
         if names is not None and these != names:
             raise ValueError(f"{d}: label names differ from the first shard directory's ({these} vs {names})")
         names = these
-        ids += [f"{shards.sources[shards.source[i]]}:{shards.ids[i]}" for i in range(len(shards))]
+        ids += [
+            f"{location_free(shards.sources[shards.source[i]])}:{shards.ids[i]}" for i in range(len(shards))
+        ]
         tokens += [np.asarray(shards.tokens_of(i), dtype=np.int64) for i in range(len(shards))]
         split += [SPLITS[int(s)] for s in shards.split]
         for t in analysis.LABELS:

@@ -94,6 +94,53 @@ def test_analyze_reads_the_whole_piece(model_dir, tmp_path):
     assert res["at_end"]["key_confidence"] != res["key_confidence"]
 
 
+def test_analyze_fuses_at_every_bar_line_as_the_bridge_does(tmp_path):
+    """With the shipped directory's fusions: the whole-piece key is the mean over bar lines of the key head
+    fused with the notes of the context it read (what the bridge reports there), "at_end" the last of
+    those answers, and the meter the meter head's mean fused with the rhythm of every note."""
+    from conftest import music21_scores
+
+    from typemoe.export.runtime import OrtModel
+    from typemoe.shipped import default_model_dir
+
+    model = OrtModel(default_model_dir(), provider="cpu")
+    assert model.key.fusion is not None and model.meter.fusion is not None
+    tune = music21_scores(3)[2][1]
+    long_score = tune.copy()
+    repeats = 3 * model.context_len // len(model.vocab.encode_score(tune)) + 1
+    for k in range(1, repeats):  # the tune over and over, well past two contexts
+        for n in tune.tracks[0].notes:
+            long_score.tracks[0].notes.append(symusic.Note(n.time + k * tune.end(), n.duration, n.pitch, 70))
+    path = tmp_path / "long.mid"
+    long_score.dump_midi(str(path))
+    ids = model.vocab.encode_score(long_score)
+    assert len(ids) > 2 * model.context_len, "pick a longer tune"
+    res = tools.analyze(model, path)
+    session, bar, seen = model.session(), model.vocab.id("Bar_None"), 0
+    session.feed([model.vocab.bos_id])
+    keys, meter_heads = [], []
+
+    def answer_here():
+        keys.append(model.answer(session.tokens, session.last.key_probs, session.last.meter_probs)[0])
+        meter_heads.append(session.last.meter_probs)
+
+    for chunk in listening.bar_chunks(model.vocab, ids, model.context_len // 4):
+        if chunk[0] == bar:
+            seen += 1
+            if seen > 1:
+                answer_here()
+        session.feed(chunk)
+    answer_here()
+    key = np.mean(keys, axis=0)
+    meter = model.meter.probs(ids, np.mean(meter_heads, axis=0))
+    assert res["key"] == model.key_names[int(np.argmax(key))]
+    assert res["key_confidence"] == round(float(key.max()), 4)
+    assert res["meter_confidence"] == round(float(meter.max()), 4)
+    assert res["at_end"]["key_confidence"] == round(float(keys[-1].max()), 4)
+    pooled = model.key.probs(ids, session.last.key_probs)  # the end head with every note: not the bridge
+    assert res["at_end"]["key_confidence"] != round(float(pooled.max()), 4)
+
+
 def test_analyze_text_and_torch_fallback_agree(model_dir, ckpt_dir, tune, capsys):
     assert tools.run_cli(["analyze", str(tune), "--model", str(model_dir)]) == 0
     onnx_text = capsys.readouterr().out

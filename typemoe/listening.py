@@ -5,8 +5,11 @@ Torch-free. `typemoe analyze` (typemoe/commands/tools.py) and `typemoe eval`'s w
 is typemoe.decoding's (either backend), whose slide keeps the control prefix.
 
     heard = listen(model, ids, report_bars=(1, 2, 4, 8))
-    heard.session.last          # the heads at the end (the running estimate)
-    whole_piece(heard)          # the heads averaged over every bar line: the answer for the whole piece
+    at_end(heard, readers)      # the running estimate when the piece is over, as the bridge shows it
+    whole_piece(heard, readers) # the answer for the whole piece
+
+`readers` is an exported directory's OrtModel (its `key` and `meter` readers fuse the heads with the notes:
+typemoe.key_fusion, typemoe.meter); None (a PyTorch checkpoint) leaves the heads to answer.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class Heard:
     session: object  # its `last` holds the heads at the end
     after: dict[int, object]  # bars -> the StepOut after that many whole bars (the asked report_bars)
     at_bars: list[object]  # the StepOut at every bar line after the first bar, and at the end
+    contexts: list[np.ndarray]  # the ids the session held at each of at_bars: what those heads read
+    ids: list[int]  # the piece (no BOS)
 
 
 def listen(model, ids: Sequence[int], *, report_bars: Sequence[int] = ()) -> Heard:
@@ -43,19 +48,25 @@ def listen(model, ids: Sequence[int], *, report_bars: Sequence[int] = ()) -> Hea
     session = model.session()
     session.feed([model.vocab.bos_id])
     bar = model.vocab.id("Bar_None")
-    seen, after, at_bars = 0, {}, []
+    ids = [int(i) for i in ids]
+    seen, after, at_bars, contexts = 0, {}, [], []
+
+    def mark() -> None:
+        at_bars.append(session.last)
+        contexts.append(np.asarray(session.tokens, dtype=np.int32))
+
     for chunk in bar_chunks(model.vocab, ids, max(1, model.context_len // 4)):
         if chunk[0] == bar:
             seen += 1
             if seen > 1:  # the chunk opens bar `seen`: bar seen-1 is complete
-                at_bars.append(session.last)
+                mark()
             if seen - 1 in report_bars:
                 after[seen - 1] = session.last
         session.feed(chunk)
     if seen in report_bars:
         after[seen] = session.last
-    at_bars.append(session.last)
-    return Heard(session, after, at_bars)
+    mark()
+    return Heard(session, after, at_bars, contexts, ids)
 
 
 @dataclass
@@ -66,10 +77,40 @@ class Heads:
     meter_probs: np.ndarray
 
 
-def whole_piece(heard: Heard) -> Heads:
-    """The heads over the whole piece: their probabilities averaged over every bar line (each bar heard
-    once, as the sliding context heard it), so a piece's key is the one it keeps, not the one it ends in."""
-    return Heads(
-        np.mean([o.key_probs for o in heard.at_bars], axis=0),
-        np.mean([o.meter_probs for o in heard.at_bars], axis=0),
+def answers(heard: Heard, readers=None) -> list[Heads]:
+    """The answer at every bar line (heard.at_bars): the heads there fused with the notes of the context
+    they read, as the bridge reports it (bridge/worker.py fuses with the music it holds); the heads alone
+    without readers."""
+    if readers is None:
+        return [Heads(np.asarray(o.key_probs), np.asarray(o.meter_probs)) for o in heard.at_bars]
+    return [
+        Heads(*readers.answer(ctx, o.key_probs, o.meter_probs))
+        for o, ctx in zip(heard.at_bars, heard.contexts)
+    ]
+
+
+def at_end(heard: Heard, readers=None) -> Heads:
+    """The running estimate when the piece is over: the last bar line's answer (the context at the end)."""
+    return answers(heard, readers)[-1]
+
+
+def whole_piece(heard: Heard, readers=None) -> Heads:
+    """The answer for the whole piece: a piece's key is the one it keeps, not the one it ends in.
+
+    key: the answers at every bar line (each bar heard once, as the sliding context heard it) averaged, so
+    a piece that modulates and returns keeps its home key, and each fused answer reads the span of notes
+    the key fusion was fitted on (windows of at most a context), not a whole piece's pitch classes pooled.
+    Chosen on held-out pieces of the training sources (POP909 val 0.902 against 0.878 for the mean head
+    fused with the whole piece's notes; music21 val 0.919 against 0.915), before the unseen sources.
+    meter: the meter head averaged over the bar lines, fused with the rhythm of every note of the piece
+    (a meter rarely changes, and its rhythm evidence grows with the music: on music21 val exact 0.666,
+    family 0.868, against 0.625 and 0.845 for the bar-line answers averaged); the heads' means without
+    readers.
+    """
+    meter_head = np.mean([o.meter_probs for o in heard.at_bars], axis=0)
+    if readers is None:
+        return Heads(np.mean([o.key_probs for o in heard.at_bars], axis=0), meter_head)
+    key = np.mean(
+        [readers.key.probs(ctx, o.key_probs) for o, ctx in zip(heard.at_bars, heard.contexts)], axis=0
     )
+    return Heads(key, readers.meter.probs(heard.ids, meter_head))

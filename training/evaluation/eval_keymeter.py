@@ -25,12 +25,12 @@ def _parse_pred(names: list[str], probs: np.ndarray, parse) -> int:
     return _label_index(names, int(np.argmax(probs)), parse)
 
 
-def read_whole_piece(model, music: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The heads over a whole piece heard as the bridge hears it (typemoe.listening, as `typemoe analyze`):
-    (key, meter) probabilities at its end, and (key, meter) averaged over every bar line."""
+def read_whole_piece(model, music: np.ndarray) -> tuple[listening.Heads, listening.Heads]:
+    """A whole piece heard as the bridge hears it (typemoe.listening, as `typemoe analyze`): the (key,
+    meter) answers at its end and for the whole piece, through the directory's fusions when it has them."""
     heard = listening.listen(model, [int(i) for i in music])
-    end, mean = heard.session.last, listening.whole_piece(heard)
-    return end.key_probs, end.meter_probs, mean.key_probs, mean.meter_probs
+    readers = getattr(model, "ort", None)  # an exported directory; a checkpoint's heads answer alone
+    return listening.at_end(heard, readers), listening.whole_piece(heard, readers)
 
 
 def _readings(model, piece: EvalPiece, window: int, whole_max_tokens: int | None) -> dict:
@@ -46,12 +46,15 @@ def _readings(model, piece: EvalPiece, window: int, whole_max_tokens: int | None
     mp = dict(names=model.meter_names, parse=analysis.parse_meter)
     fused = getattr(getattr(model, "ort", None), "answer", None)  # an exported directory's fusions
 
+    def parse(key_probs, meter_probs):
+        return _parse_pred(probs=key_probs, **kp), _parse_pred(probs=meter_probs, **mp)
+
     def pred(
         ids, key_probs, meter_probs
     ):  # the model's (key, meter) answer, as analyze and the bridge give it
         if fused is not None:
             key_probs, meter_probs = fused(ids, key_probs, meter_probs)
-        return _parse_pred(probs=key_probs, **kp), _parse_pred(probs=meter_probs, **mp)
+        return parse(key_probs, meter_probs)
 
     end = order.index(reads["whole"])
     rec = {"first": pred(seq, out.key_probs[end], out.meter_probs[end])}
@@ -60,9 +63,9 @@ def _readings(model, piece: EvalPiece, window: int, whole_max_tokens: int | None
         rec[n] = pred(seq[: reads[n]], out.key_probs[row], out.meter_probs[row])
     if whole_max_tokens is not None:
         music = piece.tokens[:whole_max_tokens]
-        k_end, m_end, k_mean, m_mean = read_whole_piece(model, music)
-        rec["whole"] = pred(music, k_end, m_end)
-        rec["whole_mean"] = pred(music, k_mean, m_mean)
+        end, whole = read_whole_piece(model, music)
+        rec["whole"] = parse(end.key_probs, end.meter_probs)
+        rec["whole_mean"] = parse(whole.key_probs, whole.meter_probs)
     return rec
 
 

@@ -27,8 +27,10 @@ Choices the design leaves open (all fixed here, so numbers compare across runs):
 - Whole piece (key.whole.*, key.whole_mean.*; off with whole_max_tokens=0): the piece, up to
   whole_max_tokens tokens, read as the bridge hears it and as `typemoe analyze` reads it
   (typemoe.listening: one session fed bar by bar, its context sliding when full). "whole" is the
-  running estimate at the end of the piece; "whole_mean" the argmax of the key / meter probabilities
-  averaged over every bar line of the piece (`typemoe analyze`'s answer for the whole piece). The baselines read
+  running estimate at the end of the piece (listening.at_end: the heads fused with the notes of the
+  context they read, as the bridge shows it); "whole_mean" the answer for the whole piece
+  (listening.whole_piece, `typemoe analyze`'s: the key answers at every bar line averaged, the meter
+  head's mean over the bar lines fused with the rhythm of every note). The baselines read
   the same notes (key.baselines.NAME.whole).
 - Key signature (key.signature, key.whole.signature, key.baselines.NAME.signature): for sources whose key
   label is only the file's key-signature meta (training/evaluation/eval_data.py META_KEY_SOURCES: classical_piano,

@@ -13,8 +13,9 @@ bridge and `typemoe eval` use. No --model: the shipped default, typemoe/default_
 
 analyze reads the whole piece the way the bridge hears it (all pitched tracks merged, time and key
 signatures ignored, fed bar by bar through one session whose context slides when full) and answers for the
-whole piece: the key and meter heads averaged over its bar lines, fused with its notes' pitch classes and
-rhythm, the probabilities as confidences; --json adds the running estimate at the end ("at_end") and where
+whole piece (typemoe.listening.whole_piece): the key answered at every bar line (the key head fused with the
+pitch classes of the notes it read) and averaged, the meter head's mean fused with the rhythm of every
+note, the probabilities as confidences; --json adds the running estimate at the end ("at_end") and where
 it stood after 1, 2, 4 and 8 bars ("after_bars"). When an emotion classifier is at hand it also reports the piece's
 EMOPIA quadrant (Q1..Q4, the class head pooled over every token): --emotion-model DIR, else the `emotion/`
 sub-directory of the model directory (typemoe/default_model/emotion/ for the shipped model; see
@@ -46,7 +47,7 @@ import numpy as np
 
 from typemoe import analysis, decoding, note_writer, sampling
 from typemoe.export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
-from typemoe.listening import bar_chunks, listen, whole_piece
+from typemoe.listening import at_end, bar_chunks, listen, whole_piece
 from typemoe.shipped import default_model_dir, emotion_dir
 
 log = logging.getLogger(__name__)
@@ -165,14 +166,14 @@ def _tokens(vocab, score, path: Path) -> list[int]:
         raise ToolError(f"{path}: {err}") from err
 
 
-def _estimate(model, out, ids: Sequence[int]) -> dict:
-    """Key and meter from the model directory's readers (the notes' pitch classes fused with the key head,
-    typemoe.key_fusion; their rhythm fused with the meter head, typemoe.meter) when it has them, else the
-    heads."""
-    fused = getattr(model, "answer", None)  # OrtModel; a PyTorch checkpoint has only its heads
-    key_probs, meter_probs = (
-        fused(ids, out.key_probs, out.meter_probs) if fused else (out.key_probs, out.meter_probs)
-    )
+def _readers(model):
+    """The model directory's key and meter readers (the notes' pitch classes fused with the key head,
+    typemoe.key_fusion; their rhythm fused with the meter head, typemoe.meter): an OrtModel; None for a
+    PyTorch checkpoint, whose heads answer alone."""
+    return model if hasattr(model, "answer") else None
+
+
+def _describe(model, key_probs, meter_probs) -> dict:
     k, m = int(np.argmax(key_probs)), int(np.argmax(meter_probs))
     return {
         "key": model.key_names[k],
@@ -180,6 +181,14 @@ def _estimate(model, out, ids: Sequence[int]) -> dict:
         "meter": model.meter_names[m],
         "meter_confidence": round(float(meter_probs[m]), 4),
     }
+
+
+def _estimate(model, out, ids: Sequence[int]) -> dict:
+    """Key and meter after hearing `ids`, from the heads at their end and the directory's readers."""
+    readers = _readers(model)
+    if readers is None:
+        return _describe(model, out.key_probs, out.meter_probs)
+    return _describe(model, *readers.answer(ids, out.key_probs, out.meter_probs))
 
 
 def _prefix_bars(vocab, ids: Sequence[int], bars: int) -> list[int]:
@@ -191,16 +200,17 @@ def _prefix_bars(vocab, ids: Sequence[int], bars: int) -> list[int]:
 def analyze(model, midi: Path, emotion=None) -> dict:
     """{"key", "key_confidence", "meter", "meter_confidence", "at_end", "after_bars"} of one MIDI file.
 
-    key and meter answer for the whole piece: the heads averaged over its bar lines (whole_piece), fused
-    with every note of it. "at_end" is the running estimate at the end (what the bridge shows once the
-    piece is over) and "after_bars" where it stood after 1, 2, 4 and 8 bars ({"1": {"key", ...}, ...},
+    key and meter answer for the whole piece (typemoe.listening.whole_piece: the key answers at its bar
+    lines averaged, the meter head's mean fused with the rhythm of every note). "at_end" is the running
+    estimate at the end (what the bridge shows once the piece is over, from the context it holds then) and "after_bars" where it stood after 1, 2, 4 and 8 bars ({"1": {"key", ...}, ...},
     the bars the piece has). With an emotion model (open_emotion_model) also "emotion" (Q1..Q4),
     "emotion_confidence" and "emotion_probs" {class: p}."""
     score = read_midi(midi)
     ids = _tokens(model.vocab, score, midi)
     heard = listen(model, ids, report_bars=REPORT_BARS)
-    res = _estimate(model, whole_piece(heard), ids)
-    res["at_end"] = _estimate(model, heard.session.last, ids)
+    whole, end = whole_piece(heard, _readers(model)), at_end(heard, _readers(model))
+    res = _describe(model, whole.key_probs, whole.meter_probs)
+    res["at_end"] = _describe(model, end.key_probs, end.meter_probs)
     res["after_bars"] = {
         str(b): _estimate(model, out, _prefix_bars(model.vocab, ids, b))
         for b, out in sorted(heard.after.items())

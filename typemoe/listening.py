@@ -79,8 +79,9 @@ class Heads:
 
 def answers(heard: Heard, readers=None) -> list[Heads]:
     """The answer at every bar line (heard.at_bars): the heads there fused with the notes of the context
-    they read, as the bridge reports it (bridge/worker.py fuses with the music it holds); the heads alone
-    without readers."""
+    they read; the bridge reports the same fusion over the music it holds (bridge/worker.py: at most a
+    context of ids, so after a slide a few bars more than the session's). The heads alone without
+    readers."""
     if readers is None:
         return [Heads(np.asarray(o.key_probs), np.asarray(o.meter_probs)) for o in heard.at_bars]
     return [

@@ -259,7 +259,7 @@ class Engine(OscCommands):
                     )
                 return
             if self._origin is None:
-                self._origin = math.floor(beat / BEATS_PER_BAR) * BEATS_PER_BAR
+                self._origin = self._stream_origin(beat, t)
             log.debug("note on %d vel %d at beat %.3f", pitch, velocity, beat)
             self._held[pitch] = beat - self._origin
             self._feed(self._tok.note_on(pitch, velocity, beat - self._origin), t, out)
@@ -276,6 +276,17 @@ class Engine(OscCommands):
                 self._phrase[1] = beat
         else:
             self.stats.count("orphan_note_offs")
+
+    def _stream_origin(self, beat: float, t: float) -> float:
+        """Beat 0 of the token stream, fixed by the first note after a reset. Following a DAW's clock: the
+        bar line before it (the timeline's bars are the DAW's). Free-running: the note itself, so the
+        performer's own start is the downbeat. Against the internal grid, whose phase is only when the bridge
+        was launched, a performer's notes could fall anywhere between two grid steps, and the tokens (and the
+        meter read from them) would change with it: the JACK waltz read 3/4 or 4/4 depending on that phase
+        alone (tests/test_bridge_meter_jack.py)."""
+        if self.clock.synced(t):
+            return math.floor(beat / BEATS_PER_BAR) * BEATS_PER_BAR
+        return beat
 
     def _feed(self, ids: list[int], cause_t: float, out: list, *, note_off: bool = False) -> None:
         """Send new stream ids to the model; latency is counted from the note-off that made them final.

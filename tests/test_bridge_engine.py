@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import symusic
 from bridge_fixtures import C_MAJOR_TUNE, Harness, toy_vocab
@@ -27,10 +25,53 @@ def _offline_ids(notes, origin_offset: float) -> list[int]:
 
 def test_stream_equals_offline_tokenization():
     h = Harness()
-    start = h.play(C_MAJOR_TUNE)
+    h.play(C_MAJOR_TUNE)
     h.advance_beats(2)
-    origin = math.floor(start / 4) * 4
-    assert h.fed == _offline_ids(C_MAJOR_TUNE, start - origin)
+    assert C_MAJOR_TUNE[0][0] == 0  # free-running, the first note is the stream's downbeat
+    assert h.fed == _offline_ids(C_MAJOR_TUNE, 0.0)
+
+
+@pytest.mark.parametrize("launch_phase", [0.0, 0.12, 0.37, 1.5, 2.93])
+def test_free_running_stream_does_not_depend_on_when_the_bridge_started(launch_phase):
+    """The same performance, begun at any point of the bridge's internal beat grid (which starts when the
+    bridge is launched), gives the same tokens: the performer's first note is beat 0 of the stream. Anchored
+    to the internal grid instead, a note between two grid steps moves with the launch phase, and so did the
+    meter read from the tokens (a waltz read 4/4 at some phases)."""
+    h = Harness()
+    h.advance_beats(launch_phase)
+    h.play(C_MAJOR_TUNE)
+    h.advance_beats(2)
+    assert h.fed == _offline_ids(C_MAJOR_TUNE, 0.0)
+
+
+def test_following_a_daw_clock_the_stream_keeps_the_daws_bar_lines():
+    """With MIDI clock from a DAW, the stream's bars are the DAW's: a first note played a beat and a half
+    into the DAW's bar sits there in the stream, not on its downbeat."""
+    h = Harness()
+    h.midi_in(0xFA)  # Start: the next pulse is the DAW's beat 0
+    spb = h.engine.clock.seconds_per_beat
+    for _ in range(int(1.5 * PPQN)):
+        h.midi_in(0xF8)
+        h.advance(spb / PPQN)
+    assert h.engine.clock.synced(h.clock.now())
+    start = h.engine.clock.beat_at(h.clock.now())
+    assert start % 4 == pytest.approx(1.5, abs=0.05)
+    for onset, dur, pitch in C_MAJOR_TUNE[:4]:  # played while the pulses keep coming
+        while h.engine.clock.beat_at(h.clock.now()) < start + onset:
+            h.midi_in(0xF8)
+            h.advance(spb / PPQN)
+        h.note(pitch)
+        end = h.engine.clock.beat_at(h.clock.now()) + dur
+        while h.engine.clock.beat_at(h.clock.now()) < end - 1e-6:
+            h.midi_in(0xF8)
+            h.advance(spb / PPQN)
+        h.off(pitch)
+    for _ in range(4 * PPQN):
+        h.midi_in(0xF8)
+        h.advance(spb / PPQN)
+    got = h.fed
+    want = _offline_ids([(o + 1.5, d, p) for o, d, p in C_MAJOR_TUNE[:4]], 0.0)
+    assert got[: len(want)] == want
 
 
 def test_key_sent_on_change_and_every_bar():

@@ -93,11 +93,13 @@ def _continuation(h: Harness, bars: float) -> tuple[object, list[tuple]]:
 
 
 def _waltz(h: Harness) -> float:
-    """Two bars of a 3/4 tune, off the 4-beat grid; returns the stream origin (timeline beat)."""
+    """Two bars of a 3/4 tune begun off the bridge's 4-beat grid; returns the stream origin (timeline beat):
+    free-running, the first note (bridge/engine.py `_stream_origin`)."""
     h.advance_beats(1.25)
     notes = [(0, 1, 66), (1, 1, 70), (2, 1, 73), (3, 2, 66), (5, 1, 68)]
     start = h.play([(o * 1.0, d - 0.1, p) for o, d, p in notes])
-    return math.floor(start / 4) * 4
+    assert h.engine._origin == pytest.approx(start)
+    return h.engine._origin
 
 
 # ---- the pure engine ---------------------------------------------------------------------------------

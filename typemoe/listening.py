@@ -77,22 +77,23 @@ class Heads:
     meter_probs: np.ndarray
 
 
+def _answer(o, ctx, readers) -> Heads:
+    if readers is None:
+        return Heads(np.asarray(o.key_probs), np.asarray(o.meter_probs))
+    return Heads(*readers.answer(ctx, o.key_probs, o.meter_probs))
+
+
 def answers(heard: Heard, readers=None) -> list[Heads]:
     """The answer at every bar line (heard.at_bars): the heads there fused with the notes of the context
     they read; the bridge reports the same fusion over the music it holds (bridge/worker.py: at most a
     context of ids, so after a slide a few bars more than the session's). The heads alone without
     readers."""
-    if readers is None:
-        return [Heads(np.asarray(o.key_probs), np.asarray(o.meter_probs)) for o in heard.at_bars]
-    return [
-        Heads(*readers.answer(ctx, o.key_probs, o.meter_probs))
-        for o, ctx in zip(heard.at_bars, heard.contexts)
-    ]
+    return [_answer(o, ctx, readers) for o, ctx in zip(heard.at_bars, heard.contexts)]
 
 
 def at_end(heard: Heard, readers=None) -> Heads:
     """The running estimate when the piece is over: the last bar line's answer (the context at the end)."""
-    return answers(heard, readers)[-1]
+    return _answer(heard.at_bars[-1], heard.contexts[-1], readers)
 
 
 def whole_piece(heard: Heard, readers=None) -> Heads:

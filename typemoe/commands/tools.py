@@ -202,8 +202,9 @@ def analyze(model, midi: Path, emotion=None) -> dict:
 
     key and meter answer for the whole piece (typemoe.listening.whole_piece: the key answers at its bar
     lines averaged, the meter head's mean fused with the rhythm of every note). "at_end" is the running
-    estimate at the end (what the bridge shows once the piece is over, from the context it holds then) and "after_bars" where it stood after 1, 2, 4 and 8 bars ({"1": {"key", ...}, ...},
-    the bars the piece has). With an emotion model (open_emotion_model) also "emotion" (Q1..Q4),
+    estimate at the end (what the bridge shows once the piece is over, from the context it holds then)
+    and "after_bars" where it stood after 1, 2, 4 and 8 bars ({"1": {"key", ...}, ...}, the bars the
+    piece has). With an emotion model (open_emotion_model) also "emotion" (Q1..Q4),
     "emotion_confidence" and "emotion_probs" {class: p}."""
     score = read_midi(midi)
     ids = _tokens(model.vocab, score, midi)

@@ -370,6 +370,15 @@ class SteerRig:
     def trial(self, seed: int, key_lock: bool) -> Trial:
         """/typemoe/reset, then a TRIAL_BARS-bar continuation; its notes in DAW beats."""
         spb = 60.0 / JACK_BPM
+        # A trial starts once the previous one is over on MIDI too: nothing sounding, nothing new for 0.3 s
+        # (bounded). A snapshot taken while the last trial's MIDI may still be arriving can put its note-ons
+        # first in this one's list: the likely cause of one failure (seed 7, MIDI 66, 66, 68, 70, 66, 73
+        # against the first /typemoe/note 73; the bridge sends each note-on with its report).
+        quiet_by = time.monotonic() + 3.0
+        while time.monotonic() < quiet_by and (
+            self.recv.hanging() or (self.recv.events and time.monotonic() - self.recv.events[-1][0] < 0.3)
+        ):
+            self.peer.pump(0.05)
         self.peer.send("/typemoe/reset")
         self.peer.send("/typemoe/set", "key_lock", int(key_lock))
         self.peer.send("/typemoe/set", "seed", seed)

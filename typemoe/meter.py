@@ -90,8 +90,11 @@ class MeterFusion:
 
     def probs(self, rhythm: np.ndarray, head_log_probs: np.ndarray | None = None) -> np.ndarray:
         """(M,) meter probabilities (or (N, M) for stacked inputs)."""
-        z = self.features(rhythm, head_log_probs) @ self.weights + self.bias
-        return np.exp(_log_softmax(z / self.temperature))
+        return np.exp(_log_softmax(self._logits(rhythm, head_log_probs) / self.temperature))
+
+    def _logits(self, rhythm: np.ndarray, head_log_probs: np.ndarray | None) -> np.ndarray:
+        """The regression's logits before the temperature."""
+        return self.features(rhythm, head_log_probs) @ self.weights + self.bias
 
     def calibrate(
         self, rhythm: np.ndarray, labels: np.ndarray, head_log_probs: np.ndarray | None = None
@@ -102,7 +105,7 @@ class MeterFusion:
         accuracy warrants; the live readout's hysteresis compares probabilities, so they should mean what
         they say."""
         y = np.asarray(labels, dtype=np.int64)
-        z = self.features(rhythm, head_log_probs) @ self.weights + self.bias  # (N, M)
+        z = self._logits(rhythm, head_log_probs)  # (N, M)
         grid = np.exp(np.linspace(np.log(0.05), np.log(5.0), 201))
         nll = [-_log_softmax(z / g)[np.arange(len(y)), y].mean() for g in grid]
         self.temperature = float(grid[int(np.argmin(nll))])

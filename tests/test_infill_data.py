@@ -216,3 +216,34 @@ def test_finetune_from_an_older_checkpoint_grows_it(tmp_path, vocab):
     for classes in (None, ["Q1", "Q2"]):  # conditional generation, and a fresh classification head
         grown = init_model(tmp_path / "old", "emotion" if classes else "conditional", classes, vocab)
         assert grown.cfg.vocab_size == vocab.size
+
+
+def test_finetune_head_only_keeps_an_older_checkpoints_vocabulary(tmp_path):
+    """--head-only grows nothing: from a checkpoint saved before the infilling tokens, the fine-tuned model
+    keeps that vocabulary and every weight, so its graph answers exactly as the old one (the shipped
+    model's emotion head was trained this way)."""
+    torch = pytest.importorskip("torch")
+    from training_fixtures import build_shards
+
+    from typemoe import checkpoint
+    from typemoe.model import TypeMoE
+    from typemoe.training.learn import finetune
+    from typemoe.training.learn.presets import PRESETS
+
+    new, old = TypedVocab.default(), legacy_vocab()
+    shards = build_shards(tmp_path / "m21", n=16)  # base-token ids only: the same ids in both vocabularies
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest.update(vocab_hash=old.hash, vocab_size=old.size)  # shards as the old tokenizer wrote them
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    torch.manual_seed(1)
+    model = TypeMoE(replace(PRESETS["tiny"](new).model, vocab_size=old.size), old.type_of)
+    checkpoint.save(model, tmp_path / "old", vocab=old, extra_meta={})
+    out = tmp_path / "genre"
+    args = ["--task", "genre", "--head-only", "--from", str(tmp_path / "old"), "--data", str(shards)]
+    args += ["--out", str(out), "--max-steps", "2", "--batch-size", "2", "--micro-batch", "2"]
+    assert finetune.main([*args, "--seq-len", "64", "--threads", "1"]) == 0
+    tuned = checkpoint.load(out / "latest")
+    assert tuned.cfg.vocab_size == old.size
+    assert TypedVocab.load(out / "latest").hash == old.hash
+    before, after = model.state_dict(), tuned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

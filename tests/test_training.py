@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from training_fixtures import REPO, build_shards, losses_of, python_env, read_metrics, run_module, tiny_args
 
 from typemoe import checkpoint
@@ -105,6 +106,37 @@ def test_sampler_is_rank_independent(pieces, vocab):
     ref = WindowSampler(pieces, vocab, cfg)
     ref.next_step(), ref.next_step()
     assert all(np.array_equal(x.idx, y.idx) for x, y in zip(resumed.next_step(), ref.next_step()))
+
+
+def test_minor_share_repeats_minor_pieces_and_drops_none(vocab):
+    from dataclasses import replace
+
+    from typemoe.training.learn.data import epoch_pieces
+
+    key = np.r_[np.arange(80) % 12, 12 + np.arange(10) % 12, np.full(10, -1)]  # 80 major, 10 minor, 10 none
+    toy = Pieces(
+        ids=[f"p{i}" for i in range(100)],
+        tokens=[np.zeros(4, np.int64)] * 100,
+        labels={"key": key},
+        label_names={},
+        split=np.asarray(["train"] * 100, dtype=object),
+        vocab_hash="x",
+    )
+    assert np.array_equal(epoch_pieces(toy, 0.0), np.arange(100))
+    assert np.array_equal(epoch_pieces(toy, 0.1), np.arange(100))  # below the data's own share: as it is
+    ep = epoch_pieces(toy, 0.35)
+    assert set(ep.tolist()) == set(range(100))  # every piece still comes
+    k = key[ep]
+    share = (k >= 12).sum() / (k >= 0).sum()
+    assert abs(share - 0.35) < 0.01, share
+    counts = np.bincount(ep, minlength=100)
+    assert counts[80:90].min() >= 4 and counts[80:90].max() - counts[80:90].min() <= 1  # spread evenly
+    assert (counts[:80] == 1).all() and (counts[90:] == 1).all()
+    # the training stream draws each epoch's list once, shuffled
+    cfg = replace(tiny(vocab), batch_size=8, micro_batch=2, seq_len=64, minor_share=0.35)
+    sampler = WindowSampler(toy, vocab, cfg)
+    drawn = [sampler._piece_of(g) for g in range(len(ep))]
+    assert sorted(drawn) == sorted(ep.tolist()) and drawn != ep.tolist()
 
 
 def test_label_fraction_is_by_piece(pieces):
@@ -306,6 +338,34 @@ def test_finetune_classification_and_label_set(shards, tmp_path, capsys):
         finetune.main(["--task", "emotion", "--from", str(pre), "--out", str(tmp_path / "g4"), *common]) == 2
     )
     assert "emotion" in capsys.readouterr().err
+
+
+def test_finetune_head_only_keeps_every_other_weight(shards, tmp_path, capsys):
+    """--head-only trains the classification head alone: the trunk and the next-token, key and meter heads
+    come out bit-identical, so one graph can carry the pre-trained heads and the new one."""
+    pre = tmp_path / "pre"
+    assert pretrain.main(tiny_args(shards, pre, steps=2)) == 0
+    common = ["--data", str(shards), "--max-steps", "3", "--batch-size", "4", "--micro-batch", "2"]
+    common += ["--seq-len", "64", "--threads", "1", "--lr", "1e-2"]
+    ft = tmp_path / "head"
+    args = ["--task", "genre", "--head-only", "--no-humanize", "--from", str(pre), "--out", str(ft), *common]
+    assert finetune.main(args) == 0
+    saved = json.loads((ft / "latest" / "train_state.json").read_text())["config"]
+    assert saved["head_only"] is True and saved["humanize"] is False
+    before = checkpoint.load(pre / "latest").state_dict()
+    after = checkpoint.load(ft / "latest").state_dict()
+    assert set(after) - set(before) == {"cls_head.weight", "cls_head.bias"}
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == [], changed
+    # the whole model moves without the flag (so the check above can fail)
+    full = tmp_path / "full"
+    assert finetune.main(["--task", "genre", "--from", str(pre), "--out", str(full), *common]) == 0
+    moved = checkpoint.load(full / "latest").state_dict()
+    assert any(not torch.equal(before[k], moved[k]) for k in before)
+    # a task without a classification head is refused by name
+    args = ["--task", "conditional", "--head-only", "--from", str(pre), "--out", str(tmp_path / "c"), *common]
+    assert finetune.main(args) == 2
+    assert "head_only" in capsys.readouterr().err
 
 
 def test_finetune_conditional(shards, tmp_path):

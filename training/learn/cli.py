@@ -121,6 +121,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="share of windows that carry their control tokens (default: the preset's, 0.5)",
     )
     p.add_argument(
+        "--minor-share",
+        type=float,
+        default=None,
+        help="repeat pieces in a minor key until they make this share of the key-labelled pieces of an "
+        "epoch (default: 0 = each piece once, or the resumed run's)",
+    )
+    p.add_argument(
         "--no-humanize",
         action="store_true",
         help="train on the windows as they are, without performer augmentation (for ablations only)",
@@ -148,6 +155,17 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.5,
         help="conditional: drop each control token with this probability (default: 0.5)",
+    )
+    p.add_argument(
+        "--no-humanize",
+        action="store_true",
+        help="train on the windows as they are, without performer augmentation (a classification head "
+        "whose label lives in the playing itself: emotion's arousal in the velocities)",
+    )
+    p.add_argument(
+        "--head-only",
+        action="store_true",
+        help="classification: train the new head alone; every other weight and head stays as --from had it",
     )
 
 

@@ -120,10 +120,19 @@ class TrainConfig:
     key_move_p: float = 0.25
     """Of the windows with a key control, the share whose music starts in another key (the first part
     transposed away) and reaches the control's key at a bar line: "continue this in another key"."""
+    minor_share: float = 0.0
+    """Pre-training: repeat the pieces labelled with a minor key in every epoch until they make about this
+    share of the key-labelled pieces (the training corpora are ~15 % minor, the music people play is not,
+    and the key head learns that prior: it reads minor pieces as their relative major). 0 = each piece
+    once; a share below the data's own never drops pieces."""
     infill_p: float = 0.0
     """Share of windows rearranged for fill-in-the-middle (training/learn/infill_data.py): n = 1-4 whole bars
     moved after the rest, between Infill_* tokens. 0 = off; `typemoe train` uses 0.25. Needs a
     vocabulary with the infilling tokens (typemoe/vocab.py)."""
+    head_only: bool = False
+    """Classification fine-tuning: train the classification head alone. Every other weight stays exactly
+    as --from had it, so the model keeps its next-token, key and meter heads and one exported graph
+    carries them all with the new head (how the shipped model got its emotion head)."""
     humanize: bool = True
     """Redraw each window as a performer might play it (training/learn/humanize.py: velocity, timing,
     articulation, top voice), so no head can read a source's signature."""
@@ -155,9 +164,13 @@ class TrainConfig:
             raise ValueError(f"labelled_fraction must be in [0, 1], got {self.labelled_fraction}")
         if not 0 <= self.transpose <= 11:
             raise ValueError(f"transpose must be in 0..11 semitones, got {self.transpose}")
+        if not 0.0 <= self.minor_share < 1.0:
+            raise ValueError(f"minor_share must be in [0, 1), got {self.minor_share}")
         for name in ("control_dropout", "control_p", "key_move_p", "infill_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.head_only and self.task not in ("genre", "emotion", "composer"):
+            raise ValueError(f"head_only trains a classification head; task {self.task!r} has none")
         if self.infill_p > 0 and self.task not in ("pretrain", "conditional"):
             raise ValueError(f"infill_p is for generation (pretrain, conditional), not task {self.task!r}")
         for name in ("log_every", "eval_every", "ckpt_every", "eval_pieces"):

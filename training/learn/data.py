@@ -388,6 +388,23 @@ def window_controls(cfg) -> bool | float:
     return float(cfg.control_p) if cfg.task == "pretrain" and cfg.control_p > 0 else False
 
 
+N_TONICS = len(analysis.TONICS)  # analysis.KEYS: index = tonic pitch class + N_TONICS * minor
+
+
+def epoch_pieces(pieces: Pieces, minor_share: float) -> np.ndarray:
+    """The piece indices of one epoch, before shuffling: every piece once, and the pieces labelled with a
+    minor key repeated (in order, cycling) until they make about `minor_share` of the key-labelled ones."""
+    every = np.arange(len(pieces))
+    key = pieces.label("key")
+    minor = np.flatnonzero(key >= N_TONICS)
+    n_major = int(((key >= 0) & (key < N_TONICS)).sum())
+    if minor_share <= 0 or len(minor) == 0 or n_major == 0:
+        return every
+    want = round(minor_share / (1.0 - minor_share) * n_major)  # minor slots for that share
+    extra = want - len(minor)
+    return every if extra <= 0 else np.concatenate([every, np.resize(minor, extra)])
+
+
 class WindowSampler:
     """The deterministic, rank-sharded stream of training windows (see the module docstring)."""
 
@@ -400,6 +417,7 @@ class WindowSampler:
         self.state = SamplerState(seed=cfg.seed, n_pieces=len(pieces), batch_size=cfg.batch_size)
         self.humanizer = Humanizer(vocab) if cfg.humanize else None
         self.fim = infill_data.FimOps(vocab) if getattr(cfg, "infill_p", 0) > 0 else None
+        self._epoch = epoch_pieces(pieces, getattr(cfg, "minor_share", 0.0))  # (N,) before shuffling
         self._perm_epoch, self._perm = -1, None
 
     def load_state(self, d: dict) -> None:
@@ -415,12 +433,12 @@ class WindowSampler:
         self.state.step = want.step
 
     def _piece_of(self, g: int) -> int:
-        n = len(self.pieces)
+        n = len(self._epoch)
         epoch = g // n
         if epoch != self._perm_epoch:
             self._perm = np.random.default_rng((self.cfg.seed, 7919, epoch)).permutation(n)
             self._perm_epoch = epoch
-        return int(self._perm[g % n])
+        return int(self._epoch[self._perm[g % n]])
 
     def sample(self, g: int) -> Sample:
         cfg = self.cfg

@@ -88,6 +88,16 @@ def init_model(src: Path, task: str, class_names: list[str] | None, vocab=None) 
     return model.train()
 
 
+def _own_vocab(src: Path):
+    """The vocabulary a checkpoint was saved with (its tokenizer.json and types.json)."""
+    from typemoe.vocab import TypedVocab, VocabError
+
+    try:
+        return TypedVocab.load(src)
+    except VocabError as err:
+        raise ValueError(f"--from {src}: --head-only needs the checkpoint's own vocabulary: {err}") from err
+
+
 def build_config(args, model_cfg, task: str) -> TrainConfig:
     cls = task in CLS_TASKS
     cfg = TrainConfig(
@@ -109,7 +119,12 @@ def build_config(args, model_cfg, task: str) -> TrainConfig:
         ckpt_every=100,
     )
     cfg = apply_overrides(cfg, args)
-    return replace(cfg, infill_p=getattr(args, "infill_p", None) or 0.0)
+    return replace(
+        cfg,
+        infill_p=getattr(args, "infill_p", None) or 0.0,
+        head_only=getattr(args, "head_only", False),
+        humanize=not getattr(args, "no_humanize", False),
+    )
 
 
 def run(args) -> int:
@@ -134,6 +149,8 @@ def run(args) -> int:
                 f"--from {src} was trained with vocabulary {pre_meta['vocab_hash'][:12]}, "
                 f"this code has {vocab.hash[:12]}"
             )
+        if getattr(args, "head_only", False) and pre_cfg.vocab_size != vocab.size:
+            vocab = _own_vocab(src)  # nothing may grow: every other weight stays as --from had it
         loop.check_resume_target(args.out, args.resume)
         pieces = load_pieces(args.data, vocab)
         class_names = None

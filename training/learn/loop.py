@@ -202,6 +202,9 @@ def train(
     if model is None:
         model = TypeMoE(cfg.model, vocab.type_of)
     model.to(device).train()
+    if cfg.head_only:  # only the classification head learns; the trunk and the other heads stay as they are
+        model.requires_grad_(False)
+        model.cls_head.requires_grad_(True)
     names = term_names(cfg, model.cfg)
     cls_task = cfg.task if "cls" in names else None
     ema = None

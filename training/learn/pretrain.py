@@ -58,6 +58,8 @@ def build_config(args, vocab):
         cfg = replace(cfg, labelled_fraction=args.labelled_fraction)
     if getattr(args, "control_p", None) is not None:
         cfg = replace(cfg, control_p=args.control_p)
+    if getattr(args, "minor_share", None) is not None:
+        cfg = replace(cfg, minor_share=args.minor_share)
     if getattr(args, "no_humanize", False):
         cfg = replace(cfg, humanize=False)
     infill_p = getattr(args, "infill_p", None)

@@ -16,11 +16,11 @@ signatures ignored, fed bar by bar through one session whose context slides when
 whole piece (typemoe.listening.whole_piece): the key answered at every bar line (the key head fused with the
 pitch classes of the notes it read) and averaged, the meter head's mean fused with the rhythm of every
 note, the probabilities as confidences; --json adds the running estimate at the end ("at_end") and where
-it stood after 1, 2, 4 and 8 bars ("after_bars"). When an emotion classifier is at hand it also reports the piece's
-EMOPIA quadrant (Q1..Q4, the class head pooled over every token): --emotion-model DIR, else the `emotion/`
-sub-directory of the model directory (typemoe/default_model/emotion/ for the shipped model; see
-typemoe/shipped.py). Without one the output has no emotion line. The sub-model is an exported model
-directory with its own manifest, verified at load like the main one: a corrupt file is refused by name.
+it stood after 1, 2, 4 and 8 bars ("after_bars"). When the model has an emotion head (the shipped one does) it also
+reports the piece's EMOPIA quadrant (Q1..Q4: the class head pooled over every token the session heard,
+read in the same pass as the key and meter); --emotion-model DIR takes it from another exported classifier
+instead (verified at load like the main model: a corrupt file is refused by name). A model without an
+emotion head and no --emotion-model: no emotion line.
 
 generate writes the prompt file unchanged (every track, tempo and timing as it was; a tempo of 120 qpm is
 added when the prompt has none) plus one new track holding the continuation. The continuation starts on
@@ -48,7 +48,7 @@ import numpy as np
 from typemoe import analysis, decoding, note_writer, sampling
 from typemoe.export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
 from typemoe.listening import at_end, bar_chunks, listen, whole_piece
-from typemoe.shipped import default_model_dir, emotion_dir
+from typemoe.shipped import default_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +110,14 @@ def open_model(path: Path | None):
     return TorchModel(ckpt)
 
 
-def open_emotion_model(path: Path | None, *, model: Path | None = None):
-    """The emotion classifier for analyze, an export.runtime.OrtModel, or None when there is none.
+def open_emotion_model(path: Path | None):
+    """The separate emotion classifier named by --emotion-model (an export.runtime.OrtModel), or None.
 
-    Args:
-        path: an exported emotion model directory (--emotion-model); None: the `emotion/` sub-directory of
-            `model`, or of the shipped default model when `model` is None, if that sub-directory exists.
-        model: the --model path of the main model.
     Raises:
-        ToolError: the directory is missing (when given), corrupt (naming the file) or has no Q1..Q4 head.
+        ToolError: the directory is missing, corrupt (naming the file) or has no Q1..Q4 head.
     """
     if path is None:
-        path = emotion_dir(default_model_dir() if model is None else model)
-        if not path.is_dir():
-            return None
+        return None
     path = Path(path)
     if not path.exists():
         raise ToolError(f"emotion model {path} does not exist")
@@ -133,13 +127,18 @@ def open_emotion_model(path: Path | None, *, model: Path | None = None):
         emo = OrtModel(path, provider="auto")
     except ModelDirError as err:
         raise ToolError(f"emotion model: {err}") from err
-    names = emo.class_names
-    if not names or not set(names) <= set(analysis.EMOTIONS):
+    if not has_emotion_head(emo):
         raise ToolError(
-            f"emotion model {path} has no emotion head (its classes: {names}); pass a model exported from "
-            "`typemoe finetune --task emotion`"
+            f"emotion model {path} has no emotion head (its classes: {emo.class_names}); pass a model "
+            "exported from `typemoe finetune --task emotion`"
         )
     return emo
+
+
+def has_emotion_head(model) -> bool:
+    """True when the model's classification head names EMOPIA quadrants (Q1..Q4)."""
+    names = model.class_names
+    return bool(names) and set(names) <= set(analysis.EMOTIONS)
 
 
 # --------------------------------------------------------------------------- analyze
@@ -204,8 +203,8 @@ def analyze(model, midi: Path, emotion=None) -> dict:
     lines averaged, the meter head's mean fused with the rhythm of every note). "at_end" is the running
     estimate at the end (what the bridge shows once the piece is over, from the context it holds then)
     and "after_bars" where it stood after 1, 2, 4 and 8 bars ({"1": {"key", ...}, ...}, the bars the
-    piece has). With an emotion model (open_emotion_model) also "emotion" (Q1..Q4),
-    "emotion_confidence" and "emotion_probs" {class: p}."""
+    piece has). With an emotion head (the model's own, else the separate `emotion` classifier of
+    open_emotion_model) also "emotion" (Q1..Q4), "emotion_confidence" and "emotion_probs" {class: p}."""
     score = read_midi(midi)
     ids = _tokens(model.vocab, score, midi)
     heard = listen(model, ids, report_bars=REPORT_BARS)
@@ -217,15 +216,17 @@ def analyze(model, midi: Path, emotion=None) -> dict:
         for b, out in sorted(heard.after.items())
     }
     if emotion is not None:
-        res.update(_emotion(emotion, score, ids if emotion.vocab.hash == model.vocab.hash else None, midi))
+        emo_ids = ids if emotion.vocab.hash == model.vocab.hash else _tokens(emotion.vocab, score, midi)
+        res.update(_emotion(emotion, listen(emotion, emo_ids)))
+    elif has_emotion_head(model):
+        res.update(_emotion(model, heard))
     return res
 
 
-def _emotion(emo, score, ids: list[int] | None, midi: Path) -> dict:
-    """The class head pooled over every token of the piece (the running mean of a session fed bar by bar)."""
-    if ids is None:  # another vocabulary than the main model's
-        ids = _tokens(emo.vocab, score, midi)
-    probs = np.asarray(listen(emo, ids).session.last.class_probs, dtype=np.float64)  # (C,)
+def _emotion(emo, heard) -> dict:
+    """The class head pooled over every token the session heard (the running mean of a session fed bar by
+    bar, slid-out tokens included)."""
+    probs = np.asarray(heard.session.last.class_probs, dtype=np.float64)  # (C,)
     probs /= probs.sum()
     c = int(np.argmax(probs))
     return {
@@ -326,7 +327,7 @@ def _write(text: str) -> None:
 def _analyze_cmd(args: argparse.Namespace) -> int:
     try:
         model = open_model(args.model)
-        emotion = open_emotion_model(args.emotion_model, model=args.model)
+        emotion = open_emotion_model(args.emotion_model)
         res = analyze(model, args.file, emotion)
     except ToolError as err:
         sys.stderr.write(f"error: {err}\n")
@@ -387,7 +388,7 @@ def add_parsers(subparsers) -> None:
     a.add_argument(
         "--emotion-model",
         type=Path,
-        help="exported emotion classifier dir (default: the emotion/ sub-dir of the model dir, if any)",
+        help="a separate exported emotion classifier (default: the model's own emotion head, if it has one)",
     )
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(func=_analyze_cmd)

@@ -379,7 +379,7 @@ def add_parsers(subparsers) -> None:
     """Register `analyze` and `generate` on an argparse subparsers object."""
     a = subparsers.add_parser(
         "analyze",
-        help="key, meter (and emotion, with an emotion model) of a MIDI file, with confidences",
+        help="key, meter (and emotion, when the model has an emotion head) of a MIDI file, with confidences",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -93,3 +93,38 @@ def test_a_lost_pulse_is_recounted():
     t = 1.0 + ks[-1] * period
     b0 = c.beat_at(1.0)
     assert c.beat_at(t) - b0 == pytest.approx(ks[-1] / PPQN, abs=0.01)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: the lost-pulse recount needs 6 pulses in a row a whole pulse off the fitted line, "
+    "and late bursts on a busy machine break the run before the line adapts; the bridge stays a pulse off "
+    "(the cause of the MIDI-clock grid JACK test's failure at 140 BPM in a fresh-clone CI run)",
+)
+@pytest.mark.parametrize("seed", [0, 1, 2, 4])  # seed 3 happens to recount today
+def test_a_lost_pulse_is_recounted_while_pulses_arrive_late_in_bursts(seed):
+    """A busy machine: every few pulses our thread stalls and 1-3 pulses arrive together, 10-40 ms late,
+    and one pulse is lost on the way. The count must still come back to the pulses' own lattice."""
+    rng = random.Random(seed)
+    bpm = 140.0
+    c = BeatClock(tempo=120.0, t0=0.0)
+    period = 60.0 / bpm / PPQN
+    lost = PPQN * 4 + rng.randrange(PPQN)
+    k, ks = 0, []
+    while k < PPQN * 12:
+        if rng.random() < 0.3:  # a stall: the next 1-3 pulses arrive together when it ends
+            n = rng.randint(1, 3)
+            at = 1.0 + (k + n - 1) * period + rng.uniform(0.010, 0.040)
+            for j in range(k, k + n):
+                if j != lost:
+                    c.on_pulse(at)
+                    ks.append(j)
+            k += n
+            continue
+        if k != lost:
+            c.on_pulse(1.0 + k * period + rng.uniform(0, 0.0013))
+            ks.append(k)
+        k += 1
+    t = 1.0 + ks[-1] * period
+    b0 = round(c.beat_at(1.0) * PPQN) / PPQN  # the first pulse's beat, on the lattice
+    assert (c.beat_at(t) - b0) * PPQN == pytest.approx(ks[-1], abs=0.3)

@@ -99,7 +99,8 @@ def test_a_lost_pulse_is_recounted():
     strict=True,
     reason="known defect: the lost-pulse recount needs 6 pulses in a row a whole pulse off the fitted line, "
     "and late bursts on a busy machine break the run before the line adapts; the bridge stays a pulse off "
-    "(the cause of the MIDI-clock grid JACK test's failure at 140 BPM in a fresh-clone CI run)",
+    "(a candidate cause, not proven, of the MIDI-clock grid JACK test's failure at 140 BPM in a fresh-clone "
+    "CI run: a detector robust to both, tried, passed these tests but put the bridge a pulse off over JACK)",
 )
 @pytest.mark.parametrize("seed", [0, 1, 2, 4])  # seed 3 happens to recount today
 def test_a_lost_pulse_is_recounted_while_pulses_arrive_late_in_bursts(seed):
@@ -128,3 +129,22 @@ def test_a_lost_pulse_is_recounted_while_pulses_arrive_late_in_bursts(seed):
     t = 1.0 + ks[-1] * period
     b0 = round(c.beat_at(1.0) * PPQN) / PPQN  # the first pulse's beat, on the lattice
     assert (c.beat_at(t) - b0) * PPQN == pytest.approx(ks[-1], abs=0.3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: a DAW tempo step drifts the arrivals against the fitted line for 6 pulses in a row "
+    "and the lost-pulse rule recounts a pulse that was never lost",
+)
+@pytest.mark.parametrize(("before", "after"), [(100.0, 130.0), (140.0, 90.0)])
+def test_a_tempo_change_is_not_a_lost_pulse(before, after):
+    """The DAW changes tempo: arrivals drift against the old period, but every pulse still counts one."""
+    c = BeatClock(tempo=120.0, t0=0.0)
+    rng = random.Random(0)
+    c.on_pulse(1.0)
+    b0, t, k = c.beat_at(1.0), 1.0, 0
+    for bpm in [before] * (PPQN * 4) + [after] * (PPQN * 8):
+        t += 60.0 / bpm / PPQN
+        k += 1
+        c.on_pulse(t + rng.uniform(0, 0.0013))
+    assert (c.beat_at(t) - b0) * PPQN == pytest.approx(k, abs=0.3)

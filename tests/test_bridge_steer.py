@@ -391,7 +391,12 @@ class SteerRig:
         self.peer.pump(max(0.0, t_first + TRIAL_BARS * 3 * spb + 0.3 - time.monotonic()))
         osc = [args for _, a, args in self.peer.received[n_osc:] if a == "/typemoe/note"]
         ons = [(t, d) for t, d in self.recv.events[n_midi:] if len(d) == 3 and d[0] & 0xF0 == 0x90 and d[2]]
-        assert ons and ons[0][1][1] == osc[0][0], "the first note-on over JACK is the first /typemoe/note"
+        assert ons and ons[0][1][1] == osc[0][0], (
+            f"the first note-on over JACK is the first /typemoe/note (seed {seed}): MIDI "
+            f"{[d[1] for _, d in ons[:10]]} at {[round(t - t_first, 3) for t, _ in ons[:10]]} s from the first "
+            f"report, /typemoe/note {[a[0] for a in osc[:10]]}; {len(self.recv.events) - n_midi} MIDI events "
+            f"since the snapshot:\n{self.log_text()}"
+        )
         # The reported beats are the bridge's timeline, which the clock keeps 4-beat aligned with the DAW's
         # (timeline = DAW + 4m): m from the first note's arrival on the pulses the clock thread sent.
         k = min(range(len(self.clock.sent)), key=lambda i: abs(self.clock.sent[i] - ons[0][0]))

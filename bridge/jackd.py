@@ -2,6 +2,7 @@
 
     from typemoe.bridge.jackd import jack_server
     with jack_server("typemoe-bench-123", period=64) as name:   # jackd -n NAME --no-realtime -d dummy
+    with jack_server(name, realtime=realtime_allowed()) as name:  # jackd -R where SCHED_FIFO is allowed
         ...   # python-rtmidi's JACK API (and a bridge started with --midi-api jack) now uses this server
 
 Inside the block JACK_DEFAULT_SERVER names the server and JACK_NO_START_SERVER=1 stops libjack from
@@ -32,17 +33,34 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def realtime_allowed() -> bool:
+    """Whether processes here may use SCHED_FIFO, as `jackd -R` and its clients' process threads do
+    (root, or an rtprio limit from the audio group): `chrt -f 1 true` is tried."""
+    chrt = shutil.which("chrt")
+    if chrt is None:
+        return False
+    try:
+        return subprocess.run([chrt, "-f", "1", "true"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 @contextlib.contextmanager
 def jack_server(
     name: str,
     *,
     period: int = 64,
     rate: int = 48000,
+    realtime: bool = False,
     start_s: float = 10.0,
     kill_after_s: float | None = None,
 ) -> Iterator[str]:
     """Run `jackd -n name --no-realtime -d dummy -r rate -p period` for the block; yields `name`.
 
+    realtime: `-R` instead of `--no-realtime`, as musicians run JACK: the server's and every client's
+        process thread run SCHED_FIFO, so busy Python or ONNX threads cannot starve them. Without it, on
+        a loaded 2-core machine a JACK client misses cycles and loses events, even a C one (jack_midi_dump
+        lost about a quarter of 1,500 notes next to two busy Python threads; with -R none).
     kill_after_s: kill the server after this long whatever happens, so a client stuck on a wedged server
     fails instead of hanging (the tests' safety net).
 
@@ -58,7 +76,18 @@ def jack_server(
     log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)  # noqa: SIM115
     log_path = Path(log.name)
     proc = subprocess.Popen(
-        [exe, "-n", name, "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(period)],
+        [
+            exe,
+            "-n",
+            name,
+            "-R" if realtime else "--no-realtime",
+            "-d",
+            "dummy",
+            "-r",
+            str(rate),
+            "-p",
+            str(period),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

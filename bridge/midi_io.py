@@ -1,7 +1,9 @@
 """MIDI ports through python-rtmidi: virtual `TypeMoE In`/`TypeMoE Out`, or existing ports by name.
 
-The input callback runs on rtmidi's thread and only stamps time and posts (python-rtmidi's midifilter
-example). Ports given with --connect-in/--connect-out are watched: when one vanishes the bridge keeps
+Input is drained from rtmidi's own queue by a thread of ours (`InputPump`), never through rtmidi's
+callback: with JACK that callback runs in the JACK process thread and must take the GIL, and every JACK
+cycle it misses while another Python thread holds the GIL loses that cycle's events. The pump only stamps
+time and posts (python-rtmidi's midifilter example). Ports given with --connect-in/--connect-out are watched: when one vanishes the bridge keeps
 serving, logs it, and reconnects when a port with that name is back (`check()` from the loop).
 """
 
@@ -12,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -92,7 +95,7 @@ def _probe(api: int, name: str) -> tuple[rtmidi.MidiIn, rtmidi.MidiOut]:
     """Both rtmidi objects for one API, or MidiSetupError. JACK never auto-starts a server here."""
     os.environ.setdefault("JACK_NO_START_SERVER", "1")
     try:
-        midi_in = rtmidi.MidiIn(api, name=f"{name} In")
+        midi_in = rtmidi.MidiIn(api, name=f"{name} In", queue_size_limit=4096)
         midi_out = rtmidi.MidiOut(api, name=f"{name} Out")
     except rtmidi.RtMidiError as err:
         hint = {
@@ -151,12 +154,64 @@ class DriverStamper:
         return min(t, max(t - self._MAX_WAIT_S, self._driver + min(self._offsets)))
 
 
+class InputPump:
+    """Drains an rtmidi input's queue from a daemon thread: `on_message(bytes, driver delta)` per message.
+
+    Why not rtmidi's callback: with JACK, rtmidi calls it from the client's process thread, which waits for
+    the GIL; while another Python thread holds it the client misses its cycles and JACK drops their events.
+    Measured (notes/ in the issue log; 1,500 note-ons 3 ms apart, a private jackd, two busy Python threads in
+    the receiving process, this 2-core VM): the callback kept 422-581, this pump 1,429-1,500. Without a
+    callback rtmidi keeps every event in its own C++ queue with the driver's delta time, so polling adds at
+    most `poll_s` of delay and nothing to the timestamps (see DriverStamper).
+
+    Call `stop()` before closing or deleting the port: the thread must not read a port being torn down.
+    """
+
+    def __init__(self, on_message: Callable[[list[int], float], None], poll_s: float = 0.001) -> None:
+        self._on_message = on_message
+        self._poll_s = poll_s
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self, port: rtmidi.MidiIn) -> None:
+        self.stop()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(port, self._stop), name="typemoe-midi-in", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, port: rtmidi.MidiIn, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                msg = port.get_message()
+            except rtmidi.RtMidiError as err:  # a port closed under us: the owner restarts the pump
+                log.debug("MIDI in: reading the queue failed: %s", err)
+                return
+            if msg is None:
+                stop.wait(self._poll_s)
+                continue
+            if not msg[0]:  # an empty message: nothing to post
+                continue
+            try:
+                self._on_message(msg[0], msg[1])
+            except Exception:  # one bad message must not end the input for the rest of the show
+                log.exception("MIDI in: handling %r failed", msg[0])
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it (it never blocks for long: at most one poll interval)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        self._thread = None
+
+
 class MidiPorts:
     """The bridge's input and output ports.
 
     Args:
         cfg: port names, API, connect targets.
-        on_message: called from rtmidi's thread with (bytes tuple, arrival time) -> must only post.
+        on_message: called from the input pump's thread with (bytes tuple, arrival time) -> must only post.
         now: the clock arrival times are given on (the bridge's monotonic clock).
     """
 
@@ -169,6 +224,7 @@ class MidiPorts:
         self.cfg = cfg
         self._on_message = on_message
         self._stamper = DriverStamper(now)
+        self._pump = InputPump(self._received)
         self._in: rtmidi.MidiIn | None = None
         self._out: rtmidi.MidiOut | None = None
         self._in_target: str | None = None  # full name of the port we are connected to
@@ -198,7 +254,6 @@ class MidiPorts:
         else:
             raise MidiSetupError("no MIDI backend could be opened: " + "; ".join(errors))
         self._in.ignore_types(sysex=True, timing=False, active_sense=True)
-        self._in.set_callback(self._callback)
         virtual_needed = self.cfg.connect_in is None or self.cfg.connect_out is None
         if virtual_needed and self.api == "winmm":
             raise MidiSetupError(WINDOWS_HELP)
@@ -221,22 +276,16 @@ class MidiPorts:
                 self._server = (path, ident)
             else:
                 log.info("JACK server socket %s not found: a lost server will not be detected", path)
+        if self.cfg.connect_in is None:
+            self._pump.start(self._in)  # a --connect-in port's pump starts when _follow connects it
         self._follow_ports()
 
-    def _callback(self, message: tuple[list[int], float], _data: object = None) -> None:
-        self._on_message(tuple(message[0]), self._stamper.stamp(message[1]))
+    def _received(self, data: list[int], delta: float) -> None:
+        self._on_message(tuple(data), self._stamper.stamp(delta))
 
     def _quiesce_input(self) -> None:
-        """Stop Python callbacks before closing a port.
-
-        The driver's thread may be waiting for the GIL to run our callback, and closing the port waits for
-        that thread: closing while holding the GIL can deadlock. Cancel the callback, then let the GIL go
-        briefly so a callback in flight finishes.
-        """
-        if self._in is not None:
-            with contextlib.suppress(rtmidi.RtMidiError):
-                self._in.cancel_callback()
-            time.sleep(0.02)
+        """Stop reading the input before its port is closed (the pump's thread must not read it then)."""
+        self._pump.stop()
 
     def send(self, data: tuple[int, ...]) -> None:
         if self._out is None or (self.cfg.connect_out is not None and self._out_target is None):
@@ -338,9 +387,8 @@ class MidiPorts:
         except (rtmidi.RtMidiError, ValueError) as err:
             log.warning("MIDI %s: cannot connect to %r: %s", kind, names[idx], err)
             return None
-        if kind == "in":  # python-rtmidi drops the callback when a port is closed: set it again
-            port.cancel_callback()
-            port.set_callback(self._callback)
+        if kind == "in":
+            self._pump.start(port)
         log.info("MIDI %s: connected to %r", kind, names[idx])
         return names[idx]
 

@@ -39,6 +39,7 @@ def free_udp_port() -> int:
 
 
 _die_with_parent = die_with_parent
+_REALTIME = jackd.realtime_allowed()  # jackd -R where allowed, as on stage (jackd.jack_server says why)
 
 
 @contextlib.contextmanager
@@ -52,7 +53,10 @@ def jack_server(period: int = 64, watchdog_s: float = 240.0):
     global _JACK_SERIAL
     _JACK_SERIAL += 1
     with jackd.jack_server(
-        f"typemoe-test-{os.getpid()}-{_JACK_SERIAL}", period=period, kill_after_s=watchdog_s
+        f"typemoe-test-{os.getpid()}-{_JACK_SERIAL}",
+        period=period,
+        realtime=_REALTIME,
+        kill_after_s=watchdog_s,
     ) as name:
         # A test process stuck inside a JACK call does not come back even when the server dies: dump every
         # thread's stack and exit instead of hanging the suite until CI's own limit. The dump goes to the
@@ -182,16 +186,20 @@ class MidiRecv:
         import rtmidi
 
         self.events: list[tuple[float, tuple[int, ...]]] = []
-        self.midi = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=name)
+        self.midi = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=name, queue_size_limit=4096)
         self.midi.ignore_types(sysex=False, timing=False, active_sense=False)
-        from typemoe.bridge.midi_io import DriverStamper
+        from typemoe.bridge.midi_io import DriverStamper, InputPump
 
         stamper = DriverStamper(time.monotonic)  # arrival as the driver saw it, like a DAW's timestamps
-        self.midi.set_callback(lambda msg, _=None: self.events.append((stamper.stamp(msg[1]), tuple(msg[0]))))
+        # Read like the bridge reads (InputPump), never through rtmidi's callback: that runs in the JACK
+        # thread, waits for the GIL and loses whole cycles of events while this process is busy (three
+        # fresh-clone CI runs failed on notes or clock pulses the bridge had sent and this listener lost).
+        self._pump = InputPump(lambda data, delta: self.events.append((stamper.stamp(delta), tuple(data))))
         if virtual is not None:
             self.midi.open_virtual_port(virtual)
         else:
             self.midi.open_port(_jack_port(self.midi, connect))
+        self._pump.start(self.midi)
 
     def note_ons(self) -> list[tuple[float, int]]:
         return [(t, d[1]) for t, d in self.events if len(d) == 3 and d[0] & 0xF0 == 0x90 and d[2] > 0]
@@ -203,12 +211,8 @@ class MidiRecv:
         return hanging_notes(d for _, d in self.events)
 
     def close(self) -> None:
-        """Cancel the Python callback, let one in flight finish, then close (as bridge.midi_io does): the
-        driver's thread may be waiting for the GIL to run the callback while closing waits for that thread.
-        Two full-suite runs hung at the end of tests/test_bridge_clock_jack.py, after its clients closed,
-        with a thread that had no Python frame (one entering a callback) in the stack dump."""
-        self.midi.cancel_callback()
-        time.sleep(0.05)  # releases the GIL
+        """Stop the reader thread first (it must not read a port being closed), then close."""
+        self._pump.stop()
         self.midi.close_port()
         self.midi.delete()
 

@@ -1,4 +1,4 @@
-"""End to end through a real JACK server (dummy driver, 64-frame periods) and real UDP on loopback.
+"""End to end through a real JACK server (dummy driver, 256-frame periods) and real UDP on loopback.
 
 Every test starts and stops what it needs: a private jackd, the bridge as a subprocess, MIDI peers as
 other processes or JACK clients in this one. Skipped (with the reason) when jackd or python-rtmidi's JACK

@@ -89,6 +89,29 @@ def test_conditional_controls_and_dropout(pieces, vocab):
     assert dropped.ids[1] == ops.bar
 
 
+def test_control_windows_are_short_and_can_start_the_piece(pieces, vocab):
+    """--control-window cuts only the windows that carry controls; --control-start-p 1 starts them all at
+    the piece's first bar (a random bar otherwise)."""
+    ops = TokenOps(vocab)
+    i = max(range(len(pieces.tokens)), key=lambda j: len(pieces.tokens[j]))  # the longest piece
+    tokens = pieces.tokens[i]
+    first_bar = int(np.flatnonzero(tokens == ops.bar)[0])
+    starts = set()
+    for seed in range(20):
+        kw = dict(ops=ops, seq_len=256, controls=True, control_window=48)
+        s = make_sample(pieces, i, np.random.default_rng(seed), **kw)
+        assert len(s.ids) <= 48
+        n_ctrl = int(np.flatnonzero(s.ids == ops.bar)[0]) - 1
+        starts.add(tuple(s.ids[1 + n_ctrl : 1 + n_ctrl + 8].tolist()))
+        s = make_sample(pieces, i, np.random.default_rng(seed), control_start_p=1.0, **kw)
+        n_ctrl = int(np.flatnonzero(s.ids == ops.bar)[0]) - 1
+        music = s.ids[1 + n_ctrl :]
+        assert music.tolist() == tokens[first_bar : first_bar + len(music)].tolist()
+        plain = make_sample(pieces, i, np.random.default_rng(seed), ops=ops, seq_len=256, control_window=48)
+        assert len(plain.ids) > 48  # a window without controls keeps seq_len
+    assert len(starts) > 1  # without control_start_p the windows start at various bars
+
+
 def test_sampler_is_rank_independent(pieces, vocab):
     """Ranks take disjoint slices of the same global batch; the stream depends only on (seed, step)."""
     cfg = tiny(vocab)

@@ -121,6 +121,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="share of windows that carry their control tokens (default: the preset's, 0.5)",
     )
     p.add_argument(
+        "--control-window",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="windows with controls hold at most this many tokens, so the controls weigh in the loss "
+        "(default: 0 = --seq-len)",
+    )
+    p.add_argument(
+        "--control-start-p",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of the windows with controls that start at their piece's first bar (default: 0)",
+    )
+    p.add_argument(
         "--minor-share",
         type=float,
         default=None,

@@ -117,6 +117,15 @@ class TrainConfig:
     music), so the same model runs conditioned and unconditioned. Conditional fine-tuning: always 1.
     The key/meter heads are not trained on windows with controls (they must read the music, not the
     prefix). Classification tasks never carry controls."""
+    control_window: int = 0
+    """Pre-training: a window that carries controls holds at most this many tokens (BOS and controls
+    included); 0 = seq_len. In a long window the music itself soon tells the key and meter, so the
+    controls matter to the loss of its first bars only; short ones make the model use them. On this CPU
+    (1,500 steps from the shipped trunk, every window 128 tokens with controls) the bare-prompt key match
+    rose 0.10 -> 0.27 at guidance 2 where 600 steps of 512-token windows left it at 0.10."""
+    control_start_p: float = 0.0
+    """Pre-training: of the windows that carry controls, the share that start at the piece's first bar
+    (how a piece in that key and meter begins), instead of at a random bar."""
     key_move_p: float = 0.25
     """Of the windows with a key control, the share whose music starts in another key (the first part
     transposed away) and reaches the control's key at a bar line: "continue this in another key"."""
@@ -167,7 +176,11 @@ class TrainConfig:
             raise ValueError(f"transpose must be in 0..11 semitones, got {self.transpose}")
         if not 0.0 <= self.minor_share < 1.0:
             raise ValueError(f"minor_share must be in [0, 1), got {self.minor_share}")
-        for name in ("control_dropout", "control_p", "key_move_p", "infill_p"):
+        if self.control_window and not 16 <= self.control_window <= self.seq_len:
+            raise ValueError(
+                f"control_window must be 0 or in 16..seq_len={self.seq_len}, got {self.control_window}"
+            )
+        for name in ("control_dropout", "control_p", "control_start_p", "key_move_p", "infill_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.head_only and self.task not in ("genre", "emotion", "composer"):

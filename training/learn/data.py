@@ -237,6 +237,8 @@ def make_sample(
     head_start_bar: int = 2,
     controls: bool | float = False,
     control_dropout: float = 0.0,
+    control_window: int = 0,
+    control_start_p: float = 0.0,
     key_move_p: float = 0.0,
     humanizer: Humanizer | None = None,
     tasks=analysis.LABELS,
@@ -244,7 +246,9 @@ def make_sample(
     """One window of piece i; rng=None gives the deterministic view (first bar, no augmentation).
 
     controls: True = the window carries its control prefix; a float p = it does with probability p
-    (drawn from rng; the deterministic view then carries none). The heads are trained only on windows
+    (drawn from rng; the deterministic view then carries none). A window with controls is at most
+    `control_window` tokens long (0 = seq_len) and starts at the piece's first bar with probability
+    `control_start_p` (config.py says why). The heads are trained only on windows
     without a prefix (head_from = the end), so they learn to read the music, not the answer.
     """
     tokens = pieces.tokens[i]
@@ -253,7 +257,7 @@ def make_sample(
     if not isinstance(controls, bool):
         controls = rng is not None and rng.random() < float(controls)
     n_ctrl_max = 4 if controls else 0
-    room = seq_len - 1 - n_ctrl_max  # music tokens that fit
+    room = (control_window if controls and control_window else seq_len) - 1 - n_ctrl_max  # music that fits
     if rng is None or bars.size == 0:
         start = int(bars[0]) if bars.size else 0
         beats, k = 0, 0
@@ -261,6 +265,8 @@ def make_sample(
         last_ok = max(int(len(tokens)) - room, 0)
         starts = bars[bars <= last_ok]
         start = int(rng.choice(starts)) if starts.size else int(bars[0])
+        if controls and control_start_p > 0 and rng.random() < control_start_p:
+            start = int(bars[0])
         beats = int(rng.integers(0, 4)) if phase_shift else 0
         k = 0
         if transpose:
@@ -453,6 +459,8 @@ class WindowSampler:
             head_start_bar=cfg.loss.head_start_bar,
             controls=window_controls(cfg),
             control_dropout=cfg.control_dropout,
+            control_window=cfg.control_window,
+            control_start_p=cfg.control_start_p,
             key_move_p=cfg.key_move_p,
             humanizer=self.humanizer,
         )

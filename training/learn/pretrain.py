@@ -58,6 +58,9 @@ def build_config(args, vocab):
         cfg = replace(cfg, labelled_fraction=args.labelled_fraction)
     if getattr(args, "control_p", None) is not None:
         cfg = replace(cfg, control_p=args.control_p)
+    for name in ("control_window", "control_start_p"):
+        if getattr(args, name, None) is not None:
+            cfg = replace(cfg, **{name: getattr(args, name)})
     if getattr(args, "minor_share", None) is not None:
         cfg = replace(cfg, minor_share=args.minor_share)
     if getattr(args, "no_humanize", False):

@@ -59,8 +59,9 @@ def jack_server(
 
     realtime: `-R` instead of `--no-realtime`, as musicians run JACK: the server's and every client's
         process thread run SCHED_FIFO, so busy Python or ONNX threads cannot starve them. Without it, on
-        a loaded 2-core machine a JACK client misses cycles and loses events, even a C one (jack_midi_dump
-        lost about a quarter of 1,500 notes next to two busy Python threads; with -R none).
+        a loaded 2-core machine JACK clients miss cycles and lose events (measured 2026-12-01: 1,500 notes
+        3 ms apart into a client next to two busy Python threads, 1,429-1,443 arrived without -R,
+        1,494-1,500 with it).
     kill_after_s: kill the server after this long whatever happens, so a client stuck on a wedged server
     fails instead of hanging (the tests' safety net).
 

@@ -193,7 +193,7 @@ class MidiRecv:
         stamper = DriverStamper(time.monotonic)  # arrival as the driver saw it, like a DAW's timestamps
         # Read like the bridge reads (InputPump), never through rtmidi's callback: that runs in the JACK
         # thread, waits for the GIL and loses whole cycles of events while this process is busy (three
-        # fresh-clone CI runs failed on notes or clock pulses the bridge had sent and this listener lost).
+        # fresh-clone CI runs failed on notes or clock pulses that never reached a listener).
         self._pump = InputPump(lambda data, delta: self.events.append((stamper.stamp(delta), tuple(data))))
         if virtual is not None:
             self.midi.open_virtual_port(virtual)

@@ -330,6 +330,22 @@ def _music21_key(notes: list[tuple]) -> str | None:
     return analysis.key_name(analysis.parse_key(stream.analyze("key"))) if notes else None
 
 
+MAX_LOST = 2  # note-ons JACK may lose in a trial on this VM (conftest's `jack` fixture says why)
+
+
+def _first_matched(midi: list[int], osc: list[int]) -> int | None:
+    """Index of the report the first note-on stands for: the note-ons must be the reports in order, with
+    reports missing (lost on the way) but nothing extra; the first note-on is matched to the first report
+    from which the rest of the note-ons follow as a subsequence. None when they do not."""
+    if not midi:
+        return None
+    for j in (i for i, p in enumerate(osc) if p == midi[0]):
+        rest = iter(osc[j + 1 :])
+        if all(p in rest for p in midi[1:]):  # `in` on an iterator consumes it: a subsequence test
+            return j
+    return None
+
+
 @dataclass
 class Trial:
     notes: list[tuple]  # (pitch, DAW beat, duration beats) from /typemoe/note, in DAW beats
@@ -391,17 +407,20 @@ class SteerRig:
         self.peer.pump(max(0.0, t_first + TRIAL_BARS * 3 * spb + 0.3 - time.monotonic()))
         osc = [args for _, a, args in self.peer.received[n_osc:] if a == "/typemoe/note"]
         ons = [(t, d) for t, d in self.recv.events[n_midi:] if len(d) == 3 and d[0] & 0xF0 == 0x90 and d[2]]
-        assert ons and ons[0][1][1] == osc[0][0], (
-            f"the first note-on over JACK is the first /typemoe/note (seed {seed}): MIDI "
-            f"{[d[1] for _, d in ons[:10]]} at {[round(t - t_first, 3) for t, _ in ons[:10]]} s from the first "
-            f"report, /typemoe/note {[a[0] for a in osc[:10]]}; {len(self.recv.events) - n_midi} MIDI events "
+        midi_pitches, osc_pitches = [d[1] for _, d in ons], [a[0] for a in osc]
+        j = _first_matched(midi_pitches, osc_pitches)
+        assert j is not None and len(osc) - len(ons) <= MAX_LOST, (
+            f"the note-ons over JACK are the /typemoe/note reports, in order, at most {MAX_LOST} lost (seed "
+            f"{seed}): MIDI {midi_pitches[:12]} at {[round(t - t_first, 3) for t, _ in ons[:12]]} s from the "
+            f"first report, /typemoe/note {osc_pitches[:12]}; {len(self.recv.events) - n_midi} MIDI events "
             f"since the snapshot:\n{self.log_text()}"
         )
         # The reported beats are the bridge's timeline, which the clock keeps 4-beat aligned with the DAW's
-        # (timeline = DAW + 4m): m from the first note's arrival on the pulses the clock thread sent.
+        # (timeline = DAW + 4m): m from the first note-on's arrival on the pulses the clock thread sent,
+        # against the report of that same note.
         k = min(range(len(self.clock.sent)), key=lambda i: abs(self.clock.sent[i] - ons[0][0]))
         daw_first = k / 24 + (ons[0][0] - self.clock.sent[k]) / spb
-        shift = round((osc[0][2] - daw_first) / 4) * 4
+        shift = round((osc[j][2] - daw_first) / 4) * 4
         notes = [(p, beat - shift, dur) for p, _, beat, dur in osc]
         return Trial(notes, len(ons), _music21_key(notes))
 

@@ -124,9 +124,12 @@ def run_bridge_bench(
 
     model = load_model(str(model_dir), provider=provider)  # a bad model fails before jackd starts
     try:
-        # -R where allowed, as musicians run JACK: without it this VM's server overruns 64-frame periods and
-        # drops events (a CI run once counted 7 of 8 notes).
-        server = jack_server(f"typemoe-bench-{os.getpid()}", period=64, realtime=realtime_allowed())
+        # -R where allowed, as musicians run JACK, and -S (synchronous): asynchronous, this VM's server drops
+        # the events of a client that is late for a 64-frame cycle (CI runs counted 7 of 8 notes, with -R
+        # too), and these rows measure the bridge, not the link.
+        server = jack_server(
+            f"typemoe-bench-{os.getpid()}", period=64, realtime=realtime_allowed(), sync=True
+        )
         server.__enter__()
     except RuntimeError as err:
         raise BridgeBenchUnavailable(f"the bridge rows need a JACK server: {err}") from None

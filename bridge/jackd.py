@@ -3,6 +3,7 @@
     from typemoe.bridge.jackd import jack_server
     with jack_server("typemoe-bench-123", period=64) as name:   # jackd -n NAME --no-realtime -d dummy
     with jack_server(name, realtime=realtime_allowed()) as name:  # jackd -R where SCHED_FIFO is allowed
+    with jack_server(name, sync=True) as name:  # jackd -S: a late client delays the cycle, loses nothing
         ...   # python-rtmidi's JACK API (and a bridge started with --midi-api jack) now uses this server
 
 Inside the block JACK_DEFAULT_SERVER names the server and JACK_NO_START_SERVER=1 stops libjack from
@@ -52,6 +53,7 @@ def jack_server(
     period: int = 64,
     rate: int = 48000,
     realtime: bool = False,
+    sync: bool = False,
     start_s: float = 10.0,
     kill_after_s: float | None = None,
 ) -> Iterator[str]:
@@ -62,6 +64,13 @@ def jack_server(
         a loaded 2-core machine JACK clients miss cycles and lose events (measured 2026-12-01: 1,500 notes
         3 ms apart into a client next to two busy Python threads, 1,429-1,443 arrived without -R,
         1,494-1,500 with it).
+    sync: `-S`, JACK2's synchronous mode: each cycle waits for the graph to finish instead of moving on
+        without a client that is late, so a client held up by a loaded machine delays a cycle instead of
+        losing that cycle's MIDI events. For measurements of the bridge rather than of the link (the
+        tests, `typemoe bench`). Measured 2026-12-01 (notes/exp/sync_loss.py: 3,000 note-ons 3 ms apart
+        from one process into a polling receiver next to two busy Python threads, 4-6 CPU hog processes,
+        no -R, 64-128 frames): asynchronous 2,946-3,001 arrived (5 of 6 runs lost some), -S 3,000 in
+        6 of 6. Leave it off to see what a performer's default (asynchronous) server does.
     kill_after_s: kill the server after this long whatever happens, so a client stuck on a wedged server
     fails instead of hanging (the tests' safety net).
 
@@ -82,6 +91,7 @@ def jack_server(
             "-n",
             name,
             "-R" if realtime else "--no-realtime",
+            *(["-S"] if sync else []),
             "-d",
             "dummy",
             "-r",

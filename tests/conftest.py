@@ -147,9 +147,11 @@ def jack():
     with SCHED_FIFO (jackd -R, as bridge_jack_fixtures starts it where allowed), and every client that
     misses a cycle loses its MIDI events; a C client (jack_midi_dump) lost pulses alongside ours. Measured
     2026-12-01 (notes/exp/clock_loss.py, 140 BPM clock for 15-20 s, idle machine): at 64 frames 0-73 of
-    ~1,120 pulses lost per run, at 256 frames 0-1. These tests are about which notes the bridge plays; the
-    clock and meter modules pick their own period, and tests/test_bridge_stage.py loads 64-frame periods on
-    purpose (no hanging note even when events are lost)."""
+    ~1,120 pulses lost per run, at 256 frames 0-1. The server is also synchronous (jackd -S, see
+    bridge_jack_fixtures.jack_server): a client late for a cycle delays it instead of losing its events.
+    These tests are about which notes the bridge plays; the clock and meter modules pick their own period,
+    and tests/test_bridge_stage.py and test_bridge_midi_pump.py keep asynchronous servers on purpose (what
+    the bridge does when the link drops events)."""
     from bridge_jack_fixtures import jack_or_skip
 
     with jack_or_skip(period=256) as name:

@@ -9,7 +9,10 @@ disagree for 6 pulses in a row (bridge/clock.py; tests/test_bridge_clock.py cove
 notes placed in between land a pulse off. This test is about following the grid, so it runs where the
 link does not drop the grid; the 64-frame drop behaviour is what tests/test_bridge_stage.py is about.
 Measured 2026-12-01: with the JACK tests' 64 frames the module failed in 2 of 3 runs (the bridge's log
-showed a pulse recounted every few beats: +1, +1, -1, +2, ...), at 128 frames it passed 4 of 4.
+showed a pulse recounted every few beats: +1, +1, -1, +2, ...), at 128 frames it passed 4 of 4. 128 frames
+were not enough under a stop's CI load (the listener lost 35 of 430 pulses, the bridge's notes a pulse or
+two off), so the server is also synchronous (jackd -S): a client late for a cycle delays that cycle instead
+of losing its events.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from bridge_jack_fixtures import ClockSender, MidiRecv, MidiSend
+from bridge_jack_fixtures import ClockSender, MidiRecv, MidiSend, jack_fixture
 from test_bridge_jack import (
     Running,
     _wait_notes_done,
@@ -32,13 +35,7 @@ PERIOD = 128  # frames at 48 kHz: 2.7 ms
 GRID_TOLERANCE_MS = 2 * PERIOD / 48.0 + 1.0
 
 
-@pytest.fixture(scope="module")
-def jack():
-    """A private jackd at 128-frame periods for this module (see the module docstring)."""
-    from bridge_jack_fixtures import jack_or_skip
-
-    with jack_or_skip(period=PERIOD) as name:
-        yield name
+jack = jack_fixture(PERIOD)  # a private synchronous jackd for this module (see the module docstring)
 
 
 @pytest.fixture(scope="module")

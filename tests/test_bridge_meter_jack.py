@@ -34,7 +34,15 @@ import warnings
 from pathlib import Path
 
 import pytest
-from bridge_jack_fixtures import JACKD, MidiSend, OscPeer, free_udp_port, start_bridge, stop_process
+from bridge_jack_fixtures import (
+    JACKD,
+    MidiSend,
+    OscPeer,
+    free_udp_port,
+    jack_fixture,
+    start_bridge,
+    stop_process,
+)
 
 from typemoe.shipped import default_model_dir
 
@@ -81,16 +89,10 @@ def _events(score) -> list[tuple[float, int, int, int]]:
     return sorted(out)
 
 
-@pytest.fixture(scope="module")
-def jack():
-    """A private jackd at 128-frame periods (2.7 ms) for this module, as tests/test_bridge_clock_jack.py: at
-    the other JACK tests' 64 frames the dummy driver overruns its periods on this 2-core VM and drops MIDI
-    events, and a tune with dropped notes has another rhythm (in full-suite runs the waltz was heard as 4/4
-    or 6/4, alone it passed). This test is about reading the meter, not about that drop."""
-    from bridge_jack_fixtures import jack_or_skip
-
-    with jack_or_skip(period=128) as name:
-        yield name
+# A private synchronous jackd at 128-frame periods (2.7 ms): a tune with dropped notes has another rhythm
+# (in full-suite runs on the asynchronous server the waltz was heard as 4/4 or 6/4, alone it passed). This
+# test is about reading the meter, not about a link that drops events.
+jack = jack_fixture(128)
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,16 @@ from __future__ import annotations
 import threading
 import time
 
-from bridge_jack_fixtures import MidiSend
+from bridge_jack_fixtures import MidiSend, jack_fixture
 from test_bridge_jack import pytestmark  # noqa: F401 - same skips (jackd, rtmidi JACK) and markers
 
 from typemoe.bridge.config import BridgeConfig
 from typemoe.bridge.midi_io import MidiPorts
 
 N = 600
+# Asynchronous, as a performer's JACK runs by default: a synchronous server waits for a client stuck on the
+# GIL instead of dropping its cycle, and the callback this test is about would pass.
+jack = jack_fixture(256, sync=False)
 
 
 def _busy(stop: threading.Event) -> None:

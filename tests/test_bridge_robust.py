@@ -14,17 +14,13 @@ import signal
 import struct
 import time
 
-import pytest
-from bridge_jack_fixtures import MidiRecv, jack_or_skip, stop_process
+from bridge_jack_fixtures import MidiRecv, jack_fixture, stop_process
 from test_bridge_jack import Running, _peer, pytestmark  # noqa: F401 - same skips and markers
 
 FLOOD_S = float(os.environ.get("TYPEMOE_FLOOD_S", "3"))
 
 
-@pytest.fixture
-def jack():
-    with jack_or_skip(period=64) as name:
-        yield name
+jack = jack_fixture(64, scope="function")
 
 
 def _garbage(rng: random.Random, i: int) -> bytes:

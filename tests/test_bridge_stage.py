@@ -17,19 +17,13 @@ import time
 
 import pytest
 from bridge_fixtures import C_MAJOR_TUNE
-from bridge_jack_fixtures import JACKD, MidiRecv, MidiSend, _die_with_parent, stop_process
+from bridge_jack_fixtures import JACKD, MidiRecv, MidiSend, _die_with_parent, jack_fixture, stop_process
 from test_bridge_jack import Running, pytestmark  # noqa: F401 - same skips and markers
 
-
-@pytest.fixture(scope="module")
-def jack():
-    """A private jackd at 64-frame periods (1.3 ms), not conftest's 256: these tests are about what a
-    performer hears when the link is at its tightest and drops events (nothing may hang), so they keep the
-    periods that overrun on this VM."""
-    from bridge_jack_fixtures import jack_or_skip
-
-    with jack_or_skip(period=64) as name:
-        yield name
+# A private asynchronous jackd at 64-frame periods (1.3 ms), not conftest's synchronous 256: these tests
+# are about what a performer hears when the link is at its tightest and drops events (nothing may hang), so
+# they keep a server that drops the events of a late client, at periods that overrun on this VM.
+jack = jack_fixture(64, sync=False)
 
 
 def _ports(tag: str) -> tuple[str, ...]:

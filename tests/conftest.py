@@ -38,7 +38,7 @@ def _music21_scores(n: int, opus: str) -> list[tuple[str, symusic.Score]]:
     music21 = pytest.importorskip("music21")
     op = music21.corpus.parse(opus)
     out = []
-    for i, s in enumerate(op.scores[:n]):
+    for i, s in enumerate(op.scores[:n] if hasattr(op, "scores") else [op]):  # an opus, or one score
         score = symusic.Score(480)
         track = symusic.Track("melody", 0, False)
         flat = s.stripTies().flatten()

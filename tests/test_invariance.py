@@ -138,8 +138,12 @@ def shared_test_pieces() -> list[tuple[str, symusic.Score]]:
 # nearly, and the key fusion refitted the same way for transposed twins (0.956) read VGMIDI's key signatures
 # below the best profile, so it was not shipped. Strict: the day a model passes, the suite fails and says
 # to drop the mark.
+# The 0.933 is over the music21 pieces with POP909 and EMOPIA's; without ../shared/data (music21 alone) the
+# same model reads 0.967 and passes, so the mark holds only where the shared pieces are read.
 KEY_TRANSPOSITION = pytest.mark.xfail(
-    strict=True, reason="shipped model: key equivariance 0.933 under transposition (issue 12)"
+    SHARED_DATA.is_dir(),
+    strict=True,
+    reason="shipped model: key equivariance 0.933 under transposition (issue 12)",
 )
 
 

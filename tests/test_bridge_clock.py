@@ -95,14 +95,7 @@ def test_a_lost_pulse_is_recounted():
     assert c.beat_at(t) - b0 == pytest.approx(ks[-1] / PPQN, abs=0.01)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: the lost-pulse recount needs 6 pulses in a row a whole pulse off the fitted line, "
-    "and late bursts on a busy machine break the run before the line adapts; the bridge stays a pulse off "
-    "(a candidate cause, not proven, of the MIDI-clock grid JACK test's failure at 140 BPM in a fresh-clone "
-    "CI run: a detector robust to both, tried, passed these tests but put the bridge a pulse off over JACK)",
-)
-@pytest.mark.parametrize("seed", [0, 1, 2, 4])  # seed 3 happens to recount today
+@pytest.mark.parametrize("seed", range(12))
 def test_a_lost_pulse_is_recounted_while_pulses_arrive_late_in_bursts(seed):
     """A busy machine: every few pulses our thread stalls and 1-3 pulses arrive together, 10-40 ms late,
     and one pulse is lost on the way. The count must still come back to the pulses' own lattice."""
@@ -111,32 +104,34 @@ def test_a_lost_pulse_is_recounted_while_pulses_arrive_late_in_bursts(seed):
     c = BeatClock(tempo=120.0, t0=0.0)
     period = 60.0 / bpm / PPQN
     lost = PPQN * 4 + rng.randrange(PPQN)
-    k, ks = 0, []
+    ks, beats = [], []
+
+    def pulse(j: int, at: float) -> None:
+        c.on_pulse(at)
+        ks.append(j)
+        beats.append(c.beat_at(at))
+
+    k = 0
     while k < PPQN * 12:
         if rng.random() < 0.3:  # a stall: the next 1-3 pulses arrive together when it ends
             n = rng.randint(1, 3)
             at = 1.0 + (k + n - 1) * period + rng.uniform(0.010, 0.040)
             for j in range(k, k + n):
                 if j != lost:
-                    c.on_pulse(at)
-                    ks.append(j)
+                    pulse(j, at)
             k += n
             continue
         if k != lost:
-            c.on_pulse(1.0 + k * period + rng.uniform(0, 0.0013))
-            ks.append(k)
+            pulse(k, 1.0 + k * period + rng.uniform(0, 0.0013))
         k += 1
+    b0 = beats[0]
+    # The count: the last pulse's beat, measured on the fitted line at its on-time arrival, against the
+    # first pulse's (read when it arrived, the line then through it). Half a pulse tells whole pulses apart.
     t = 1.0 + ks[-1] * period
-    b0 = round(c.beat_at(1.0) * PPQN) / PPQN  # the first pulse's beat, on the lattice
-    assert (c.beat_at(t) - b0) * PPQN == pytest.approx(ks[-1], abs=0.3)
+    assert (c.beat_at(t) - b0) * PPQN == pytest.approx(ks[-1] - ks[0], abs=0.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: a DAW tempo step drifts the arrivals against the fitted line for 6 pulses in a row "
-    "and the lost-pulse rule recounts a pulse that was never lost",
-)
-@pytest.mark.parametrize(("before", "after"), [(100.0, 130.0), (140.0, 90.0)])
+@pytest.mark.parametrize(("before", "after"), [(100.0, 130.0), (140.0, 90.0), (120.0, 125.0), (120.0, 117.0)])
 def test_a_tempo_change_is_not_a_lost_pulse(before, after):
     """The DAW changes tempo: arrivals drift against the old period, but every pulse still counts one."""
     c = BeatClock(tempo=120.0, t0=0.0)
@@ -148,3 +143,40 @@ def test_a_tempo_change_is_not_a_lost_pulse(before, after):
         k += 1
         c.on_pulse(t + rng.uniform(0, 0.0013))
     assert (c.beat_at(t) - b0) * PPQN == pytest.approx(k, abs=0.3)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "beats", "lost"),
+    [(120.0, 140.0, 8, None), (140.0, 80.0, 8, None), (90.0, 180.0, 16, None), (100.0, 110.0, 16, 136), (100.0, 100.0, 16, 136)],
+)
+def test_a_tempo_ramp_is_not_a_lost_pulse(start, end, beats, lost):
+    """DAW tempo automation: the period changes a little at every pulse; every pulse still counts one.
+    In a slow ramp (10 BPM in 4 bars) a pulse lost on the way is still recounted."""
+    c = BeatClock(tempo=120.0, t0=0.0)
+    rng = random.Random(1)
+    c.on_pulse(1.0)
+    b0, t = c.beat_at(1.0), 1.0
+    bpms = [start] * (PPQN * 4) + [start + (end - start) * i / (PPQN * beats) for i in range(PPQN * beats)]
+    bpms += [end] * (PPQN * 4)
+    for i, bpm in enumerate(bpms):
+        t += 60.0 / bpm / PPQN
+        if i != lost:
+            c.on_pulse(t + rng.uniform(0, 0.0013))
+    assert (c.beat_at(t) - b0) * PPQN == pytest.approx(len(bpms), abs=0.3)
+
+
+@pytest.mark.parametrize(("lost", "doubled"), [((100, 101), ()), ((), (100,)), ((100,), (300,))])
+def test_lost_and_doubled_pulses_are_recounted(lost, doubled):
+    """Two pulses lost together, a pulse received twice (the same message read twice), one of each."""
+    c = BeatClock(tempo=120.0, t0=0.0)
+    rng = random.Random(2)
+    period = 60.0 / 120.0 / PPQN
+    for k in range(PPQN * 20):
+        if k in lost:
+            continue
+        t = 1.0 + k * period + rng.uniform(0, 0.0013)
+        c.on_pulse(t)
+        if k in doubled:
+            c.on_pulse(t + 0.0001)
+    t = 1.0 + (PPQN * 20 - 1) * period
+    assert (c.beat_at(t) - c.beat_at(1.0)) * PPQN == pytest.approx(PPQN * 20 - 1, abs=0.3)

@@ -147,7 +147,13 @@ def test_a_tempo_change_is_not_a_lost_pulse(before, after):
 
 @pytest.mark.parametrize(
     ("start", "end", "beats", "lost"),
-    [(120.0, 140.0, 8, None), (140.0, 80.0, 8, None), (90.0, 180.0, 16, None), (100.0, 110.0, 16, 136), (100.0, 100.0, 16, 136)],
+    [
+        (120.0, 140.0, 8, None),
+        (140.0, 80.0, 8, None),
+        (90.0, 180.0, 16, None),
+        (100.0, 110.0, 16, 136),
+        (100.0, 100.0, 16, 136),
+    ],
 )
 def test_a_tempo_ramp_is_not_a_lost_pulse(start, end, beats, lost):
     """DAW tempo automation: the period changes a little at every pulse; every pulse still counts one.

@@ -30,6 +30,8 @@ import onnxruntime as ort
 
 from typemoe import analysis
 from typemoe.decoding import TOKENS_PER_BAR_CAP, Session, StepOut  # noqa: F401
+from typemoe.emotion_fusion import FILE as EMOTION_FILE
+from typemoe.emotion_fusion import EmotionFusion, EmotionReader
 from typemoe.export.model_dir import (  # noqa: F401  (re-exported: the runtime's public names)
     EXPORT_COMMAND,
     FORMAT,
@@ -139,6 +141,17 @@ class OrtModel:
         self.key = KeyReader(key_fusion, self.vocab, remi)
         """The key answer: key_fusion.json (pitch-class profiles + head) when the directory has one, else
         the head."""
+        try:
+            emotion_fusion = EmotionFusion.load(self.model_dir)
+        except ValueError as err:
+            raise ModelDirError(str(err)) from err
+        if emotion_fusion is not None and emotion_fusion.classes != self.class_names:
+            raise ModelDirError(
+                f"{self.model_dir / EMOTION_FILE}: classes differ from the graph's class head"
+            )
+        self.emotion = EmotionReader(emotion_fusion, self.vocab, remi)
+        """The emotion answer: emotion_fusion.json (the notes' rhythm, register and mode + the class head)
+        when the directory has one, else the head."""
         self._remi = remi
 
     def answer(self, ids, key_probs, meter_probs) -> tuple[np.ndarray, np.ndarray]:
@@ -149,6 +162,13 @@ class OrtModel:
             return key, meter
         notes = self._remi.notes(np.asarray(ids, dtype=np.int64))[0]
         return self.key.probs_of(notes, key), self.meter.probs_of(notes, meter)
+
+    def class_answer(self, ids, class_probs) -> np.ndarray:
+        """The class probabilities after hearing `ids`, given the class head's pooled ones: the emotion
+        fusion over the notes of `ids` when the directory has one, else the head's."""
+        if self.emotion.fusion is None:
+            return np.asarray(class_probs, dtype=np.float64)
+        return self.emotion.probs_of(self._remi.notes(np.asarray(ids, dtype=np.int64))[0], class_probs)
 
     def _open(self, device: str, precision: str, threads: int) -> OrtGraph:
         """The graph for this provider: fp16 on CUDA, fp32 on CPU by default; a failed CUDA start falls

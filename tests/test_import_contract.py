@@ -26,7 +26,7 @@ RUNTIME = {"export.runtime", "export.model_dir", "export.ort_graph"}  # export's
 TORCH_FREE_CORE = {
     "typemoe.vocab", "typemoe.analysis", "typemoe.streaming", "typemoe.decoding", "typemoe.meter",
     "typemoe.remi_notes", "typemoe.note_writer", "typemoe.grammar_tables", "typemoe.shipped", "typemoe.config",
-    "typemoe.key_fusion", "typemoe.infill", "typemoe.listening", "typemoe.sampling",
+    "typemoe.key_fusion", "typemoe.infill", "typemoe.listening", "typemoe.sampling", "typemoe.emotion_fusion",
 }  # fmt: skip
 
 

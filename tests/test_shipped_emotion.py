@@ -23,7 +23,14 @@ from typemoe.shipped import default_model_dir
 REPO = Path(__file__).resolve().parents[1]
 TUNE = REPO / "bridge" / "demo_tune.mid"  # the bridge's built-in tune, 549 tokens
 SHIPPED_CAP_BYTES = 30_000_000
-SHIPPED_FILES = {"model_int8.onnx", "tokenizer.json", "types.json", "key_fusion.json", "meter_fusion.json"}
+SHIPPED_FILES = {
+    "model_int8.onnx",
+    "tokenizer.json",
+    "types.json",
+    "key_fusion.json",
+    "meter_fusion.json",
+    "emotion_fusion.json",
+}
 # The class head of the PyTorch checkpoint the shipped graph was exported from (/work/runs/emo/h1, seed 1) on TUNE: softmax of the mean
 # per-position cls logits over [BOS, *tokens] (fp32, typemoe.torch_session).
 TORCH_PROBS = {"Q1": 0.41021, "Q2": 0.53056, "Q3": 0.01294, "Q4": 0.0463}
@@ -74,10 +81,6 @@ def test_analyze_reports_shipped_emotion(capsys):
     assert list(probs) == list(analysis.EMOTIONS)
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
     assert res["emotion"] == max(probs, key=probs.get) and res["emotion_confidence"] == probs[res["emotion"]]
-    # the int8 graph gives the checkpoint's answer (int8 vs fp32 on EMOPIA test: see the manifest)
-    assert np.allclose(
-        [probs[q] for q in analysis.EMOTIONS], [TORCH_PROBS[q] for q in analysis.EMOTIONS], atol=2e-3
-    ), probs
     assert tools.run_cli(["analyze", str(TUNE)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == (
@@ -87,8 +90,9 @@ def test_analyze_reports_shipped_emotion(capsys):
 
 
 def test_runtime_class_probs_match_analyze(capsys):
-    """analyze reads the class head pooled over every token its bar-by-bar session heard: for a tune
-    within one context, one feed of [BOS, *tokens]."""
+    """analyze reads the class head pooled over every token its bar-by-bar session heard (for a tune
+    within one context, one feed of [BOS, *tokens]), fused with the tune's notes by the directory's
+    emotion_fusion.json (OrtModel.class_answer)."""
     import symusic
 
     model = OrtModel(default_model_dir(), provider="cpu")
@@ -96,8 +100,13 @@ def test_runtime_class_probs_match_analyze(capsys):
     assert len(ids) + 1 <= model.context_len
     probs = model.session().feed([model.vocab.bos_id, *ids]).class_probs
     assert probs.shape == (4,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+    # the int8 graph's head gives the checkpoint's answer (int8 vs fp32 on EMOPIA test: see the manifest)
+    assert np.allclose(probs, [TORCH_PROBS[q] for q in analysis.EMOTIONS], atol=2e-3), probs
+    assert model.emotion.fusion is not None
+    fused = model.class_answer(ids, probs)
+    assert not np.allclose(fused, probs, atol=1e-3)  # the fusion is read, not the head alone
     got = _analyze_json(capsys)["emotion_probs"]
-    assert np.allclose(list(got.values()), probs, atol=1e-4)
+    assert np.allclose(list(got.values()), fused, atol=1e-4)
     # --emotion-model with the same directory reads the same head through its own pass
     again = _analyze_json(capsys, "--emotion-model", str(default_model_dir()))["emotion_probs"]
     assert again == got

@@ -222,7 +222,8 @@ class OnnxModel(_Generates):
     def class_probs(self, seq: Sequence[int]) -> np.ndarray | None:
         if self.class_names is None:
             return None
-        return self.ort.session().feed(list(seq)).class_probs
+        head = self.ort.session().feed(list(seq)).class_probs
+        return self.ort.class_answer(seq, head)  # the directory's emotion fusion, when it has one
 
     def session(self):
         return self.ort.session()

@@ -217,17 +217,20 @@ def analyze(model, midi: Path, emotion=None) -> dict:
     }
     if emotion is not None:
         emo_ids = ids if emotion.vocab.hash == model.vocab.hash else _tokens(emotion.vocab, score, midi)
-        res.update(_emotion(emotion, listen(emotion, emo_ids)))
+        res.update(_emotion(emotion, listen(emotion, emo_ids), emo_ids))
     elif has_emotion_head(model):
-        res.update(_emotion(model, heard))
+        res.update(_emotion(model, heard, ids))
     return res
 
 
-def _emotion(emo, heard) -> dict:
+def _emotion(emo, heard, ids: Sequence[int]) -> dict:
     """The class head pooled over every token the session heard (the running mean of a session fed bar by
-    bar, slid-out tokens included)."""
+    bar, slid-out tokens included), fused with the notes of the whole piece where the model directory has
+    an emotion fusion (OrtModel.class_answer, typemoe.emotion_fusion)."""
     probs = np.asarray(heard.session.last.class_probs, dtype=np.float64)  # (C,)
     probs /= probs.sum()
+    if hasattr(emo, "class_answer"):
+        probs = emo.class_answer(ids, probs)
     c = int(np.argmax(probs))
     return {
         "emotion": emo.class_names[c],

@@ -250,6 +250,47 @@ class MidiSend:
         self.midi.delete()
 
 
+class MidiDump:
+    """jack_midi_dump (a C client in its own process) listening to every output port of `source` (a JACK
+    client name): what the link delivered, to tell the link's losses from a listener's. Its output goes to
+    a file, never a pipe (a full pipe would block it). `note_ons()` after `close()`."""
+
+    EXE = shutil.which("jack_midi_dump")
+
+    def __init__(self, source: str, path: Path, name: str = "midi-ref") -> None:
+        if self.EXE is None:
+            raise RuntimeError("jack_midi_dump is not installed (apt-get install jackd2)")
+        self.path = path
+        with open(path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [self.EXE, name], stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        end = time.monotonic() + 10.0
+        while True:
+            ports = subprocess.run(["jack_lsp"], capture_output=True, text=True).stdout.splitlines()
+            sources = [p for p in ports if p.startswith(f"{source}:")]
+            if f"{name}:input" in ports and sources:
+                break
+            if time.monotonic() > end or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError(f"jack_midi_dump or {source!r} has no port: {ports}")
+            time.sleep(0.05)
+        for port in sources:
+            subprocess.run(["jack_connect", port, f"{name}:input"], check=True, capture_output=True)
+
+    def close(self) -> None:
+        stop_process(self.proc)
+
+    def note_ons(self) -> list[tuple[int, int]]:
+        """(pitch, velocity) of every note-on (velocity > 0) it printed, in order."""
+        out = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            parts = line.split(":", 1)[-1].split()
+            if len(parts) >= 3 and parts[0][0] == "9" and int(parts[2], 16) > 0:
+                out.append((int(parts[1], 16), int(parts[2], 16)))
+        return out
+
+
 class ClockSender:
     """MIDI beat clock from a thread: Start, then 24 pulses per beat on absolute deadlines."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 
-from bridge_jack_fixtures import MidiSend, jack_fixture
+from bridge_jack_fixtures import MidiDump, MidiSend, jack_fixture
 from test_bridge_jack import pytestmark  # noqa: F401 - same skips (jackd, rtmidi JACK) and markers
 
 from typemoe.bridge.config import BridgeConfig
@@ -29,12 +29,13 @@ def _busy(stop: threading.Event) -> None:
         sum(i * i for i in range(20_000))  # pure Python: holds the GIL for whole switch intervals
 
 
-def test_the_bridge_input_keeps_every_note_in_order_while_python_is_busy(jack):
+def test_the_bridge_input_keeps_every_note_in_order_while_python_is_busy(jack, tmp_path):
     got: list[tuple[float, tuple[int, ...]]] = []
     cfg = BridgeConfig(midi_api="jack", in_port="Pump In", out_port="Pump Out")
     ports = MidiPorts(cfg, on_message=lambda data, t: got.append((t, data)), now=time.monotonic)
     ports.open()
     send = MidiSend("Pump In", name="Pump Send")
+    ref = MidiDump("Pump Send", tmp_path / "ref.txt", name="pump-ref")  # what the link delivered
     stop = threading.Event()
     busy = [threading.Thread(target=_busy, args=(stop,), daemon=True) for _ in range(2)]
     try:
@@ -52,13 +53,21 @@ def test_the_bridge_input_keeps_every_note_in_order_while_python_is_busy(jack):
         stop.set()
         for t in busy:
             t.join()
+        ref.close()
         send.close()
         ports.close()
     ids = [d[1] + 128 * (d[2] - 1) for _, d in got if len(d) == 3 and d[0] == 0x90]
     missing = sorted(set(range(N)) - set(ids))
-    # JACK itself drops the events of a cycle the dummy driver overran: alone this test lost none in 4
-    # runs, in a full-suite CI run 6 (two bursts, 231-234 and 400-401). The GIL-bound callback lost 285.
-    assert len(missing) <= N // 20, f"{len(missing)} of {N} note-ons lost, first {missing[:20]}"
+    # The asynchronous server itself drops the events of a client late for a cycle (a full-suite CI run lost
+    # 6 in two bursts; a stop's CI run lost 8 % of its clock pulses at 128 frames), so the bridge's losses
+    # are judged against a C client in another process that heard the same sender: at most twice its
+    # losses and 12 more. The GIL-bound callback lost 285 of the 600 on a quiet VM.
+    ref_ids = {p + 128 * (v - 1) for p, v in ref.note_ons()}
+    lost_ref = N - len(ref_ids & set(range(N)))
+    bound = 2 * lost_ref + 12
+    assert len(missing) <= bound, (
+        f"{len(missing)} of {N} note-ons lost (the reference client lost {lost_ref}), first {missing[:20]}"
+    )
     assert ids == sorted(ids), "note-ons reordered"
     stamps = [t for t, _ in got]
     assert all(b >= a for a, b in zip(stamps, stamps[1:], strict=False)), "arrival times went back"

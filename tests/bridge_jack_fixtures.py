@@ -283,12 +283,13 @@ class MidiDump:
 
     def note_ons(self) -> list[tuple[int, int]]:
         """(pitch, velocity) of every note-on (velocity > 0) it printed, in order."""
-        out = []
-        for line in self.path.read_text(errors="replace").splitlines():
-            parts = line.split(":", 1)[-1].split()
-            if len(parts) >= 3 and parts[0][0] == "9" and int(parts[2], 16) > 0:
-                out.append((int(parts[1], 16), int(parts[2], 16)))
-        return out
+        import re
+
+        text = self.path.read_text(
+            errors="replace"
+        )  # lines "   0: 90 3c 40 note on ..."; JACK's own noise too
+        hits = re.findall(r"^\s*\d+: 9[0-9a-f] ([0-9a-f]{2}) ([0-9a-f]{2}) ", text, flags=re.MULTILINE)
+        return [(int(p, 16), int(v, 16)) for p, v in hits if int(v, 16) > 0]
 
 
 class ClockSender:

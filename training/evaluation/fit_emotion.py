@@ -33,7 +33,7 @@ def samples(model, src: str, split: str, window: int) -> tuple[np.ndarray, np.nd
         if piece.emotion not in model.class_names:
             continue
         ids = _window(piece, model.vocab, window)
-        notes = model._remi.notes(np.asarray(ids, dtype=np.int64))[0]
+        notes = model.emotion.remi.notes(np.asarray(ids, dtype=np.int64))[0]
         if len(notes) < 2:
             continue
         probs = np.asarray(model.session().feed(list(ids)).class_probs, dtype=np.float64)
@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     model = OrtModel(args.model)
     if not model.class_names:
         raise SystemExit(f"{args.model} has no class head")
-    model.emotion.fusion = None  # read the head alone while fitting
     sets = {s: samples(model, args.data, s, args.window) for s in ("train", "val", "test")}
 
     def fitted(names: tuple[str, ...], l2: float) -> EmotionFusion:

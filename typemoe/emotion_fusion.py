@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from typemoe import key_fusion
+from typemoe.grammar_tables import tables_of
+
 FILE = "emotion_fusion.json"
 # Krumhansl-Kessler probe-tone profiles on C (major, minor), the published values music21 also uses.
 KK_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
@@ -43,14 +46,7 @@ NOTE_FEATURES = (
 )
 
 
-def _best_fit(hist: np.ndarray, profile: tuple[float, ...]) -> float:
-    """Highest Pearson correlation of a pitch-class histogram with the profile rotated to any tonic."""
-    h = hist - hist.mean()
-    if not h.any():
-        return 0.0
-    p = np.asarray(profile) - np.mean(profile)
-    rot = np.stack([np.roll(p, k) for k in range(12)])  # (12, 12)
-    return float((rot @ h).max() / (np.linalg.norm(p) * np.linalg.norm(h)))
+_KK_ROTATED = key_fusion.rotated_profiles(np.array([[KK_MAJOR, KK_MINOR]]))  # (1, 24, 12)
 
 
 def note_features(onsets: np.ndarray, durations: np.ndarray, pitches: np.ndarray) -> np.ndarray:
@@ -67,9 +63,10 @@ def note_features(onsets: np.ndarray, durations: np.ndarray, pitches: np.ndarray
     span = max(float((on + du).max() - on[0]), 0.25)
     starts = np.unique(on)
     ioi = np.diff(starts) if len(starts) > 1 else np.array([span])
-    hist = np.zeros(12)
-    np.add.at(hist, p.astype(np.int64) % 12, np.minimum(du, 2.0))
-    major, minor = _best_fit(hist, KK_MAJOR), _best_fit(hist, KK_MINOR)
+    # Pearson correlation of the duration-weighted pitch classes (the key fusion's first histogram) with
+    # the profiles rotated to each of the 24 keys; the best major key's and the best minor key's.
+    fit = key_fusion.profile_features(key_fusion.histograms(p, du), _KK_ROTATED)[:, 0]  # (24,)
+    major, minor = float(fit[:12].max()), float(fit[12:].max())
     return np.array(
         [
             len(on) / span,
@@ -170,10 +167,7 @@ class EmotionReader:
 
     def __init__(self, fusion: EmotionFusion | None, vocab, remi) -> None:
         self.fusion, self.remi = fusion, remi
-        self.pitch_of = np.full(len(vocab.tokens), -1, dtype=np.int64)
-        for i, t in enumerate(vocab.tokens):
-            if t.startswith("Pitch_"):
-                self.pitch_of[i] = int(t.split("_")[1])
+        self.pitch_of = tables_of(vocab).pitch_of  # MIDI pitch of each Pitch id, else -1
 
     def features(self, notes: np.ndarray) -> np.ndarray:
         tpb = self.remi.ticks_per_beat

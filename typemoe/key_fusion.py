@@ -227,14 +227,12 @@ class KeyReader:
     """
 
     def __init__(self, fusion: KeyFusion | None, vocab, remi=None):
+        from typemoe.grammar_tables import tables_of
         from typemoe.remi_notes import RemiNotes
 
         self.fusion = fusion
         self.remi = remi if remi is not None else RemiNotes(vocab)
-        self.pitch_of = np.full(len(vocab.tokens), -1, dtype=np.int64)
-        for i, t in enumerate(vocab.tokens):
-            if t.startswith("Pitch_"):
-                self.pitch_of[i] = int(t.split("_")[1])
+        self.pitch_of = tables_of(vocab).pitch_of  # MIDI pitch of each Pitch id, else -1
 
     def hists(self, ids) -> np.ndarray:
         """(2, 12) histograms of the whole notes in ids (control and special ids are ignored)."""

@@ -16,6 +16,12 @@ the context as typemoe/infill.py cuts them at decoding time. Then, on the same m
   highest pitch at its first onset), for the generated middle, the true middle and the continuation; a
   middle without notes is left out of that mean (infill.lead.*.n counts the rest).
 - infill.ended: share of generated middles closed by the model's own Infill_End (else the span was full).
+- infill.gain.hits@1 = infill.hits@1 - infill.continuation.hits@1, with infill.gain.ci95: its 95 % interval
+  from resampling whole pieces (metrics.paired_gain), so "infilling beats continuation" is read off an
+  interval, not two numbers a few tokens apart.
+- infill.other_suffix.hits@1: the same middles, prefixes and spans with the suffix of another piece (the
+  next piece's, cut to the same length at a bar line). The gain over this one is what the true suffix
+  gives beyond the infilling format itself (infill.suffix_gain.hits@1, .ci95).
 
 A model without the infilling tokens gets no infill.* numbers (skipped.infill counts its pieces).
 """
@@ -41,6 +47,27 @@ def _top_pitch(notes, last: bool) -> int | None:
     return max(n.pitch for n in notes if n.time == t)
 
 
+def _middle_logits(model, ids, suffix: list[int], n: int, prefix: list[int], middle: list[int]) -> np.ndarray:
+    """(len(middle), V) next-token logits of the middle's ids under teacher forcing in the infilling
+    arrangement (typemoe/infill.py: suffix first, then the span, the prefix and the middle)."""
+    fim = [model.vocab.bos_id, ids.suffix, *suffix, ids.span(n), *prefix, ids.middle, *middle]
+    return model.outputs_at(fim, range(len(fim) - len(middle), len(fim))).logits
+
+
+def _hits(logits: np.ndarray, target: np.ndarray) -> int:
+    """Tokens of `target` that are the top-1 of their logits (metrics.hits_at_k's tie rule)."""
+    return int(round(metrics.hits_at_k(logits, target, 1) * len(target)))
+
+
+def _cut_like(suffix: list[int], length: int, bar: int) -> list[int]:
+    """The start of another piece's suffix, at most `length` ids, cut before a Bar where one lies inside
+    (as infill.fit_context cuts a suffix)."""
+    if len(suffix) <= length:
+        return list(suffix)
+    cuts = [j for j, i in enumerate(suffix[: length + 1]) if i == bar and j > 0]
+    return list(suffix[: cuts[-1]] if cuts else suffix[:length])
+
+
 def choose(tokens: np.ndarray, bar: int, rng: np.random.Generator) -> tuple[int, int] | None:
     """(first bar, n): a span with a bar before and after it, or None when the window has under 3 bars."""
     k = int((tokens == bar).sum())
@@ -60,8 +87,8 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
         return
     t = tables_of(vocab)
     bar = vocab.id("Bar_None")
-    logits = {"infill": [], "continuation": []}
-    targets, pairs, cont_pairs, ended = [], [], [], []
+    logits = {"infill": [], "continuation": [], "other_suffix": []}
+    targets, pairs, cont_pairs, ended, spans = [], [], [], [], []
     lead = {"model": [], "true": [], "continuation": []}
     for i, piece in enumerate(pieces):
         music = np.asarray(piece.tokens, dtype=np.int64)
@@ -79,12 +106,12 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
             report.skipped["infill"] += 1
             continue
         prefix, suffix = infill.fit_context(music[: at[a]].tolist(), music[at[a + n] :].tolist(), room, bar)
-        fim = [vocab.bos_id, ids.suffix, *suffix, ids.span(n), *prefix, ids.middle, *middle]
         cont = [vocab.bos_id, *prefix, *middle]
         m = len(middle)
-        logits["infill"].append(model.outputs_at(fim, range(len(fim) - m, len(fim))).logits)
+        logits["infill"].append(_middle_logits(model, ids, suffix, n, prefix, middle))
         logits["continuation"].append(model.outputs_at(cont, range(len(cont) - m, len(cont))).logits)
         targets.append(np.asarray(middle, dtype=np.int64))
+        spans.append((prefix, suffix, n, middle))
         mid = infill.generate_middle(
             model.session(), prefix, suffix, n_bars=n, temperature=0.0, seed=cfg.seed
         )
@@ -112,6 +139,17 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
         x = np.concatenate(logits[name])
         r[f"{key}.hits@1"] = metrics.hits_at_k(x, y, 1)
         r[f"{key}.hits@5"] = metrics.hits_at_k(x, y, 5)
+    if len(spans) > 1:  # the next piece's suffix, cut like the true one: what the format gives without it
+        for k, (prefix, suffix, n, middle) in enumerate(spans):
+            other = _cut_like(spans[(k + 1) % len(spans)][1], len(suffix), bar)
+            logits["other_suffix"].append(_middle_logits(model, ids, other, n, prefix, middle))
+        r["infill.other_suffix.hits@1"] = metrics.hits_at_k(np.concatenate(logits["other_suffix"]), y, 1)
+    tokens = [len(t) for t in targets]
+    hits = {name: [_hits(x, t) for x, t in zip(v, targets)] for name, v in logits.items()}
+    for key, base in (("gain", "continuation"), ("suffix_gain", "other_suffix")):
+        if hits.get(base):
+            gain, lo, hi = metrics.paired_gain(hits["infill"], hits[base], tokens, seed=cfg.seed)
+            r[f"infill.{key}.hits@1"], r[f"infill.{key}.ci95"] = gain, [lo, hi]
     r["infill.bleu2"] = metrics.corpus_bleu2(pairs)
     r["infill.continuation.bleu2"] = metrics.corpus_bleu2(cont_pairs)
     r["infill.ended"] = float(np.mean(ended))

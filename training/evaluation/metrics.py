@@ -9,6 +9,8 @@ Torch-free on purpose: the same code scores a PyTorch checkpoint and an exported
 - mirex / mirex_breakdown: the MIREX weighted key score (same 1.0, fifth 0.5, relative 0.3,
   parallel 0.2) and the share of each of the five relations.
 - mean_std: the spread of a metric over seeds.
+- paired_gain: the difference of two token accuracies on the same pieces, with a bootstrap interval over
+  pieces (infilling against continuation on the same bars).
 """
 
 from __future__ import annotations
@@ -164,3 +166,34 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if not vals:
         return math.nan, math.nan
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def paired_gain(
+    hits_a: Sequence[float],
+    hits_b: Sequence[float],
+    tokens: Sequence[int],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(gain, low, high): gain = (sum hits_a - sum hits_b) / sum tokens, two token accuracies scored on the
+    same pieces (hits_a[i], hits_b[i]: correct tokens of piece i under each reading, out of tokens[i]), and
+    its 95 % percentile interval from resampling whole pieces with replacement (the tokens of a piece are
+    not independent, so pieces are the unit). NaNs without tokens.
+
+    Raises:
+        ValueError: on lengths that differ, negative counts, or hits above a piece's tokens.
+    """
+    a, b, n = (np.asarray(x, dtype=np.float64) for x in (hits_a, hits_b, tokens))
+    if not (a.shape == b.shape == n.shape) or a.ndim != 1:
+        raise ValueError(f"need three (P,) arrays, got {a.shape}, {b.shape} and {n.shape}")
+    if (n < 0).any() or (a < 0).any() or (b < 0).any() or (a > n).any() or (b > n).any():
+        raise ValueError("hits must lie in 0..tokens for every piece")
+    if n.sum() == 0:
+        return math.nan, math.nan, math.nan
+    d = a - b
+    rows = np.random.default_rng(seed).integers(0, len(n), size=(n_boot, len(n)))  # (n_boot, P)
+    tok = n[rows].sum(axis=1)
+    boot = d[rows].sum(axis=1) / np.where(tok > 0, tok, 1.0)
+    lo, hi = np.percentile(boot[tok > 0], [2.5, 97.5])
+    return float(d.sum() / n.sum()), float(lo), float(hi)

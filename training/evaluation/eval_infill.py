@@ -20,8 +20,9 @@ the context as typemoe/infill.py cuts them at decoding time. Then, on the same m
   from resampling whole pieces (metrics.paired_gain), so "infilling beats continuation" is read off an
   interval, not two numbers a few tokens apart.
 - infill.other_suffix.hits@1: the same middles, prefixes and spans with the suffix of another piece (the
-  next piece's, cut to the same length at a bar line). The gain over this one is what the true suffix
-  gives beyond the infilling format itself (infill.suffix_gain.hits@1, .ci95).
+  next piece's, cut to the same length at a bar line). infill.suffix_gain.hits@1 (.ci95), the true
+  suffix over that one, says whether the model reads the suffix at all; a wrong suffix also misleads, so
+  it is larger than what the true suffix adds over no suffix.
 
 A model without the infilling tokens gets no infill.* numbers (skipped.infill counts its pieces).
 """

@@ -130,8 +130,13 @@ def stages(args: argparse.Namespace) -> dict[str, tuple[list[str], Callable[[], 
 
         refresh_manifest(model, keep_graphs=["model_int8.onnx"], note=f"candidate from {args.run}")
 
+    def head() -> None:
+        if emotion_run.exists():  # a step killed half-way: its head is trained again from the start
+            shutil.rmtree(emotion_run)
+        _check("emotion", finetune.main(emotion))
+
     steps = {
-        "emotion": (emotion, lambda: _check("emotion", finetune.main(emotion))),
+        "emotion": (emotion, head),
         "export": ([str(emotion_run), str(model), "--no-fp16"], export),
         "fit_meter": (meter, lambda: _check("fit_meter", fit_meter.main(meter))),
         "fit_key": (key, lambda: _check("fit_key", fit_key.main(key))),
@@ -165,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             call()
-        except (StageError, ValueError, OSError, SystemExit) as err:
-            print(f"error: step {name}: {err}", file=sys.stderr)
+        except (Exception, SystemExit) as err:  # any step's failure, named; the record keeps what was done
+            print(f"error: step {name}: {type(err).__name__}: {err}", file=sys.stderr)
             return 2
         record["stages"][name] = {"seconds": round(time.perf_counter() - t0, 1), "args": stage_args}
         _save_record(args.out, record)

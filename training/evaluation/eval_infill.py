@@ -150,7 +150,7 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
     for key, base in (("gain", "continuation"), ("suffix_gain", "other_suffix")):
         if hits.get(base):
             gain, lo, hi = metrics.paired_gain(hits["infill"], hits[base], tokens, seed=cfg.seed)
-            r[f"infill.{key}.hits@1"], r[f"infill.{key}.ci95"] = gain, [lo, hi]
+            r[f"infill.{key}.hits@1"], r[f"infill.{key}.ci95"] = gain, [round(lo, 4), round(hi, 4)]
     r["infill.bleu2"] = metrics.corpus_bleu2(pairs)
     r["infill.continuation.bleu2"] = metrics.corpus_bleu2(cont_pairs)
     r["infill.ended"] = float(np.mean(ended))

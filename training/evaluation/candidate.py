@@ -14,6 +14,7 @@ next-token, key and meter heads. What `typemoe/default_model` ships on top of it
   fit_meter   the meter fusion (rhythm features + head), on the run's data (training/evaluation/fit_meter.py)
   fit_key     the key fusion (pitch-class profiles + head), no consistency term (training/evaluation/fit_key.py)
   fit_emotion the emotion fusion (note features + head) on EMOPIA's splits, VGMIDI scored as unseen
+              (left out with --emotion-source none: the head answers alone)
   slim        only model_int8.onnx kept, the manifest written again (export/model_dir.refresh_manifest)
 
 Each step is recorded in OUT/candidate.json when it ends (seconds and arguments); run again, the command
@@ -30,12 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-STAGES = ("emotion", "export", "fit_meter", "fit_key", "fit_emotion", "slim")
 RECORD = "candidate.json"
 
 
@@ -119,11 +120,21 @@ def stages(args: argparse.Namespace) -> dict[str, tuple[list[str], Callable[[], 
     ]
 
     def export() -> None:
-        from typemoe.export.onnx_export import export_checkpoint
-
+        # `typemoe export` in a process of its own: training never imports export's torch side
+        # (tests/test_import_contract.py); the command is what the card documents anyway.
         if model.exists():  # a step killed half-way: its partial directory goes
             shutil.rmtree(model)
-        export_checkpoint(emotion_run, model, fp16=False, int8=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "typemoe.cli",
+            "export",
+            "--checkpoint",
+            str(emotion_run),
+            "--out",
+            str(model),
+        ]
+        _check("export", subprocess.run([*cmd, "--no-fp16"]).returncode)
 
     def slim() -> None:
         from typemoe.export.model_dir import refresh_manifest
@@ -137,7 +148,7 @@ def stages(args: argparse.Namespace) -> dict[str, tuple[list[str], Callable[[], 
 
     steps = {
         "emotion": (emotion, head),
-        "export": ([str(emotion_run), str(model), "--no-fp16"], export),
+        "export": (["--checkpoint", str(emotion_run), "--out", str(model), "--no-fp16"], export),
         "fit_meter": (meter, lambda: _check("fit_meter", fit_meter.main(meter))),
         "fit_key": (key, lambda: _check("fit_key", fit_key.main(key))),
         "fit_emotion": (emo_fit, lambda: _check("fit_emotion", fit_emotion.main(emo_fit))),
@@ -154,14 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --run {args.run} does not exist", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    record = _record(args.out)
-    if record.get("run") not in (None, str(args.run)):
+    record, run = _record(args.out), str(args.run.resolve())
+    if record.get("run") not in (None, run):
         print(
-            f"error: {args.out} holds a candidate of {record['run']}, not of {args.run}; pick another --out",
+            f"error: {args.out} holds a candidate of {record['run']}, not of {run}; pick another --out",
             file=sys.stderr,
         )
         return 2
-    record["run"] = str(args.run)
+    record["run"] = run
     for name, (stage_args, call) in stages(args).items():
         if name in record["stages"]:
             print(f"[candidate] {name}: done before ({record['stages'][name]['seconds']:.0f} s), skipped")

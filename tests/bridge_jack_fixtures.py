@@ -285,9 +285,8 @@ class MidiDump:
         """(pitch, velocity) of every note-on (velocity > 0) it printed, in order."""
         import re
 
-        text = self.path.read_text(
-            errors="replace"
-        )  # lines "   0: 90 3c 40 note on ..."; JACK's own noise too
+        # lines "   0: 90 3c 40 note on ..."; JACK's own noise too
+        text = self.path.read_text(errors="replace")
         hits = re.findall(r"^\s*\d+: 9[0-9a-f] ([0-9a-f]{2}) ([0-9a-f]{2}) ", text, flags=re.MULTILINE)
         return [(int(p, 16), int(v, 16)) for p, v in hits if int(v, 16) > 0]
 

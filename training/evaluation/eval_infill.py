@@ -61,12 +61,9 @@ def _hits(logits: np.ndarray, target: np.ndarray) -> int:
 
 
 def _cut_like(suffix: list[int], length: int, bar: int) -> list[int]:
-    """The start of another piece's suffix, at most `length` ids, cut before a Bar where one lies inside
-    (as infill.fit_context cuts a suffix)."""
-    if len(suffix) <= length:
-        return list(suffix)
-    cuts = [j for j, i in enumerate(suffix[: length + 1]) if i == bar and j > 0]
-    return list(suffix[: cuts[-1]] if cuts else suffix[:length])
+    """The start of another piece's suffix, at most `length` ids, cut before a Bar where one lies inside:
+    infill.fit_context's cut of a suffix with no prefix beside it."""
+    return infill.fit_context([], list(suffix), length, bar)[1]
 
 
 def choose(tokens: np.ndarray, bar: int, rng: np.random.Generator) -> tuple[int, int] | None:
@@ -136,17 +133,21 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
             r[f"infill.{k}"] = math.nan
         return
     y = np.concatenate(targets)
-    for name, key in (("infill", "infill"), ("continuation", "infill.continuation")):
-        x = np.concatenate(logits[name])
-        r[f"{key}.hits@1"] = metrics.hits_at_k(x, y, 1)
-        r[f"{key}.hits@5"] = metrics.hits_at_k(x, y, 5)
     if len(spans) > 1:  # the next piece's suffix, cut like the true one: what the format gives without it
         for k, (prefix, suffix, n, middle) in enumerate(spans):
             other = _cut_like(spans[(k + 1) % len(spans)][1], len(suffix), bar)
             logits["other_suffix"].append(_middle_logits(model, ids, other, n, prefix, middle))
-        r["infill.other_suffix.hits@1"] = metrics.hits_at_k(np.concatenate(logits["other_suffix"]), y, 1)
     tokens = [len(t) for t in targets]
     hits = {name: [_hits(x, t) for x, t in zip(v, targets)] for name, v in logits.items()}
+    for name, key in (
+        ("infill", "infill"),
+        ("continuation", "infill.continuation"),
+        ("other_suffix", "infill.other_suffix"),
+    ):
+        if hits[name]:
+            r[f"{key}.hits@1"] = sum(hits[name]) / len(y)
+    for name, key in (("infill", "infill"), ("continuation", "infill.continuation")):
+        r[f"{key}.hits@5"] = metrics.hits_at_k(np.concatenate(logits[name]), y, 5)
     for key, base in (("gain", "continuation"), ("suffix_gain", "other_suffix")):
         if hits.get(base):
             gain, lo, hi = metrics.paired_gain(hits["infill"], hits[base], tokens, seed=cfg.seed)

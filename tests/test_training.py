@@ -28,6 +28,7 @@ from typemoe.training.learn.data import (
     make_sample,
 )
 from typemoe.training.learn.presets import tiny
+from typemoe.vocab import TypedVocab
 
 
 @pytest.fixture(scope="module")
@@ -389,6 +390,42 @@ def test_finetune_head_only_keeps_every_other_weight(shards, tmp_path, capsys):
     args = ["--task", "conditional", "--head-only", "--from", str(pre), "--out", str(tmp_path / "c"), *common]
     assert finetune.main(args) == 2
     assert "head_only" in capsys.readouterr().err
+
+
+def test_controls_only_learns_the_control_rows_and_nothing_else(shards, tmp_path, capsys):
+    """--controls-only (issue 13): of all the weights only the control tokens' embedding rows move, so the
+    model reads and continues music without controls exactly as --init did; the class head and its class
+    names come with it. Without --init, or without windows that carry controls, it is refused by name."""
+    pre = tmp_path / "pre"
+    assert pretrain.main(tiny_args(shards, pre, steps=2)) == 0
+    common = ["--data", str(shards), "--max-steps", "3", "--batch-size", "4", "--micro-batch", "2"]
+    common += ["--seq-len", "64", "--threads", "1", "--lr", "1e-2"]
+    head = tmp_path / "head"
+    assert (
+        finetune.main(["--task", "genre", "--head-only", "--from", str(pre), "--out", str(head), *common])
+        == 0
+    )
+    ctrl = tmp_path / "ctrl"
+    flags = ["--control-p", "1", "--control-dropout", "0", "--objective", "clm", "--infill-p", "0"]
+    args = ["--preset", "tiny", "--controls-only", "--init", str(head / "latest"), *flags, "--out", str(ctrl)]
+    assert pretrain.main([*args, *common]) == 0
+    before = checkpoint.load(head / "latest")
+    after = checkpoint.load(ctrl / "latest")
+    sb, sa = before.state_dict(), after.state_dict()
+    assert set(sa) == set(sb)
+    changed = [k for k in sb if not torch.equal(sb[k], sa[k])]
+    assert set(changed) == {"wte.weight", "lm_head.weight"}, changed  # one tied tensor, two names
+    rows = torch.nonzero((sb["wte.weight"] != sa["wte.weight"]).any(1)).flatten().tolist()
+    tokens = TypedVocab.load(ctrl / "latest").tokens
+    assert rows and all(tokens[r].split("_")[0] in ("Key", "Meter", "Genre", "Emotion") for r in rows), rows
+    names = checkpoint.read_config(head / "latest")[2]["class_names"]
+    assert names and checkpoint.read_config(ctrl / "latest")[2]["class_names"] == names
+    # refused by name: no --init; no windows with controls
+    assert pretrain.main(["--preset", "tiny", "--controls-only", "--out", str(tmp_path / "a"), *common]) == 2
+    assert "--init" in capsys.readouterr().err
+    bad = ["--preset", "tiny", "--controls-only", "--init", str(head / "latest"), "--control-p", "0"]
+    assert pretrain.main([*bad, "--out", str(tmp_path / "b"), *common]) == 2
+    assert "controls_only" in capsys.readouterr().err
 
 
 def test_finetune_conditional(shards, tmp_path):

@@ -143,6 +143,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "epoch (default: 0 = each piece once, or the resumed run's)",
     )
     p.add_argument(
+        "--control-dropout",
+        type=float,
+        default=None,
+        metavar="P",
+        help="drop each control token of a window that carries them with this probability (default: 0.5)",
+    )
+    p.add_argument(
+        "--controls-only",
+        action="store_true",
+        help="train the control tokens' embeddings alone (with --init): every other weight stays, so the "
+        "model reads and continues music without controls exactly as before",
+    )
+    p.add_argument(
         "--no-humanize",
         action="store_true",
         help="train on the windows as they are, without performer augmentation (for ablations only)",

@@ -143,6 +143,11 @@ class TrainConfig:
     """Classification fine-tuning: train the classification head alone. Every other weight stays exactly
     as --from had it, so the model keeps its next-token, key and meter heads and one exported graph
     carries them all with the new head (how the shipped model got its emotion head)."""
+    controls_only: bool = False
+    """Generation: train the control tokens' embedding rows alone (Key_*, Meter_*, Genre_*, Emotion_*).
+    Every other weight stays exactly as --init had it, so every answer read without control tokens (the
+    next-token distribution over music, the key, meter and emotion heads, their fusions) is unchanged and
+    only what the controls ask for is learned (issue 13)."""
     humanize: bool = True
     """Redraw each window as a performer might play it (training/learn/humanize.py: velocity, timing,
     articulation, top voice), so no head can read a source's signature."""
@@ -185,6 +190,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.head_only and self.task not in ("genre", "emotion", "composer"):
             raise ValueError(f"head_only trains a classification head; task {self.task!r} has none")
+        if self.controls_only and not (
+            self.task == "conditional" or (self.task == "pretrain" and self.control_p > 0)
+        ):
+            raise ValueError("controls_only trains the control tokens; it needs windows that carry them")
         if self.infill_p > 0 and self.task not in ("pretrain", "conditional"):
             raise ValueError(f"infill_p is for generation (pretrain, conditional), not task {self.task!r}")
         for name in ("log_every", "eval_every", "ckpt_every", "eval_pieces"):

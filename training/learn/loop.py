@@ -48,6 +48,21 @@ RESUMABLE_CHANGES = {"log_every", "eval_every", "eval_pieces", "ckpt_every", "de
 FIT_SKIP, FIT_STEPS = 2, 8
 
 
+def freeze_all_but_controls(model: TypeMoE, vocab) -> list[int]:
+    """cfg.controls_only: of all the weights, only the control tokens' rows of the (tied) embedding learn.
+    A hook zeroes every other row's gradient, and the embedding has no weight decay (param_groups), so
+    AdamW leaves those rows, and every weight outside the embedding, exactly as they were. Returns the
+    ids that learn."""
+    ids = [vocab.id(t) for kind in analysis.CONTROLS for t in kind.tokens() if t in vocab.tokens]
+    model.requires_grad_(False)
+    w = model.wte.weight
+    w.requires_grad_(True)
+    keep = torch.zeros(w.shape[0], 1, dtype=w.dtype, device=w.device)
+    keep[ids] = 1.0
+    w.register_hook(lambda g: g * keep)
+    return ids
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine decay to min_lr at max_steps."""
     o = cfg.optim
@@ -205,6 +220,8 @@ def train(
     if cfg.head_only:  # only the classification head learns; the trunk and the other heads stay as they are
         model.requires_grad_(False)
         model.cls_head.requires_grad_(True)
+    if cfg.controls_only:
+        freeze_all_but_controls(model, vocab)
     names = term_names(cfg, model.cfg)
     cls_task = cfg.task if "cls" in names else None
     ema = None

@@ -58,11 +58,13 @@ def build_config(args, vocab):
         cfg = replace(cfg, labelled_fraction=args.labelled_fraction)
     if getattr(args, "control_p", None) is not None:
         cfg = replace(cfg, control_p=args.control_p)
-    for name in ("control_window", "control_start_p"):
+    for name in ("control_window", "control_start_p", "control_dropout"):
         if getattr(args, name, None) is not None:
             cfg = replace(cfg, **{name: getattr(args, name)})
     if getattr(args, "minor_share", None) is not None:
         cfg = replace(cfg, minor_share=args.minor_share)
+    if getattr(args, "controls_only", False):
+        cfg = replace(cfg, controls_only=True)
     if getattr(args, "no_humanize", False):
         cfg = replace(cfg, humanize=False)
     infill_p = getattr(args, "infill_p", None)
@@ -79,9 +81,10 @@ def _saved_config(args) -> dict | None:
     return ckpt.read_state(ckpt.resolve(out)).get("config")
 
 
-def init_model(path, cfg, vocab=None):
-    """The weights to start from (--init): they must have the preset's shapes; a checkpoint from before
-    the infilling tokens is grown to `vocab` (training/infill_data.grow_vocab)."""
+def init_model(path, cfg, vocab=None, *, own_shapes: bool = False):
+    """The weights to start from (--init): they must have the preset's shapes (or, with own_shapes, keep
+    their own: --controls-only); a checkpoint from before the infilling tokens is grown to `vocab`
+    (training/infill_data.grow_vocab)."""
     from typemoe import checkpoint
     from typemoe.training.learn import ckpt, infill_data
 
@@ -91,11 +94,18 @@ def init_model(path, cfg, vocab=None):
             model = infill_data.grow_vocab(model, vocab)
     except (checkpoint.CheckpointError, ValueError) as err:
         raise ValueError(f"--init {path}: {err}") from err
-    if model.cfg != cfg.model:
+    if model.cfg != cfg.model and not own_shapes:
         raise ValueError(
             f"--init {path}: its model shapes differ from the preset's ({model.cfg} vs {cfg.model})"
         )
     return model.train()
+
+
+def init_meta(path) -> dict:
+    """The meta of the checkpoint --init names."""
+    from typemoe import checkpoint
+
+    return checkpoint.read_config(ckpt.resolve(path))[2]
 
 
 def split_pieces(pieces, dirs):
@@ -118,8 +128,13 @@ def run(args) -> int:
     logging.getLogger("typemoe.checkpoint").setLevel(logging.WARNING)  # one line per save is noise
     try:
         vocab = TypedVocab.default()
+        controls_only = getattr(args, "controls_only", False)
         if args.resume and ckpt.has_checkpoint(args.out):  # a run keeps its own vocabulary
             vocab = TypedVocab.load(ckpt.resolve(args.out))
+        elif controls_only:  # the controls learn on --init's own vocabulary and shapes: nothing else changes
+            if getattr(args, "init", None) is None:
+                raise ValueError("--controls-only trains the controls of an existing model: give --init")
+            vocab = TypedVocab.load(ckpt.resolve(args.init))
         cfg = build_config(args, vocab)
         cfg.check_world(d.world)
         loop.check_resume_target(args.out, args.resume)
@@ -137,8 +152,12 @@ def run(args) -> int:
         meta = {"data": [str(p) for p in args.data], "labelled_fraction": cfg.labelled_fraction}
         model = None
         if getattr(args, "init", None) is not None:
-            model = init_model(args.init, cfg, vocab)
+            model = init_model(args.init, cfg, vocab, own_shapes=controls_only)
+            cfg = replace(cfg, model=model.cfg)
             meta["init"] = str(args.init)
+            if controls_only:  # the class head is --init's own, and so are its class names
+                names = init_meta(args.init).get("class_names")
+                meta.update({"class_names": names} if names else {})
         loop.train(
             cfg,
             vocab=vocab,

@@ -1,0 +1,40 @@
+"""eval_control's `real` rows: its analysers on the composers' own music, the ceiling of the control table."""
+
+from __future__ import annotations
+
+import numpy as np
+import symusic
+
+from typemoe import analysis
+from typemoe.training.evaluation import eval_control
+
+
+def _waltz_in_c(bars: int = 8) -> symusic.Score:
+    """A C-major waltz: a low tonic or dominant on each downbeat, a chord tone on beats 2 and 3."""
+    score = symusic.Score(480)
+    track = symusic.Track("waltz", 0, False)
+    chords = [(48, (64, 67)), (43, (62, 65)), (48, (64, 67)), (41, (65, 69))]
+    for b in range(bars):
+        bass, (x, y) = chords[b % len(chords)]
+        t = b * 3 * 480
+        track.notes.append(symusic.Note(t, 480, bass, 90))
+        track.notes.append(symusic.Note(t + 480, 400, x, 60))
+        track.notes.append(symusic.Note(t + 960, 400, y, 60))
+        track.notes.append(symusic.Note(t, 1400, 72 if b % 2 == 0 else 67, 80))
+    score.tracks.append(track)
+    return score
+
+
+def test_real_rates_compare_the_analysers_with_the_labels(vocab):
+    toks = np.asarray(vocab.encode_score(_waltz_in_c()))
+    c_major, fs_major = analysis.KEYS.index("C major"), analysis.KEYS.index("F# major")
+    three, four = analysis.METERS.index("3/4"), analysis.METERS.index("4/4")
+    right = eval_control.real_rates(vocab, [toks], [c_major], [three], bars=2)
+    assert right["bare.real.key_match"] == 1.0 and right["bare.real.meter_family_match"] == 1.0
+    assert right["move.real.key_match"] == 1.0 and right["bare.real.key_n"] == 1
+    wrong = eval_control.real_rates(vocab, [toks], [fs_major], [four], bars=2)
+    assert wrong["bare.real.key_match"] == 0.0 and wrong["bare.real.meter_family_match"] == 0.0
+    # unlabelled pieces and pieces too short for the passage are left out, not counted as misses
+    both = eval_control.real_rates(vocab, [toks, toks], [c_major, -1], [-1, three], bars=2)
+    assert both["bare.real.key_n"] == 1 and both["bare.real.meter_family_n"] == 1
+    assert "move.real.key_match" not in eval_control.real_rates(vocab, [toks], [c_major], [three], bars=5)

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from typemoe.sampling import DEFAULT_GUIDANCE
+
 MIDI_APIS = ("auto", "alsa", "jack", "coremidi", "winmm")
 CLOCK_SOURCES = ("auto", "internal", "midi")
 MODES = ("respond", "manual", "analyze")
@@ -66,7 +68,7 @@ class BridgeConfig:
     seed: int | None = None  # sampling seed; None = a new one each time
     condition_key: str = ""  # "" = free; e.g. "A minor" (same as /typemoe/condition)
     condition_meter: str = ""  # "" = free; e.g. "6/8"; continuations start on its bar lines
-    guidance: float = 1.0  # classifier-free guidance weight of the condition, >= 1 (1 = off; ~2x decode cost)
+    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance of the condition, >= 1 (1 = off; ~2x decode)
     key_lock: bool = False  # only pitches of condition_key's scale (else of the key being reported)
 
     # -- robustness and reporting ----------------------------------------------------------------------

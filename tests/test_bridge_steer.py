@@ -33,6 +33,7 @@ from typemoe.bridge import continuation as cont
 from typemoe.bridge.config import BridgeConfig
 from typemoe.bridge.events import Analysis, Feed, Generated
 from typemoe.bridge.worker import ContextPolicy, ModelThread
+from typemoe.sampling import DEFAULT_GUIDANCE
 from typemoe.shipped import default_model_dir
 from typemoe.streaming import TokenReader
 
@@ -209,7 +210,7 @@ def test_bad_guidance_and_key_lock_values_are_answered_with_an_error(name, value
     h.osc_in("/typemoe/set", name, value)
     (err,) = h.sent("/typemoe/error")
     assert name in err[0] and needle in err[0]
-    assert (h.engine.cfg.guidance, h.engine.cfg.key_lock) == (1.0, False)  # unchanged
+    assert (h.engine.cfg.guidance, h.engine.cfg.key_lock) == (DEFAULT_GUIDANCE, False)  # unchanged
 
 
 def test_config_file_and_flags_carry_guidance_and_key_lock(tmp_path):
@@ -219,6 +220,7 @@ def test_config_file_and_flags_carry_guidance_and_key_lock(tmp_path):
     path.write_text('guidance = 2.0\nkey-lock = true\ncondition_key = "F# major"\n')
     cfg = config.make_config(config.load_toml(path))
     assert (cfg.guidance, cfg.key_lock) == (2.0, True)
+    assert BridgeConfig().guidance == DEFAULT_GUIDANCE > 1  # a condition is guided unless told otherwise
     args = cli.build_parser().parse_args(["--guidance", "1.5", "--key-lock"])
     assert (args.guidance, args.key_lock) == (1.5, True)
     for bad in ({"guidance": 0.9}, {"guidance": float("nan")}, {"key_lock": 1}):

@@ -32,8 +32,10 @@ def test_real_rates_compare_the_analysers_with_the_labels(vocab):
     right = eval_control.real_rates(vocab, [toks], [c_major], [three], bars=2)
     assert right["bare.real.key_match"] == 1.0 and right["bare.real.meter_family_match"] == 1.0
     assert right["move.real.key_match"] == 1.0 and right["bare.real.key_n"] == 1
+    assert right["bare.real.scale_match"] == 1.0  # every note is in C major's scale
     wrong = eval_control.real_rates(vocab, [toks], [fs_major], [four], bars=2)
     assert wrong["bare.real.key_match"] == 0.0 and wrong["bare.real.meter_family_match"] == 0.0
+    assert 0 < wrong["bare.real.scale_match"] < 0.3  # of the waltz's notes only F (E#) is in F# major's scale
     # unlabelled pieces and pieces too short for the passage are left out, not counted as misses
     both = eval_control.real_rates(vocab, [toks, toks], [c_major, -1], [-1, three], bars=2)
     assert both["bare.real.key_n"] == 1 and both["bare.real.meter_family_n"] == 1

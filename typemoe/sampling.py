@@ -38,6 +38,13 @@ def sample_next(
     return int(rng.choice(probs.size, p=probs))
 
 
+DEFAULT_GUIDANCE = 3.0
+"""Classifier-free guidance weight of the controls when the caller gives none (`typemoe generate`/`infill`,
+the bridge). Guidance acts only where control tokens are present (a stream without them has nothing to
+guide, and decodes once); with them each token costs a second decode. The shipped model's bare-prompt key
+match rises with it (MODEL_CARD.md, "Attribute control"); 1 turns it off."""
+
+
 def guide(cond: np.ndarray, uncond: np.ndarray, guidance: float) -> np.ndarray:
     """Classifier-free guidance on (V,) logits: uncond + g * (cond - uncond), in float64, as float32 (V,)."""
     u = uncond.astype(np.float64)

@@ -274,7 +274,7 @@ def continuation_score(
     temperature: float,
     top_p: float,
     seed: int | None,
-    guidance: float = 1.0,
+    guidance: float = sampling.DEFAULT_GUIDANCE,
     key_lock: bool = False,
 ) -> Continuation:
     """The prompt score with one more track holding `bars` generated bars of the prompt's meter."""
@@ -420,8 +420,9 @@ def add_generation_flags(p, meter_help: str = "") -> None:
     p.add_argument(
         "--guidance",
         type=float,
-        default=1.0,
-        help="classifier-free guidance weight for the controls (1 = off)",
+        default=sampling.DEFAULT_GUIDANCE,
+        help=f"classifier-free guidance weight for the controls (default: {sampling.DEFAULT_GUIDANCE:g}; 1 = off; "
+        "with controls each token costs a second decode)",
     )
     p.add_argument("--key-lock", action="store_true", help="only pitches of --key's scale")
 

@@ -68,7 +68,7 @@ class BridgeConfig:
     seed: int | None = None  # sampling seed; None = a new one each time
     condition_key: str = ""  # "" = free; e.g. "A minor" (same as /typemoe/condition)
     condition_meter: str = ""  # "" = free; e.g. "6/8"; continuations start on its bar lines
-    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance of the condition, >= 1 (1 = off; ~2x decode)
+    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance of a condition (>= 1; 1 = off)
     key_lock: bool = False  # only pitches of condition_key's scale (else of the key being reported)
 
     # -- robustness and reporting ----------------------------------------------------------------------

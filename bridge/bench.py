@@ -11,6 +11,8 @@ and listens to the OSC replies. Keys of the returned dict:
                                    for a note that waited for a held earlier note, from that note's note-off
     bridge.end_to_end_ms.p50/p99   note-off written to JACK by the player -> /typemoe/key received over UDP
     bridge.first_note_ms.p50/p99   /typemoe/continue stamped -> first generated note-on ready to send
+    bridge.first_note_conditioned_ms.p50/p99   the same after /typemoe/condition "D major" "4/4", at the
+                                   bridge's default guidance (a guided token decodes twice)
     bridge.held_chord_readout_ms.p50/p99   the demo tune (a Bach chorale, held chords) played at 100 BPM:
                                    each chord's first note-on written to JACK -> next /typemoe/key received
     bridge.key_flips_per_min       changes of the reported key while that tune plays (after hysteresis)
@@ -197,6 +199,16 @@ def _play_tune(out, reply: socket.socket, beats: float, bpm: float = 100.0) -> d
     }
 
 
+def _continuations(reply: socket.socket, osc_to: tuple[str, int], n: int) -> None:
+    """Ask for n one-bar continuations, each stopped once its first note is reported."""
+    for _ in range(n):
+        _drain(reply)
+        reply.sendto(osc_io.encode("/typemoe/continue", (1.0,)), osc_to)
+        _recv_until(reply, "/typemoe/note", 5.0)
+        reply.sendto(osc_io.encode("/typemoe/panic", ()), osc_to)
+        time.sleep(0.1)
+
+
 def _measure(
     rtmidi, bridge_cls, model, model_dir, n_notes: int, n_triggers: int, provider: str, tune_beats: float
 ) -> dict:
@@ -236,12 +248,11 @@ def _measure(
             if t_key is not None:
                 end_to_end.append((t_key - t_off) * 1000.0)
             time.sleep(0.05)
-        for _ in range(n_triggers):
-            _drain(reply)
-            reply.sendto(osc_io.encode("/typemoe/continue", (1.0,)), osc_to)
-            _recv_until(reply, "/typemoe/note", 5.0)
-            reply.sendto(osc_io.encode("/typemoe/panic", ()), osc_to)
-            time.sleep(0.1)
+        _continuations(reply, osc_to, n_triggers)
+        n_plain = len(bridge.engine.stats.series.get("first_note_ms", ()))
+        reply.sendto(osc_io.encode("/typemoe/condition", ("D major", "4/4")), osc_to)
+        _continuations(reply, osc_to, n_triggers)
+        reply.sendto(osc_io.encode("/typemoe/condition", ("", "")), osc_to)
         tune = _play_tune(out, reply, tune_beats) if tune_beats > 0 else None
     finally:
         bridge.stop("benchmark done")
@@ -250,11 +261,13 @@ def _measure(
         out.delete()
         reply.close()
     stats = bridge.engine.stats
+    first = list(stats.series.get("first_note_ms", ()))
     result = {}
     for name, xs in (
         ("analysis_ms", list(stats.series.get("analysis_ms", ()))),
         ("end_to_end_ms", end_to_end),
-        ("first_note_ms", list(stats.series.get("first_note_ms", ()))),
+        ("first_note_ms", first[:n_plain]),
+        ("first_note_conditioned_ms", first[n_plain:]),
     ):
         for q, v in _pcts(xs).items():
             result[f"bridge.{name}.{q}"] = v
@@ -264,7 +277,8 @@ def _measure(
         result["bridge.key_flips_per_min"] = tune["flips"] / tune["minutes"]
         result["bridge.tune_onsets"] = float(tune["onsets"])
     result["bridge.n_notes"] = float(len(end_to_end))
-    result["bridge.n_continuations"] = float(len(stats.series.get("first_note_ms", ())))
+    result["bridge.n_continuations"] = float(n_plain)
+    result["bridge.n_conditioned"] = float(len(first) - n_plain)
     log.info("bridge stats: %s", stats.summary())
     log.info("bridge bench: %s", result)
     return result

@@ -129,6 +129,51 @@ def test_guidance_one_is_unguided_and_g_mixes_the_two_streams(ort_model, monkeyp
     np.testing.assert_allclose(mixed[0], want, atol=1e-4)
 
 
+def test_the_unconditioned_twin_is_kept_up_to_date_not_rebuilt(ort_model):
+    """A live session (the bridge's) guides many continuations: the twin guidance runs on is rewound and
+    fed what changed, and answers as a twin built from scratch would."""
+    vocab = ort_model.vocab
+    s = ort_model.session()
+    s.feed([vocab.bos_id, *vocab.control_ids(key="D major", meter="3/4"), *_music(vocab, 40, seed=2)])
+
+    def fresh_twin_logits() -> np.ndarray:
+        u = ort_model.session()
+        u.feed([vocab.bos_id, *s.tokens[3:]])
+        return u.last.logits
+
+    twin = s.unconditioned()
+    np.testing.assert_allclose(twin.last.logits, fresh_twin_logits(), atol=1e-4)
+    n = s.n_past
+    s.generate(n_tokens=12, temperature=1.0, seed=3, guidance=3.0)  # feeds the twin too
+    s.rewind(n)  # the continuation is dropped, as the bridge does when the performer plays on
+    s.feed(_music(vocab, 60, seed=4)[1:20])
+    runs = []
+    real_run = ort_model.run
+
+    def counting_run(ids, n_past, cache):
+        runs.append(len(ids))
+        return real_run(ids, n_past, cache)
+
+    ort_model.run = counting_run
+    try:
+        again = s.unconditioned()
+    finally:
+        del ort_model.run
+    assert again is twin and sum(runs) == 19, runs  # only the 19 new tokens ran, on the same twin
+    assert again.tokens == [vocab.bos_id, *s.tokens[3:]] and again.bars == s.bars
+    np.testing.assert_allclose(again.last.logits, fresh_twin_logits(), atol=1e-4)
+    assert s.unconditioned() is twin  # nothing new: nothing runs
+    fork = s.fork()  # the bridge generates on a fork of its live session: the fork finds the same twin
+    fork.generate(n_tokens=8, temperature=1.0, seed=6, guidance=3.0)
+    assert fork.unconditioned() is twin and twin.tokens == [vocab.bos_id, *fork.tokens[3:]]
+    assert s.unconditioned() is twin and twin.tokens == [vocab.bos_id, *s.tokens[3:]]
+    np.testing.assert_allclose(twin.last.logits, fresh_twin_logits(), atol=1e-4)
+    s.reset()
+    s.feed([vocab.bos_id, *vocab.control_ids(key="E minor"), *_music(vocab, 10, seed=5)])
+    rebuilt = s.unconditioned()
+    assert rebuilt is not twin and rebuilt.tokens == [vocab.bos_id, *s.tokens[2:]]
+
+
 def test_guidance_without_controls_changes_nothing(ort_model):
     vocab = ort_model.vocab
     outs = []

@@ -139,6 +139,8 @@ class Session:
         self._cls_total, self._cls_n = 0.0, 0  # sum and count of every counted row, slid-out ones included
         self._bar_position = -1  # grid position of the last Position in the current bar, -1 after a Bar
         self._pitches_here: set[int] = set()  # Pitch ids emitted at the current position
+        # The unconditioned twin guidance ran on last (unconditioned()), in a box that forks share.
+        self._twin_box: list[Session | None] = [None]
 
     # ---- feeding -----------------------------------------------------------------------------------
     def feed(self, ids: Sequence[int]) -> StepOut:
@@ -241,8 +243,12 @@ class Session:
         self.last = None  # the heads at the new last position are unknown until the next feed
 
     def fork(self) -> Session:
-        """An independent copy: same tokens and cache, its own buffers."""
+        """An independent copy: same tokens and cache, its own buffers. It shares the unconditioned twin
+        (unconditioned(): a cache that whichever stream asks for it first brings up to date), so that
+        guided continuations on forks of a live session do not prefill it anew; one guided generation at
+        a time (the bridge runs one)."""
         other = self._fresh()
+        other._twin_box = self._twin_box
         self.engine.copy_cache(other.cache, self.cache, self.n_past)
         other.tokens, other.last, other.bars = list(self.tokens), self.last, self.bars
         other._cls_rows = list(self._cls_rows)
@@ -263,8 +269,14 @@ class Session:
         return other
 
     def unconditioned(self) -> Session | None:
-        """A new session on the same stream without its control tokens (BOS kept), for guidance; None
-        when the stream has no control token besides BOS."""
+        """The same stream without its control tokens (BOS kept), for guidance; None when the stream has
+        no control token besides BOS.
+
+        The session keeps the twin it returned last and brings it up to date: it is rewound to the
+        tokens it shares with this stream and fed the rest, so a live session (the bridge's) pays a
+        full prefill for guidance once, not at every continuation. A twin that shares nothing (after a
+        slide or a reset) is built anew.
+        """
         t = self.tables
         n_pre = 0
         while n_pre < len(self.tokens) and t.is_control[self.tokens[n_pre]]:
@@ -272,12 +284,26 @@ class Session:
         bos = [i for i in self.tokens[:n_pre] if i == t.bos_id]
         if n_pre == len(bos):
             return None
-        other = self._fresh()
-        other.bars = self.bars - int(t.is_bar[self.tokens].sum())  # the time base carries over (slides)
-        music = self.tokens[n_pre:]
-        if bos or music:
-            other.feed([*bos, *music])
-        return other
+        target = [*bos, *self.tokens[n_pre:]]
+        twin = self._twin_box[0]
+        shared = 0
+        if twin is not None:
+            limit = min(len(twin.tokens), len(target))
+            while shared < limit and twin.tokens[shared] == target[shared]:
+                shared += 1
+        if shared == 0:
+            twin = self._twin_box[0] = self._fresh()
+        elif shared == len(target) and shared == twin.n_past and twin.last is not None:
+            twin.bars = self.bars
+            return twin
+        else:
+            shared = min(shared, len(target) - 1)  # re-run at least the last token: its heads are needed
+            twin.rewind(shared)
+        rest = target[shared:]
+        if rest:
+            twin.feed(rest)
+        twin.bars = self.bars  # the time base carries over (control tokens hold no Bar)
+        return twin
 
     def recondition(self, controls: Sequence[int], *, keep: int | None = None) -> StepOut:
         """Restart the stream as [BOS, *controls, *recent music] (e.g. the performer changed the key).

@@ -14,7 +14,7 @@ unconditioned model (no control tokens: the reference a control must beat). The 
 are analysed: key by music21's Krumhansl-Schmuckler profile (training/evaluation/baselines.py), meter by the
 project's onset-autocorrelation detector, compared with X and with Y's family (duple / triple); and
 `scale_match`, the share of the new notes in X's scale (the key lock's scale): whether the music keeps to
-the asked key's notes, whichever tonic the profile then hears.
+the asked key's notes, whichever tonic the profile then hears (a continuation without notes counts 0).
 
 The same analysers on the composers' own music (`real`): the same pieces' first `bars` REMI bars (what a
 bare prompt asks of the model) and the `bars` after the first two (what a music prompt continues with),

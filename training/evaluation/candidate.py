@@ -119,22 +119,15 @@ def stages(args: argparse.Namespace) -> dict[str, tuple[list[str], Callable[[], 
         *(a for o in args.ood for a in ("--ood", o)),
     ]
 
+    export_args = ["--checkpoint", str(emotion_run), "--out", str(model), "--no-fp16"]
+
     def export() -> None:
         # `typemoe export` in a process of its own: training never imports export's torch side
         # (tests/test_import_contract.py); the command is what the card documents anyway.
         if model.exists():  # a step killed half-way: its partial directory goes
             shutil.rmtree(model)
-        cmd = [
-            sys.executable,
-            "-m",
-            "typemoe.cli",
-            "export",
-            "--checkpoint",
-            str(emotion_run),
-            "--out",
-            str(model),
-        ]
-        _check("export", subprocess.run([*cmd, "--no-fp16"]).returncode)
+        cmd = [sys.executable, "-m", "typemoe.cli", "export", *export_args]
+        _check("export", subprocess.run(cmd).returncode)
 
     def slim() -> None:
         from typemoe.export.model_dir import refresh_manifest
@@ -148,7 +141,7 @@ def stages(args: argparse.Namespace) -> dict[str, tuple[list[str], Callable[[], 
 
     steps = {
         "emotion": (emotion, head),
-        "export": (["--checkpoint", str(emotion_run), "--out", str(model), "--no-fp16"], export),
+        "export": (export_args, export),
         "fit_meter": (meter, lambda: _check("fit_meter", fit_meter.main(meter))),
         "fit_key": (key, lambda: _check("fit_key", fit_key.main(key))),
         "fit_emotion": (emo_fit, lambda: _check("fit_emotion", fit_emotion.main(emo_fit))),

@@ -87,11 +87,12 @@ def real_rates(vocab, tokens: list[np.ndarray], keys, meters, *, bars: int) -> d
     bar = vocab.id("Bar_None")
     hits: dict[str, list] = {}
     for toks, key, meter in zip(tokens, keys, meters, strict=True):
-        at = np.flatnonzero(np.asarray(toks) == bar)
+        toks = np.asarray(toks)
+        at = np.flatnonzero(toks == bar)
         for s, first in (("bare", 0), ("move", 2)):
             if len(at) <= first + bars:
                 continue
-            passage = np.asarray(toks)[at[first] : at[first + bars]].tolist()
+            passage = toks[at[first] : at[first + bars]].tolist()
             labelled = int(key) if int(key) >= 0 else None
             got_key, got_meter, in_scale = analyse_new_notes(vocab, passage, 0.0, labelled)
             if labelled is not None and got_key is not None:

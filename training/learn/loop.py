@@ -53,7 +53,8 @@ def freeze_all_but_controls(model: TypeMoE, vocab) -> list[int]:
     A hook zeroes every other row's gradient, and the embedding has no weight decay (param_groups), so
     AdamW leaves those rows, and every weight outside the embedding, exactly as they were. Returns the
     ids that learn."""
-    ids = [vocab.id(t) for kind in analysis.CONTROLS for t in kind.tokens() if t in vocab.tokens]
+    known = set(vocab.tokens)
+    ids = [vocab.id(t) for kind in analysis.CONTROLS for t in kind.tokens() if t in known]
     model.requires_grad_(False)
     w = model.wte.weight
     w.requires_grad_(True)

@@ -24,7 +24,8 @@ not depend on weight values, and a model directory holds no torch weights. Both 
 those ratios are null, with a note. Decode ids are random, so consecutive steps use different experts,
 as in music (Position, Pitch, Velocity, Duration in turn). Models compared with each other are timed in
 alternating blocks, so a change of machine load during the run (this box is shared) biases none.
-The `typemoe` command registers the bridge's latency rows in EXTRA_BENCHES (bridge/bench.py).
+The `typemoe` command registers the bridge's latency rows (bridge/bench.py) and `typemoe analyze`'s cost
+(typemoe/commands/analyze_bench.py) in EXTRA_BENCHES.
 """
 
 from __future__ import annotations
@@ -386,6 +387,14 @@ def format_table(res: dict[str, Any]) -> str:
                     f"top-1 agreement {q['quality']['lm_top1_agreement']:.3f}",
                 )
             )
+    an = res.get("analyze")
+    if an:
+        rows.append(
+            (
+                "analyze, twelve hearings vs one",
+                f"{an['ratio']:.1f}x ({an['twelve_s']:.2f} s vs {an['quick_s']:.2f} s, {an['bars']} bars)",
+            )
+        )
     rows.append(
         ("load avg before/after", f"{res['load_avg']['before'][0]:.2f} / {res['load_avg']['after'][0]:.2f}")
     )

@@ -37,31 +37,39 @@ def music21_scores(n: int, opus: str = "essenFolksong/altdeu10") -> list[tuple[s
 def _music21_scores(n: int, opus: str) -> list[tuple[str, symusic.Score]]:
     music21 = pytest.importorskip("music21")
     op = music21.corpus.parse(opus)
-    out = []
-    for i, s in enumerate(op.scores[:n] if hasattr(op, "scores") else [op]):  # an opus, or one score
-        score = symusic.Score(480)
-        track = symusic.Track("melody", 0, False)
-        flat = s.stripTies().flatten()
-        for el in flat.notes:
-            for p in el.pitches:
-                track.notes.append(
-                    symusic.Note(
-                        int(round(el.offset * 480)),
-                        max(1, int(round(el.quarterLength * 480))),
-                        int(p.midi),
-                        80,
-                    )
+    return [
+        (f"{opus}#{i}", _symusic_of(s))
+        for i, s in enumerate(op.scores[:n] if hasattr(op, "scores") else [op])  # an opus, or one score
+    ]
+
+
+def music21_tune(opus: str, number: int) -> symusic.Score:
+    """The tune numbered `number` (its ABC X: field) of a music21 corpus opus, as music21_scores converts."""
+    music21 = pytest.importorskip("music21")
+    return _symusic_of(music21.corpus.parse(opus, number=number))
+
+
+def _symusic_of(s) -> symusic.Score:
+    score = symusic.Score(480)
+    track = symusic.Track("melody", 0, False)
+    flat = s.stripTies().flatten()
+    for el in flat.notes:
+        for p in el.pitches:
+            track.notes.append(
+                symusic.Note(
+                    int(round(el.offset * 480)),
+                    max(1, int(round(el.quarterLength * 480))),
+                    int(p.midi),
+                    80,
                 )
-        for ts in s.recurse().getElementsByClass("TimeSignature"):
-            at = int(ts.getOffsetInHierarchy(s) * 480)
-            score.time_signatures.append(symusic.TimeSignature(at, ts.numerator, ts.denominator))
-        for ks in s.recurse().getElementsByClass("KeySignature"):
-            score.key_signatures.append(
-                symusic.KeySignature(int(ks.getOffsetInHierarchy(s) * 480), ks.sharps, 0)
             )
-        score.tracks.append(track)
-        out.append((f"{opus}#{i}", score))
-    return out
+    for ts in s.recurse().getElementsByClass("TimeSignature"):
+        at = int(ts.getOffsetInHierarchy(s) * 480)
+        score.time_signatures.append(symusic.TimeSignature(at, ts.numerator, ts.denominator))
+    for ks in s.recurse().getElementsByClass("KeySignature"):
+        score.key_signatures.append(symusic.KeySignature(int(ks.getOffsetInHierarchy(s) * 480), ks.sharps, 0))
+    score.tracks.append(track)
+    return score
 
 
 def shared_scores(archive: str, n: int) -> list[tuple[str, symusic.Score]]:

@@ -45,3 +45,31 @@ def test_bench_without_a_model_says_what_to_pass(tmp_path, capsys, monkeypatch):
     assert bench.run(p.parse_args(["--out", str(tmp_path / "b.json")])) == 2
     msg = capsys.readouterr().out
     assert "--model MODEL_DIR" in msg and "--preset small" in msg
+
+
+def test_analyze_bench_rows(tmp_path):
+    """typemoe bench's analyze rows (the CLI registers them): both readings timed on a piece longer than the
+    tiny model's context; the table prints the ratio."""
+    from export_fixtures import make_tiny_model_dir
+
+    from typemoe.commands.analyze_bench import progression, run_analyze_bench
+    from typemoe.export.bench import format_table
+    from typemoe.export.runtime import OrtModel
+
+    model_dir = make_tiny_model_dir(tmp_path / "model")
+    row = run_analyze_bench(model_dir, reps=1)["analyze"]
+    assert row["quick_s"] > 0 and row["twelve_s"] > 0 and row["ratio"] == row["twelve_s"] / row["quick_s"]
+    assert row["tokens"] > 2 * OrtModel(model_dir).context_len and row["bars"] == 64
+    assert len(progression().tracks[0].notes) == 64 * 9
+    table = format_table(
+        {
+            "provider": "cpu",
+            "graph": "g",
+            "threads": 1,
+            "decode_ms": {},
+            "prefill_ms": {},
+            "tokens_per_s": 1.0,
+        }
+        | {"load_avg": {"before": [0.0], "after": [0.0]}, "analyze": row}
+    )
+    assert "analyze, twelve hearings vs one" in table

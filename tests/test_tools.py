@@ -46,6 +46,7 @@ def test_analyze_json(model_dir, tune, capsys):
     res = json.loads(capsys.readouterr().out)
     # the tiny model's class head names the emotion quadrants: analyze reads it from the same graph
     assert set(res) == {"key", "key_confidence", "meter", "meter_confidence", "at_end", "after_bars"} | {
+        "key_transpositions",
         "emotion",
         "emotion_confidence",
         "emotion_probs",
@@ -55,11 +56,15 @@ def test_analyze_json(model_dir, tune, capsys):
     assert 0.0 < res["key_confidence"] <= 1.0 and 0.0 < res["meter_confidence"] <= 1.0
     assert list(res["after_bars"]) == ["1", "2", "4", "8"]  # the tune has more than 8 bars
     assert set(res["after_bars"]["4"]) == {"key", "key_confidence", "meter", "meter_confidence"}
+    assert res["key_transpositions"] == 12
+    assert tools.run_cli(["analyze", str(tune), "--model", str(model_dir), "--json", "--quick"]) == 0
+    quick = json.loads(capsys.readouterr().out)
+    assert quick["key_transpositions"] == 1 and quick["meter"] == res["meter"]
 
 
 def test_analyze_reads_the_whole_piece(model_dir, tmp_path):
-    """A piece longer than the context: the answer is the heads' mean over every bar line as the sliding
-    context heard it, and "at_end" the estimate at its end, after the context slid."""
+    """A piece longer than the context: the answer (--quick, one hearing) is the heads' mean over every bar
+    line as the sliding context heard it, and "at_end" the estimate at its end, after the context slid."""
     from conftest import music21_scores
 
     from typemoe.export.runtime import OrtModel
@@ -77,7 +82,7 @@ def test_analyze_reads_the_whole_piece(model_dir, tmp_path):
     long_score.dump_midi(str(path))
     ids = model.vocab.encode_score(long_score)
     assert len(ids) > 2 * model.context_len, "pick a longer tune"
-    res = tools.analyze(model, path)
+    res = tools.analyze(model, path, quick=True)
     first = model.session().feed([model.vocab.bos_id, *ids][: model.context_len])
     end = model.session()
     end.feed([model.vocab.bos_id])
@@ -100,9 +105,9 @@ def test_analyze_reads_the_whole_piece(model_dir, tmp_path):
 
 
 def test_analyze_fuses_at_every_bar_line_as_the_bridge_does(tmp_path):
-    """With the shipped directory's fusions: the whole-piece key is the mean over bar lines of the key head
-    fused with the notes of the context it read (what the bridge reports there), "at_end" the last of
-    those answers, and the meter the meter head's mean fused with the rhythm of every note."""
+    """With the shipped directory's fusions: the whole-piece key (--quick) is the mean over bar lines of the
+    key head fused with the notes of the context it read (what the bridge reports there), "at_end" the
+    last of those answers, and the meter the meter head's mean fused with the rhythm of every note."""
     from conftest import music21_scores
 
     from typemoe.export.runtime import OrtModel
@@ -120,7 +125,7 @@ def test_analyze_fuses_at_every_bar_line_as_the_bridge_does(tmp_path):
     long_score.dump_midi(str(path))
     ids = model.vocab.encode_score(long_score)
     assert len(ids) > 2 * model.context_len, "pick a longer tune"
-    res = tools.analyze(model, path)
+    res = tools.analyze(model, path, quick=True)
     session, bar, seen = model.session(), model.vocab.id("Bar_None"), 0
     session.feed([model.vocab.bos_id])
     keys, meter_heads = [], []
@@ -144,6 +149,86 @@ def test_analyze_fuses_at_every_bar_line_as_the_bridge_does(tmp_path):
     assert res["at_end"]["key_confidence"] == round(float(keys[-1].max()), 4)
     pooled = model.key.probs(ids, session.last.key_probs)  # the end head with every note: not the bridge
     assert res["at_end"]["key_confidence"] != round(float(pooled.max()), 4)
+
+
+def test_turn_back_moves_a_transposed_pieces_keys_home():
+    def one_hot(name):
+        p = np.zeros(24)
+        p[analysis.KEYS.index(name)] = 1.0
+        return p
+
+    for home, shift in (("C major", 2), ("A minor", 3), ("F# major", -6), ("Bb minor", 5)):
+        moved = analysis.KEYS[analysis.transpose_key(analysis.KEYS.index(home), shift)]
+        turned = listening.turn_back(one_hot(moved), shift)
+        assert analysis.KEYS[int(np.argmax(turned))] == home, (home, shift, moved)
+
+
+def test_analyze_hears_the_key_in_twelve_transpositions(model_dir, tune):
+    """The whole-piece key head is the mean of the piece's hearings in the 12 transpositions that put its
+    mean pitch into the register, each turned back to the piece's keys, at every bar line (the tiny model
+    has no key fusion: the heads answer)."""
+    from typemoe.export.runtime import OrtModel
+    from typemoe.transpose import Transposer
+
+    model = OrtModel(model_dir, provider="cpu")
+    assert model.key.fusion is None
+    ids = model.vocab.encode_score(symusic.Score(str(tune)))
+    tr = Transposer(model.vocab)
+    per_shift = []
+    shifts = listening.register_shifts(tr.pitch_of[np.asarray(ids)][tr.pitch_of[np.asarray(ids)] >= 0])
+    assert 0 not in shifts  # the tune sits above A4: every hearing is a transposition
+    for s in shifts:
+        moved = tr.transpose(np.asarray(ids), s)[0].tolist()
+        assert len(moved) == len(ids)  # a folk tune: every note stays in range
+        bars = listening.listen(model, moved).at_bars
+        per_shift.append(np.mean([listening.turn_back(o.key_probs, s) for o in bars], axis=0))
+    key = np.mean(per_shift, axis=0)
+    res = tools.analyze(model, tune)
+    assert res["key"] == model.key_names[int(np.argmax(key))]
+    assert res["key_confidence"] == round(float(key.max()), 4)
+    assert res["key_confidence"] != tools.analyze(model, tune, quick=True)["key_confidence"]
+
+
+def test_register_shifts_hear_a_piece_and_its_transpositions_alike():
+    pitches = np.array([60, 64, 67, 72, 71, 62])
+    shifts = listening.register_shifts(pitches)
+    assert len(shifts) == 12 and shifts == tuple(range(shifts[0], shifts[0] + 12))
+    means = [(pitches + s).mean() for s in shifts]
+    assert all(listening.REGISTER[0] <= m < listening.REGISTER[1] for m in means)
+    for k in (-7, -1, 1, 5, 12):
+        assert listening.register_shifts(pitches + k) == tuple(s - k for s in shifts)
+    assert listening.register_shifts(np.array([], dtype=int)) == (0,)
+    edge = np.array([57, 57])  # the mean exactly on the register's low edge is inside it
+    assert listening.register_shifts(edge)[0] == 0
+    with pytest.raises(ValueError, match="one octave"):
+        listening.register_shifts(pitches, (50, 70))
+
+
+def test_analyze_key_turns_with_a_transposition(tmp_path):
+    """The shipped model on a real tune whose key the one hearing does not turn (Kriegers Abschied, E
+    minor: `--quick` answers 3 of 12 transpositions with another key): the whole-piece key of every
+    transposition is the tune's key moved by the same interval. Twelve hearings of each are the same
+    twelve sequences."""
+    from conftest import music21_tune
+
+    from typemoe.export.runtime import OrtModel
+    from typemoe.shipped import default_model_dir
+
+    model = OrtModel(default_model_dir(), provider="cpu")
+    tune = music21_tune("essenFolksong/zuccal0", 457)
+    home = tmp_path / "home.mid"
+    tune.dump_midi(str(home))
+    key = analysis.parse_key(tools.analyze(model, home)["key"])
+    quick_key = analysis.parse_key(tools.analyze(model, home, quick=True)["key"])
+    turned, quick_turned = [], []
+    for shift in [s for s in range(-6, 7) if s]:
+        moved = tmp_path / f"moved{shift}.mid"
+        tune.shift_pitch(shift).dump_midi(str(moved))
+        turned.append(analysis.KEYS[analysis.transpose_key(key, shift)] == tools.analyze(model, moved)["key"])
+        quick = tools.analyze(model, moved, quick=True)["key"]
+        quick_turned.append(analysis.KEYS[analysis.transpose_key(quick_key, shift)] == quick)
+    assert all(turned), turned
+    assert not all(quick_turned)  # the piece is one that needs it: one hearing does not turn
 
 
 def test_analyze_text_and_torch_fallback_agree(model_dir, ckpt_dir, tune, capsys):

@@ -25,15 +25,18 @@ def _parse_pred(names: list[str], probs: np.ndarray, parse) -> int:
     return _label_index(names, int(np.argmax(probs)), parse)
 
 
-def read_whole_piece(model, music: np.ndarray) -> tuple[listening.Heads, listening.Heads]:
+def read_whole_piece(model, music: np.ndarray, shifts=None) -> tuple[listening.Heads, listening.Heads]:
     """A whole piece heard as the bridge hears it (typemoe.listening, as `typemoe analyze`): the (key,
-    meter) answers at its end and for the whole piece, through the directory's fusions when it has them."""
+    meter) answers at its end (one hearing, the bridge's) and for the whole piece (the key head heard in
+    twelve transpositions as analyze hears it, or `shifts` as listening.key_heads_transposed takes them),
+    through the directory's fusions when it has them."""
     heard = listening.listen(model, [int(i) for i in music])
     readers = getattr(model, "ort", None)  # an exported directory; a checkpoint's heads answer alone
-    return listening.at_end(heard, readers), listening.whole_piece(heard, readers)
+    key_heads = listening.key_heads_transposed(model, heard, shifts)
+    return listening.at_end(heard, readers), listening.whole_piece(heard, readers, key_heads)
 
 
-def _readings(model, piece: EvalPiece, window: int, whole_max_tokens: int | None) -> dict:
+def _readings(model, piece: EvalPiece, window: int, whole_max_tokens: int | None, whole_shifts=None) -> dict:
     """The model's key/meter answers on one piece: first window (end and after 1/2/4/8 bars), whole piece
     (end of the slide, and the mean over bars)."""
     vocab = model.vocab
@@ -63,7 +66,7 @@ def _readings(model, piece: EvalPiece, window: int, whole_max_tokens: int | None
         rec[n] = pred(seq[: reads[n]], out.key_probs[row], out.meter_probs[row])
     if whole_max_tokens is not None:
         music = piece.tokens[:whole_max_tokens]
-        end, whole = read_whole_piece(model, music)
+        end, whole = read_whole_piece(model, music, whole_shifts)
         rec["whole"] = parse(end.key_probs, end.meter_probs)
         rec["whole_mean"] = parse(whole.key_probs, whole.meter_probs)
     return rec
@@ -157,10 +160,13 @@ def key_meter(
     *,
     whole_max_tokens: int | None = None,
     by_source: bool = True,
+    whole_quick: bool = False,
 ) -> list[dict]:
-    """Head accuracy on the labelled pieces: first window, streaming, whole piece; overall and per source."""
+    """Head accuracy on the labelled pieces: first window, streaming, whole piece; overall and per source.
+    whole_quick: the whole piece's key head from one hearing (`typemoe analyze --quick`), not twelve."""
     labelled = [p for p in data.pieces if p.key is not None or p.meter is not None or p.signature is not None]
-    recs = [_readings(model, p, window, whole_max_tokens) for p in labelled]
+    shifts = listening.ONE_HEARING if whole_quick else None
+    recs = [_readings(model, p, window, whole_max_tokens, shifts) for p in labelled]
     for task in ("key", "meter"):
         report.skipped[task] += sum(getattr(p, task) is None for p in data.pieces)
     if labelled:

@@ -97,8 +97,9 @@ def source_table_markdown(runs: list[dict]) -> str:
         "model directory has the fusions); baselines read the same notes. `first` = the first context "
         "window, `whole` = the running estimate at the end of the piece read as the bridge hears it "
         "(sliding windows; fused with the notes of the context at the end), `mean` = `typemoe analyze`'s "
-        "answer for the whole piece (the key answers at every bar line averaged; the meter head's mean "
-        "fused with the rhythm of every note). Best profile = the best of music21's four key profiles on that row (picked after the "
+        "answer for the whole piece (the key answers at every bar line averaged, the key head heard in "
+        "twelve transpositions unless --whole-quick; the meter head's mean fused with the rhythm of every "
+        "note). Best profile = the best of music21's four key profiles on that row (picked after the "
         "fact). Key signature: the predicted key's signature against the file's key-signature meta, for "
         "sources whose files carry only that (always written as major). Perturb `all` = a velocity curve "
         "+ per-note noise + +-1/32-beat jitter + legato/staccato (training/evaluation/perturb.py).",

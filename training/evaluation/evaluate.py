@@ -29,8 +29,9 @@ Choices the design leaves open (all fixed here, so numbers compare across runs):
   (typemoe.listening: one session fed bar by bar, its context sliding when full). "whole" is the
   running estimate at the end of the piece (listening.at_end: the heads fused with the notes of the
   context they read, as the bridge shows it); "whole_mean" the answer for the whole piece
-  (listening.whole_piece, `typemoe analyze`'s: the key answers at every bar line averaged, the meter
-  head's mean over the bar lines fused with the rhythm of every note). The baselines read
+  (listening.whole_piece, `typemoe analyze`'s: the key answers at every bar line averaged, the key head
+  there heard in all twelve transpositions and turned back, one hearing with whole_quick as `analyze
+  --quick`; the meter head's mean over the bar lines fused with the rhythm of every note). The baselines read
   the same notes (key.baselines.NAME.whole).
 - Key signature (key.signature, key.whole.signature, key.baselines.NAME.signature): for sources whose key
   label is only the file's key-signature meta (training/evaluation/eval_data.py META_KEY_SOURCES: classical_piano,
@@ -109,6 +110,7 @@ class EvalConfig:
         None  # velocity | timing | all: humanize every piece (training/evaluation/perturb.py)
     )
     whole_max_tokens: int = 16384  # whole-piece reading reads at most this many tokens; 0 = off
+    whole_quick: bool = False  # the whole piece's key head from one hearing, not twelve transpositions
     by_source: bool = True  # every metric again per source
 
     def __post_init__(self) -> None:
@@ -340,7 +342,15 @@ def evaluate(cfg: EvalConfig) -> Report:
     if "control" in cfg.groups:
         attribute_control(main, data.pieces, cfg, report)
     if "keymeter" in cfg.groups:
-        key_meter(main, data, window, report, whole_max_tokens=_whole(cfg), by_source=cfg.by_source)
+        key_meter(
+            main,
+            data,
+            window,
+            report,
+            whole_max_tokens=_whole(cfg),
+            by_source=cfg.by_source,
+            whole_quick=cfg.whole_quick,
+        )
         key_meter_baselines(
             main.vocab, data, window, report, whole_max_tokens=_whole(cfg), by_source=cfg.by_source
         )

@@ -1,5 +1,5 @@
-"""`typemoe bench`: export's model benchmark plus the bridge's latency rows (composed here, so that
-export never imports the bridge), and `typemoe bench --train`, the CPU training throughput
+"""`typemoe bench`: export's model benchmark plus the bridge's latency rows and analyze's cost
+(composed here, so that export never imports the bridge or the CLI's commands), and `typemoe bench --train`, the CPU training throughput
 (training/learn/bench_train.py: the bare model step against the real loop's, old and new, in one run)."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from pathlib import Path
 
 def add_parsers(subparsers) -> None:
     from typemoe.bridge.bench import run_bridge_bench
+    from typemoe.commands.analyze_bench import run_analyze_bench
     from typemoe.export import bench, cli
 
     bench.EXTRA_BENCHES["bridge"] = run_bridge_bench
+    bench.EXTRA_BENCHES["analyze"] = run_analyze_bench
     b = cli.add_bench_parser(subparsers)
     b.add_argument(
         "--train",

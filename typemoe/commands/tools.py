@@ -15,7 +15,10 @@ analyze reads the whole piece the way the bridge hears it (all pitched tracks me
 signatures ignored, fed bar by bar through one session whose context slides when full) and answers for the
 whole piece (typemoe.listening.whole_piece): the key answered at every bar line (the key head fused with the
 pitch classes of the notes it read) and averaged, the meter head's mean fused with the rhythm of every
-note, the probabilities as confidences; --json adds the running estimate at the end ("at_end") and where
+note, the probabilities as confidences. The key head there is the piece's heard in twelve transpositions
+(the twelve that put its mean pitch between A3 and A4) and turned back (listening.key_heads_transposed), so
+the key turns exactly with a transposition; that reads the piece twelve times more, and --quick reads it
+once (the bridge's single hearing); --json adds the running estimate at the end ("at_end") and where
 it stood after 1, 2, 4 and 8 bars ("after_bars"). When the model has an emotion head (the shipped one does) it also
 reports the piece's EMOPIA quadrant (Q1..Q4: the class head pooled over every token the session heard,
 read in the same pass as the key and meter); --emotion-model DIR takes it from another exported classifier
@@ -47,7 +50,14 @@ import numpy as np
 
 from typemoe import analysis, decoding, note_writer, sampling
 from typemoe.export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
-from typemoe.listening import at_end, bar_chunks, listen, whole_piece
+from typemoe.listening import (
+    ONE_HEARING,
+    at_end,
+    bar_chunks,
+    key_heads_transposed,
+    listen,
+    whole_piece,
+)
 from typemoe.shipped import default_model_dir
 
 log = logging.getLogger(__name__)
@@ -196,11 +206,12 @@ def _prefix_bars(vocab, ids: Sequence[int], bars: int) -> list[int]:
     return list(ids[: int(at[bars])] if len(at) > bars else ids)
 
 
-def analyze(model, midi: Path, emotion=None) -> dict:
+def analyze(model, midi: Path, emotion=None, *, quick: bool = False) -> dict:
     """{"key", "key_confidence", "meter", "meter_confidence", "at_end", "after_bars"} of one MIDI file.
 
     key and meter answer for the whole piece (typemoe.listening.whole_piece: the key answers at its bar
-    lines averaged, the meter head's mean fused with the rhythm of every note). "at_end" is the running
+    lines averaged, the key head there heard in all twelve transpositions unless `quick`; the meter
+    head's mean fused with the rhythm of every note). "key_transpositions": how many (12, or 1). "at_end" is the running
     estimate at the end (what the bridge shows once the piece is over, from the context it holds then)
     and "after_bars" where it stood after 1, 2, 4 and 8 bars ({"1": {"key", ...}, ...}, the bars the
     piece has). With an emotion head (the model's own, else the separate `emotion` classifier of
@@ -208,8 +219,10 @@ def analyze(model, midi: Path, emotion=None) -> dict:
     score = read_midi(midi)
     ids = _tokens(model.vocab, score, midi)
     heard = listen(model, ids, report_bars=REPORT_BARS)
-    whole, end = whole_piece(heard, _readers(model)), at_end(heard, _readers(model))
+    key_heads = key_heads_transposed(model, heard, ONE_HEARING if quick else None)
+    whole, end = whole_piece(heard, _readers(model), key_heads), at_end(heard, _readers(model))
     res = _describe(model, whole.key_probs, whole.meter_probs)
+    res["key_transpositions"] = 1 if quick else 12
     res["at_end"] = _describe(model, end.key_probs, end.meter_probs)
     res["after_bars"] = {
         str(b): _estimate(model, out, _prefix_bars(model.vocab, ids, b))
@@ -331,7 +344,7 @@ def _analyze_cmd(args: argparse.Namespace) -> int:
     try:
         model = open_model(args.model)
         emotion = open_emotion_model(args.emotion_model)
-        res = analyze(model, args.file, emotion)
+        res = analyze(model, args.file, emotion, quick=args.quick)
     except ToolError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
@@ -394,6 +407,11 @@ def add_parsers(subparsers) -> None:
         help="a separate exported emotion classifier (default: the model's own emotion head, if it has one)",
     )
     a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.add_argument(
+        "--quick",
+        action="store_true",
+        help="hear the piece once for the key, not in all 12 transpositions (12x faster, as the bridge hears it)",
+    )
     a.set_defaults(func=_analyze_cmd)
     g = subparsers.add_parser(
         "generate",

@@ -125,3 +125,37 @@ def test_consistency_makes_the_answer_turn_with_a_transposition():
 
     assert kept.weights[-1] < 0.5 * plain.weights[-1]  # the head's weight
     assert turns(kept) > turns(plain) + 0.3
+
+
+def test_the_last_chords_bass_raises_its_tonic():
+    import symusic
+
+    from typemoe.key_fusion import ENDING_WEIGHT, KeyReader, ending_bass, with_ending
+    from typemoe.vocab import TypedVocab
+
+    # a melody ending on A over a rolled last chord (A2 a 16th after C4, E4): the bass is A
+    pitches = np.array([72, 71, 69, 60, 64, 45])
+    onsets = np.array([0.0, 1.0, 2.0, 4.0, 4.0, 4.25])
+    assert ending_bass(pitches, onsets) == 9
+    assert ending_bass(pitches[:-1], onsets[:-1]) == 0  # without the A2: C4 is the lowest of the last chord
+    assert ending_bass(pitches, onsets, window=0.0) == 9  # only the very last onset
+    assert ending_bass(np.array([], dtype=int), np.array([])) is None
+    # C major and A minor tie; the bass A decides for A minor, and raises A major by as much
+    p = np.full(24, 0.01)
+    p[0] = p[21] = 0.4
+    p /= p.sum()
+    q = with_ending(p, 9)
+    assert int(np.argmax(q)) == 21 and np.isclose(q.sum(), 1.0)
+    assert np.isclose(q[9] / q[0], np.exp(ENDING_WEIGHT) * p[9] / p[0])
+    np.testing.assert_array_equal(with_ending(p, None), p)
+    # the reader finds the bass in token ids, at the ticks the vocabulary writes
+    vocab = TypedVocab.default()
+    score = symusic.Score(480)
+    track = symusic.Track("t", 0, False)
+    for pitch, onset in zip(pitches, onsets):
+        track.notes.append(symusic.Note(int(onset * 480), 240, int(pitch), 90))
+    score.tracks.append(track)
+    assert KeyReader(None, vocab).ending(vocab.encode_score(score)) == 9
+    # turns with a transposition
+    for k in (-5, 3):
+        assert ending_bass(pitches + k, onsets) == (9 + k) % 12

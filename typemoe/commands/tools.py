@@ -410,7 +410,7 @@ def add_parsers(subparsers) -> None:
     a.add_argument(
         "--quick",
         action="store_true",
-        help="hear the piece once for the key, not in all 12 transpositions (12x faster, as the bridge hears it)",
+        help="hear the piece once for the key, not in 12 transpositions (about 11x faster; as the bridge hears it)",
     )
     a.set_defaults(func=_analyze_cmd)
     g = subparsers.add_parser(

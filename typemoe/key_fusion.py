@@ -270,7 +270,10 @@ class KeyReader:
 
     def ending(self, ids) -> int | None:
         """ending_bass of the whole notes in the token ids `ids`."""
-        notes = self.remi.notes(np.asarray(ids, dtype=np.int64))[0]
+        return self.ending_of(self.remi.notes(np.asarray(ids, dtype=np.int64))[0])
+
+    def ending_of(self, notes: np.ndarray) -> int | None:
+        """The same from already read notes (RemiNotes.notes rows)."""
         return ending_bass(self.pitch_of[notes[:, 1]], notes[:, 0] / self.remi.ticks_per_beat)
 
     def probs(self, ids, head_key_probs: np.ndarray) -> np.ndarray:

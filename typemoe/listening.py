@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from typemoe import analysis
 from typemoe.key_fusion import with_ending
 
 
@@ -105,8 +106,7 @@ ONE_HEARING = "one"  # key_heads_transposed(..., shifts=ONE_HEARING): the piece 
 def turn_back(key_probs, shift: int) -> np.ndarray:
     """(24,) probabilities over the keys of a piece moved `shift` semitones up -> over the piece's own keys
     (typemoe.analysis.KEYS order: tonic pitch class + 12 * minor)."""
-    k = np.arange(24)
-    return np.asarray(key_probs)[(k % 12 + shift) % 12 + 12 * (k // 12)]
+    return np.asarray(key_probs)[[analysis.transpose_key(k, shift) for k in range(len(analysis.KEYS))]]
 
 
 def register_shifts(pitches: np.ndarray, register: tuple[int, int] = REGISTER) -> tuple[int, ...]:
@@ -122,6 +122,11 @@ def register_shifts(pitches: np.ndarray, register: tuple[int, int] = REGISTER) -
     n, total = len(p), int(p.sum())
     first = -((total - lo * n) // n)  # the least s with total + s * n >= lo * n: ceil((lo * n - total) / n)
     return tuple(range(first, first + 12))
+
+
+def _key_heads(at_bars) -> np.ndarray:
+    """(len(at_bars), 24) the key head's probabilities at those steps."""
+    return np.stack([np.asarray(o.key_probs) for o in at_bars])
 
 
 def key_heads_transposed(model, heard: Heard, shifts=None) -> np.ndarray:
@@ -146,7 +151,7 @@ def key_heads_transposed(model, heard: Heard, shifts=None) -> np.ndarray:
 
     n = len(heard.at_bars)
     if shifts == ONE_HEARING:
-        return np.stack([np.asarray(o.key_probs) for o in heard.at_bars])
+        return _key_heads(heard.at_bars)
     transposer = Transposer(model.vocab)
     ids = np.asarray(heard.ids, dtype=np.int64)
     if shifts is None:
@@ -155,7 +160,7 @@ def key_heads_transposed(model, heard: Heard, shifts=None) -> np.ndarray:
     total = np.zeros((n, 24))
     for s in shifts:
         if s == 0:
-            bars = np.stack([np.asarray(o.key_probs) for o in heard.at_bars])
+            bars = _key_heads(heard.at_bars)
         else:
             other = listen(model, transposer.transpose(ids, s)[0].tolist()).at_bars
             bars = np.stack([turn_back(o.key_probs, s) for o in other])
@@ -182,12 +187,13 @@ def whole_piece(heard: Heard, readers=None, key_heads: np.ndarray | None = None)
     """
     meter_head = np.mean([o.meter_probs for o in heard.at_bars], axis=0)
     if key_heads is None:
-        key_heads = np.stack([np.asarray(o.key_probs) for o in heard.at_bars])
+        key_heads = _key_heads(heard.at_bars)
     if len(key_heads) != len(heard.at_bars):
         raise ValueError(f"key_heads has {len(key_heads)} rows for {len(heard.at_bars)} bar lines")
     if readers is None:
         return Heads(np.mean(key_heads, axis=0), meter_head)
     key = np.mean([readers.key.probs(ctx, h) for h, ctx in zip(key_heads, heard.contexts)], axis=0)
+    notes = readers.key.remi.notes(np.asarray(heard.ids, dtype=np.int64))[0]  # the whole piece's, read once
     if readers.key.fusion is not None:  # a piece's last bass is most often its tonic (key_fusion.with_ending)
-        key = with_ending(key, readers.key.ending(heard.ids))
-    return Heads(key, readers.meter.probs(heard.ids, meter_head))
+        key = with_ending(key, readers.key.ending_of(notes))
+    return Heads(key, readers.meter.probs_of(notes, meter_head))

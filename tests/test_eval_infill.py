@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import symusic
 
+from typemoe import infill
 from typemoe.training.evaluation import metrics
 
 pytestmark = pytest.mark.onnx
@@ -69,6 +70,7 @@ def test_infill_metrics_report_the_gain_and_the_other_suffix_reading(tmp_path):
     infill_metrics(model, pieces, types.SimpleNamespace(seed=0), 256, report)
     r = report.results
     assert r["infill.n"] == 4 and r["infill.tokens"] > 0
+    assert r["infill.suffix_weight"] == infill.SUFFIX_WEIGHT and 0 <= r["infill.fim.hits@1"] <= 1
     assert r["infill.gain.hits@1"] == pytest.approx(r["infill.hits@1"] - r["infill.continuation.hits@1"])
     assert r["infill.suffix_gain.hits@1"] == pytest.approx(
         r["infill.hits@1"] - r["infill.other_suffix.hits@1"]

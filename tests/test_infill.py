@@ -147,6 +147,72 @@ def test_infilling_tokens_have_onnx_pytorch_parity(ort_model):
     assert not report.mismatches
 
 
+def test_mix_readings_interpolates_log_probabilities_and_keeps_the_end_of_the_infilling_reading():
+    rng = np.random.default_rng(0)
+    fim, cont = rng.normal(0, 3, (5, 20)), rng.normal(0, 3, (5, 20))
+    end = 7
+
+    def lsm(x):
+        m = x.max(-1, keepdims=True)
+        return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+    np.testing.assert_allclose(infill.mix_readings(fim, cont, 1.0, end), lsm(fim), atol=1e-5)
+    zero = infill.mix_readings(fim, cont, 0.0, end)
+    np.testing.assert_allclose(np.delete(zero, end, 1), np.delete(lsm(cont), end, 1), atol=1e-5)
+    np.testing.assert_allclose(zero[:, end], lsm(fim)[:, end], atol=1e-5)  # only FIM knows the end
+    half = infill.mix_readings(fim + 5.0, cont - 2.0, 0.5, end)  # a logit offset changes nothing
+    want = (lsm(fim) + lsm(cont)) / 2
+    want[:, end] = lsm(fim)[:, end]
+    np.testing.assert_allclose(half, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_the_suffix_mix_hook_reads_both_streams_as_a_fresh_prefill_would(ort_model, guidance):
+    """SuffixMix, fed along by the middle, gives mix_readings of the infilling stream's logits and the
+    continuation stream's, each as a from-scratch prefill of the same ids gives them (guided by a twin
+    without the controls when guidance != 1)."""
+    from typemoe.sampling import guide
+
+    vocab = ort_model.vocab
+    ids = infill.InfillIds.of(vocab)
+    split = infill.split_score(vocab, random_score(3), *infill.bar_lines(random_score(3), 3, 4))
+    ctrl = vocab.control_ids(key="E minor")
+    fim = [vocab.bos_id, *ctrl, ids.suffix, *split.suffix, ids.span(split.n_bars), *split.prefix, ids.middle]
+    cont = [vocab.bos_id, *ctrl, *split.prefix]
+    middle = split.suffix[:24]  # real music ids to read along (they open on a Bar, as a middle does)
+    session, reader = ort_model.session(), ort_model.session()
+    session.feed(fim)
+    reader.feed(cont)
+    hook = infill.SuffixMix(reader, len(fim), weight=0.5, guidance=guidance, end_id=ids.end)
+
+    def fresh(seq):
+        s = ort_model.session()
+        s.feed(seq)
+        logits = s.last.logits
+        if guidance != 1.0:
+            u = ort_model.session()
+            u.feed([vocab.bos_id, *seq[1 + len(ctrl) :]])
+            logits = guide(logits, u.last.logits, guidance)
+        return logits
+
+    for k in (0, 1, len(middle) // 2, len(middle)):
+        if k:
+            session.feed(middle[len(session.tokens) - len(fim) : k])
+        got = np.array(fresh(fim + middle[:k]), dtype=np.float32)
+        hook(session, got, np.ones(vocab.size, dtype=bool))
+        want = infill.mix_readings(fresh(fim + middle[:k]), fresh(cont + middle[:k]), 0.5, ids.end)
+        np.testing.assert_allclose(got, want, atol=2e-4)
+    assert reader.tokens == cont + middle
+
+
+def test_suffix_weight_one_is_the_infilling_reading_alone(ort_model):
+    """weight 1 runs no second stream, and any other weight changes the middle (on this model, seed)."""
+    runs = {w: trial(ort_model, 11, temperature=1.0, suffix_weight=w)[0].ids for w in (1.0, 0.5, 0.0)}
+    assert runs[1.0] != runs[0.0]
+    with pytest.raises(infill.InfillError, match="suffix_weight"):
+        trial(ort_model, 11, suffix_weight=-1.0)
+
+
 def test_a_model_without_the_tokens_is_refused_by_name(tmp_path):
     from typemoe.shipped import default_model_dir
 

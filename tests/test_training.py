@@ -428,6 +428,55 @@ def test_controls_only_learns_the_control_rows_and_nothing_else(shards, tmp_path
     assert "controls_only" in capsys.readouterr().err
 
 
+def test_infill_only_learns_the_infilling_rows_and_nothing_else(shards, tmp_path, capsys):
+    """--infill-only (issue 16): of all the weights only the Infill_* tokens' embedding rows move, so the
+    model reads, continues and classifies music without them exactly as --init did. Without --init, or
+    without infilling windows, it is refused by name."""
+    head = tmp_path / "head"
+    common = ["--data", str(shards), "--max-steps", "3", "--batch-size", "4", "--micro-batch", "2"]
+    common += ["--seq-len", "64", "--threads", "1", "--lr", "1e-2"]
+    assert pretrain.main(tiny_args(shards, tmp_path / "pre", steps=2)) == 0
+    assert (
+        finetune.main(
+            ["--task", "genre", "--head-only", "--from", str(tmp_path / "pre"), "--out", str(head)] + common
+        )
+        == 0
+    )
+    fill = tmp_path / "fill"
+    flags = ["--infill-p", "1", "--control-p", "0.5", "--objective", "clm"]
+    assert (
+        pretrain.main(
+            [
+                "--preset",
+                "tiny",
+                "--infill-only",
+                "--init",
+                str(head / "latest"),
+                *flags,
+                "--out",
+                str(fill),
+                *common,
+            ]
+        )
+        == 0
+    )
+    sb, sa = checkpoint.load(head / "latest").state_dict(), checkpoint.load(fill / "latest").state_dict()
+    changed = [k for k in sb if not torch.equal(sb[k], sa[k])]
+    assert set(changed) == {"wte.weight", "lm_head.weight"}, changed  # one tied tensor, two names
+    rows = torch.nonzero((sb["wte.weight"] != sa["wte.weight"]).any(1)).flatten().tolist()
+    tokens = TypedVocab.load(fill / "latest").tokens
+    assert rows and all(tokens[r].startswith("Infill_") for r in rows), rows
+    assert (
+        checkpoint.read_config(fill / "latest")[2]["class_names"]
+        == checkpoint.read_config(head / "latest")[2]["class_names"]
+    )
+    assert pretrain.main(["--preset", "tiny", "--infill-only", "--out", str(tmp_path / "a"), *common]) == 2
+    assert "--init" in capsys.readouterr().err
+    bad = ["--preset", "tiny", "--infill-only", "--init", str(head / "latest"), "--infill-p", "0"]
+    assert pretrain.main([*bad, "--out", str(tmp_path / "b"), *common]) == 2
+    assert "infill_only" in capsys.readouterr().err
+
+
 def test_finetune_conditional(shards, tmp_path):
     pre = tmp_path / "pre"
     assert pretrain.main(tiny_args(shards, pre, steps=2)) == 0

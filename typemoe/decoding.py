@@ -256,6 +256,11 @@ class Session:
         other._bar_position, other._pitches_here = self._bar_position, set(self._pitches_here)
         return other
 
+    def blank(self) -> Session:
+        """A new empty session on the same engine (its own cache), e.g. a second reading of the same
+        music that a hook mixes in (typemoe.infill.SuffixMix)."""
+        return self._fresh()
+
     def _fork_extra(self, other: Session) -> None:
         """Subclasses copy their own attributes here."""
 

@@ -5,9 +5,12 @@ is masked, n and the start drawn from default_rng((seed, piece index)), with at 
 and one after it in the window. Prefix (the bars before) and suffix (from the bar after) are cut to fit
 the context as typemoe/infill.py cuts them at decoding time. Then, on the same middle tokens:
 
-- infill.hits@1 / infill.hits@5: teacher forcing on [BOS, Infill_Suffix, suffix, Infill_Bars_n, prefix,
-  Infill_Middle, middle] (typemoe/infill.py's arrangement): the share of middle tokens that are the model's top-1 / top-5 prediction.
-  infill.continuation.hits@1 / @5: the same middle tokens after [BOS, prefix] alone (no suffix).
+- infill.hits@1 / infill.hits@5: the share of middle tokens that are the top-1 / top-5 of what the
+  infilling decoder predicts under teacher forcing: typemoe.infill.mix_readings of the infilling reading
+  ([BOS, Infill_Suffix, suffix, Infill_Bars_n, prefix, Infill_Middle, middle], typemoe/infill.py's
+  arrangement) and the continuation reading ([BOS, prefix, middle]) at infill.suffix_weight
+  (typemoe.infill.SUFFIX_WEIGHT), as the decoder mixes them. infill.fim.hits@1: the infilling reading
+  alone. infill.continuation.hits@1 / @5: the continuation reading alone (no suffix).
 - infill.bleu2: corpus BLEU-2 (token strings) of the greedy middle (typemoe.infill.generate_middle:
   temperature 0, the span grammar) against the true middle; infill.continuation.bleu2: the greedy
   continuation of n bars from the prefix (typemoe.decoding, the grammar of `typemoe generate`).
@@ -20,7 +23,7 @@ the context as typemoe/infill.py cuts them at decoding time. Then, on the same m
   from resampling whole pieces (metrics.paired_gain), so "infilling beats continuation" is read off an
   interval, not two numbers a few tokens apart.
 - infill.other_suffix.hits@1: the same middles, prefixes and spans with the suffix of another piece (the
-  next piece's, cut to the same length at a bar line). infill.suffix_gain.hits@1 (.ci95), the true
+  next piece's, cut to the same length at a bar line), mixed the same way. infill.suffix_gain.hits@1 (.ci95), the true
   suffix over that one, says whether the model reads the suffix at all; a wrong suffix also misleads, so
   it is larger than what the true suffix adds over no suffix.
 
@@ -85,7 +88,8 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
         return
     t = tables_of(vocab)
     bar = vocab.id("Bar_None")
-    logits = {"infill": [], "continuation": [], "other_suffix": []}
+    logits = {"infill": [], "fim": [], "continuation": [], "other_suffix": []}
+    w = infill.SUFFIX_WEIGHT
     targets, pairs, cont_pairs, ended, spans = [], [], [], [], []
     lead = {"model": [], "true": [], "continuation": []}
     for i, piece in enumerate(pieces):
@@ -106,8 +110,10 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
         prefix, suffix = infill.fit_context(music[: at[a]].tolist(), music[at[a + n] :].tolist(), room, bar)
         cont = [vocab.bos_id, *prefix, *middle]
         m = len(middle)
-        logits["infill"].append(_middle_logits(model, ids, suffix, n, prefix, middle))
+        fim = _middle_logits(model, ids, suffix, n, prefix, middle)
         logits["continuation"].append(model.outputs_at(cont, range(len(cont) - m, len(cont))).logits)
+        logits["fim"].append(fim)
+        logits["infill"].append(infill.mix_readings(fim, logits["continuation"][-1], w, ids.end))
         targets.append(np.asarray(middle, dtype=np.int64))
         spans.append((prefix, suffix, n, middle))
         mid = infill.generate_middle(
@@ -128,6 +134,7 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
                 lead[name].append(abs(last - first))
     r = report.results
     r["infill.n"] = len(targets)
+    r["infill.suffix_weight"] = w
     if not targets:
         for k in ("hits@1", "hits@5", "bleu2", "continuation.hits@1", "continuation.hits@5"):
             r[f"infill.{k}"] = math.nan
@@ -136,11 +143,13 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
     if len(spans) > 1:  # the next piece's suffix, cut like the true one: what the format gives without it
         for k, (prefix, suffix, n, middle) in enumerate(spans):
             other = _cut_like(spans[(k + 1) % len(spans)][1], len(suffix), bar)
-            logits["other_suffix"].append(_middle_logits(model, ids, other, n, prefix, middle))
+            wrong = _middle_logits(model, ids, other, n, prefix, middle)
+            logits["other_suffix"].append(infill.mix_readings(wrong, logits["continuation"][k], w, ids.end))
     tokens = [len(t) for t in targets]
     hits = {name: [_hits(x, t) for x, t in zip(v, targets)] for name, v in logits.items()}
     for name, key in (
         ("infill", "infill"),
+        ("fim", "infill.fim"),
         ("continuation", "infill.continuation"),
         ("other_suffix", "infill.other_suffix"),
     ):

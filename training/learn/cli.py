@@ -156,6 +156,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "model reads and continues music without controls exactly as before",
     )
     p.add_argument(
+        "--infill-only",
+        action="store_true",
+        help="train the infilling tokens' embeddings alone (with --init and --infill-p > 0): every other "
+        "weight stays, so the model reads and continues music exactly as before and learns to infill",
+    )
+    p.add_argument(
         "--no-humanize",
         action="store_true",
         help="train on the windows as they are, without performer augmentation (for ablations only)",

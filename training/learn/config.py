@@ -148,6 +148,11 @@ class TrainConfig:
     Every other weight stays exactly as --init had it, so every answer read without control tokens (the
     next-token distribution over music, the key, meter and emotion heads, their fusions) is unchanged and
     only what the controls ask for is learned (issue 13)."""
+    infill_only: bool = False
+    """Generation: train the infilling tokens' embedding rows alone (Infill_Suffix, Infill_Middle,
+    Infill_End, Infill_Bars_*), on a model --init grows to them. As with controls_only, every other weight
+    stays exactly as --init had it, so every answer read without those tokens is unchanged: an existing
+    model learns to read the fill-in-the-middle arrangement (issue 16) and nothing else moves."""
     humanize: bool = True
     """Redraw each window as a performer might play it (training/learn/humanize.py: velocity, timing,
     articulation, top voice), so no head can read a source's signature."""
@@ -194,6 +199,10 @@ class TrainConfig:
             self.task == "conditional" or (self.task == "pretrain" and self.control_p > 0)
         ):
             raise ValueError("controls_only trains the control tokens; it needs windows that carry them")
+        if self.infill_only and self.infill_p == 0:
+            raise ValueError("infill_only trains the infilling tokens; it needs infill_p > 0")
+        if self.infill_only and self.controls_only:
+            raise ValueError("infill_only and controls_only each train their own rows: pick one per run")
         if self.infill_p > 0 and self.task not in ("pretrain", "conditional"):
             raise ValueError(f"infill_p is for generation (pretrain, conditional), not task {self.task!r}")
         for name in ("log_every", "eval_every", "ckpt_every", "eval_pieces"):

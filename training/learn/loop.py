@@ -40,6 +40,7 @@ from typemoe.training.learn.data import Pieces, TokenOps, WindowSampler, eval_ba
 from typemoe.training.learn.dist import Dist, all_sum, barrier
 from typemoe.training.learn.prefetch import Prefetcher
 from typemoe.training.learn.stepper import Stepper, cpu_autocast, cuda_autocast, loss_weights
+from typemoe.vocab import INFILL_TOKENS
 
 # config fields that may change on --resume: bookkeeping, and max_steps (to extend or shorten a run; the
 # cosine schedule then follows the new length, so that run is no longer identical to an uninterrupted one)
@@ -48,13 +49,10 @@ RESUMABLE_CHANGES = {"log_every", "eval_every", "eval_pieces", "ckpt_every", "de
 FIT_SKIP, FIT_STEPS = 2, 8
 
 
-def freeze_all_but_controls(model: TypeMoE, vocab) -> list[int]:
-    """cfg.controls_only: of all the weights, only the control tokens' rows of the (tied) embedding learn.
-    A hook zeroes every other row's gradient, and the embedding has no weight decay (param_groups), so
-    AdamW leaves those rows, and every weight outside the embedding, exactly as they were. Returns the
-    ids that learn."""
-    known = set(vocab.tokens)
-    ids = [vocab.id(t) for kind in analysis.CONTROLS for t in kind.tokens() if t in known]
+def freeze_all_but_rows(model: TypeMoE, ids: list[int]) -> list[int]:
+    """Of all the weights, only rows `ids` of the (tied) embedding learn. A hook zeroes every other row's
+    gradient, and the embedding has no weight decay (param_groups), so AdamW leaves those rows, and every
+    weight outside the embedding, exactly as they were. Returns `ids`."""
     model.requires_grad_(False)
     w = model.wte.weight
     w.requires_grad_(True)
@@ -62,6 +60,18 @@ def freeze_all_but_controls(model: TypeMoE, vocab) -> list[int]:
     keep[ids] = 1.0
     w.register_hook(lambda g: g * keep)
     return ids
+
+
+def freeze_all_but_controls(model: TypeMoE, vocab) -> list[int]:
+    """cfg.controls_only: only the control tokens' rows of the embedding learn (freeze_all_but_rows)."""
+    known = set(vocab.tokens)
+    ids = [vocab.id(t) for kind in analysis.CONTROLS for t in kind.tokens() if t in known]
+    return freeze_all_but_rows(model, ids)
+
+
+def freeze_all_but_infill(model: TypeMoE, vocab) -> list[int]:
+    """cfg.infill_only: only the infilling tokens' rows of the embedding learn (freeze_all_but_rows)."""
+    return freeze_all_but_rows(model, [vocab.id(t) for t in INFILL_TOKENS])
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -223,6 +233,8 @@ def train(
         model.cls_head.requires_grad_(True)
     if cfg.controls_only:
         freeze_all_but_controls(model, vocab)
+    if cfg.infill_only:
+        freeze_all_but_infill(model, vocab)
     names = term_names(cfg, model.cfg)
     cls_task = cfg.task if "cls" in names else None
     ema = None

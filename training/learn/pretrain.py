@@ -69,8 +69,10 @@ def build_config(args, vocab):
         cfg = replace(cfg, humanize=False)
     infill_p = getattr(args, "infill_p", None)
     if infill_p is not None:
-        return replace(cfg, infill_p=infill_p)
-    return cfg if saved is not None else replace(cfg, infill_p=0.25 if vocab.has_infill else 0.0)
+        cfg = replace(cfg, infill_p=infill_p)
+    elif saved is None:
+        cfg = replace(cfg, infill_p=0.25 if vocab.has_infill else 0.0)
+    return replace(cfg, infill_only=True) if getattr(args, "infill_only", False) else cfg
 
 
 def _saved_config(args) -> dict | None:
@@ -129,12 +131,15 @@ def run(args) -> int:
     try:
         vocab = TypedVocab.default()
         controls_only = getattr(args, "controls_only", False)
+        rows_only = controls_only or getattr(args, "infill_only", False)
         if args.resume and ckpt.has_checkpoint(args.out):  # a run keeps its own vocabulary
             vocab = TypedVocab.load(ckpt.resolve(args.out))
         elif controls_only:  # the controls learn on --init's own vocabulary and shapes: nothing else changes
             if getattr(args, "init", None) is None:
                 raise ValueError("--controls-only trains the controls of an existing model: give --init")
             vocab = TypedVocab.load(ckpt.resolve(args.init))
+        elif rows_only and getattr(args, "init", None) is None:  # --infill-only grows --init to this vocab
+            raise ValueError("--infill-only teaches an existing model to infill: give --init")
         cfg = build_config(args, vocab)
         cfg.check_world(d.world)
         loop.check_resume_target(args.out, args.resume)
@@ -152,10 +157,10 @@ def run(args) -> int:
         meta = {"data": [str(p) for p in args.data], "labelled_fraction": cfg.labelled_fraction}
         model = None
         if getattr(args, "init", None) is not None:
-            model = init_model(args.init, cfg, vocab, own_shapes=controls_only)
+            model = init_model(args.init, cfg, vocab, own_shapes=rows_only)
             cfg = replace(cfg, model=model.cfg)
             meta["init"] = str(args.init)
-            if controls_only:  # the class head is --init's own, and so are its class names
+            if rows_only:  # the class head is --init's own, and so are its class names
                 names = init_meta(args.init).get("class_names")
                 meta.update({"class_names": names} if names else {})
         loop.train(

@@ -4,6 +4,7 @@ into what comes after them.
     typemoe infill song.mid --bars 5-6 --out new.mid
     typemoe infill song.mid --bars 5-6 --key "E minor" --guidance 2 --key-lock --seed 1 --out new.mid
     typemoe infill song.mid --bars 9 --model runs/infill --out new.mid      # one bar; a training checkpoint
+    typemoe infill song.mid --bars 5-6 --suffix-weight 1 --out new.mid      # the infilling reading alone
 
 Bars are the file's own, numbered from 1 by its time signatures (4/4 when it has none). The output is the
 file itself, edited: the pitched notes that start in those bars are replaced by the model's, which start
@@ -24,7 +25,7 @@ from pathlib import Path
 from typemoe import analysis, sampling
 from typemoe.commands import tools
 from typemoe.commands.tools import ToolError, open_model, read_midi
-from typemoe.infill import InfillError, infill_score
+from typemoe.infill import SUFFIX_WEIGHT, InfillError, infill_score
 
 
 def parse_bars(text: str) -> tuple[int, int]:
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             guidance=args.guidance,
             key_lock=args.key if args.key_lock else None,
+            suffix_weight=args.suffix_weight,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         new.dump_midi(str(args.out))
@@ -98,4 +100,13 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="output MIDI: the file with those bars rewritten")
     p.add_argument("--model", type=Path, help="exported model dir or checkpoint (default: the shipped model)")
     tools.add_generation_flags(p)
+    p.add_argument(
+        "--suffix-weight",
+        type=float,
+        default=SUFFIX_WEIGHT,
+        metavar="W",
+        help="how far the middle leans from continuing the bars before it toward reading the bars after it "
+        f"too: 0 = continuation, 1 = the infilling reading alone (default: {SUFFIX_WEIGHT:g}, "
+        "the best on held-out pieces)",
+    )
     p.set_defaults(func=run)

@@ -54,6 +54,33 @@ def tiny_checkpoint_dir() -> Path:
     return checkpoint.save(model, _session_dir() / "ckpt", vocab=vocab, extra_meta=meta)
 
 
+def legacy_vocab():
+    """The vocabulary as it was before the infilling tokens (what models and shards from before
+    2026-12-01 use; the shipped model had it until it learned to infill)."""
+    from miditok import REMI
+
+    from typemoe.vocab import DEFAULT_GROUPS, INFILL_TOKENS, TypedVocab, control_tokens, tokenizer_config
+
+    groups = {k: tuple(p for p in v if p != "Infill") for k, v in DEFAULT_GROUPS.items()}
+    return TypedVocab(
+        REMI(tokenizer_config()), groups=groups, controls=control_tokens()[: -len(INFILL_TOKENS)]
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def legacy_checkpoint_dir() -> Path:
+    """A saved random tiny checkpoint on legacy_vocab(): a model that cannot infill."""
+    torch = pytest.importorskip("torch")
+    from typemoe import analysis, checkpoint
+    from typemoe.config import tiny
+    from typemoe.model import TypeMoE
+
+    vocab = legacy_vocab()
+    torch.manual_seed(4321)
+    model = TypeMoE(tiny(vocab.size, vocab.n_types, n_meters=len(analysis.METERS)), vocab.type_of).eval()
+    return checkpoint.save(model, _session_dir() / "legacy", vocab=vocab, extra_meta={"step": 0})
+
+
 @functools.lru_cache(maxsize=1)
 def _tiny_model_dir() -> Path:
     pytest.importorskip("onnx")

@@ -100,10 +100,9 @@ def test_nothing_heard_since_a_reset_is_an_error():
 
 
 def test_a_model_without_the_infill_tokens_is_refused_by_name(monkeypatch):
-    from typemoe.shipped import default_model_dir
-    from typemoe.vocab import TypedVocab
+    from export_fixtures import legacy_vocab
 
-    old = TypedVocab.load(default_model_dir())  # the shipped model's vocabulary predates infilling
+    old = legacy_vocab()  # a vocabulary from before infilling
     assert not any(t.startswith("Infill_") for t in old.tokens)
     monkeypatch.setattr(bridge_fixtures, "toy_vocab", lambda: old)
     h = InfillHarness()
@@ -243,7 +242,13 @@ JACK_BPM = 300.0  # a 4-beat bar is 0.8 s
 @pytest.mark.jack
 @pytest.mark.skipif(JACKD is None, reason="jackd is not installed (apt-get install jackd2)")
 @pytest.mark.skipif(not _JACK_MIDI, reason="python-rtmidi lacks JACK")
-def test_jack_a_phrase_then_infill_2_3_brings_notes_inside_bars_2_3(jack, model_arg, tmp_path):
+@pytest.mark.parametrize("which", ["tiny", "shipped"])
+def test_jack_a_phrase_then_infill_2_3_brings_notes_inside_bars_2_3(jack, model_arg, tmp_path, which):
+    """The tiny exported model (or the toy one), and the shipped model, which infills since 2026-12-02."""
+    from typemoe.shipped import default_model_dir
+
+    if which == "shipped":
+        model_arg = str(default_model_dir())
     osc_port = free_udp_port()
     peer = OscPeer(osc_port)
     log = tmp_path / "bridge.log"

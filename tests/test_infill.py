@@ -214,19 +214,23 @@ def test_suffix_weight_one_is_the_infilling_reading_alone(ort_model):
 
 
 def test_a_model_without_the_tokens_is_refused_by_name(tmp_path):
-    from typemoe.shipped import default_model_dir
+    from export_fixtures import legacy_checkpoint_dir, legacy_vocab
 
-    old = TypedVocab.load(default_model_dir())
+    old = legacy_vocab()
     with pytest.raises(infill.InfillError, match="Infill_Suffix, Infill_Middle, Infill_End"):
         infill.generate_middle(Session(NoiseEngine(old)), [], [], n_bars=1)
     src = tmp_path / "in.mid"
     random_score(0).dump_midi(str(src))
     from typemoe.cli import main
 
+    out = tmp_path / "out.mid"
     assert (
-        main(["infill", str(src), "--bars", "2-3", "--out", str(tmp_path / "out.mid")]) == 2
-    )  # shipped model
-    assert not (tmp_path / "out.mid").exists()
+        main(
+            ["infill", str(src), "--bars", "2-3", "--model", str(legacy_checkpoint_dir()), "--out", str(out)]
+        )
+        == 2
+    )
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- the CLI on real files

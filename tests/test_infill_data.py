@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from export_fixtures import legacy_vocab
 
 from typemoe.vocab import INFILL_TOKENS, TypedVocab
 
@@ -19,18 +20,6 @@ SHIPPED = REPO / "typemoe" / "default_model"
 @pytest.fixture(scope="module")
 def vocab():
     return TypedVocab.default()
-
-
-def legacy_vocab() -> TypedVocab:
-    """The vocabulary as it was before the infilling tokens (what the shipped model and older shards use)."""
-    from miditok import REMI
-
-    from typemoe.vocab import DEFAULT_GROUPS, control_tokens, tokenizer_config
-
-    groups = {k: tuple(p for p in v if p != "Infill") for k, v in DEFAULT_GROUPS.items()}
-    return TypedVocab(
-        REMI(tokenizer_config()), groups=groups, controls=control_tokens()[: -len(INFILL_TOKENS)]
-    )
 
 
 def music(vocab, n_notes: int, seed: int) -> np.ndarray:
@@ -61,12 +50,13 @@ def test_infill_tokens_are_appended_controls(vocab):
     assert vocab.reads(old.hash) and vocab.reads(vocab.hash) and not old.reads(vocab.hash)
 
 
-def test_shipped_model_vocabulary_is_unchanged():
-    """The shipped model directory keeps its own (older) vocabulary: same tokens, same hash, loads."""
+def test_shipped_model_vocabulary_is_the_default_one_and_reads_older_ids():
+    """The shipped model directory has today's vocabulary, infilling tokens included (grown from the
+    legacy one, whose ids keep their meaning: older shards and checkpoints stay usable)."""
     meta = json.loads((SHIPPED / "types.json").read_text())
     shipped = TypedVocab.load(SHIPPED)
-    assert shipped.tokens == meta["tokens"] and shipped.hash == meta["hash"] and not shipped.has_infill
-    assert shipped.hash == legacy_vocab().hash
+    assert shipped.tokens == meta["tokens"] and shipped.hash == meta["hash"] and shipped.has_infill
+    assert shipped.hash == TypedVocab.default().hash and shipped.reads(legacy_vocab().hash)
 
 
 def test_older_shards_are_read_with_the_new_vocabulary(vocab, tmp_path):

@@ -25,7 +25,7 @@ those ratios are null, with a note. Decode ids are random, so consecutive steps 
 as in music (Position, Pitch, Velocity, Duration in turn). Models compared with each other are timed in
 alternating blocks, so a change of machine load during the run (this box is shared) biases none.
 The `typemoe` command registers the bridge's latency rows (bridge/bench.py) and `typemoe analyze`'s cost
-(typemoe/commands/analyze_bench.py) in EXTRA_BENCHES.
+(typemoe/commands/analyze_bench.py) and `typemoe infill`'s (typemoe/commands/infill_bench.py) in EXTRA_BENCHES.
 """
 
 from __future__ import annotations
@@ -393,6 +393,15 @@ def format_table(res: dict[str, Any]) -> str:
             (
                 "analyze, twelve hearings vs one",
                 f"{an['ratio']:.1f}x ({an['twelve_s']:.2f} s vs {an['quick_s']:.2f} s, {an['bars']} bars)",
+            )
+        )
+    fill = res.get("infill")
+    if fill and "ratio" in fill:
+        rows.append(
+            (
+                "infill, mixed readings vs the infilling one alone",
+                f"{fill['ratio']:.2f}x ({fill['mixed_s']:.2f} s vs {fill['alone_s']:.2f} s, "
+                f"bars {fill['span'][0]}-{fill['span'][1]} of {fill['bars']})",
             )
         )
     rows.append(

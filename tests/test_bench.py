@@ -73,3 +73,26 @@ def test_analyze_bench_rows(tmp_path):
         | {"load_avg": {"before": [0.0], "after": [0.0]}, "analyze": row}
     )
     assert "analyze, twelve hearings vs one" in table
+
+
+def test_infill_bench_rows(tmp_path):
+    """typemoe bench's infill rows: the mixed readings and the infilling reading alone, timed on the same
+    span; the table prints the ratio. A model from before infilling gets no row, and the reason."""
+    from export_fixtures import make_tiny_model_dir
+
+    from typemoe.commands.infill_bench import run_infill_bench
+    from typemoe.export.bench import format_table
+
+    row = run_infill_bench(make_tiny_model_dir(tmp_path / "model"), reps=1)["infill"]
+    assert row["mixed_s"] > 0 and row["alone_s"] > 0 and row["ratio"] == row["mixed_s"] / row["alone_s"]
+    assert row["tokens"]["mixed"] > 0 and row["span"] == [9, 10] and row["suffix_weight"] == 0.5
+    base = {
+        "provider": "cpu",
+        "graph": "g",
+        "threads": 1,
+        "decode_ms": {},
+        "prefill_ms": {},
+        "tokens_per_s": 1.0,
+    }
+    table = format_table(base | {"load_avg": {"before": [0.0], "after": [0.0]}, "infill": row})
+    assert "infill, mixed readings vs the infilling one alone" in table

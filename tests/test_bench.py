@@ -53,7 +53,6 @@ def test_analyze_bench_rows(tmp_path):
     from export_fixtures import make_tiny_model_dir
 
     from typemoe.commands.analyze_bench import progression, run_analyze_bench
-    from typemoe.export.bench import format_table
     from typemoe.export.runtime import OrtModel
 
     model_dir = make_tiny_model_dir(tmp_path / "model")
@@ -61,31 +60,26 @@ def test_analyze_bench_rows(tmp_path):
     assert row["quick_s"] > 0 and row["twelve_s"] > 0 and row["ratio"] == row["twelve_s"] / row["quick_s"]
     assert row["tokens"] > 2 * OrtModel(model_dir).context_len and row["bars"] == 64
     assert len(progression().tracks[0].notes) == 64 * 9
-    table = format_table(
-        {
-            "provider": "cpu",
-            "graph": "g",
-            "threads": 1,
-            "decode_ms": {},
-            "prefill_ms": {},
-            "tokens_per_s": 1.0,
-        }
-        | {"load_avg": {"before": [0.0], "after": [0.0]}, "analyze": row}
-    )
-    assert "analyze, twelve hearings vs one" in table
+    assert "analyze, twelve hearings vs one" in _table_with(analyze=row)
 
 
 def test_infill_bench_rows(tmp_path):
     """typemoe bench's infill rows: the mixed readings and the infilling reading alone, timed on the same
-    span; the table prints the ratio. A model from before infilling gets no row, and the reason."""
+    span; the table prints the ratio."""
     from export_fixtures import make_tiny_model_dir
 
     from typemoe.commands.infill_bench import run_infill_bench
-    from typemoe.export.bench import format_table
 
     row = run_infill_bench(make_tiny_model_dir(tmp_path / "model"), reps=1)["infill"]
     assert row["mixed_s"] > 0 and row["alone_s"] > 0 and row["ratio"] == row["mixed_s"] / row["alone_s"]
     assert row["tokens"]["mixed"] > 0 and row["span"] == [9, 10] and row["suffix_weight"] == 0.5
+    assert "infill, mixed readings vs the infilling one alone" in _table_with(infill=row)
+
+
+def _table_with(**rows) -> str:
+    """format_table of a minimal bench result with `rows` added."""
+    from typemoe.export.bench import format_table
+
     base = {
         "provider": "cpu",
         "graph": "g",
@@ -94,5 +88,4 @@ def test_infill_bench_rows(tmp_path):
         "prefill_ms": {},
         "tokens_per_s": 1.0,
     }
-    table = format_table(base | {"load_avg": {"before": [0.0], "after": [0.0]}, "infill": row})
-    assert "infill, mixed readings vs the infilling one alone" in table
+    return format_table(base | {"load_avg": {"before": [0.0], "after": [0.0]}} | rows)

@@ -11,9 +11,11 @@ file itself, edited: the pitched notes that start in those bars are replaced by 
 and end inside them; every other note (ticks, pitch, velocity, track), tempo, time and key signature and
 controller is the file's own. The new notes go to the track that held most of the old ones.
 
-The model must know the infilling tokens (a model trained or fine-tuned with --infill-p; the shipped
-default model predates them and says so). --model: an exported model directory or a training checkpoint,
-as for `typemoe generate`; the decoder is typemoe.decoding's, with typemoe.infill's span grammar.
+The model must know the infilling tokens (the shipped model does since 2026-12-02; a model of your own
+trained or fine-tuned with --infill-p; one from before infilling is refused by name). --model: an exported
+model directory or a training checkpoint, as for `typemoe generate`; the decoder is typemoe.decoding's,
+with typemoe.infill's span grammar and its mix of the infilling and continuation readings
+(--suffix-weight).
 """
 
 from __future__ import annotations

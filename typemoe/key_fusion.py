@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from typemoe.sampling import log_softmax
+
 FILE = "key_fusion.json"
 DURATION_CAP_BEATS = 2.0
 N_KEYS = 24  # typemoe.analysis.KEYS: index = tonic pitch class + 12 * minor
@@ -88,11 +90,6 @@ def profile_features(hists: np.ndarray, rotated: np.ndarray) -> np.ndarray:
     return corr.reshape(N_KEYS, -1)
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
 @dataclass
 class KeyFusion:
     """Softmax regression over keys: logit_k = features_k . weights + minor_bias * [k is minor]."""
@@ -122,7 +119,7 @@ class KeyFusion:
 
     def probs(self, hists: np.ndarray, head_log_probs: np.ndarray | None = None) -> np.ndarray:
         """(24,) key probabilities."""
-        return np.exp(_log_softmax(self.logits(self.features(hists, head_log_probs))))
+        return np.exp(log_softmax(self.logits(self.features(hists, head_log_probs))))
 
     @classmethod
     def fit(
@@ -178,7 +175,7 @@ class KeyFusion:
         m, v = np.zeros_like(theta), np.zeros_like(theta)
         for t in range(1, steps + 1):
             z = x @ theta[:-1] + theta[-1] * minor
-            p = np.exp(_log_softmax(z))
+            p = np.exp(log_softmax(z))
             g = (p - onehot) / len(y)  # (N, 24)
             grad = np.append(np.einsum("nk,nkf->f", g, x), (g * minor).sum()) + l2 * theta
             if d is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from typemoe.analysis import meter_family
+from typemoe.sampling import log_softmax
 from typemoe.vocab import TICKS_PER_BEAT
 
 GRID = TICKS_PER_BEAT  # the onset signal's ticks per beat: the tokenizer's grid
@@ -60,11 +61,6 @@ def rhythm_features(onset_beats: np.ndarray, duration_beats: np.ndarray) -> np.n
     return np.concatenate([autocorrelation(accent)[1:], autocorrelation(count)[1:]])
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
 @dataclass
 class MeterFusion:
     """Softmax regression: probs = softmax(([rhythm, head log-probs] @ W + b) / temperature)."""
@@ -90,7 +86,7 @@ class MeterFusion:
 
     def probs(self, rhythm: np.ndarray, head_log_probs: np.ndarray | None = None) -> np.ndarray:
         """(M,) meter probabilities (or (N, M) for stacked inputs)."""
-        return np.exp(_log_softmax(self._logits(rhythm, head_log_probs) / self.temperature))
+        return np.exp(log_softmax(self._logits(rhythm, head_log_probs) / self.temperature))
 
     def _logits(self, rhythm: np.ndarray, head_log_probs: np.ndarray | None) -> np.ndarray:
         """The regression's logits before the temperature."""
@@ -107,7 +103,7 @@ class MeterFusion:
         y = np.asarray(labels, dtype=np.int64)
         z = self._logits(rhythm, head_log_probs)  # (N, M)
         grid = np.exp(np.linspace(np.log(0.05), np.log(5.0), 201))
-        nll = [-_log_softmax(z / g)[np.arange(len(y)), y].mean() for g in grid]
+        nll = [-log_softmax(z / g)[np.arange(len(y)), y].mean() for g in grid]
         self.temperature = float(grid[int(np.argmin(nll))])
         return self.temperature
 
@@ -149,7 +145,7 @@ class MeterFusion:
         W, b = np.zeros((x.shape[1], M)), np.log(np.maximum(counts, 1.0) / counts.sum()) * 0.0
         mW, vW, mb, vb = np.zeros_like(W), np.zeros_like(W), np.zeros_like(b), np.zeros_like(b)
         for t in range(1, steps + 1):  # Adam
-            p = np.exp(_log_softmax(x @ W + b))
+            p = np.exp(log_softmax(x @ W + b))
             g = (p - onehot) * w_sample[:, None]  # (N, M)
             gW, gb = x.T @ g + l2 * W, g.sum(axis=0)
             if d is not None:

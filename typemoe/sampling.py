@@ -20,6 +20,12 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log(softmax(z)) over the last axis, computed stably (in z's float type)."""
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
 def sample_next(
     logits: np.ndarray, allowed: np.ndarray, *, temperature: float, top_p: float, rng: np.random.Generator
 ) -> int:

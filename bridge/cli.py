@@ -53,6 +53,8 @@ _HELP = {
     "condition_meter": "steer generation to a meter, e.g. '6/8'; continuations start on its bar lines",
     "guidance": "classifier-free guidance weight of the condition, >= 1 (1 = off; costs a second decode)",
     "key_lock": "only pitches of --condition-key's scale (without one: of the key being reported)",
+    "suffix_weight": "infill: how far new bars lean from continuing the bars before them toward the bars after "
+    "them (0-4; 1 = the infilling reading alone, no second stream)",
     "inbox_size": "events queued before dropping",
     "max_notes_per_s": "performer notes per second entering the model; more are dropped",
     "max_note_beats": "a note held longer ends for the model (lost note-offs)",
@@ -69,6 +71,7 @@ _METAVAR = {
     "temperature": "T",
     "model": "DIR",
     "guidance": "G",
+    "suffix_weight": "W",
 }
 
 

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from typemoe.infill import SUFFIX_WEIGHT
 from typemoe.sampling import DEFAULT_GUIDANCE
 
 MIDI_APIS = ("auto", "alsa", "jack", "coremidi", "winmm")
@@ -70,6 +71,9 @@ class BridgeConfig:
     condition_meter: str = ""  # "" = free; e.g. "6/8"; continuations start on its bar lines
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance of a condition (>= 1; 1 = off)
     key_lock: bool = False  # only pitches of condition_key's scale (else of the key being reported)
+    suffix_weight: float = (
+        SUFFIX_WEIGHT  # infill: 0 = continue the bars before, 1 = the infilling reading alone
+    )
 
     # -- robustness and reporting ----------------------------------------------------------------------
     inbox_size: int = 4096  # events waiting for the loop; more are dropped and counted
@@ -100,6 +104,7 @@ class BridgeConfig:
         g = self.guidance
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not 1.0 <= g < math.inf:
             raise ValueError(f"guidance must be a number >= 1 (1 = off), got {self.guidance!r}")
+        _range("suffix_weight", self.suffix_weight, 0.0, 4.0)
         if not isinstance(self.key_lock, bool):
             raise ValueError(f"key_lock must be true or false (1 or 0), got {self.key_lock!r}")
         _range("inbox_size", self.inbox_size, 16, 1_000_000)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from typemoe.infill import SUFFIX_WEIGHT
+
 # ---- events (shell -> engine) ------------------------------------------------------------------------
 
 
@@ -180,6 +182,7 @@ class InfillJob:
     seed: int | None = None
     guidance: float = 1.0
     key_lock: str | None = None
+    suffix_weight: float = SUFFIX_WEIGHT  # typemoe.infill.start_middle's (the bridge passes its setting)
 
 
 Action = SendMidi | SendOsc | Feed | Probe | Recondition | ResetModel | Generate | CancelGenerate | InfillJob

@@ -267,6 +267,7 @@ def start(model, job: InfillJob) -> InfillRun:
             seed=job.seed,
             guidance=job.guidance,
             key_lock=job.key_lock,
+            suffix_weight=job.suffix_weight,
         )
 
         def notes_of(ids):

@@ -65,6 +65,7 @@ SETTABLE = (
     "top_p",
     "guidance",
     "key_lock",
+    "suffix_weight",
     "bars",
     "max_bars",
     "mode",

@@ -140,6 +140,28 @@ def test_the_answer_fills_the_asked_bars_and_plays_from_the_next_bar_line(model)
     assert len(h.note_ons()) == n and not h.hanging() and not h.engine.playing
 
 
+def test_the_suffix_weight_is_a_setting_that_reaches_the_decoder(monkeypatch):
+    """/typemoe/set suffix_weight W reaches start_middle (default typemoe.infill.SUFFIX_WEIGHT); a bad value
+    is answered with an error naming it, and the setting stays."""
+    from typemoe.infill import SUFFIX_WEIGHT
+
+    seen = []
+    real = infill.start_middle
+    monkeypatch.setattr(
+        infill, "start_middle", lambda *a, **kw: seen.append(kw["suffix_weight"]) or real(*a, **kw)
+    )
+    h = InfillHarness(infill_model=FlatModel(toy_vocab()))
+    _phrase(h)
+    h.osc_in("/typemoe/infill", 2, 3)
+    h.osc_in("/typemoe/set", "suffix_weight", 1)
+    h.osc_in("/typemoe/infill", 2, 3)
+    for bad in (-0.5, 9, "x"):
+        h.osc_in("/typemoe/set", "suffix_weight", bad)
+        assert str(bad) in h.sent("/typemoe/error")[-1][0]
+    assert [j.suffix_weight for j in h.jobs] == [SUFFIX_WEIGHT, 1.0] == seen
+    assert h.engine.cfg.suffix_weight == 1.0
+
+
 def test_a_new_request_panic_and_reset_end_the_notes_of_an_answer():
     h = InfillHarness()
     _phrase(h)

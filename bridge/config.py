@@ -71,7 +71,7 @@ class BridgeConfig:
     condition_meter: str = ""  # "" = free; e.g. "6/8"; continuations start on its bar lines
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance of a condition (>= 1; 1 = off)
     key_lock: bool = False  # only pitches of condition_key's scale (else of the key being reported)
-    suffix_weight: float = SUFFIX_WEIGHT  # infill's mix: 0 = continue the bars before, 1 = read after too
+    suffix_weight: float = SUFFIX_WEIGHT  # infill: 0 = the continuation reading, 1 = the infilling one
 
     # -- robustness and reporting ----------------------------------------------------------------------
     inbox_size: int = 4096  # events waiting for the loop; more are dropped and counted

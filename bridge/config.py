@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from typemoe.infill import SUFFIX_WEIGHT
+from typemoe.infill import SUFFIX_WEIGHT, SUFFIX_WEIGHT_MAX
 from typemoe.sampling import DEFAULT_GUIDANCE
 
 MIDI_APIS = ("auto", "alsa", "jack", "coremidi", "winmm")
@@ -102,7 +102,7 @@ class BridgeConfig:
         g = self.guidance
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not 1.0 <= g < math.inf:
             raise ValueError(f"guidance must be a number >= 1 (1 = off), got {self.guidance!r}")
-        _range("suffix_weight", self.suffix_weight, 0.0, 4.0)
+        _range("suffix_weight", self.suffix_weight, 0.0, SUFFIX_WEIGHT_MAX)
         if not isinstance(self.key_lock, bool):
             raise ValueError(f"key_lock must be true or false (1 or 0), got {self.key_lock!r}")
         _range("inbox_size", self.inbox_size, 16, 1_000_000)

@@ -57,6 +57,7 @@ SUFFIX_WEIGHT = 0.5
 the suffix's pull amplified (as guidance amplifies the controls'). 0.5 was picked on validation pieces of
 music21 and POP909/EMOPIA with an earlier infill model (Hits@1 of the true middle tokens over w in 0..3);
 the shipped model's val pieces agree (MODEL_CARD.md, "Infilling")."""
+SUFFIX_WEIGHT_MAX = 4.0  # the largest weight start_middle (and the bridge's setting) takes
 
 
 class InfillError(ValueError):
@@ -249,8 +250,10 @@ def start_middle(
     if n_bars < 1:
         raise InfillError(f"a middle needs at least 1 bar, got {n_bars}")
     sampling.check_sampling(temperature, top_p, guidance)  # now, not at the first step
-    if not 0.0 <= suffix_weight <= 4.0:
-        raise InfillError(f"suffix_weight must be in 0..4 (1 = the infilling reading alone): {suffix_weight}")
+    if not 0.0 <= suffix_weight <= SUFFIX_WEIGHT_MAX:
+        raise InfillError(
+            f"suffix_weight must be in 0..{SUFFIX_WEIGHT_MAX:g} (1 = the infilling reading alone): {suffix_weight}"
+        )
     span_ticks = n_bars * TICKS_PER_BAR if span_ticks is None else int(span_ticks)
     t = tables_of(vocab)
     ctx = session.engine.context_len

@@ -63,8 +63,6 @@ def build_config(args, vocab):
             cfg = replace(cfg, **{name: getattr(args, name)})
     if getattr(args, "minor_share", None) is not None:
         cfg = replace(cfg, minor_share=args.minor_share)
-    if getattr(args, "controls_only", False):
-        cfg = replace(cfg, controls_only=True)
     if getattr(args, "no_humanize", False):
         cfg = replace(cfg, humanize=False)
     infill_p = getattr(args, "infill_p", None)
@@ -72,7 +70,9 @@ def build_config(args, vocab):
         cfg = replace(cfg, infill_p=infill_p)
     elif saved is None:
         cfg = replace(cfg, infill_p=0.25 if vocab.has_infill else 0.0)
-    return replace(cfg, infill_only=True) if getattr(args, "infill_only", False) else cfg
+    # the rows-only modes last: their checks read control_p and infill_p
+    rows = {name: True for name in ("controls_only", "infill_only") if getattr(args, name, False)}
+    return replace(cfg, **rows) if rows else cfg
 
 
 def _saved_config(args) -> dict | None:

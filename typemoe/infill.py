@@ -11,7 +11,8 @@ and the one decoder (typemoe.decoding.Session, either backend) writes the middle
 mixed (`SuffixMix`): the infilling one (prefix and suffix, the arrangement above) and the continuation one
 ([BOS, *controls, *prefix], the suffix unseen), log p = c + w (f - c) on their log-softmaxes, w =
 SUFFIX_WEIGHT. On held-out music21, POP909/EMOPIA and VGMIDI pieces the mix predicts the true middle a
-little better than either reading alone (a tie on performed classical piano; MODEL_CARD.md, "Infilling").
+little better than either reading alone (a tie on performed classical piano and humanized VGMIDI;
+MODEL_CARD.md, "Infilling").
 Under `SpanGrammar`, a
 decoding hook that makes the span a hard guarantee: exactly n Bar tokens, no Position at or past the span's
 end, no Duration that would carry a note past it, and Infill_End once the n-th bar is open (where a Bar

@@ -255,10 +255,13 @@ def _measure(
         reply.sendto(osc_io.encode("/typemoe/condition", ("", "")), osc_to)
         tune = _play_tune(out, reply, tune_beats) if tune_beats > 0 else None
     finally:
-        bridge.stop("benchmark done")
-        thread.join(10)
+        # The player's JACK client goes first, while the port it is connected to still exists: deleting it
+        # after the bridge's client had unregistered that port crashed the process in jack_client_close
+        # once (SIGSEGV in a fresh-clone CI run), as the JACK tests' own teardowns already order it.
         out.close_port()
         out.delete()
+        bridge.stop("benchmark done")
+        thread.join(10)
         reply.close()
     stats = bridge.engine.stats
     first = list(stats.series.get("first_note_ms", ()))

@@ -32,7 +32,7 @@ class OscCommands:
                 self._feed(self._tok.advance(self._beat - self._origin), t, out)
             c, steer = self.cfg, {"controls": self._control_ids, "key_lock": self._key_lock()}
             sample = {"temperature": c.temperature, "top_p": c.top_p, "seed": c.seed, "guidance": c.guidance}
-            sample["suffix_weight"] = c.suffix_weight
+            sample.update(suffix_weight=c.suffix_weight, head_guidance=c.head_guidance)
             self._infill.request(cmd.start_bar, cmd.end_bar, t, out, **sample, **steer)
         elif isinstance(cmd, osc_api.ConditionCmd):
             ids = tuple(self.vocab.control_ids(key=cmd.key, meter=cmd.meter))  # ValueError names a bad one

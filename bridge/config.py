@@ -9,6 +9,7 @@ A TOML file mirrors the command-line flags (same names, `-` or `_`), e.g.
     condition_key = "F# major"
     condition_meter = "3/4"
     guidance = 1.5
+    head_guidance = 5.0
     key_lock = false
 
 Flags given on the command line override the file.
@@ -21,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from typemoe.infill import SUFFIX_WEIGHT, SUFFIX_WEIGHT_MAX
+from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE, HEAD_GUIDANCE_MAX
 from typemoe.sampling import DEFAULT_GUIDANCE
 
 MIDI_APIS = ("auto", "alsa", "jack", "coremidi", "winmm")
@@ -70,6 +72,7 @@ class BridgeConfig:
     condition_key: str = ""  # "" = free; e.g. "A minor" (same as /typemoe/condition)
     condition_meter: str = ""  # "" = free; e.g. "6/8"; continuations start on its bar lines
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance of a condition (>= 1; 1 = off)
+    head_guidance: float = DEFAULT_HEAD_GUIDANCE  # pitches steered to condition_key by the key head (0 = off)
     key_lock: bool = False  # only pitches of condition_key's scale (else of the key being reported)
     suffix_weight: float = SUFFIX_WEIGHT  # infill: 0 = the continuation reading, 1 = the infilling one
 
@@ -103,6 +106,7 @@ class BridgeConfig:
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not 1.0 <= g < math.inf:
             raise ValueError(f"guidance must be a number >= 1 (1 = off), got {self.guidance!r}")
         _range("suffix_weight", self.suffix_weight, 0.0, SUFFIX_WEIGHT_MAX)
+        _range("head_guidance", self.head_guidance, 0.0, HEAD_GUIDANCE_MAX)
         if not isinstance(self.key_lock, bool):
             raise ValueError(f"key_lock must be true or false (1 or 0), got {self.key_lock!r}")
         _range("inbox_size", self.inbox_size, 16, 1_000_000)

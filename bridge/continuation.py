@@ -46,6 +46,7 @@ class SteeredGenerate(Generate):
     start_beat: float | None = None  # None: the decoder's own next bar line of the meter
     guidance: float = 1.0  # classifier-free guidance weight (1 = off)
     key_lock: str | None = None  # a key name whose scale the pitches must keep, or None
+    head_guidance: float = 0.0  # key head guidance toward the condition's key (typemoe.key_steering; 0 = off)
 
 
 def choose_meter(asked: str, estimate: tuple[str, float] | None) -> tuple[str, float]:
@@ -126,7 +127,7 @@ def generate_kwargs(job: Generate, session) -> dict:
     """The keyword arguments of session.generate_steps for one request.
 
     The one decoder (typemoe.decoding.Session, which export.runtime.OrtSession is) gets the meter window,
-    the first note on its downbeat, guidance and the key lock. Any other session (the toy stand-in) knows
+    the first note on its downbeat, guidance, the key lock and head guidance. Any other session (the toy stand-in) knows
     no window: it continues from the stream's last note, which can lie bars before the window (the
     stream holds at most MAX_EMPTY_BARS empty bars), so it gets that many 4-beat bars more, and the
     engine keeps the notes that fall in the window and stops it past the window's end.
@@ -134,7 +135,7 @@ def generate_kwargs(job: Generate, session) -> dict:
     kw: dict = {"temperature": job.temperature, "top_p": job.top_p, "seed": job.seed, "n_bars": job.n_bars}
     if isinstance(job, SteeredGenerate) and isinstance(session, decoding.Session):
         kw.update(meter=job.meter, n_bars=job.bars, start_beat=job.start_beat, on_downbeat=True)
-        kw.update(guidance=job.guidance, key_lock=job.key_lock)
+        kw.update(guidance=job.guidance, key_lock=job.key_lock, head_guidance=job.head_guidance)
     elif isinstance(job, SteeredGenerate):
         kw["n_bars"] = job.n_bars + MAX_EMPTY_BARS
     return kw

@@ -415,6 +415,7 @@ class Engine(OscCommands):
                 start_beat=start - self._origin,
                 guidance=self.cfg.guidance,
                 key_lock=key_lock,
+                head_guidance=self.cfg.head_guidance,
             )
         )
         log.debug("continuation %d: %g bars of %s from beat %.2f", self._next_id, bars, meter, start)

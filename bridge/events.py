@@ -183,6 +183,7 @@ class InfillJob:
     guidance: float = 1.0
     key_lock: str | None = None
     suffix_weight: float = SUFFIX_WEIGHT  # typemoe.infill.start_middle's (the bridge passes its setting)
+    head_guidance: float = 0.0  # typemoe.key_steering's weight (the bridge passes its setting)
 
 
 Action = SendMidi | SendOsc | Feed | Probe | Recondition | ResetModel | Generate | CancelGenerate | InfillJob

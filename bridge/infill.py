@@ -268,6 +268,7 @@ def start(model, job: InfillJob) -> InfillRun:
             guidance=job.guidance,
             key_lock=job.key_lock,
             suffix_weight=job.suffix_weight,
+            head_guidance=job.head_guidance,
         )
 
         def notes_of(ids):

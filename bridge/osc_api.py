@@ -65,6 +65,7 @@ SETTABLE = (
     "top_p",
     "guidance",
     "key_lock",
+    "head_guidance",
     "suffix_weight",
     "bars",
     "max_bars",

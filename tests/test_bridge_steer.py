@@ -33,6 +33,7 @@ from typemoe.bridge import continuation as cont
 from typemoe.bridge.config import BridgeConfig
 from typemoe.bridge.events import Analysis, Feed, Generated
 from typemoe.bridge.worker import ContextPolicy, ModelThread
+from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE
 from typemoe.sampling import DEFAULT_GUIDANCE
 from typemoe.shipped import default_model_dir
 from typemoe.streaming import TokenReader
@@ -191,6 +192,36 @@ def test_guidance_and_key_lock_are_settings_passed_to_the_decoder():
     h.osc_in("/typemoe/set", "guidance", 1)
     h.osc_in("/typemoe/continue", 1.0)
     assert (h.generates[-1].guidance, h.generates[-1].key_lock) == (1.0, None)
+
+
+def test_head_guidance_is_a_setting_passed_to_the_decoder(tmp_path):
+    """/typemoe/set head_guidance W, --head-guidance and the TOML key reach generate_steps (default
+    typemoe.key_steering.DEFAULT_HEAD_GUIDANCE); a bad value is refused by name and the setting stays."""
+    from typemoe.bridge import cli, config
+
+    h = Harness(auto_generate=False)
+    h.osc_in("/typemoe/condition", "F# major", "3/4")
+    h.play(C_MAJOR_TUNE[:4])
+    h.osc_in("/typemoe/continue", 1.0)
+    h.osc_in("/typemoe/set", "head_guidance", 0)
+    h.osc_in("/typemoe/continue", 1.0)
+    for bad in (-1, 99, "x"):
+        h.osc_in("/typemoe/set", "head_guidance", bad)
+        assert (
+            "head_guidance" in h.sent("/typemoe/error")[-1][0] and str(bad) in h.sent("/typemoe/error")[-1][0]
+        )
+    assert [g.head_guidance for g in h.generates] == [
+        DEFAULT_HEAD_GUIDANCE,
+        0.0,
+    ] and DEFAULT_HEAD_GUIDANCE > 0
+    assert (
+        cont.generate_kwargs(h.generates[0], FlatModel(toy_vocab()).session())["head_guidance"] == 5.0
+    )  # the default
+    path = tmp_path / "bridge.toml"
+    path.write_text("head-guidance = 2.5\n")
+    assert config.make_config(config.load_toml(path)).head_guidance == 2.5
+    assert cli.build_parser().parse_args(["--head-guidance", "0"]).head_guidance == 0.0
+    assert cli.main(["--head-guidance", "-1", "--no-midi"]) == 2
 
 
 def test_key_lock_without_an_asked_key_keeps_the_reported_key():

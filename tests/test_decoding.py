@@ -110,7 +110,12 @@ def test_guidance_one_is_unguided_and_g_mixes_the_two_streams(ort_model, monkeyp
         s.feed(prompt)
         seen = []
         ids = s.generate(
-            n_tokens=40, temperature=1.0, seed=8, hooks=[lambda _s, lg, _a: seen.append(lg.copy())], **kw
+            n_tokens=40,
+            temperature=1.0,
+            seed=8,
+            hooks=[lambda _s, lg, _a: seen.append(lg.copy())],
+            head_guidance=0.0,  # guidance alone here (head guidance also reads the music-only stream)
+            **kw,
         )
         return ids, seen
 

@@ -42,6 +42,7 @@ from typemoe.grammar_tables import (  # noqa: F401  (the decoder's public names)
     scale_pitch_classes,
     tables_of,
 )
+from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE, KeyHeadGuide, asked_key, check_head_guidance
 from typemoe.sampling import check_sampling, guide, sample_next, softmax
 
 log = logging.getLogger(__name__)
@@ -387,6 +388,7 @@ class Session:
         unique_pitches: bool = True,
         guidance: float = 1.0,
         key_lock: str | int | None = None,
+        head_guidance: float = DEFAULT_HEAD_GUIDANCE,
         meter: str | int | None = None,
         start_beat: float | None = None,
         on_downbeat: bool = False,
@@ -408,11 +410,14 @@ class Session:
             guidance: classifier-free guidance weight g (1 = off): logits = u + g * (c - u), u from a
                 second stream without the control tokens (no effect when the stream has none).
             key_lock: a key name; Pitch ids outside its scale (SCALES) are never emitted.
+            head_guidance: weight of the key head's reading of the asked key at each Pitch step
+                (typemoe.key_steering; 0 = off; no effect when the stream carries no Key control).
             meter: a time signature ("3/4"): notes start in [start_beat, start_beat + n_bars * bar) where
                 bar is the meter's length in beats; the stream stops before leaving that window.
             start_beat: stream beat where the window opens (default: next_bar_line(meter)).
             on_downbeat: the first new note starts exactly on start_beat.
             hooks: callables (session, logits, allowed) run before each pick; they may edit both in place.
+                Head guidance runs after them.
             stop_ids: ids that end the generation once yielded (e.g. Infill_End, which a hook allows).
         Yields:
             Each new id as soon as it is sampled and fed, so a realtime caller can act on the first note
@@ -425,6 +430,7 @@ class Session:
         if n_tokens is None and n_bars is None:
             raise ValueError("generate() needs n_tokens or n_bars")
         check_sampling(temperature, top_p, guidance)
+        check_head_guidance(head_guidance)
         t = self.tables
         window = None
         if meter is not None:
@@ -443,6 +449,9 @@ class Session:
         if self.last is None:  # nothing fed yet (start a piece), or just rewound (re-run the last token)
             self._refeed_last()
         uncond = self.unconditioned() if guidance != 1.0 else None
+        key = asked_key(self.tokens, t.is_control, t.key_of) if head_guidance > 0 else None
+        if key is not None:
+            hooks = [*hooks, KeyHeadGuide(key, head_guidance)]
         done = bars = 0
         placed = False  # a note has started in the window (for on_downbeat)
         while done < limit:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from typemoe import analysis
+from typemoe.key_steering import key_of_ids
 from typemoe.vocab import BEATS_PER_BAR, FAMILIES, TICKS_PER_BEAT
 
 _BAR, _POSITION, _PITCH, _VELOCITY, _DURATION, _CONTROL = (
@@ -37,6 +38,9 @@ class Tables:
         self.velocity_of = np.full(V, -1, dtype=np.int64)  # MIDI velocity of each Velocity_<v>, else -1
         self.is_bar = np.zeros(V, dtype=bool)
         self.is_control = np.zeros(V, dtype=bool)  # BOS, Key_, Meter_, ...: the conditioning prefix
+        self.key_of = np.full(
+            V, -1, dtype=np.int64
+        )  # key class (analysis.KEYS) of each Key_ control, else -1
         self.bos_id = None
         self.positions_per_beat, self.beats_per_bar = TICKS_PER_BEAT, BEATS_PER_BAR
         if vocab is not None:
@@ -52,6 +56,7 @@ class Tables:
             self.is_bar = self.family_of == _BAR
             self.is_control = self.family_of == _CONTROL
             self.bos_id = int(vocab.bos_id)
+            self.key_of = key_of_ids(vocab)
 
     @classmethod
     def unconstrained(cls, size: int) -> Tables:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from typemoe import note_writer, sampling
+from typemoe import key_steering, note_writer, sampling
 from typemoe.grammar_tables import tables_of
 from typemoe.note_writer import Note
 from typemoe.vocab import (
@@ -235,6 +235,7 @@ def start_middle(
     guidance: float = 1.0,
     key_lock: str | int | None = None,
     suffix_weight: float = SUFFIX_WEIGHT,
+    head_guidance: float = key_steering.DEFAULT_HEAD_GUIDANCE,
 ) -> MiddleRun:
     """Set up the fill of n_bars REMI bars between `prefix` (music ids up to the span's first bar line,
     empty bars included) and `suffix` (music ids from a Bar on): the session is reset and fed the FIM
@@ -251,6 +252,7 @@ def start_middle(
     if n_bars < 1:
         raise InfillError(f"a middle needs at least 1 bar, got {n_bars}")
     sampling.check_sampling(temperature, top_p, guidance)  # now, not at the first step
+    key_steering.check_head_guidance(head_guidance)
     if not 0.0 <= suffix_weight <= SUFFIX_WEIGHT_MAX:
         raise InfillError(
             f"suffix_weight must be in 0..{SUFFIX_WEIGHT_MAX:g} (1 = the infilling reading alone): {suffix_weight}"
@@ -278,6 +280,7 @@ def start_middle(
         seed=seed,
         guidance=guidance,
         key_lock=key_lock,
+        head_guidance=head_guidance,
         hooks=hooks,
         stop_ids=(ids.end,),
     )

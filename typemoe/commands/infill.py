@@ -24,7 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from typemoe import analysis, sampling
+from typemoe import analysis, key_steering, sampling
 from typemoe.commands import tools
 from typemoe.commands.tools import ToolError, open_model, read_midi
 from typemoe.infill import SUFFIX_WEIGHT, InfillError, infill_score
@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
             raise ToolError("--key-lock needs --key (the key whose scale to keep)")
         try:
             sampling.check_sampling(args.temperature, args.top_p, args.guidance)
+            key_steering.check_head_guidance(args.head_guidance)
         except ValueError as err:
-            raise ToolError(f"--temperature/--top-p/--guidance: {err}") from err
+            raise ToolError(f"--temperature/--top-p/--guidance/--head-guidance: {err}") from err
         model = open_model(args.model)
         try:
             ctrl = model.vocab.control_ids(**controls)
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             guidance=args.guidance,
             key_lock=args.key if args.key_lock else None,
             suffix_weight=args.suffix_weight,
+            head_guidance=args.head_guidance,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         new.dump_midi(str(args.out))

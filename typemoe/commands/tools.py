@@ -30,7 +30,8 @@ added when the prompt has none) plus one new track holding the continuation. The
 the prompt's next bar line of the meter (--meter, else the model's meter estimate at the end of the
 prompt, else 4/4) with a note on that downbeat, and lasts --bars bars of that meter. Control tokens
 (--key, --meter, --genre, --emotion) go before the music; --guidance G > 1 strengthens them with
-classifier-free guidance, and --key-lock allows only the pitches of --key's scale. The notes are clean:
+classifier-free guidance, --head-guidance W steers the pitches toward --key by the model's own key head
+(typemoe.key_steering), and --key-lock allows only the pitches of --key's scale. The notes are clean:
 on the grid, no same-pitch duplicates or overlaps (typemoe.note_writer).
 
 add_parsers(subparsers) registers both commands (func(args) -> exit code).
@@ -48,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from typemoe import analysis, decoding, note_writer, sampling
+from typemoe import analysis, decoding, key_steering, note_writer, sampling
 from typemoe.export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
 from typemoe.listening import (
     ONE_HEARING,
@@ -289,14 +290,16 @@ def continuation_score(
     seed: int | None,
     guidance: float = sampling.DEFAULT_GUIDANCE,
     key_lock: bool = False,
+    head_guidance: float = key_steering.DEFAULT_HEAD_GUIDANCE,
 ) -> Continuation:
     """The prompt score with one more track holding `bars` generated bars of the prompt's meter."""
     if bars < 1:
         raise ToolError(f"--bars must be >= 1, got {bars}")
     try:
         sampling.check_sampling(temperature, top_p, guidance)
+        key_steering.check_head_guidance(head_guidance)
     except ValueError as err:
-        raise ToolError(f"--temperature/--top-p/--guidance: {err}") from err
+        raise ToolError(f"--temperature/--top-p/--guidance/--head-guidance: {err}") from err
     if key_lock and not controls.get("key"):
         raise ToolError("--key-lock needs --key (the key whose scale to keep)")
     vocab = model.vocab
@@ -323,6 +326,7 @@ def continuation_score(
         seed=seed,
         guidance=guidance,
         key_lock=controls.get("key") if key_lock else None,
+        head_guidance=head_guidance,
     )
     notes = note_writer.continuation_notes(
         vocab, new, bars_before=bars_before, ticks_per_quarter=score.ticks_per_quarter
@@ -375,6 +379,7 @@ def _generate_cmd(args: argparse.Namespace) -> int:
             seed=args.seed,
             guidance=args.guidance,
             key_lock=args.key_lock,
+            head_guidance=args.head_guidance,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         res.score.dump_midi(str(args.out))
@@ -429,7 +434,7 @@ def add_parsers(subparsers) -> None:
 
 def add_generation_flags(p, meter_help: str = "") -> None:
     """The flags of a command that samples music (generate, infill): the control kinds (analysis.CONTROLS),
-    temperature, top-p, seed, guidance and key lock."""
+    temperature, top-p, seed, guidance, key lock and head guidance."""
     for kind in analysis.CONTROLS:
         p.add_argument(f"--{kind.name}", help=kind.help + (meter_help if kind.name == "meter" else ""))
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -443,6 +448,14 @@ def add_generation_flags(p, meter_help: str = "") -> None:
         "with controls each token costs a second decode)",
     )
     p.add_argument("--key-lock", action="store_true", help="only pitches of --key's scale")
+    p.add_argument(
+        "--head-guidance",
+        type=float,
+        default=key_steering.DEFAULT_HEAD_GUIDANCE,
+        help=f"steer the pitches toward --key by the model's own key head (default: "
+        f"{key_steering.DEFAULT_HEAD_GUIDANCE:g}; 0 = off; each pitch costs "
+        f"{key_steering.CANDIDATES} more decode steps)",
+    )
 
 
 def run_cli(argv: list[str] | None = None, prog: str = "python -m typemoe.commands.tools") -> int:

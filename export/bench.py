@@ -16,7 +16,8 @@ What is measured (all in one process, same run, same thread count):
     guidance_cost                decode ms per generated token with classifier-free guidance 1.5 (two KV-cached
                                  streams) vs unguided, after a prompt with Key_/Meter_ controls: medians of
                                  the step times and their ratio; the guided first step, which prefills the
-                                 second stream, is reported apart (first_step_ms)
+                                 second stream, is reported apart (first_step_ms); head_*: guidance 1.5 with
+                                 the key head's guidance (typemoe.key_steering) at its default weight
     int8.*                       the same decode figures and ratios for model_int8.onnx (int8 experts)
                                  against an int8 dense twin, plus the export's int8 quality report
 The PyTorch and dense-twin models have the model directory's config with random weights: latency does
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from typemoe.export.runtime import MODEL_INT8_FILE, OrtModel, OrtSession
+from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE
 from typemoe.shipped import default_model_dir
 
 log = logging.getLogger(__name__)
@@ -257,9 +259,10 @@ def _tokens_per_s(model: OrtModel) -> float:
 
 
 def guidance_cost(model: OrtModel, *, blocks: int = 10, n_tokens: int = GUIDED_TOKENS) -> dict[str, Any]:
-    """Decode ms per token of generate_steps with guidance GUIDANCE vs unguided, in alternating blocks.
+    """Decode ms per token of generate_steps unguided, with guidance GUIDANCE, and with guidance GUIDANCE plus
+    the key head's guidance at its default weight (typemoe.key_steering), in alternating blocks.
 
-    Both continue the same prompt (BOS, a key and a meter control, 128 grammar-valid ids) on a fork, with
+    All continue the same prompt (BOS, a key and a meter control, 128 grammar-valid ids) on a fork, with
     the same seed per block. A step's time is from one yielded id to the next (sampling and masks
     included); the first step of each generation is kept apart, since guided it also prefills the second
     stream (typemoe.decoding.Session.unconditioned).
@@ -268,32 +271,35 @@ def guidance_cost(model: OrtModel, *, blocks: int = 10, n_tokens: int = GUIDED_T
     controls = vocab.control_ids(key="F# major", meter="3/4")
     base = model.session()
     base.feed([vocab.bos_id, *controls, *_prompt(model, 129, np.random.default_rng(3))[1:]])
-    steps: dict[float, list[float]] = {1.0: [], GUIDANCE: []}
-    first: dict[float, list[float]] = {1.0: [], GUIDANCE: []}
+    arms = {
+        "unguided": {"guidance": 1.0, "head_guidance": 0.0},
+        "guided": {"guidance": GUIDANCE, "head_guidance": 0.0},
+        "head": {"guidance": GUIDANCE, "head_guidance": DEFAULT_HEAD_GUIDANCE},
+    }
+    steps: dict[str, list[float]] = {a: [] for a in arms}
+    first: dict[str, list[float]] = {a: [] for a in arms}
     for block in range(blocks):
-        for g in steps:
-            it = base.fork().generate_steps(
-                n_tokens=n_tokens, temperature=1.0, top_p=0.95, seed=block, guidance=g
-            )
+        for arm, kw in arms.items():
+            it = base.fork().generate_steps(n_tokens=n_tokens, temperature=1.0, top_p=0.95, seed=block, **kw)
             t0 = time.perf_counter()
             next(it)
             prev = time.perf_counter()
-            first[g].append(prev - t0)
+            first[arm].append(prev - t0)
             for _ in it:
                 now = time.perf_counter()
-                steps[g].append(now - prev)
+                steps[arm].append(now - prev)
                 prev = now
-    plain, guided = (float(np.median(steps[g]) * 1e3) for g in (1.0, GUIDANCE))
+    plain, guided, head = (float(np.median(steps[a]) * 1e3) for a in arms)
     return {
         "guidance": GUIDANCE,
         "unguided_ms": plain,
         "guided_ms": guided,
         "ratio": guided / plain,
-        "first_step_ms": {
-            "unguided": float(np.median(first[1.0]) * 1e3),
-            "guided": float(np.median(first[GUIDANCE]) * 1e3),
-        },
-        "tokens": {"unguided": len(steps[1.0]), "guided": len(steps[GUIDANCE])},
+        "head_guidance": DEFAULT_HEAD_GUIDANCE,
+        "head_guided_ms": head,
+        "head_ratio": head / plain,
+        "first_step_ms": {a: float(np.median(first[a]) * 1e3) for a in arms},
+        "tokens": {a: len(steps[a]) for a in arms},
     }
 
 
@@ -374,6 +380,13 @@ def format_table(res: dict[str, Any]) -> str:
                 f"{gc['ratio']:.2f}x (decode ms/token p50 {gc['guided_ms']:.3f} vs {gc['unguided_ms']:.3f})",
             )
         )
+        if "head_ratio" in gc:
+            rows.append(
+                (
+                    f"guidance {gc['guidance']:g} + head guidance {gc['head_guidance']:g} vs unguided",
+                    f"{gc['head_ratio']:.2f}x (decode ms/token p50 {gc['head_guided_ms']:.3f})",
+                )
+            )
     rows += [(key, ratio(res.get(key))) for key in ("ort_vs_torch", "typemoe_vs_dense")]
     q = res.get("int8")
     if q:

@@ -100,3 +100,19 @@ def test_a_bad_weight_is_refused_by_name(ort_model, bad):
     s.feed(_prompt(ort_model.vocab))
     with pytest.raises(ValueError, match=f"head guidance.*{bad:g}"):
         s.generate(n_tokens=5, head_guidance=bad)
+
+
+def test_steering_carries_on_across_a_context_slide(ort_model):
+    """Steered generation goes on across a context slide: the stream slides first (its music-only twin is
+    shorter by the controls), the twin is rebuilt from the slid stream, and the controls stay in front."""
+    vocab = ort_model.vocab
+    s = ort_model.session()
+    prompt = _prompt(vocab)
+    s.feed(prompt)
+    bar, pos, dur = vocab.id("Bar_None"), vocab.id("Position_0"), vocab.duration_token_id(4)
+    note = [vocab.id("Pitch_62"), int(vocab.velocity_id[80]), dur]
+    while s.n_past + 4 < ort_model.context_len:  # whole bars of one note until the context is nearly full
+        s.feed([bar, pos, *note][: ort_model.context_len - s.n_past - 2])
+    new = s.generate(n_tokens=40, temperature=1.0, seed=2)
+    assert len(new) == 40 and s.tokens[:3] == prompt[:3]
+    assert s.n_past < ort_model.context_len  # it slid

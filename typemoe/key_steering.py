@@ -75,6 +75,8 @@ class KeyHeadGuide:
         if self.weight == 0 or len(cand) < 2:
             return
         ear = session.unconditioned() or session  # music only; the stream itself if it holds no control
+        if ear.n_past >= ear.engine.context_len:  # a candidate would slide it, and a slide cannot be
+            return  # rewound (a music-only twin is shorter than its stream, so only a stream without controls)
         top = cand[np.argsort(-logits[cand], kind="stable")[: self.k]]
         n = ear.n_past
         score = np.empty(len(top))

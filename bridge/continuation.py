@@ -127,10 +127,10 @@ def generate_kwargs(job: Generate, session) -> dict:
     """The keyword arguments of session.generate_steps for one request.
 
     The one decoder (typemoe.decoding.Session, which export.runtime.OrtSession is) gets the meter window,
-    the first note on its downbeat, guidance, the key lock and head guidance. Any other session (the toy stand-in) knows
-    no window: it continues from the stream's last note, which can lie bars before the window (the
-    stream holds at most MAX_EMPTY_BARS empty bars), so it gets that many 4-beat bars more, and the
-    engine keeps the notes that fall in the window and stops it past the window's end.
+    the first note on its downbeat, guidance, the key lock and head guidance. Any other session (the toy
+    stand-in) knows no window: it continues from the stream's last note, which can lie bars before the
+    window (the stream holds at most MAX_EMPTY_BARS empty bars), so it gets that many 4-beat bars more, and
+    the engine keeps the notes that fall in the window and stops it past the window's end.
     """
     kw: dict = {"temperature": job.temperature, "top_p": job.top_p, "seed": job.seed, "n_bars": job.n_bars}
     if isinstance(job, SteeredGenerate) and isinstance(session, decoding.Session):

@@ -233,6 +233,23 @@ def test_a_model_without_the_tokens_is_refused_by_name(tmp_path):
     assert not out.exists()
 
 
+def test_the_cli_passes_head_guidance_and_refuses_a_bad_one_by_name(ort_model, tmp_path, monkeypatch, capsys):
+    from typemoe.cli import main
+
+    seen = []
+    real = infill.start_middle
+    monkeypatch.setattr(
+        infill, "start_middle", lambda *a, **kw: seen.append(kw["head_guidance"]) or real(*a, **kw)
+    )
+    src, out = tmp_path / "in.mid", tmp_path / "out.mid"
+    random_score(0).dump_midi(str(src))
+    args = ["infill", str(src), "--bars", "2-3", "--model", str(ort_model.model_dir), "--key", "G major"]
+    assert main([*args, "--head-guidance", "2.5", "--out", str(out)]) == 0 and seen == [2.5]
+    capsys.readouterr()
+    assert main([*args, "--head-guidance", "-1", "--out", str(tmp_path / "no.mid")]) == 2
+    assert "--head-guidance" in capsys.readouterr().err and not (tmp_path / "no.mid").exists()
+
+
 # --------------------------------------------------------------------------- the CLI on real files
 
 

@@ -10,7 +10,7 @@ import pytest
 import symusic
 from export_fixtures import analyze_without_torch
 
-from typemoe import analysis, listening
+from typemoe import analysis, key_steering, listening
 from typemoe.commands import tools
 
 pytest.importorskip("onnx")
@@ -495,6 +495,35 @@ def test_key_lock_and_guidance_options(model_dir, tune, tmp_path, capsys):
         == 2
     )
     assert "guidance" in capsys.readouterr().err
+
+
+def test_head_guidance_option_reaches_the_decoder_and_a_bad_one_is_refused(
+    model_dir, tune, tmp_path, capsys, monkeypatch
+):
+    from typemoe import decoding
+
+    seen = []
+    real = decoding.Session.generate
+    monkeypatch.setattr(decoding.Session, "generate", lambda self, **kw: seen.append(kw) or real(self, **kw))
+    out = tmp_path / "steered.mid"
+    base = [
+        "generate",
+        str(tune),
+        "--bars",
+        "2",
+        "--model",
+        str(model_dir),
+        "--key",
+        "Eb major",
+        "--out",
+        str(out),
+    ]
+    assert tools.run_cli(base) == 0 and tools.run_cli([*base, "--head-guidance", "0"]) == 0
+    assert [kw["head_guidance"] for kw in seen] == [key_steering.DEFAULT_HEAD_GUIDANCE, 0.0]
+    capsys.readouterr()
+    assert tools.run_cli([*base, "--head-guidance", "-2"]) == 2
+    err = capsys.readouterr().err
+    assert "--head-guidance" in err and "-2" in err
 
 
 def test_console_script_wiring(model_dir, tune, monkeypatch, capsys):

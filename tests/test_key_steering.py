@@ -37,39 +37,59 @@ def test_the_asked_key_is_the_key_control_of_the_stream_head(ort_model):
     assert key_steering.asked_key(late, t.is_control, t.key_of) is None
 
 
-@pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_the_k_likeliest_pitches_get_the_key_heads_log_probability(ort_model, guidance):
-    """The hook's logits equal the key head read on fresh music-only sessions, and after it the streams
-    answer as if nothing had been fed (every candidate was rewound)."""
+def _expected(ort_model, heard, logits, allowed, key, w):
+    """What the hook must make of `logits` at a Pitch step when the ear holds [BOS, *heard]: the k likeliest
+    allowed pitches gain w * (log P_head(key) - best), read on fresh sessions; every other pitch is dropped."""
+    vocab = ort_model.vocab
+    pitch_of = ort_model.session().tables.pitch_of
+    pitches = np.flatnonzero(allowed & (pitch_of >= 0))
+    top = pitches[np.argsort(-logits[pitches], kind="stable")[: key_steering.CANDIDATES]]
+    score = [
+        np.log(ort_model.session().feed([vocab.bos_id, *heard, int(c)]).key_probs[key] + 1e-9) for c in top
+    ]
+    want = logits.copy()
+    want[np.setdiff1d(pitches, top)] = -np.inf
+    want[top] += w * (np.array(score) - max(score))
+    return want, top
+
+
+def test_the_ear_hears_only_the_new_music_and_scores_the_k_likeliest_pitches(ort_model):
+    """At each Pitch step the hook's logits equal the key head read on fresh sessions of [BOS, the music
+    generated since the hook's first call, the candidate]: neither the controls nor the prompt. The stream
+    itself is never touched."""
     vocab = ort_model.vocab
     key, w = analysis.parse_key("D major"), 5.0
     s = ort_model.session()
     s.feed(_prompt(vocab))
-    allowed = s.allowed_next()
-    assert (allowed & (s.tables.pitch_of >= 0)).sum() > key_steering.CANDIDATES  # a Pitch step
-    before = s.last.logits.copy()
-    logits = before.copy()
     guide = key_steering.KeyHeadGuide(key, w)
-    guide(s, logits, allowed)
-    pitches = np.flatnonzero(s.tables.pitch_of >= 0)
-    top = pitches[np.argsort(-before[pitches], kind="stable")[: key_steering.CANDIDATES]]
-    music_only = [vocab.bos_id, *_prompt(vocab)[3:]]
-    score = []
-    for c in top:
-        fresh = ort_model.session()
-        score.append(np.log(fresh.feed([*music_only, int(c)]).key_probs[key] + 1e-9))
-    np.testing.assert_allclose(logits[top], before[top] + w * (np.array(score) - max(score)), atol=1e-4)
-    assert set(np.flatnonzero(allowed & (s.tables.pitch_of >= 0))) == set(top.tolist())
-    assert np.isneginf(logits[np.setdiff1d(pitches, top)]).all() and guide.scored == len(top)
-    # the streams are intact: the next token gives what a fresh session gives
-    nxt = int(top[0])
-    s.feed([nxt])
+    heard: list[int] = []
+    new = [
+        vocab.id("Pitch_66"),
+        int(vocab.velocity_id[80]),
+        vocab.duration_token_id(4),
+        vocab.id("Position_8"),
+    ]
+    for step in range(len(new) + 1):
+        allowed = s.allowed_next()
+        was_allowed = allowed.copy()
+        before = s.last.logits.copy()
+        logits = before.copy()
+        guide(s, logits, allowed)
+        if (was_allowed & (s.tables.pitch_of >= 0)).any():  # a Pitch step
+            want, top = _expected(ort_model, heard, before, was_allowed, key, w)
+            np.testing.assert_allclose(logits, want, atol=1e-4)
+            assert set(np.flatnonzero(allowed & (s.tables.pitch_of >= 0))) == set(top.tolist())
+        else:
+            np.testing.assert_array_equal(logits, before)
+        if step < len(new):
+            s.feed([new[step]])
+            heard.append(new[step])
+    assert (
+        guide.scored == 3 * key_steering.CANDIDATES
+    )  # after Position_4, after the Duration (a chord), Position_8
+    assert guide.ear.tokens == [vocab.bos_id, *new]  # rewound after every candidate
     fresh = ort_model.session()
-    np.testing.assert_allclose(s.last.logits, fresh.feed([*_prompt(vocab), nxt]).logits, atol=1e-4)
-    twin = s.unconditioned()
-    np.testing.assert_allclose(
-        twin.last.logits, ort_model.session().feed([*music_only, nxt]).logits, atol=1e-4
-    )
+    np.testing.assert_allclose(s.last.logits, fresh.feed([*_prompt(vocab), *new]).logits, atol=1e-4)
 
 
 def test_generate_steers_by_default_and_zero_turns_it_off(ort_model, monkeypatch):

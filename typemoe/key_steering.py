@@ -7,15 +7,16 @@ labels from the scores' signatures and endings (never from a key-finding profile
 So at each step where a Pitch may come, the decoder (typemoe.decoding.Session.generate_steps) asks it:
 
     the k most likely pitches by the (guided) logits stay, every other pitch is dropped;
-    each is fed in turn to the music-only stream (Session.unconditioned: the same music without the
-    control tokens, which the key head was never trained to read), the key head is read after it, and
-    the stream is rewound;
-    logit += w * (log P_head(asked key | music + pitch) - the best of the k).
+    each is fed in turn to the ear, a stream of its own that holds [BOS, the music this generation wrote]
+    (no control tokens, which the key head was never trained to read, and not the prompt: a prompt in
+    another key would drown the new notes), the key head is read after it, and the ear is rewound;
+    logit += w * (log P_head(asked key | new music + pitch) - the best of the k).
 
 This is FUDGE (Yang & Klein 2021, arXiv:2104.05218) with the model's own head as the discriminator: no
 scale is imposed (the key lock does that), and w = 0 turns it off. It acts only where the stream carries
-a Key control. Cost: k decode steps per Pitch step, on the stream guidance already keeps (typemoe bench,
-`head_guidance` row). The weight and k were picked on bare prompts (MODEL_CARD.md, "Attribute control").
+a Key control. Cost: k decode steps per Pitch step plus the ear's own feed of the new music (typemoe bench,
+the `head guidance` row). The weight and k were picked on bare prompts, the ear on music prompts asked to
+move (MODEL_CARD.md, "Head guidance").
 """
 
 from __future__ import annotations
@@ -63,20 +64,33 @@ def asked_key(tokens, is_control: np.ndarray, key_of: np.ndarray) -> int | None:
 
 
 class KeyHeadGuide:
-    """A generate_steps hook (session, logits, allowed): see the module docstring."""
+    """A generate_steps hook (session, logits, allowed): see the module docstring. One per generation: its
+    ear hears what this generation wrote, from its first call on."""
 
     def __init__(self, key: int, weight: float, *, candidates: int = CANDIDATES):
         self.key, self.weight, self.k = int(key), check_head_guidance(weight), int(candidates)
         self.scored = 0  # candidates fed so far (the cost)
+        self.ear = None  # [BOS, the new music]: a Session of the stream's engine, made at the first call
+        self._heard: list[int] = []  # new ids the ear has not been fed yet
+        self._calls = 0
 
     def __call__(self, session, logits: np.ndarray, allowed: np.ndarray) -> None:
+        if self._calls:  # the generation fed exactly one id since the last call (the context may have slid)
+            self._heard.append(session.tokens[-1])
+        self._calls += 1
         t = session.tables
         cand = np.flatnonzero(allowed & (t.pitch_of >= 0))
         if self.weight == 0 or len(cand) < 2:
             return
-        ear = session.unconditioned() or session  # music only; the stream itself if it holds no control
-        if ear.n_past >= ear.engine.context_len:  # a candidate would slide it, and a slide cannot be
-            return  # rewound (a music-only twin is shorter than its stream, so only a stream without controls)
+        if self.ear is None:
+            self.ear = session.blank()
+            self._heard.insert(0, t.bos_id)
+        ear = self.ear
+        if self._heard:
+            ear.feed(self._heard)
+            self._heard = []
+        if ear.n_past >= ear.engine.context_len:  # a candidate would slide it, and a slide cannot be rewound
+            return
         top = cand[np.argsort(-logits[cand], kind="stable")[: self.k]]
         n = ear.n_past
         score = np.empty(len(top))

@@ -17,7 +17,8 @@ turns it into a stream of tokens and holds every decoding decision once:
 - Classifier-free guidance (typemoe.sampling.guide): logits = uncond + g * (cond - uncond), uncond from a
   second KV-cached stream whose context lacks the control tokens (g = 1: off, no second stream).
 - Head guidance (typemoe.key_steering): at a Pitch step the six likeliest pitches are scored by the model's
-  own key head on the music-only stream and the rest dropped; on by default where a Key control is present.
+  own key head on a stream that holds only the new music, and the rest dropped; on by default where a Key
+  control is present.
 - Key lock: Pitch ids outside the scale of a key are masked (a hard guarantee, separate from guidance).
 - Meter-aware bars: REMI's Bar token comes every 4 beats whatever the music's meter; with `meter` the
   continuation starts on the next bar line of that meter and lasts n_bars bars of it (a time window in

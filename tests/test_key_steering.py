@@ -1,5 +1,5 @@
 """Head guidance (typemoe.key_steering): at a Pitch step the k likeliest pitches are scored by the key head
-on the music-only stream, the rest dropped; the streams come back exactly as they were."""
+on an ear that hears only the new music, the rest dropped; the ear is rewound and the stream untouched."""
 
 from __future__ import annotations
 

@@ -506,18 +506,8 @@ def test_head_guidance_option_reaches_the_decoder_and_a_bad_one_is_refused(
     real = decoding.Session.generate
     monkeypatch.setattr(decoding.Session, "generate", lambda self, **kw: seen.append(kw) or real(self, **kw))
     out = tmp_path / "steered.mid"
-    base = [
-        "generate",
-        str(tune),
-        "--bars",
-        "2",
-        "--model",
-        str(model_dir),
-        "--key",
-        "Eb major",
-        "--out",
-        str(out),
-    ]
+    base = ["generate", str(tune), "--bars", "2", "--model", str(model_dir), "--key", "Eb major"]
+    base += ["--out", str(out)]
     assert tools.run_cli(base) == 0 and tools.run_cli([*base, "--head-guidance", "0"]) == 0
     assert [kw["head_guidance"] for kw in seen] == [key_steering.DEFAULT_HEAD_GUIDANCE, 0.0]
     capsys.readouterr()

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from typemoe import analysis
-from typemoe.key_steering import key_of_ids
 from typemoe.vocab import BEATS_PER_BAR, FAMILIES, TICKS_PER_BEAT
 
 _BAR, _POSITION, _PITCH, _VELOCITY, _DURATION, _CONTROL = (
@@ -38,9 +37,7 @@ class Tables:
         self.velocity_of = np.full(V, -1, dtype=np.int64)  # MIDI velocity of each Velocity_<v>, else -1
         self.is_bar = np.zeros(V, dtype=bool)
         self.is_control = np.zeros(V, dtype=bool)  # BOS, Key_, Meter_, ...: the conditioning prefix
-        self.key_of = np.full(
-            V, -1, dtype=np.int64
-        )  # key class (analysis.KEYS) of each Key_ control, else -1
+        self.key_of = np.full(V, -1, dtype=np.int64)  # key class (analysis.KEYS) of each Key_ id, else -1
         self.bos_id = None
         self.positions_per_beat, self.beats_per_bar = TICKS_PER_BEAT, BEATS_PER_BAR
         if vocab is not None:
@@ -56,7 +53,10 @@ class Tables:
             self.is_bar = self.family_of == _BAR
             self.is_control = self.family_of == _CONTROL
             self.bos_id = int(vocab.bos_id)
-            self.key_of = key_of_ids(vocab)
+            for i in np.flatnonzero(self.is_control):  # Key_<tonic>_<mode>, as typemoe.transpose reads it
+                prefix, _, value = vocab.token(int(i)).partition("_")
+                if prefix == "Key":
+                    self.key_of[i] = analysis.parse_key(value.replace("_", " "))
 
     @classmethod
     def unconstrained(cls, size: int) -> Tables:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from typemoe import analysis
-
 DEFAULT_HEAD_GUIDANCE = 5.0
 """Weight w of the key head's log-probability when the caller gives none (`typemoe generate`/`infill`, the
 bridge, the library's generate). 0 turns it off."""
@@ -39,18 +37,6 @@ def check_head_guidance(weight: float) -> float:
     if not 0.0 <= w <= HEAD_GUIDANCE_MAX:
         raise ValueError(f"head guidance must be in [0, {HEAD_GUIDANCE_MAX:g}] (0 = off), got {weight!r}")
     return w
-
-
-def key_of_ids(vocab) -> np.ndarray:
-    """(V,) the key class (analysis.KEYS index) of each Key control id, else -1."""
-    out = np.full(vocab.size, -1, dtype=np.int64)
-    kind = next(k for k in analysis.CONTROLS if k.name == "key")
-    known = set(vocab.tokens)
-    for k, name in enumerate(analysis.KEYS):
-        tok = kind.token(name)
-        if tok in known:
-            out[vocab.id(tok)] = k
-    return out
 
 
 def asked_key(tokens, is_control: np.ndarray, key_of: np.ndarray) -> int | None:

@@ -141,6 +141,16 @@ def generate_kwargs(job: Generate, session) -> dict:
     return kw
 
 
+def bar_plan(job: Generate, session) -> decoding.BarPlan | None:
+    """Where the Bars of the continuation generate_kwargs asks for open (stream beats): the one decoder
+    writes a meter window in REMI bars of the meter (typemoe.decoding); None for any other session (the
+    toy's REMI 4-beat bars). The engine reads the ids with it, so each note lands where it was written."""
+    if not (isinstance(job, SteeredGenerate) and isinstance(session, decoding.Session)):
+        return None
+    start = session.next_bar_line(job.meter) if job.start_beat is None else job.start_beat
+    return decoding.BarPlan.of(job.meter, start)
+
+
 def remi_bars(bars: float, span: float) -> int:
     """4-beat bars that cover `bars` bars of `span` beats from a stream position up to one bar before."""
     return math.ceil(bars * span / BEATS_PER_BAR - _EPS) + 1

@@ -400,7 +400,7 @@ class Engine(OscCommands):
         start = cont.next_bar_line(self._beat, span, anchor)
         key_lock = self._key_lock()
         self._next_id += 1
-        reader = TokenReader(self.vocab, self._reader.cursor)
+        reader = TokenReader(self.vocab, self._reader.cursor)  # its plan comes with the tokens
         self._pending = cont.Pending(self._next_id, bars, trigger_t, reader, start, span, attempt=attempt)
         seed = None if self.cfg.seed is None else self.cfg.seed + attempt
         out.append(
@@ -436,6 +436,7 @@ class Engine(OscCommands):
             self._error(ev.error, now, out)
             return
         had_notes = p.n_notes > 0
+        p.reader.plan = ev.plan  # the REMI bars the decoder wrote in (None: 4-beat ones)
         notes, past_window = p.place(
             ev.tokens, self._origin, self.clock.beat_at(now + self.cfg.latency_s + 0.002)
         )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from typemoe.grammar_tables import BarPlan
 from typemoe.infill import SUFFIX_WEIGHT
 
 # ---- events (shell -> engine) ------------------------------------------------------------------------
@@ -71,6 +72,7 @@ class Generated:
     error: str | None
     t: float
     done: bool = True
+    plan: BarPlan | None = None  # where its Bars open (continuation.bar_plan); None: REMI's 4-beat bars
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ import numpy as np
 
 from typemoe import decoding
 from typemoe.bridge import infill
-from typemoe.bridge.continuation import generate_kwargs
+from typemoe.bridge.continuation import bar_plan, generate_kwargs
 from typemoe.bridge.events import (
     Analysis,
     CancelGenerate,
@@ -122,6 +122,7 @@ class ContextPolicy:
 class _Generation:
     job: Generate
     steps: Iterator[int]
+    plan: decoding.BarPlan | None  # the REMI bars it is written in, for the engine's reader
     chunk: list[int] = field(default_factory=list)  # ids sampled since the last post
 
 
@@ -241,11 +242,11 @@ class ModelThread:
         nxt = next(gen.steps, None)
         if nxt is None:
             self._gen = None
-            self._post(Generated(gen.job.request_id, tuple(gen.chunk), None, self._now(), done=True))
+            self._post(Generated(gen.job.request_id, tuple(gen.chunk), None, self._now(), True, gen.plan))
             return
         gen.chunk.append(nxt)
         if self._ends_note[nxt]:
-            self._post(Generated(gen.job.request_id, tuple(gen.chunk), None, self._now(), done=False))
+            self._post(Generated(gen.job.request_id, tuple(gen.chunk), None, self._now(), False, gen.plan))
             gen.chunk = []
 
     def _step_fill(self) -> None:
@@ -282,7 +283,7 @@ class ModelThread:
         elif isinstance(job, Generate):  # replaces any generation in progress (its request is stale)
             session = self._session.fork()
             steps = session.generate_steps(**generate_kwargs(job, session))
-            self._gen = _Generation(job, steps)
+            self._gen = _Generation(job, steps, bar_plan(job, session))
         elif isinstance(job, CancelGenerate):
             if self._gen is not None and self._gen.job.request_id == job.request_id:
                 self._gen = None

@@ -126,10 +126,13 @@ class Harness:
             else:
                 raise AssertionError(f"unknown action {a!r}")
 
-    def complete(self, g: Generate, tokens: tuple[int, ...] | None = None, error: str | None = None) -> None:
+    def complete(
+        self, g: Generate, tokens: tuple[int, ...] | None = None, error: str | None = None, plan=None
+    ) -> None:
+        """The model thread's answer to `g`: tokens (default: the toy's), written under `plan`."""
         if tokens is None and error is None:
             tokens = tuple(self.session.fork().generate(n_bars=g.n_bars, temperature=0.0, seed=0))
-        self.handle(Generated(g.request_id, tokens or (), error, self.clock.now()))
+        self.handle(Generated(g.request_id, tokens or (), error, self.clock.now(), plan=plan))
 
     def handle(self, event) -> None:
         self.run(self.engine.handle(event, self.clock.now()))

@@ -76,13 +76,15 @@ class FlatModel:
         return decoding.Session(self._engine)
 
 
-def _decode(h: Harness, g, seed: int = 0) -> tuple[int, ...]:
-    """What the model thread would sample for Generate `g`: the decoder on [BOS, controls, stream]."""
+def _decode(h: Harness, g, seed: int = 0) -> tuple[tuple[int, ...], object]:
+    """What the model thread would sample for Generate `g` (the decoder on [BOS, controls, stream]) and
+    the BarPlan it posts with them."""
     v = h.model.vocab
     session = FlatModel(v).session()
     session.feed([v.bos_id, *h.engine._control_ids, *h.fed])
     kw = cont.generate_kwargs(g, session) | {"seed": seed}
-    return tuple(session.generate(**kw))
+    plan = cont.bar_plan(g, session)
+    return tuple(session.generate(**kw)), plan
 
 
 def _continuation(h: Harness, bars: float) -> tuple[object, list[tuple]]:
@@ -90,7 +92,8 @@ def _continuation(h: Harness, bars: float) -> tuple[object, list[tuple]]:
     n0 = len(h.sent("/typemoe/note"))
     h.osc_in("/typemoe/continue", bars)
     g = h.generates[-1]
-    h.complete(g, _decode(h, g))
+    tokens, plan = _decode(h, g)
+    h.complete(g, tokens, plan=plan)
     h.advance_beats(bars * 6 + 8)
     return g, h.sent("/typemoe/note")[n0:]
 
@@ -282,15 +285,18 @@ def test_the_window_start_is_the_engines_beat_after_the_context_was_rebuilt():
     start = 19 * 4 + 3.0  # the second 3/4 bar line after the last note (stream beats)
     w.submit(cont.SteeredGenerate(1, 3, 1.0, 1.0, 5, meter="3/4", bars=1, start_beat=start))
     got: list[int] = []
+    plans = set()
     while True:
         ev = results.get(timeout=20)
         if isinstance(ev, Generated):
             assert ev.error is None, ev.error
             got += ev.tokens
+            plans.add(repr(ev.plan))
             if ev.done:
                 break
     w.close()
-    notes = TokenReader(v, reader.cursor).read(got)
+    assert plans == {repr(decoding.BarPlan(start, 3.0))}  # written in 3-beat bars from the bar line
+    notes = TokenReader(v, reader.cursor, decoding.BarPlan(start, 3.0)).read(got)
     assert notes and min(n.onset for n in notes) == start and max(n.onset for n in notes) < start + 3
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from typemoe import decoding, note_writer
 from typemoe.note_writer import Note
+from typemoe.streaming import TokenReader
 
 pytestmark = pytest.mark.onnx
 
@@ -45,9 +46,9 @@ def _music(vocab, n: int, seed: int) -> list[int]:
     return ids
 
 
-def _onsets(vocab, ids, bars_before: int) -> list[tuple[float, int]]:
-    """(beat, pitch) of every note in ids, generated after a stream of `bars_before` Bar tokens."""
-    notes = note_writer.continuation_notes(vocab, ids, bars_before=bars_before, ticks_per_quarter=4)
+def _onsets(vocab, ids, cursor, plan=None) -> list[tuple[float, int]]:
+    """(beat, pitch) of every note in ids, generated after a stream that stood at `cursor`."""
+    notes = note_writer.continuation_notes(vocab, ids, cursor=cursor, plan=plan, ticks_per_quarter=4)
     return [(n.time / 4, n.pitch) for n in notes]
 
 
@@ -223,21 +224,73 @@ def test_no_pitch_twice_at_one_position(ort_model):
     assert n_chords > 0  # positions with several notes happen, so the rule was exercised
 
 
-@pytest.mark.parametrize("meter, span", [("3/4", 3.0), ("6/8", 3.0), ("2/4", 2.0), ("12/8", 6.0)])
-def test_meter_window_starts_on_the_meters_bar_line(ort_model, meter, span):
-    """The continuation opens on the next bar line of the meter and stays n_bars bars of it."""
+@pytest.mark.parametrize(
+    "meter, span, remi", [("3/4", 3.0, 3.0), ("6/8", 3.0, 3.0), ("2/4", 2.0, 4.0), ("12/8", 6.0, 3.0)]
+)
+def test_meter_window_starts_on_the_meters_bar_line(ort_model, meter, span, remi):
+    """The continuation opens on the next bar line of the meter, stays n_bars bars of it, and is written
+    in REMI bars of the meter (BarPlan): every generated Bar opens on start + k * remi, every note lies
+    inside its bar, and a reader with the plan puts each note where the session's own clock stood."""
     vocab = ort_model.vocab
     s = ort_model.session()
     prompt = _music(vocab, 90, seed=5)
     s.feed([vocab.bos_id, *prompt])
     start = s.next_bar_line(meter)
     assert start % span == 0 and start > s.beat_now()
-    bars_before = s.bars
+    assert decoding.remi_bar_beats(meter) == remi
+    cursor, plan = s.cursor(), decoding.BarPlan.of(meter, start)
     for seed in range(3):
         g = s.fork()
-        ids = g.generate(n_bars=2, meter=meter, on_downbeat=True, temperature=1.0, top_p=1.0, seed=seed)
-        beats = [b for b, _ in _onsets(vocab, ids, bars_before)]
+        ids, clock, bar_opens = [], [], []
+        steps = g.generate_steps(
+            n_bars=2, meter=meter, on_downbeat=True, temperature=1.0, top_p=1.0, seed=seed
+        )
+        for i in steps:
+            ids.append(i)
+            if vocab.token(i).startswith("Pitch_"):
+                clock.append((g.beat_now(), g.bar_start, i))
+            if vocab.token(i) == "Bar_None":
+                bar_opens.append(g.bar_start)
+        beats = [b for b, _ in _onsets(vocab, ids, cursor, plan)]
         assert beats and min(beats) == start and max(beats) < start + 2 * span, (start, beats)
+        assert bar_opens and bar_opens == [start + k * remi for k in range(len(bar_opens))], bar_opens
+        for beat, bar_start, _ in clock:  # inside the REMI bar it was written in
+            assert bar_start <= beat < bar_start + remi, (beat, bar_start, remi)
+        read = [(n.onset, n.pitch) for n in TokenReader(vocab, cursor, plan).read(ids)]
+        pitch_of = decoding.tables_of(vocab).pitch_of
+        assert len(read) >= len(clock) - 1  # the token budget may end the last note early
+        assert read == [(b, int(pitch_of[i])) for b, _, i in clock[: len(read)]]
+        assert g._plan is None  # a generation's plan ends with it: fed Bars are 4 beats again
+
+
+def test_bar_plan_opens_bars_on_the_meters_lines():
+    plan = decoding.BarPlan.of("3/4", 9.0)
+    assert plan.beats == 3.0
+    assert plan.next_start(4.0) == 8.0  # REMI's own bars until the one that holds the start
+    assert plan.next_start(8.0) == 9.0  # that bar is cut at the start
+    assert [plan.next_start(b) for b in (9.0, 12.0, 15.0)] == [12.0, 15.0, 18.0]
+    assert decoding.next_bar_start(8.0, None) == 12.0
+    assert [decoding.remi_bar_beats(m) for m in ("4/4", "2/2", "3/8", "3/2", "9/8")] == [4, 4, 3, 3, 2.25]
+    with pytest.raises(ValueError, match="beats"):
+        decoding.BarPlan(0.0, 5.0)
+
+
+def test_rewind_and_fork_keep_the_bar_clock(ort_model):
+    """A Bar generated under a plan opens where the plan says; rewinding it restores the clock, and a fork
+    carries it."""
+    vocab = ort_model.vocab
+    s = ort_model.session()
+    s.feed([vocab.bos_id, *_music(vocab, 60, seed=3)])
+    before = (s.bars, s.bar_start, s.beat_now())
+    n = s.n_past
+    ids = s.generate(n_bars=3, meter="3/4", temperature=1.0, top_p=1.0, seed=0)
+    assert s.bars > before[0] and s.bar_start != before[1] + 4 * (s.bars - before[0])
+    f = s.fork()
+    assert (f.bars, f.bar_start, f.beat_now()) == (s.bars, s.bar_start, s.beat_now())
+    s.rewind(n)
+    assert (s.bars, s.bar_start, s.beat_now()) == before
+    s.feed(ids)  # fed, not generated: REMI's 4-beat bars
+    assert s.bar_start == before[1] + 4 * (s.bars - before[0])
 
 
 def test_meter_math_and_bad_values():

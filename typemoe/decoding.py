@@ -20,9 +20,11 @@ turns it into a stream of tokens and holds every decoding decision once:
   own key head on a stream that holds only the new music, and the rest dropped; on by default where a Key
   control is present.
 - Key lock: Pitch ids outside the scale of a key are masked (a hard guarantee, separate from guidance).
-- Meter-aware bars: REMI's Bar token comes every 4 beats whatever the music's meter; with `meter` the
-  continuation starts on the next bar line of that meter and lasts n_bars bars of it (a time window in
-  beats since the stream start, which the session tracks through slides).
+- Meter-aware bars: a stream fed from a file or a performance has REMI's 4-beat bars whatever its meter;
+  with `meter` the continuation starts on the next bar line of that meter, lasts n_bars bars of it (a time
+  window in beats since the stream start, which the session tracks through slides), and is written in
+  REMI bars of the meter (grammar_tables.BarPlan: 3 beats for 3/4 and 6/8), so the model's bar-relative
+  habits fall on the meter's downbeats. Read its ids with the same plan (typemoe.streaming.TokenReader).
 - Hooks: callables (session, logits, allowed) -> None run before each pick and may edit both in place
   (infilling, further constraints).
 
@@ -40,13 +42,18 @@ import numpy as np
 
 from typemoe.grammar_tables import (  # noqa: F401  (the decoder's public names)
     SCALES,
+    BarPlan,
     Tables,
     meter_beats,
+    next_bar_start,
+    remi_bar_beats,
     scale_pitch_classes,
     tables_of,
 )
 from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE, KeyHeadGuide, asked_key, check_head_guidance
 from typemoe.sampling import check_sampling, guide, sample_next, softmax
+from typemoe.streaming import TokenCursor
+from typemoe.vocab import BEATS_PER_BAR
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +124,8 @@ class Session:
     """One stream of tokens on its own KV cache of an Engine.
 
     Attributes: tokens (the ids in the cache, in order), n_past, last (StepOut of the last feed, None
-    after a rewind), bars (Bar tokens fed since the stream started, slid-out ones included).
+    after a rewind), bars (Bar tokens fed since the stream started, slid-out ones included), bar_start
+    (the stream beat where the current bar opened: 4 beats per fed bar, the BarPlan's while generating).
 
     class_probs is the softmax of the mean per-position classification logits over every token fed since
     the session started, each counted once with the row it got when first fed; that equals the model's
@@ -134,11 +142,23 @@ class Session:
     def n_past(self) -> int:
         return len(self.tokens)
 
+    @property
+    def bars(self) -> int:
+        return self._bars
+
+    @bars.setter
+    def bars(self, n: int) -> None:
+        """Set the time base to n fed bars, REMI's 4 beats each (e.g. after a rebuild that forgot some)."""
+        self._bars = int(n)
+        self.bar_start = float(max(self._bars - 1, 0) * BEATS_PER_BAR)
+        self._bar_history: list[float] = []  # bar_start before each Bar fed since (rewind restores it)
+
     def reset(self) -> None:
         """Forget the context (the buffers are reused; rows past n_past are never read)."""
         self.tokens: list[int] = []
         self.last: StepOut | None = None
-        self.bars = 0
+        self.bars = 0  # also sets bar_start (0: the stream beat of the current bar's Bar) and its history
+        self._plan: BarPlan | None = None  # where generated Bars open (set by generate_steps)
         self._cls_rows: list[np.ndarray | None] = []  # (C,) class-logit row per token in self.tokens
         self._cls_total, self._cls_n = 0.0, 0  # sum and count of every counted row, slid-out ones included
         self._bar_position = -1  # grid position of the last Position in the current bar, -1 after a Bar
@@ -183,7 +203,9 @@ class Session:
     def _advance(self, i: int) -> None:
         t = self.tables
         if t.is_bar[i]:
-            self.bars += 1
+            self._bar_history.append(self.bar_start)
+            self.bar_start = self.next_bar_start()
+            self._bars += 1
             self._bar_position, self._pitches_here = -1, set()
         elif t.position_of[i] >= 0:
             self._bar_position, self._pitches_here = int(t.position_of[i]), set()
@@ -227,7 +249,10 @@ class Session:
             raise ValueError(f"rewind to {n_past}: the session holds {self.n_past} tokens")
         gone = self.tokens[n_past:]
         del self.tokens[n_past:]
-        self.bars -= int(self.tables.is_bar[gone].sum()) if gone else 0
+        for _ in range(int(self.tables.is_bar[gone].sum()) if gone else 0):
+            self._bars -= 1
+            popped = self._bar_history.pop() if self._bar_history else None
+            self.bar_start = popped if popped is not None else max(self.bar_start - BEATS_PER_BAR, 0.0)
         for row in self._cls_rows[n_past:]:
             if row is not None:
                 self._cls_total, self._cls_n = self._cls_total - row, self._cls_n - 1
@@ -255,6 +280,7 @@ class Session:
         other._twin_box = self._twin_box
         self.engine.copy_cache(other.cache, self.cache, self.n_past)
         other.tokens, other.last, other.bars = list(self.tokens), self.last, self.bars
+        other.bar_start, other._bar_history = self.bar_start, list(self._bar_history)
         other._cls_rows = list(self._cls_rows)
         other._cls_total, other._cls_n = self._cls_total, self._cls_n
         other._bar_position, other._pitches_here = self._bar_position, set(self._pitches_here)
@@ -303,7 +329,7 @@ class Session:
         if shared == 0:
             twin = self._twin_box[0] = self._fresh()
         elif shared == len(target) and shared == twin.n_past and twin.last is not None:
-            twin.bars = self.bars
+            twin.bars, twin.bar_start = self.bars, self.bar_start
             return twin
         else:
             shared = min(shared, len(target) - 1)  # re-run at least the last token: its heads are needed
@@ -311,7 +337,7 @@ class Session:
         rest = target[shared:]
         if rest:
             twin.feed(rest)
-        twin.bars = self.bars  # the time base carries over (control tokens hold no Bar)
+        twin.bars, twin.bar_start = self.bars, self.bar_start  # the time base carries over
         return twin
 
     def recondition(self, controls: Sequence[int], *, keep: int | None = None) -> StepOut:
@@ -333,9 +359,12 @@ class Session:
         if len(prefix) + len(controls) + len(recent) > self.engine.context_len:
             raise ValueError(f"{len(controls)} controls + {len(recent)} music tokens exceed the context")
         bars = self.bars - int(t.is_bar[recent].sum()) if recent else self.bars
+        time_base = self.bar_start, list(self._bar_history)  # the same bars, re-fed: their beats stay
         self.reset()
         self.bars = bars
-        return self.feed([*prefix, *[int(c) for c in controls], *recent])
+        out = self.feed([*prefix, *[int(c) for c in controls], *recent])
+        self.bar_start, self._bar_history = time_base
+        return out
 
     # ---- grammar -----------------------------------------------------------------------------------
     def allowed_next(self, *, strict_positions: bool = True, unique_pitches: bool = True) -> np.ndarray:
@@ -357,11 +386,18 @@ class Session:
         return allowed
 
     def beat_now(self) -> float:
-        """Stream time of the current position in quarter-note beats since the stream start (REMI Bar k
-        opens beat 4k); the start of the current bar when no Position follows its Bar."""
-        t = self.tables
-        bar_start = max(self.bars - 1, 0) * t.beats_per_bar
-        return bar_start + max(self._bar_position, 0) / t.positions_per_beat
+        """Stream time of the current position in quarter-note beats since the stream start (a fed REMI
+        Bar k opens beat 4k); the start of the current bar when no Position follows its Bar."""
+        return self.bar_start + max(self._bar_position, 0) / self.tables.positions_per_beat
+
+    def cursor(self) -> TokenCursor:
+        """Where the stream stands, as a TokenReader of the ids generated next starts from."""
+        return TokenCursor(self.bars - 1, max(self._bar_position, 0), self.bar_start)
+
+    def next_bar_start(self) -> float:
+        """The stream beat where the next Bar would open: 4 beats after the current one, or where the
+        BarPlan of the running generation puts it."""
+        return next_bar_start(self.bar_start, self._plan) if self.bars else 0.0
 
     def next_bar_line(self, meter: str | int) -> float:
         """The first bar line of `meter` (bars counted from the stream start) at which a continuation can
@@ -457,35 +493,39 @@ class Session:
             hooks = [*hooks, KeyHeadGuide(key, head_guidance)]
         done = bars = 0
         placed = False  # a note has started in the window (for on_downbeat)
-        while done < limit:
-            allowed = self.allowed_next(strict_positions=strict_positions, unique_pitches=unique_pitches)
-            if in_scale is not None:
-                allowed &= in_scale
-            if window is not None:
-                self._mask_window(allowed, window, on_downbeat and not placed, placed)
-            logits = self.last.logits
-            if uncond is not None:
-                logits = guide(logits, uncond.last.logits, guidance)
-            for hook in hooks:
-                logits = np.array(logits, dtype=np.float32)
-                hook(self, logits, allowed)
-            nxt = sample_next(logits, allowed, temperature=temperature, top_p=top_p, rng=rng)
-            if t.is_bar[nxt]:
+        self._plan = None if window is None else BarPlan.of(meter, window[0])
+        try:
+            while done < limit:
+                allowed = self.allowed_next(strict_positions=strict_positions, unique_pitches=unique_pitches)
+                if in_scale is not None:
+                    allowed &= in_scale
                 if window is not None:
-                    if self.bars * t.beats_per_bar >= window[1]:  # the next bar opens past the window
-                        return
-                elif n_bars is not None:
-                    bars += 1
-                    if bars >= n_bars:
-                        return
-            placed = placed or t.pitch_of[nxt] >= 0
-            self.feed([nxt])
-            if uncond is not None:
-                uncond.feed([nxt])
-            done += 1
-            yield nxt
-            if nxt in stop_ids:
-                return
+                    self._mask_window(allowed, window, on_downbeat and not placed, placed)
+                logits = self.last.logits
+                if uncond is not None:
+                    logits = guide(logits, uncond.last.logits, guidance)
+                for hook in hooks:
+                    logits = np.array(logits, dtype=np.float32)
+                    hook(self, logits, allowed)
+                nxt = sample_next(logits, allowed, temperature=temperature, top_p=top_p, rng=rng)
+                if t.is_bar[nxt]:
+                    if window is not None:
+                        if self.next_bar_start() >= window[1] - 1e-9:  # the next bar opens past the window
+                            return
+                    elif n_bars is not None:
+                        bars += 1
+                        if bars >= n_bars:
+                            return
+                placed = placed or t.pitch_of[nxt] >= 0
+                self.feed([nxt])
+                if uncond is not None:
+                    uncond.feed([nxt])
+                done += 1
+                yield nxt
+                if nxt in stop_ids:
+                    return
+        finally:
+            self._plan = None  # Bars fed later (a performance, a prompt) are REMI's 4-beat ones again
 
     def _mask_window(
         self, allowed: np.ndarray, window: tuple[float, float], downbeat: bool, placed: bool
@@ -496,10 +536,10 @@ class Session:
         continuation is never silent; so is a Bar that would skip the downbeat `start` in this bar."""
         t = self.tables
         start, end = window
-        bar_start = max(self.bars - 1, 0) * t.beats_per_bar
-        beat = bar_start + np.maximum(t.position_of, 0) / t.positions_per_beat  # (V,)
+        beat = self.bar_start + np.maximum(t.position_of, 0) / t.positions_per_beat  # (V,)
         is_pos = t.position_of >= 0
-        bad = is_pos & ((beat < start - 1e-9) | (beat >= end - 1e-9))
+        bar_end = min(end, self.next_bar_start())  # the BarPlan's bars may be shorter than REMI's 4 beats
+        bad = is_pos & ((beat < start - 1e-9) | (beat >= bar_end - 1e-9))
         if downbeat:
             bad |= is_pos & (np.abs(beat - start) > 1e-9)
         if self.bars == 0:  # no Bar yet: a Position has no place on the grid
@@ -508,7 +548,7 @@ class Session:
         if self._bar_position < 0 or self.beat_now() < start - 1e-9:
             allowed &= t.pitch_of < 0  # more notes at a position before the window: no
         if not placed and (allowed & is_pos).any():
-            stops = self.bars * t.beats_per_bar >= end - 1e-9
+            stops = self.next_bar_start() >= end - 1e-9
             if stops or downbeat:
                 allowed &= ~t.is_bar
         if not allowed.any():

@@ -91,3 +91,49 @@ def meter_beats(meter: str | int) -> float:
         raise ValueError(f"meter {meter!r} has no bar length the decoder knows; pass e.g. '3/4' or '6/8'")
     num, den = (int(x) for x in name.split("/"))
     return num * 4 / den
+
+
+def remi_bar_beats(meter: str | int) -> float:
+    """Beats of the REMI bars a continuation in `meter` is written in: the most whole bars of the meter
+    that fit in REMI's four beats (3/4 -> 3, 6/8 -> 3, 3/8 -> 3, 2/4 -> 4), or, for a bar longer than
+    four beats, its smallest whole part that fits (12/8 -> 3, 3/2 -> 3, 9/8 -> 2.25).
+
+    The model's habits are bar-relative (phrases and long notes start on Position_0 after a Bar), so a
+    3/4 continuation written in 3-beat REMI bars is heard in three; in 4-beat bars it is heard in four
+    whatever its bar lines say. Raises ValueError for a meter without a bar length (meter_beats)."""
+    span = meter_beats(meter)
+    if span <= BEATS_PER_BAR:
+        return span * int(BEATS_PER_BAR // span + 1e-9)
+    return span / int(np.ceil(span / BEATS_PER_BAR - 1e-9))
+
+
+class BarPlan:
+    """Where the Bars of a continuation open: REMI's 4-beat bars until `start` (the bar that holds it is
+    cut there), then every `beats` beats (remi_bar_beats of the meter). The decoder writes by it
+    (typemoe.decoding.Session) and every reader of its ids reads by it (typemoe.streaming.TokenReader), so
+    the two cannot disagree on where a note falls."""
+
+    def __init__(self, start: float, beats: float):
+        if not 0 < beats <= BEATS_PER_BAR:
+            raise ValueError(f"a REMI bar holds 0 < beats <= {BEATS_PER_BAR}, got {beats}")
+        self.start, self.beats = float(start), float(beats)
+
+    @classmethod
+    def of(cls, meter: str | int, start: float) -> BarPlan:
+        return cls(start, remi_bar_beats(meter))
+
+    def __repr__(self) -> str:
+        return f"BarPlan(start={self.start:g}, beats={self.beats:g})"
+
+    def next_start(self, bar_start: float) -> float:
+        """The beat where the next Bar opens, after a bar that opened at bar_start."""
+        eps = 1e-9
+        if bar_start < self.start - eps:
+            return min(bar_start + BEATS_PER_BAR, self.start)
+        k = np.floor((bar_start - self.start) / self.beats + eps) + 1
+        return self.start + float(k) * self.beats
+
+
+def next_bar_start(bar_start: float, plan: BarPlan | None) -> float:
+    """Where the Bar after a bar opened at bar_start opens: 4 beats on without a plan (REMI's own bars)."""
+    return bar_start + BEATS_PER_BAR if plan is None else plan.next_start(bar_start)

@@ -1,6 +1,6 @@
 """Generated ids -> clean notes in a MIDI file's own time base. Torch-free (numpy, symusic).
 
-    notes = continuation_notes(vocab, new_ids, bars_before=session_bars, ticks_per_quarter=480)
+    notes = continuation_notes(vocab, new_ids, cursor=cursor, plan=plan, ticks_per_quarter=480)
     track = to_track(notes, "TypeMoE continuation")
     ensure_tempo(score)                          # the file carries a tempo (the prompt's, else 120 qpm)
 
@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import symusic
 
+from typemoe.grammar_tables import BarPlan
+from typemoe.streaming import TokenCursor, TokenReader
 from typemoe.vocab import TICKS_PER_BEAT
 
 DEFAULT_QPM = 120.0
@@ -50,22 +52,28 @@ def grid_ticks(steps: int, ticks_per_quarter: int) -> int:
 
 
 def continuation_notes(
-    vocab, new_ids: Sequence[int], *, bars_before: int, ticks_per_quarter: int
+    vocab,
+    new_ids: Sequence[int],
+    *,
+    cursor: TokenCursor,
+    plan: BarPlan | None = None,
+    ticks_per_quarter: int,
 ) -> list[Note]:
-    """The notes of `new_ids`, generated after a stream that held `bars_before` Bar tokens, at their
-    absolute time in a file of ticks_per_quarter, cleaned (clean_notes)."""
-    bar = vocab.id("Bar_None")
-    score = vocab.decode([bar] * bars_before + list(new_ids))  # tpq = TICKS_PER_BEAT, the grid itself
-    notes = [
-        Note(
-            grid_ticks(n.time, ticks_per_quarter),
-            max(1, grid_ticks(n.duration, ticks_per_quarter)),
-            n.pitch,
-            n.velocity,
+    """The notes of `new_ids`, generated after a stream that stood at `cursor` (Session.cursor()) under
+    the BarPlan of that generation, at their absolute time in a file of ticks_per_quarter, cleaned
+    (clean_notes)."""
+    notes = []
+    for n in TokenReader(vocab, cursor, plan).read(new_ids):
+        steps = int(round(n.onset * TICKS_PER_BEAT))  # the grid: onsets are whole steps
+        length = max(1, int(round(n.duration * TICKS_PER_BEAT)))
+        notes.append(
+            Note(
+                grid_ticks(steps, ticks_per_quarter),
+                max(1, grid_ticks(length, ticks_per_quarter)),
+                n.pitch,
+                n.velocity,
+            )
         )
-        for t in score.tracks
-        for n in t.notes
-    ]
     return clean_notes(notes)
 
 

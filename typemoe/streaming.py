@@ -26,7 +26,8 @@ import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from typemoe.vocab import BEATS_PER_BAR, MAX_EMPTY_BARS, TICKS_PER_BAR, TICKS_PER_BEAT, TypedVocab
+from typemoe.grammar_tables import BarPlan, next_bar_start
+from typemoe.vocab import MAX_EMPTY_BARS, TICKS_PER_BAR, TICKS_PER_BEAT, TypedVocab
 
 
 @dataclass(order=True)
@@ -179,25 +180,33 @@ class BeatNote:
 
 @dataclass
 class TokenCursor:
-    """Where a REMI stream stands: bar index (-1 before the first Bar) and position in ticks."""
+    """Where a REMI stream stands: bar index (-1 before the first Bar), position in ticks, and the beat
+    where the current bar opened (4 beats a bar, except the bars a BarPlan placed)."""
 
     bar: int = -1
     position: int = 0
+    bar_start: float = 0.0
 
     @property
     def beat(self) -> float:
-        return max(self.bar, 0) * BEATS_PER_BAR + self.position / TICKS_PER_BEAT
+        return self.bar_start + self.position / TICKS_PER_BEAT
 
     def copy(self) -> TokenCursor:
-        return TokenCursor(self.bar, self.position)
+        return TokenCursor(self.bar, self.position, self.bar_start)
 
 
 class TokenReader:
-    """Turns ids into notes, keeping a cursor. Ill-formed sequences are skipped, never raised."""
+    """Turns ids into notes, keeping a cursor. Ill-formed sequences are skipped, never raised.
 
-    def __init__(self, vocab, cursor: TokenCursor | None = None) -> None:
+    plan: the BarPlan a continuation was generated under (typemoe.decoding: generate(meter=...) writes
+    REMI bars of the meter's length), None for REMI's 4-beat bars; read a continuation with the plan of
+    its generation and the notes land where the decoder put them.
+    """
+
+    def __init__(self, vocab, cursor: TokenCursor | None = None, plan: BarPlan | None = None) -> None:
         self._vocab = vocab
         self.cursor = cursor.copy() if cursor is not None else TokenCursor()
+        self.plan = plan
         self._pitch: int | None = None
         self._velocity: int | None = None
 
@@ -206,8 +215,10 @@ class TokenReader:
         for i in ids:
             kind, _, value = self._vocab.token(int(i)).partition("_")
             if kind == "Bar":
-                self.cursor.bar += 1
-                self.cursor.position = 0
+                c = self.cursor
+                c.bar_start = next_bar_start(c.bar_start, self.plan) if c.bar >= 0 else 0.0
+                c.bar += 1
+                c.position = 0
                 self._pitch = self._velocity = None
             elif kind == "Position":
                 self.cursor.position = int(value)

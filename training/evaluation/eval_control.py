@@ -35,6 +35,7 @@ import numpy as np
 
 from typemoe import analysis, grammar_tables
 from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE
+from typemoe.streaming import TokenReader
 from typemoe.training.evaluation import baselines
 from typemoe.training.learn.data import load_pieces
 
@@ -47,8 +48,13 @@ def analyse_new_notes(
     """(key class, meter class, share of the notes in `key`'s scale) of the notes from start_beat on;
     Nones without notes (and the share without `key`). The scale is the key lock's
     (grammar_tables.scale_pitch_classes: major, or minor with its raised seventh)."""
-    score = vocab.decode(ids)
-    notes = baselines.notes_of_score(score)
+    return analyse_notes(baselines.notes_of_score(vocab.decode(ids)), start_beat, key)
+
+
+def analyse_notes(
+    notes: baselines.Notes, start_beat: float, key: int | None = None
+) -> tuple[int | None, int | None, float | None]:
+    """analyse_new_notes of notes already in beats."""
     keep = notes.onset >= start_beat - 1e-6
     notes = baselines.Notes(notes.onset[keep], notes.duration[keep], notes.pitch[keep])
     if len(notes) < 2:
@@ -71,15 +77,22 @@ def continue_and_analyse(
     key: int | None = None,
     **kw,
 ):
-    """Generate after [BOS, controls, prefix music]; analyse_new_notes of the new notes only, the scale
-    share against `key` (the asked key)."""
+    """Generate after [BOS, controls, prefix music]; analyse the new notes only (read in the REMI bars
+    the decoder wrote them in, grammar_tables.BarPlan), the scale share against `key` (the asked key)."""
     session.reset()
     session.feed([vocab.bos_id, *controls, *prefix])
     start = session.next_bar_line(meter)
+    cursor = session.cursor()
     new = session.generate(
         n_bars=bars, meter=meter, start_beat=start, temperature=1.0, top_p=0.95, seed=seed, **kw
     )
-    return analyse_new_notes(vocab, [*prefix, *new], start, key)
+    heard = TokenReader(vocab, cursor, grammar_tables.BarPlan.of(meter, start)).read(new)
+    notes = baselines.Notes(
+        np.asarray([n.onset for n in heard], dtype=np.float64),
+        np.asarray([n.duration for n in heard], dtype=np.float64),
+        np.asarray([n.pitch for n in heard], dtype=np.int64),
+    )
+    return analyse_notes(notes, start, key)
 
 
 def real_rates(vocab, tokens: list[np.ndarray], keys, meters, *, bars: int) -> dict:

@@ -316,7 +316,7 @@ def continuation_score(
         session.feed(chunk)
     meter, source = _meter_for(model, session, controls.get("meter"))
     start = session.next_bar_line(meter)
-    bars_before = session.bars
+    cursor = session.cursor()
     new = session.generate(
         n_bars=bars,
         meter=meter,
@@ -328,8 +328,9 @@ def continuation_score(
         key_lock=controls.get("key") if key_lock else None,
         head_guidance=head_guidance,
     )
+    plan = decoding.BarPlan.of(meter, start)  # the REMI bars the decoder wrote them in
     notes = note_writer.continuation_notes(
-        vocab, new, bars_before=bars_before, ticks_per_quarter=score.ticks_per_quarter
+        vocab, new, cursor=cursor, plan=plan, ticks_per_quarter=score.ticks_per_quarter
     )
     out = score.copy()
     out.tracks.append(note_writer.to_track(notes, CONTINUATION_TRACK))

@@ -94,16 +94,14 @@ def meter_beats(meter: str | int) -> float:
 
 
 def remi_bar_beats(meter: str | int) -> float:
-    """Beats of the REMI bars a continuation in `meter` is written in: the most whole bars of the meter
-    that fit in REMI's four beats (3/4 -> 3, 6/8 -> 3, 3/8 -> 3, 2/4 -> 4), or, for a bar longer than
-    four beats, its smallest whole part that fits (12/8 -> 3, 3/2 -> 3, 9/8 -> 2.25).
+    """Beats of the REMI bars a continuation in `meter` is written in: the meter's own bar when it fits in
+    REMI's four beats (3/4 and 6/8 -> 3, 2/4 -> 2, 4/4 -> 4), else its smallest whole part that does
+    (12/8 and 3/2 -> 3, 9/8 -> 2.25).
 
     The model's habits are bar-relative (phrases and long notes start on Position_0 after a Bar), so a
     3/4 continuation written in 3-beat REMI bars is heard in three; in 4-beat bars it is heard in four
     whatever its bar lines say. Raises ValueError for a meter without a bar length (meter_beats)."""
     span = meter_beats(meter)
-    if span <= BEATS_PER_BAR:
-        return span * int(BEATS_PER_BAR // span + 1e-9)
     return span / int(np.ceil(span / BEATS_PER_BAR - 1e-9))
 
 

@@ -184,6 +184,7 @@ def control_table(
                         got_key == key,
                         got_meter is not None and analysis.meter_family(got_meter) == fam,
                         0.0 if in_scale is None else in_scale,
+                        fam == "triple",
                     )
                 )
     out: dict = {
@@ -210,6 +211,9 @@ def control_table(
             out[f"{s}.{v}.key_match"] = round(float(a[:, 0].mean()), 4)
             out[f"{s}.{v}.meter_family_match"] = round(float(a[:, 1].mean()), 4)
             out[f"{s}.{v}.scale_match"] = round(float(a[:, 2].mean()), 4)
+            for fam, rows in (("triple", a[:, 3] > 0), ("duple", a[:, 3] == 0)):  # by the asked family
+                if rows.any():
+                    out[f"{s}.{v}.{fam}_family_match"] = round(float(a[rows, 1].mean()), 4)
             out[f"{s}.n"] = len(h)
     return out
 

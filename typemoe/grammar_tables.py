@@ -5,6 +5,7 @@ and meters. Torch-free (numpy); typemoe.decoding reads these tables, and re-expo
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -105,23 +106,23 @@ def remi_bar_beats(meter: str | int) -> float:
     return span / int(np.ceil(span / BEATS_PER_BAR - 1e-9))
 
 
+@dataclass(frozen=True)
 class BarPlan:
     """Where the Bars of a continuation open: REMI's 4-beat bars until `start` (the bar that holds it is
     cut there), then every `beats` beats (remi_bar_beats of the meter). The decoder writes by it
     (typemoe.decoding.Session) and every reader of its ids reads by it (typemoe.streaming.TokenReader), so
     the two cannot disagree on where a note falls."""
 
-    def __init__(self, start: float, beats: float):
-        if not 0 < beats <= BEATS_PER_BAR:
-            raise ValueError(f"a REMI bar holds 0 < beats <= {BEATS_PER_BAR}, got {beats}")
-        self.start, self.beats = float(start), float(beats)
+    start: float  # stream beat of the first bar line of the meter
+    beats: float  # 0 < beats <= 4
+
+    def __post_init__(self) -> None:
+        if not 0 < self.beats <= BEATS_PER_BAR:
+            raise ValueError(f"a REMI bar holds 0 < beats <= {BEATS_PER_BAR}, got {self.beats}")
 
     @classmethod
     def of(cls, meter: str | int, start: float) -> BarPlan:
-        return cls(start, remi_bar_beats(meter))
-
-    def __repr__(self) -> str:
-        return f"BarPlan(start={self.start:g}, beats={self.beats:g})"
+        return cls(float(start), remi_bar_beats(meter))
 
     def next_start(self, bar_start: float) -> float:
         """The beat where the next Bar opens, after a bar that opened at bar_start."""

@@ -54,7 +54,13 @@ class Prefetcher:
         return batches
 
     def close(self) -> None:
-        self.pool.terminate()
+        """Let the queued steps finish, then stop the workers. Not Pool.terminate(): with tasks still being
+        fed, its task-handler thread can be blocked on the full task pipe while holding the pipe's lock, and
+        terminate() then waits on that thread forever (seen in the suite). At most `depth` steps are queued."""
+        for _, result in self.pending:
+            result.wait()
+        self.pending.clear()
+        self.pool.close()
         self.pool.join()
 
     def __enter__(self) -> Prefetcher:

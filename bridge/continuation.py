@@ -147,8 +147,7 @@ def bar_plan(job: Generate, session) -> decoding.BarPlan | None:
     toy's REMI 4-beat bars). The engine reads the ids with it, so each note lands where it was written."""
     if not (isinstance(job, SteeredGenerate) and isinstance(session, decoding.Session)):
         return None
-    start = session.next_bar_line(job.meter) if job.start_beat is None else job.start_beat
-    return decoding.BarPlan.of(job.meter, start)
+    return session.bar_plan(job.meter, job.start_beat)
 
 
 def remi_bars(bars: float, span: float) -> int:

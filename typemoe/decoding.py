@@ -394,6 +394,11 @@ class Session:
         """Where the stream stands, as a TokenReader of the ids generated next starts from."""
         return TokenCursor(self.bars - 1, max(self._bar_position, 0), self.bar_start)
 
+    def bar_plan(self, meter: str | int, start_beat: float | None = None) -> BarPlan:
+        """The REMI bars generate(meter=meter, start_beat=start_beat) writes in, from here: read its ids with
+        it (TokenReader(vocab, self.cursor(), plan))."""
+        return BarPlan.of(meter, self.next_bar_line(meter) if start_beat is None else start_beat)
+
     def next_bar_start(self) -> float:
         """The stream beat where the next Bar would open: 4 beats after the current one, or where the
         BarPlan of the running generation puts it."""
@@ -493,7 +498,7 @@ class Session:
             hooks = [*hooks, KeyHeadGuide(key, head_guidance)]
         done = bars = 0
         placed = False  # a note has started in the window (for on_downbeat)
-        self._plan = None if window is None else BarPlan.of(meter, window[0])
+        self._plan = None if window is None else self.bar_plan(meter, window[0])
         try:
             while done < limit:
                 allowed = self.allowed_next(strict_positions=strict_positions, unique_pitches=unique_pitches)

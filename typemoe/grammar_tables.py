@@ -54,7 +54,7 @@ class Tables:
             self.is_bar = self.family_of == _BAR
             self.is_control = self.family_of == _CONTROL
             self.bos_id = int(vocab.bos_id)
-            for i in np.flatnonzero(self.is_control):  # Key_<tonic>_<mode>, as typemoe.transpose reads it
+            for i in np.flatnonzero(self.is_control):  # Key_<tonic>_<mode> (typemoe.transpose reads these)
                 prefix, _, value = vocab.token(int(i)).partition("_")
                 if prefix == "Key":
                     self.key_of[i] = analysis.parse_key(value.replace("_", " "))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from typemoe import analysis
+from typemoe.grammar_tables import tables_of
 
 _PITCH, _VELOCITY, _DURATION, _POSITION = "Pitch", "Velocity", "Duration", "Position"
 
@@ -22,14 +23,15 @@ class Transposer:
         toks = vocab.tokens
         self.vocab = vocab
         self.size = len(toks)
-        self.pitch_of = np.full(self.size, -1, dtype=np.int64)  # (V,) MIDI pitch of a Pitch id, else -1
+        tables = tables_of(vocab)  # the decoder's per-id tables: one parse of Pitch_ and Key_ ids
+        self.pitch_of = tables.pitch_of  # (V,) MIDI pitch of a Pitch id, else -1
+        self.key_of = tables.key_of  # (V,) key class of a Key_* control id, else -1
         self.kind = np.zeros(self.size, dtype=np.int8)  # (V,) 1 Pitch, 2 Velocity, 3 Duration, 4 Position
-        self.key_of = np.full(self.size, -1, dtype=np.int64)  # (V,) key class of a Key_* control id
         vel: list[tuple[int, int]] = []
         for i, t in enumerate(toks):
             prefix, _, value = t.partition("_")
             if prefix == _PITCH:
-                self.pitch_of[i], self.kind[i] = int(value), 1
+                self.kind[i] = 1
             elif prefix == _VELOCITY:
                 self.kind[i] = 2
                 vel.append((int(value), i))
@@ -37,8 +39,6 @@ class Transposer:
                 self.kind[i] = 3
             elif prefix == _POSITION:
                 self.kind[i] = 4
-            elif prefix == "Key":
-                self.key_of[i] = analysis.parse_key(value.replace("_", " "))
         self.is_control = np.asarray(vocab.type_of == vocab.type_names.index("control"))  # (V,) bool
         self.pitch_id = {int(p): i for i, p in enumerate(self.pitch_of) if p >= 0}
         self.key_id = {int(k): i for i, k in enumerate(self.key_of) if k >= 0}

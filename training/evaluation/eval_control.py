@@ -82,11 +82,11 @@ def continue_and_analyse(
     session.reset()
     session.feed([vocab.bos_id, *controls, *prefix])
     start = session.next_bar_line(meter)
-    cursor = session.cursor()
+    cursor, plan = session.cursor(), session.bar_plan(meter, start)
     new = session.generate(
         n_bars=bars, meter=meter, start_beat=start, temperature=1.0, top_p=0.95, seed=seed, **kw
     )
-    heard = TokenReader(vocab, cursor, grammar_tables.BarPlan.of(meter, start)).read(new)
+    heard = TokenReader(vocab, cursor, plan).read(new)
     notes = baselines.Notes(
         np.asarray([n.onset for n in heard], dtype=np.float64),
         np.asarray([n.duration for n in heard], dtype=np.float64),

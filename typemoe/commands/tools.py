@@ -316,7 +316,7 @@ def continuation_score(
         session.feed(chunk)
     meter, source = _meter_for(model, session, controls.get("meter"))
     start = session.next_bar_line(meter)
-    cursor = session.cursor()
+    cursor, plan = session.cursor(), session.bar_plan(meter)  # where it stands, the bars it will write
     new = session.generate(
         n_bars=bars,
         meter=meter,
@@ -328,7 +328,6 @@ def continuation_score(
         key_lock=controls.get("key") if key_lock else None,
         head_guidance=head_guidance,
     )
-    plan = decoding.BarPlan.of(meter, start)  # the REMI bars the decoder wrote them in
     notes = note_writer.continuation_notes(
         vocab, new, cursor=cursor, plan=plan, ticks_per_quarter=score.ticks_per_quarter
     )

@@ -263,6 +263,64 @@ def test_meter_window_starts_on_the_meters_bar_line(ort_model, meter, span, remi
         assert g._plan is None  # a generation's plan ends with it: fed Bars are 4 beats again
 
 
+class LateBarEngine:
+    """A model with a 4-beat habit: one note a beat, each on the Position a beat after the last one
+    (0, 4, 8, 12 after a Bar), every Pitch so-so, a Bar unlikely. Its state (the ids of its stream) lives
+    in the cache each session gets, so forks and second streams follow their own ids."""
+
+    def __init__(self, vocab, context_len: int = 512):
+        self.vocab, self.context_len = vocab, context_len
+        t = decoding.tables_of(vocab)
+        self.t = t
+        self.base = np.where(t.pitch_of >= 0, -3.0, 0.0).astype(np.float32)
+        self.base[t.is_bar] = -5.0
+
+    def new_cache(self):
+        return []
+
+    def copy_cache(self, dst, src, n_rows):
+        dst[:] = src[:n_rows]
+
+    def run(self, ids, past_len, cache):
+        del cache[past_len:]
+        rows = []
+        for i in ids:
+            cache.append(int(i))
+            pos = -1
+            for j in reversed(cache):
+                if self.t.is_bar[j]:
+                    break
+                if self.t.position_of[j] >= 0:
+                    pos = int(self.t.position_of[j])
+                    break
+            row = self.base.copy()
+            row[self.t.position_of == (0 if pos < 0 else pos + 4)] = 10.0
+            rows.append(row)
+        T = len(ids)
+        return {"logits": np.stack(rows), "key_logits": np.zeros((T, 24)), "meter_logits": np.zeros((T, 12))}
+
+
+def test_positions_past_a_planned_bar_go_to_the_next_bar_not_into_a_chord():
+    """Under a 3/4 plan the Positions of beat 3 are masked; their probability is the Bar's (spill_to_bar),
+    so a model that wants them moves to the next bar instead of stacking every pitch at the bar's last
+    position (which it did before: ~60 notes on one 16th)."""
+    from typemoe.vocab import TypedVocab
+
+    vocab = TypedVocab.default()
+    s = decoding.Session(LateBarEngine(vocab))
+    s.feed([vocab.bos_id, *_music(vocab, 40, seed=1)])
+    cursor = s.cursor()
+    plan = s.bar_plan("3/4")
+    ids = s.generate(n_bars=4, meter="3/4", temperature=1.0, top_p=1.0, seed=0)
+    onsets = [b for b, _ in _onsets(vocab, ids, cursor, plan)]
+    assert sum(vocab.token(i) == "Bar_None" for i in ids) >= 4  # four bars of 3/4, each opened
+    assert onsets and max(np.unique(onsets, return_counts=True)[1]) <= 3, onsets
+    logits = np.zeros(6, np.float32)
+    spill = np.array([0, 0, 1, 1, 0, 0], bool)
+    bar = np.array([0, 0, 0, 0, 0, 1], bool)
+    np.testing.assert_allclose(decoding.spill_to_bar(logits, spill, bar)[5], np.log(3.0), rtol=1e-6)
+
+
 def test_bar_plan_opens_bars_on_the_meters_lines():
     plan = decoding.BarPlan.of("3/4", 9.0)
     assert plan.beats == 3.0

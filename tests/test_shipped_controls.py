@@ -3,22 +3,24 @@
 48 bare prompts [BOS, Key_X, Meter_Y] (X through all 24 keys twice, Y through 4/4, 3/4, 6/8, 2/4), 4 bars
 each by the one decoder at guidance 3 (temperature 1, top-p 0.95, seeded), the new notes' key by music21's
 Krumhansl-Schmuckler profile (training/evaluation/eval_control.py, the control table's own measure). On
-these 48 prompts the shipped model reads the asked key in 44 % with the key head's guidance on (its
-default, typemoe.key_steering; 52 % when it wrote in REMI's 4-beat bars), 21 % with it off, 2 %
-unconditioned; the model shipped before its controls-only tuning read 12.5 % without head guidance (fails
-the second bound). Chance is 4 %, and the composers' own first 4 bars read their labelled key in 59 %
+these 48 prompts the shipped model reads the asked key in 54 % with the key head's guidance on (its
+default, typemoe.key_steering), 33 % with it off, 0 % unconditioned; the model shipped before its
+controls-only tuning read 12.5 % without head guidance (fails the second bound). Chance is 4 %, and the composers' own first 4 bars read their labelled key in 59 %
 (MODEL_CARD.md, "Attribute control").
 
-The meter: the 24 prompts asking 3/4 or 6/8 are written in 3-beat REMI bars (grammar_tables.BarPlan), and
-the project's onset-autocorrelation meter detector hears the new notes in three in 75 % of them; written
-in REMI's 4-beat bars, as the decoder did before, 54 %.
+The meter: a continuation asked for 3/4, 6/8 or 2/4 is written in REMI bars of that meter
+(grammar_tables.BarPlan), shorter than the 4 beats the model was trained on. At such a bar's end the
+model's wish for a later Position is a wish for the next bar (decoding.spill_to_bar); without that, a fifth
+of these continuations stacked a cluster of up to ~60 pitches on the bar's last 16th, which the onset-
+autocorrelation meter detector had read as "in three" (75 % of the triple asks, against 54 % in 4-beat
+bars; with the fix it is no gain: MODEL_CARD.md, "Meter-aware bars").
 """
 
 from __future__ import annotations
 
 import pytest
 
-from typemoe import analysis, grammar_tables
+from typemoe import analysis
 from typemoe.shipped import default_model_dir
 
 pytest.importorskip("music21")
@@ -60,10 +62,30 @@ def test_the_key_control_steers_a_bare_prompt(model):
     assert asked >= no_head + 0.15, (asked, no_head)  # and the key head's guidance adds to it
 
 
-def test_a_triple_meter_is_heard_in_three(model, monkeypatch):
-    """Written in bars of the asked meter, the continuation is heard in it; in 4-beat bars it is not."""
-    _, triple = _matches(model, controls=True)
-    monkeypatch.setattr(grammar_tables, "remi_bar_beats", lambda meter: 4.0)  # REMI's own bars
-    _, four_beat = _matches(model, controls=True)
-    assert triple >= 0.65, f"triple family {triple:.3f} (4-beat bars: {four_beat:.3f})"
-    assert triple >= four_beat + 0.15, (triple, four_beat)
+def _largest_chord(model, n: int) -> int:
+    """The most notes at one onset over n bare prompts asking 3/4, 6/8 and 2/4 (bars shorter than REMI's)."""
+    import numpy as np
+
+    from typemoe.streaming import TokenReader
+
+    session, vocab, most = model.session(), model.vocab, 0
+    for i in range(n):
+        meter = ("3/4", "6/8", "2/4")[i % 3]
+        session.reset()
+        session.feed([vocab.bos_id, *vocab.control_ids(key=analysis.key_name(i % 24), meter=meter)])
+        cursor, plan = session.cursor(), session.bar_plan(meter)
+        new = session.generate(n_bars=4, meter=meter, guidance=GUIDANCE, seed=2000 + i, top_p=0.95)
+        onsets = [n.onset for n in TokenReader(vocab, cursor, plan).read(new)]
+        most = max(most, int(np.unique(onsets, return_counts=True)[1].max()) if onsets else 0)
+    return most
+
+
+def test_a_short_bar_ends_in_a_bar_line_not_a_cluster(model, monkeypatch):
+    """At the end of a bar shorter than REMI's 4 beats the model, trained on 4-beat bars, wants the
+    Positions past it; they mean the next bar (decoding.spill_to_bar). Before that fix a fifth of these
+    continuations stacked a cluster of up to ~60 pitches on the bar's last 16th."""
+    assert _largest_chord(model, 24) <= 8
+    from typemoe import decoding
+
+    monkeypatch.setattr(decoding, "spill_to_bar", lambda logits, spill, is_bar: logits)
+    assert _largest_chord(model, 24) > 8  # the check can fail: without the fix it does

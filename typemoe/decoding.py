@@ -159,6 +159,9 @@ class Session:
         self.last: StepOut | None = None
         self.bars = 0  # also sets bar_start (0: the stream beat of the current bar's Bar) and its history
         self._plan: BarPlan | None = None  # where generated Bars open (set by generate_steps)
+        # The Positions past the planned bar's end at this step (generate_steps; None without): a hook that
+        # brings another stream's logits spills them the same way (spill_to_bar), as SuffixMix does.
+        self.spill: np.ndarray | None = None
         self._cls_rows: list[np.ndarray | None] = []  # (C,) class-logit row per token in self.tokens
         self._cls_total, self._cls_n = 0.0, 0  # sum and count of every counted row, slid-out ones included
         self._bar_position = -1  # grid position of the last Position in the current bar, -1 after a Bar
@@ -436,6 +439,7 @@ class Session:
         meter: str | int | None = None,
         start_beat: float | None = None,
         on_downbeat: bool = False,
+        bar_plan: BarPlan | None = None,
         hooks: Sequence[Hook] = (),
         stop_ids: Sequence[int] = (),
     ) -> Iterator[int]:
@@ -460,6 +464,9 @@ class Session:
                 bar is the meter's length in beats; the stream stops before leaving that window.
             start_beat: stream beat where the window opens (default: next_bar_line(meter)).
             on_downbeat: the first new note starts exactly on start_beat.
+            bar_plan: without meter: the REMI bars to write in (Positions past a planned bar's end are
+                masked; an infill's middle is written in bars of its meter this way). With meter the plan
+                is the meter's, bar_plan(meter, start_beat).
             hooks: callables (session, logits, allowed) run before each pick; they may edit both in place.
                 Head guidance runs after them.
             stop_ids: ids that end the generation once yielded (e.g. Infill_End, which a hook allows).
@@ -473,6 +480,8 @@ class Session:
         """
         if n_tokens is None and n_bars is None:
             raise ValueError("generate() needs n_tokens or n_bars")
+        if meter is not None and bar_plan is not None:
+            raise ValueError("generate() takes meter or bar_plan, not both: meter sets its own plan")
         check_sampling(temperature, top_p, guidance)
         check_head_guidance(head_guidance)
         t = self.tables
@@ -498,17 +507,20 @@ class Session:
             hooks = [*hooks, KeyHeadGuide(key, head_guidance)]
         done = bars = 0
         placed = False  # a note has started in the window (for on_downbeat)
-        self._plan = None if window is None else self.bar_plan(meter, window[0])
+        self._plan = bar_plan if window is None else self.bar_plan(meter, window[0])
         try:
             while done < limit:
                 allowed = self.allowed_next(strict_positions=strict_positions, unique_pitches=unique_pitches)
                 if in_scale is not None:
                     allowed &= in_scale
+                spill = self.spill = self._mask_bar_end(allowed) if self._plan is not None else None
                 if window is not None:
                     self._mask_window(allowed, window, on_downbeat and not placed, placed)
                 logits = self.last.logits
                 if uncond is not None:
                     logits = guide(logits, uncond.last.logits, guidance)
+                if spill is not None:
+                    logits = spill_to_bar(logits, spill, t.is_bar)
                 for hook in hooks:
                     logits = np.array(logits, dtype=np.float32)
                     hook(self, logits, allowed)
@@ -530,7 +542,20 @@ class Session:
                 if nxt in stop_ids:
                     return
         finally:
-            self._plan = None  # Bars fed later (a performance, a prompt) are REMI's 4-beat ones again
+            self._plan = self.spill = None  # Bars fed later (a performance, a prompt) are REMI's 4-beat ones
+
+    def _mask_bar_end(self, allowed: np.ndarray) -> np.ndarray | None:
+        """Mask the Positions at or past the end of the current bar of the running BarPlan (its bars may be
+        shorter than REMI's 4 beats) and return the allowed ones it masked (None if none): the model,
+        trained on 4-beat bars, means by them "later than this bar's end", which in the plan's bars is
+        the next bar (spill_to_bar). Before the first Bar there is no bar to end."""
+        if not self.bars:
+            return None
+        t = self.tables
+        beat = self.bar_start + np.maximum(t.position_of, 0) / t.positions_per_beat  # (V,)
+        past = allowed & (t.position_of >= 0) & (beat >= self.next_bar_start() - 1e-9)
+        allowed &= ~past
+        return past if past.any() else None
 
     def _mask_window(
         self, allowed: np.ndarray, window: tuple[float, float], downbeat: bool, placed: bool
@@ -543,8 +568,7 @@ class Session:
         start, end = window
         beat = self.bar_start + np.maximum(t.position_of, 0) / t.positions_per_beat  # (V,)
         is_pos = t.position_of >= 0
-        bar_end = min(end, self.next_bar_start())  # the BarPlan's bars may be shorter than REMI's 4 beats
-        bad = is_pos & ((beat < start - 1e-9) | (beat >= bar_end - 1e-9))
+        bad = is_pos & ((beat < start - 1e-9) | (beat >= end - 1e-9))
         if downbeat:
             bad |= is_pos & (np.abs(beat - start) > 1e-9)
         if self.bars == 0:  # no Bar yet: a Position has no place on the grid
@@ -569,6 +593,18 @@ class Session:
         last = self.tokens[-1]
         self.rewind(self.n_past - 1)
         self.feed([last])
+
+
+def spill_to_bar(logits: np.ndarray, spill: np.ndarray, is_bar: np.ndarray) -> np.ndarray:
+    """(V,) logits with the probability of the `spill` ids (Positions past a planned bar's end) added to
+    the Bar's: log(p_bar + sum p_spill). Without it a 3-beat bar's end leaves the model only more notes at
+    its last position (its 4-beat habits put little on a Bar there), and it stacks chords of every pitch
+    the unique-pitch rule leaves."""
+    out = np.array(logits, dtype=np.float32)
+    z = out[spill].astype(np.float64)
+    m = z.max()
+    out[is_bar] = np.logaddexp(out[is_bar], m + np.log(np.exp(z - m).sum()))
+    return out
 
 
 def continuation(

@@ -78,6 +78,9 @@ def check_middle(vocab, mid: infill.Middle, split: infill.Split) -> None:
     assert not any(vocab.token(i).startswith("Infill") for i in mid.ids)
     for n in mid.notes:  # no note outside the span, none hanging into the suffix
         assert n.time >= 0 and n.time + n.duration <= split.span_ticks, (n, split.span_ticks)
+    bar_ticks = infill.bar_grid_ticks(split.bar_beats)  # the bars of the file's meter it is written in
+    positions = [int(vocab.token(i).split("_")[1]) for i in mid.ids if vocab.token(i).startswith("Position_")]
+    assert all(p < bar_ticks for p in positions), (positions, split.bar_beats)
 
 
 def trial(model_or_engine, seed: int, **kw) -> tuple[infill.Middle, infill.Split]:
@@ -85,10 +88,18 @@ def trial(model_or_engine, seed: int, **kw) -> tuple[infill.Middle, infill.Split
     score = random_score(seed)
     first = 1 + seed % 5
     t0, t1 = infill.bar_lines(score, first, first + seed % 3)
-    split = infill.split_score(vocab, score, t0, t1)
+    beats = infill.middle_bar_beats(infill.meter_at(score, t0))  # as infill_score writes a file's middle
+    split = infill.split_score(vocab, score, t0, t1, bar_beats=beats)
     session = model_or_engine.session() if hasattr(model_or_engine, "session") else Session(model_or_engine)
     mid = infill.generate_middle(
-        session, split.prefix, split.suffix, n_bars=split.n_bars, span_ticks=split.span_ticks, seed=seed, **kw
+        session,
+        split.prefix,
+        split.suffix,
+        n_bars=split.n_bars,
+        span_ticks=split.span_ticks,
+        bar_beats=split.bar_beats,
+        seed=seed,
+        **kw,
     )
     return mid, split
 
@@ -122,6 +133,49 @@ def test_100_of_100_middles_land_in_their_bars_noise():
         check_middle(vocab, mid, split)
         n_full += any(n.time + n.duration == split.span_ticks for n in mid.notes)
     assert n_full > 10  # notes do reach the span's end: the bound is tested, not just kept
+
+
+def test_a_middle_is_written_in_bars_of_the_files_meter():
+    """A 3/4 (6/8, 2/4, 5/8) span of n file bars is n REMI bars of the meter's length (3, 3, 2, 2.5 beats):
+    the middle's Bars open on the file's bar lines and its notes stay inside the bar they were written in
+    (check_middle), its grid ticks counted by those bars. Noise logits try every Bar and Position the
+    masks leave."""
+    vocab = TypedVocab.default()
+    engine = NoiseEngine(vocab)
+    seen = set()
+    for seed in range(40):
+        mid, split = trial(engine, seed, temperature=1.0, top_p=1.0)
+        check_middle(vocab, mid, split)
+        score = random_score(seed)
+        meter = infill.meter_at(score, 0)
+        n_file_bars = seed % 3 + 1
+        want = {"4/4": 4.0, "3/4": 3.0, "6/8": 3.0, "2/4": 2.0, "5/8": 2.5}[meter]
+        assert split.bar_beats == want and split.n_bars == n_file_bars, (meter, split)
+        seen.add(meter)
+        assert max((n.time for n in mid.notes), default=0) < n_file_bars * want * 4
+    assert seen == {"4/4", "3/4", "6/8", "2/4", "5/8"}
+
+
+def test_middle_bar_beats_and_meter_at():
+    s = symusic.Score(480)
+    s.time_signatures.append(symusic.TimeSignature(0, 3, 4))
+    s.time_signatures.append(symusic.TimeSignature(1440 * 2, 12, 8))
+    assert infill.meter_at(s, 0) == "3/4" and infill.meter_at(s, 2879) == "3/4"
+    assert infill.meter_at(s, 2880) == "12/8" and infill.meter_at(symusic.Score(480), 99) == "4/4"
+    assert [infill.middle_bar_beats(m) for m in ("4/4", "3/4", "6/8", "12/8", "9/8", "2/4", "5/4")] == [
+        4.0,
+        3.0,
+        3.0,
+        3.0,
+        2.25,
+        2.0,
+        2.5,
+    ]
+    assert (
+        infill.middle_bar_beats("3/32") == 4.0 and infill.middle_bar_beats("x") == 4.0
+    )  # the 16th grid cannot hold it: REMI's own bars
+    with pytest.raises(infill.InfillError, match="2.1 beats"):
+        infill.bar_grid_ticks(2.1)
 
 
 @pytest.mark.parametrize("steer", STEER, ids=["plain", "guided", "locked"])
@@ -309,3 +363,37 @@ def test_bar_lines_follow_the_time_signatures():
     assert infill.bar_lines(symusic.Score(96), 2, 2) == (384, 768)  # 4/4 without a time signature
     with pytest.raises(infill.InfillError):
         infill.bar_lines(s, 3, 2)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_a_three_beat_middle_ends_its_bars_in_a_bar_line_not_a_cluster(weight):
+    """A model that wants the Positions of beat 3 at a 3-beat bar's end (a 4-beat model's habit) moves to
+    the next bar (decoding.spill_to_bar), through both readings of the mix (SuffixMix spills the
+    continuation reading the same way) and at the span's end (SpanGrammar: to Infill_End)."""
+    from test_decoding import LateBarEngine
+
+    vocab = TypedVocab.default()
+    s = symusic.Score(480)
+    s.time_signatures.append(symusic.TimeSignature(0, 3, 4))
+    track = symusic.Track("piano", 0, False)
+    for k in range(24):
+        track.notes.append(symusic.Note(480 * k, 480, 60 + k % 12, 90))
+    s.tracks.append(track)
+    t0, t1 = infill.bar_lines(s, 3, 5)
+    split = infill.split_score(vocab, s, t0, t1, bar_beats=3.0)
+    for seed in range(3):
+        mid = infill.generate_middle(
+            Session(LateBarEngine(vocab)),
+            split.prefix,
+            split.suffix,
+            n_bars=split.n_bars,
+            span_ticks=split.span_ticks,
+            bar_beats=3.0,
+            suffix_weight=weight,
+            seed=seed,
+            temperature=1.0,
+            top_p=1.0,
+        )
+        check_middle(vocab, mid, split)
+        onsets = [n.time for n in mid.notes]
+        assert onsets and max(np.unique(onsets, return_counts=True)[1]) <= 3, (weight, sorted(onsets))

@@ -27,8 +27,10 @@ arrangement without the control tokens).
 On a file (`typemoe infill`): `infill_score` cuts the notes of bars first..last (the file's own bars,
 from its time signatures) out of a copy of the score and puts the generated ones in; every other event
 (notes, tempo, time and key signatures, controllers) is the file's own, untouched. The REMI grid is
-lined up so that the span starts on a REMI bar line: a span of a 4/4 file is exactly whole REMI bars;
-in other meters its last REMI bar is cut at the span's end by the grammar.
+lined up so that the span starts on a REMI bar line, and the middle is written in REMI bars of the
+file's meter at the span (remi_bar_beats: a 3/4 or 6/8 span in 3-beat bars, one per file bar; 4/4 in
+REMI's own), as a continuation is (typemoe.grammar_tables.BarPlan); the prefix and suffix stay in REMI's
+4-beat bars, as the model was trained.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from typemoe import key_steering, note_writer, sampling
-from typemoe.grammar_tables import tables_of
+from typemoe.decoding import spill_to_bar
+from typemoe.grammar_tables import BarPlan, tables_of
 from typemoe.note_writer import Note
 from typemoe.vocab import (
+    BEATS_PER_BAR,
     FAMILIES,
     INFILL_TOKENS,
     MAX_EMPTY_BARS,
@@ -63,6 +67,18 @@ SUFFIX_WEIGHT_MAX = 4.0  # the largest weight start_middle (and the bridge's set
 
 class InfillError(ValueError):
     """A model without the infilling tokens, or a span that cannot be filled, named in the message."""
+
+
+def bar_grid_ticks(bar_beats: float) -> int:
+    """Grid ticks of a REMI bar of bar_beats beats (0 < bar_beats <= 4, a whole number of grid steps), e.g.
+    remi_bar_beats("9/8") = 2.25 -> 9. Raises InfillError naming a bar the grid cannot hold."""
+    ticks = bar_beats * TICKS_PER_BEAT
+    if not (0 < bar_beats <= BEATS_PER_BAR and abs(ticks - round(ticks)) < 1e-9):
+        raise InfillError(
+            f"bars of {bar_beats:g} beats do not fit REMI's grid (whole {1 / TICKS_PER_BEAT:g}-beat steps, "
+            f"at most {BEATS_PER_BAR} beats)"
+        )
+    return int(round(ticks))
 
 
 @dataclass(frozen=True)
@@ -92,22 +108,35 @@ class InfillIds:
 
 
 class SpanGrammar:
-    """Decoding hook (session, logits, allowed): keeps the middle inside n_bars REMI bars and span_ticks
-    grid ticks (<= n_bars * TICKS_PER_BAR) from its first bar line, and allows Infill_End once the last
-    bar is open, where a Bar could come; a Bar there would leave the span, so its probability is added to
-    Infill_End's (as continuation stops at a Bar past its window). `bars0` is session.bars when the
-    middle starts (its first Bar opens bar bars0 + 1)."""
+    """Decoding hook (session, logits, allowed): keeps the middle inside n_bars bars of bar_ticks grid ticks
+    (REMI's 16, or the bars of the music's meter the middle is written in) and span_ticks grid ticks (<=
+    n_bars * bar_ticks) from its first bar line, and allows Infill_End once the last bar is open, where a
+    Bar could come; a Bar there would leave the span, so its probability is added to Infill_End's (as
+    continuation stops at a Bar past its window). `bars0` is session.bars when the middle starts (its first
+    Bar opens bar bars0 + 1), `start_beat` the stream beat where that Bar opens."""
 
-    def __init__(self, tables, ids: InfillIds, *, n_bars: int, span_ticks: int, bars0: int):
-        if not (n_bars - 1) * TICKS_PER_BAR < span_ticks <= n_bars * TICKS_PER_BAR:
-            raise InfillError(f"a span of {span_ticks} grid ticks does not end in the last of {n_bars} bars")
+    def __init__(
+        self,
+        tables,
+        ids: InfillIds,
+        *,
+        n_bars: int,
+        span_ticks: int,
+        bars0: int,
+        start_beat: float | None = None,
+        bar_ticks: int = TICKS_PER_BAR,
+    ):
+        if not (n_bars - 1) * bar_ticks < span_ticks <= n_bars * bar_ticks:
+            raise InfillError(
+                f"a span of {span_ticks} grid ticks does not end in the last of {n_bars} bars of {bar_ticks}"
+            )
         self.t, self.ids, self.n_bars, self.span_ticks, self.bars0 = tables, ids, n_bars, span_ticks, bars0
+        self.bar_ticks = bar_ticks
+        self.start_beat = bars0 * tables.beats_per_bar if start_beat is None else float(start_beat)
 
     def onset_ticks(self, session) -> int:
         """Grid ticks from the middle's first bar line to the current position."""
-        return int(
-            round((session.beat_now() - self.bars0 * self.t.beats_per_bar) * self.t.positions_per_beat)
-        )
+        return int(round((session.beat_now() - self.start_beat) * self.t.positions_per_beat))
 
     def __call__(self, session, logits: np.ndarray, allowed: np.ndarray) -> None:
         t = self.t
@@ -119,8 +148,11 @@ class SpanGrammar:
                 logits[self.ids.end] = np.logaddexp(logits[self.ids.end], logits[t.is_bar].max())
             allowed &= ~t.is_bar
         if k >= 1:
-            tick = (k - 1) * TICKS_PER_BAR + np.maximum(t.position_of, 0)  # (V,)
-            allowed &= ~((t.position_of >= 0) & (tick >= self.span_ticks))
+            tick = (k - 1) * self.bar_ticks + np.maximum(t.position_of, 0)  # (V,)
+            past = allowed & (t.position_of >= 0) & (tick >= self.span_ticks)
+            if past.any() and allowed[self.ids.end]:  # a note past the span's end: the middle ends here
+                logits[self.ids.end] = np.logaddexp(logits[self.ids.end], np.logaddexp.reduce(logits[past]))
+            allowed &= ~past
             if t.family_of[last] == _VELOCITY:  # a Duration comes: the note must end inside the span
                 end = self.onset_ticks(session) + t.duration_of  # (V,)
                 allowed &= ~((t.duration_of >= 0) & (end > self.span_ticks))
@@ -157,6 +189,8 @@ class SuffixMix:
             uncond = self.reader.unconditioned()
             if uncond is not None:
                 cont = sampling.guide(cont, uncond.last.logits, self.guidance)
+        if session.spill is not None:  # the session's bar ends here: so does the reader's (its logits, too)
+            cont = spill_to_bar(cont, session.spill, session.tables.is_bar)
         logits[:] = mix_readings(logits, cont, self.weight, self.end_id)
 
 
@@ -167,9 +201,10 @@ class Middle:
     ended: bool  # the model closed the middle with Infill_End (else the span or the budget was full)
 
 
-def middle_notes(tables, ids: Sequence[int]) -> list[Note]:
+def middle_notes(tables, ids: Sequence[int], bar_ticks: int = TICKS_PER_BAR) -> list[Note]:
     """The complete notes of middle ids (Position, Pitch, Velocity, Duration), at grid ticks from the
-    first Bar; a note cut off by the budget is dropped. Velocity from the token's value."""
+    first Bar, each Bar bar_ticks after the one before (the bars the middle was written in); a note cut off
+    by the budget is dropped. Velocity from the token's value."""
     t, notes = tables, []
     bar, pos, pitch, vel = -1, 0, -1, -1
     for i in ids:
@@ -182,7 +217,7 @@ def middle_notes(tables, ids: Sequence[int]) -> list[Note]:
         elif t.family_of[i] == _VELOCITY:
             vel = int(t.velocity_of[i])
         elif t.duration_of[i] >= 0 and pitch >= 0 and vel > 0 and bar >= 0:
-            notes.append(Note(bar * TICKS_PER_BAR + pos, int(t.duration_of[i]), pitch, vel))
+            notes.append(Note(bar * bar_ticks + pos, int(t.duration_of[i]), pitch, vel))
             pitch = -1
     return note_writer.clean_notes(notes)
 
@@ -212,12 +247,13 @@ class MiddleRun:
     steps: Iterator[int]
     tables: object  # typemoe.grammar_tables.Tables
     end_id: int
+    bar_ticks: int = TICKS_PER_BAR  # grid ticks of the bars the middle is written in
 
     def finish(self, out: Sequence[int]) -> Middle:
         out = [int(i) for i in out]
         ended = bool(out) and out[-1] == self.end_id
         body = out[:-1] if ended else out
-        return Middle(body, middle_notes(self.tables, body), ended)
+        return Middle(body, middle_notes(self.tables, body, self.bar_ticks), ended)
 
 
 def start_middle(
@@ -227,6 +263,7 @@ def start_middle(
     *,
     n_bars: int,
     span_ticks: int | None = None,
+    bar_beats: float = BEATS_PER_BAR,
     controls: Sequence[int] = (),
     max_tokens: int | None = None,
     temperature: float = 1.0,
@@ -237,10 +274,12 @@ def start_middle(
     suffix_weight: float = SUFFIX_WEIGHT,
     head_guidance: float = key_steering.DEFAULT_HEAD_GUIDANCE,
 ) -> MiddleRun:
-    """Set up the fill of n_bars REMI bars between `prefix` (music ids up to the span's first bar line,
-    empty bars included) and `suffix` (music ids from a Bar on): the session is reset and fed the FIM
+    """Set up the fill of n_bars bars between `prefix` (music ids up to the span's first bar line, empty
+    bars included) and `suffix` (music ids from a Bar on): the session is reset and fed the FIM
     arrangement; both are cut to fit the context (prefix from its end, suffix from its start) with room
-    left for the middle. span_ticks (default: the whole n_bars) ends the span inside its last bar.
+    left for the middle. The middle is written in REMI bars of bar_beats beats (remi_bar_beats of the
+    music's meter: 3 for 3/4 and 6/8; REMI's own 4 by default), the prefix and suffix in REMI's 4-beat bars
+    as the model was trained. span_ticks (default: the whole n_bars) ends the span inside its last bar.
     suffix_weight mixes the continuation reading in (SuffixMix; 1 = the infilling reading alone, no second
     stream). Nothing is sampled until the returned run's steps are drawn.
 
@@ -257,7 +296,8 @@ def start_middle(
         raise InfillError(
             f"suffix_weight must be in 0..{SUFFIX_WEIGHT_MAX:g} (1 = the infilling reading alone): {suffix_weight}"
         )
-    span_ticks = n_bars * TICKS_PER_BAR if span_ticks is None else int(span_ticks)
+    bar_ticks = bar_grid_ticks(bar_beats)
+    span_ticks = n_bars * bar_ticks if span_ticks is None else int(span_ticks)
     t = tables_of(vocab)
     ctx = session.engine.context_len
     budget = min(n_bars * TOKENS_PER_BAR, ctx // 2) if max_tokens is None else int(max_tokens)
@@ -267,7 +307,18 @@ def start_middle(
     pre, suf = fit_context([int(i) for i in prefix], [int(i) for i in suffix], max(room, 0), bar)
     session.reset()
     session.feed([*head, ids.suffix, *suf, ids.span(n_bars), *pre, ids.middle])
-    hooks = [SpanGrammar(t, ids, n_bars=n_bars, span_ticks=span_ticks, bars0=session.bars)]
+    start = session.next_bar_start()  # the stream beat where the middle's first Bar opens
+    plan = None if bar_ticks == TICKS_PER_BAR else BarPlan(start, bar_beats)
+    grammar = SpanGrammar(
+        t,
+        ids,
+        n_bars=n_bars,
+        span_ticks=span_ticks,
+        bars0=session.bars,
+        start_beat=start,
+        bar_ticks=bar_ticks,
+    )
+    hooks = [grammar]
     if suffix_weight != 1.0:
         reader = session.blank()
         reader.feed([*head, *pre])
@@ -281,10 +332,11 @@ def start_middle(
         guidance=guidance,
         key_lock=key_lock,
         head_guidance=head_guidance,
+        bar_plan=plan,
         hooks=hooks,
         stop_ids=(ids.end,),
     )
-    return MiddleRun(steps, t, ids.end)
+    return MiddleRun(steps, t, ids.end, bar_ticks)
 
 
 def generate_middle(session, prefix: Sequence[int], suffix: Sequence[int], **kwargs) -> Middle:
@@ -314,14 +366,42 @@ def bar_lines(score, first: int, last: int) -> tuple[int, int]:
     return starts[first], starts[last + 1]
 
 
+def meter_at(score, tick: int) -> str:
+    """The time signature in force at `tick` of a score, e.g. "3/4" ("4/4" before the first one, or
+    without any)."""
+    sigs = sorted((int(ts.time), int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures)
+    num, den = 4, 4
+    for time, n, d in sigs:
+        if time > tick:
+            break
+        num, den = n, d
+    return f"{num}/{den}"
+
+
+def middle_bar_beats(meter: str) -> float:
+    """Beats of the REMI bars a middle in the time signature `meter` ("NUM/DEN") is written in: the bar
+    itself when it fits in REMI's 4 beats (3/4, 6/8 -> 3, 5/8 -> 2.5), else its smallest whole part that
+    does (12/8 -> 3, 9/8 -> 2.25, 5/4 -> 2.5), as remi_bar_beats does for the model's meter classes; REMI's
+    own 4 for a bar the 16th-note grid cannot hold (its last bar is then cut at the span's end)."""
+    try:
+        num, den = (int(x) for x in meter.split("/"))
+        bar = num * BEATS_PER_BAR / den
+        beats = bar / int(np.ceil(bar / BEATS_PER_BAR - 1e-9))
+        bar_grid_ticks(beats)
+    except (ValueError, ZeroDivisionError, InfillError):
+        return float(BEATS_PER_BAR)
+    return beats
+
+
 @dataclass
 class Split:
     prefix: list[int]
     suffix: list[int]
-    n_bars: int  # REMI bars of the middle
+    n_bars: int  # bars of the middle, of bar_beats beats each (the last one cut at span_ticks)
     span_ticks: int  # grid ticks of the span
     t0: int  # span in file ticks [t0, t1)
     t1: int
+    bar_beats: float = BEATS_PER_BAR  # beats of the REMI bars the middle is written in
 
 
 def _grid(ticks, tpq: int) -> np.ndarray:
@@ -346,10 +426,11 @@ def _encode(vocab, notes: dict[str, np.ndarray]) -> list[int]:
     return vocab.encode_score(score)
 
 
-def split_score(vocab, score, t0: int, t1: int) -> Split:
+def split_score(vocab, score, t0: int, t1: int, *, bar_beats: float = BEATS_PER_BAR) -> Split:
     """The prefix and suffix ids around the span [t0, t1) (file ticks), on a REMI grid shifted so that t0
-    is a REMI bar line. Notes are those the vocabulary reads (pitched tracks, its pitch range), quantized to
-    the grid; a prefix note rounded into the span stays just before it (a suffix note, at its start)."""
+    is a REMI bar line, and the span's length in bars of bar_beats beats (the bars its middle is written
+    in). Notes are those the vocabulary reads (pitched tracks, its pitch range), quantized to the grid; a
+    prefix note rounded into the span stays just before it (a suffix note, at its start)."""
     tpq = score.ticks_per_quarter
     lo, hi = vocab.tokenizer.config.pitch_range
     arrays = [tr.notes.numpy() for tr in score.tracks if not tr.is_drum]
@@ -368,7 +449,7 @@ def split_score(vocab, score, t0: int, t1: int) -> Split:
     dur = np.clip(_grid(notes["duration"], tpq), 1, _LONGEST_TICKS)
     k0 = (g0 + shift) // TICKS_PER_BAR
     k1 = (g1 + shift) // TICKS_PER_BAR  # the REMI bar the suffix starts in
-    n_bars = -(-(g1 + shift) // TICKS_PER_BAR) - k0
+    n_bars = -(-(g1 - g0) // bar_grid_ticks(bar_beats))
     before, after = notes["time"] < t0, notes["time"] >= t1
     pre = {k: v[before] for k, v in notes.items()}
     pre.update(time=np.minimum(onset[before], g0 + shift - 1), duration=dur[before])
@@ -379,7 +460,7 @@ def split_score(vocab, score, t0: int, t1: int) -> Split:
     suf = {k: v[after] for k, v in notes.items()}
     suf.update(time=np.maximum(onset[after], g1 + shift) - k1 * TICKS_PER_BAR, duration=dur[after])
     suffix = _encode(vocab, suf)
-    return Split(prefix, suffix, n_bars, g1 - g0, t0, t1)
+    return Split(prefix, suffix, n_bars, g1 - g0, t0, t1, float(bar_beats))
 
 
 def replace_span(score, t0: int, t1: int, notes: Sequence[Note]):
@@ -433,7 +514,7 @@ def infill_score(model, score, first_bar: int, last_bar: int, *, controls: Seque
     sampling and steering options."""
     InfillIds.of(model.vocab)
     t0, t1 = bar_lines(score, first_bar, last_bar)
-    split = split_score(model.vocab, score, t0, t1)
+    split = split_score(model.vocab, score, t0, t1, bar_beats=middle_bar_beats(meter_at(score, t0)))
     if not split.prefix and not split.suffix:
         raise InfillError("the file has no notes outside the span to infill between")
     mid = generate_middle(
@@ -442,6 +523,7 @@ def infill_score(model, score, first_bar: int, last_bar: int, *, controls: Seque
         split.suffix,
         n_bars=split.n_bars,
         span_ticks=split.span_ticks,
+        bar_beats=split.bar_beats,
         controls=controls,
         **generate,
     )

@@ -6,9 +6,10 @@ into what comes after them.
     typemoe infill song.mid --bars 9 --model runs/infill --out new.mid      # one bar; a training checkpoint
     typemoe infill song.mid --bars 5-6 --suffix-weight 1 --out new.mid      # the infilling reading alone
 
-Bars are the file's own, numbered from 1 by its time signatures (4/4 when it has none). The output is the
-file itself, edited: the pitched notes that start in those bars are replaced by the model's, which start
-and end inside them; every other note (ticks, pitch, velocity, track), tempo, time and key signature and
+Bars are the file's own, numbered from 1 by its time signatures (4/4 when it has none), and the new
+notes are written in them: a 3/4 or 6/8 span in 3-beat bars, one per file bar (typemoe.infill). The
+output is the file itself, edited: the pitched notes that start in those bars are replaced by the
+model's, which start and end inside them; every other note (ticks, pitch, velocity, track), tempo, time and key signature and
 controller is the file's own. The new notes go to the track that held most of the old ones.
 
 The model must know the infilling tokens (the shipped model does since 2026-12-02; a model of your own
@@ -27,7 +28,7 @@ from pathlib import Path
 from typemoe import analysis, key_steering, sampling
 from typemoe.commands import tools
 from typemoe.commands.tools import ToolError, open_model, read_midi
-from typemoe.infill import SUFFIX_WEIGHT, InfillError, infill_score
+from typemoe.infill import SUFFIX_WEIGHT, InfillError, infill_score, meter_at
 
 
 def parse_bars(text: str) -> tuple[int, int]:
@@ -85,9 +86,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: cannot write {args.out}: {err}\n")
         return 2
     how = "closed by the model" if mid.ended else "span full"
+    meter = meter_at(score, split.t0)
     sys.stdout.write(
-        f"wrote {args.out}: bars {first}-{last} (ticks {split.t0}-{split.t1}) refilled with {len(mid.notes)} "
-        f"notes ({how}); every other note unchanged\n"
+        f"wrote {args.out}: bars {first}-{last} of {meter} (ticks {split.t0}-{split.t1}) refilled with "
+        f"{len(mid.notes)} notes in {split.n_bars} bar(s) of {split.bar_beats:g} beats ({how}); every other "
+        "note unchanged\n"
     )
     return 0
 

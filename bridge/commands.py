@@ -12,6 +12,7 @@ import logging
 from dataclasses import replace
 
 from typemoe.bridge import osc_api
+from typemoe.bridge.continuation import choose_meter
 from typemoe.bridge.events import Recondition, SendOsc
 
 log = logging.getLogger("typemoe.bridge.engine")
@@ -33,7 +34,8 @@ class OscCommands:
             c, steer = self.cfg, {"controls": self._control_ids, "key_lock": self._key_lock()}
             sample = {"temperature": c.temperature, "top_p": c.top_p, "seed": c.seed, "guidance": c.guidance}
             sample.update(suffix_weight=c.suffix_weight, head_guidance=c.head_guidance)
-            self._infill.request(cmd.start_bar, cmd.end_bar, t, out, **sample, **steer)
+            meter = choose_meter(self._controls[1], self._readout.meter)[0]  # bars of the music's meter
+            self._infill.request(cmd.start_bar, cmd.end_bar, t, out, meter=meter, **sample, **steer)
         elif isinstance(cmd, osc_api.ConditionCmd):
             ids = tuple(self.vocab.control_ids(key=cmd.key, meter=cmd.meter))  # ValueError names a bad one
             if ids != self._control_ids:  # a knob resending the same value costs nothing

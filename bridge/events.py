@@ -169,9 +169,11 @@ class CancelGenerate:
 
 @dataclass(frozen=True, slots=True)
 class InfillJob:
-    """Fill bars first_bar..last_bar (1-based, 4-beat bars) between the heard notes around them, off the loop.
+    """Fill bars first_bar..last_bar (1-based, bars of `meter`) between the heard notes around them, off
+    the loop.
 
     notes: the heard notes (time, duration, pitch, velocity) in grid ticks (4 a beat) from bar 1's line.
+    meter: a meter name with a bar length (decoding.meter_beats); the middle is written in its bars.
     """
 
     request_id: int
@@ -186,6 +188,7 @@ class InfillJob:
     key_lock: str | None = None
     suffix_weight: float = SUFFIX_WEIGHT  # typemoe.infill.start_middle's (the bridge passes its setting)
     head_guidance: float = 0.0  # typemoe.key_steering's weight (the bridge passes its setting)
+    meter: str = "4/4"
 
 
 Action = SendMidi | SendOsc | Feed | Probe | Recondition | ResetModel | Generate | CancelGenerate | InfillJob

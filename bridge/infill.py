@@ -11,14 +11,18 @@ Two halves:
   token per InfillRun.step(), so the thread hears the performer between tokens; `answer` runs it whole.
   The toy model is not that decoder: it fills the span with its arpeggio on the key it heard.
 
-Bars are 4-beat bars numbered from 1:
+Bars are bars of the music's meter (bridge.continuation.choose_meter at the request: the asked meter, else
+the running estimate, else 4/4), numbered from 1, and the middle is written in them (typemoe.infill):
 
 - Following a running DAW (MIDI clock, Song Position Pointer): the DAW's bars (bar 1 = song position 0).
   A bar's notes are those of the latest loop pass that had notes in it. The answer plays at those bars the
   next time the transport reaches them (the next loop pass), once; a jump back or a Stop before the span
   ended plays it again, whole, on the next pass.
-- Otherwise (internal clock, or no DAW running when the notes came): bar 1 is the bar of the first note
-  heard; the answer plays at once, from the next bar line.
+- Otherwise (internal clock, or no DAW running when the notes came): bar 1 opens on the 4-beat line at or
+  before the first note heard; the answer plays at once, from the next bar line.
+
+The heard notes are kept with their positions, not by bar, so the bars are counted in the meter of the
+request even when the meter estimate changed after the notes were played.
 
 Each answer note is reported as /typemoe/note when it sounds (bridge timeline beat, as continuations), and
 /typemoe/infill first_bar last_bar n_notes beat when the answer is scheduled (beat: where its first bar
@@ -36,14 +40,14 @@ from dataclasses import dataclass, field
 from typemoe import decoding
 from typemoe.bridge.events import Infilled, InfillJob, SendOsc
 from typemoe.bridge.playback import Playback
-from typemoe.infill import InfillError, InfillIds, split_score, start_middle
+from typemoe.infill import InfillError, InfillIds, middle_bar_beats, split_score, start_middle
 from typemoe.streaming import BeatNote, TokenReader
-from typemoe.vocab import BEATS_PER_BAR, MAX_INFILL_BARS, TICKS_PER_BAR, TICKS_PER_BEAT
+from typemoe.vocab import BEATS_PER_BAR, MAX_INFILL_BARS, TICKS_PER_BEAT
 
 log = logging.getLogger(__name__)
 
-HEARD_BARS = 64  # bars of heard notes kept (older ones are forgotten: less context, never an error)
-NOTES_PER_BAR = 256  # heard notes kept per bar
+HEARD_BARS = 64  # bars before the furthest one reached that a request reads (older: less context, no error)
+NOTES_PER_BAR = 256  # heard notes kept: HEARD_BARS * NOTES_PER_BAR, the oldest forgotten first
 _EPS = 1e-6
 _PULSE = 1.0 / 24
 
@@ -54,12 +58,13 @@ class _Answer:
     last_bar: int
     notes: list[BeatNote]  # onsets in beats from the span's first bar line
     daw: bool  # on the DAW's bars (else at once)
+    span: float  # beats of a bar (of the meter the request counted its bars in)
     start: float | None = None  # timeline beat of its first bar line once scheduled
     zero: float | None = None  # the DAW pass it is scheduled in (timeline beat of song position 0)
 
     @property
     def end(self) -> float:
-        return self.start + (self.last_bar - self.first_bar + 1) * BEATS_PER_BAR
+        return self.start + (self.last_bar - self.first_bar + 1) * self.span
 
 
 class Infiller:
@@ -68,14 +73,15 @@ class Infiller:
     def __init__(self, vocab, error: Callable[[str, float, list], None]) -> None:
         self.vocab, self._error = vocab, error
         self.play = Playback()
-        self._bars: dict[int, tuple[float | None, list[BeatNote]]] = {}  # bar index -> (pass, notes)
-        self._daw = False  # the heard bars are the DAW's
+        # (pass, beat from bar 1's line, note) in the order heard; pass: the DAW pass's zero, or None
+        self._heard: deque[tuple[float | None, BeatNote]] = deque(maxlen=HEARD_BARS * NOTES_PER_BAR)
+        self._daw = False  # the heard notes are on the DAW's bars
         self._anchor: float | None = None  # without DAW: timeline beat of bar 1
         self._passes: deque[tuple[float, float]] = deque(maxlen=32)  # (timeline beat from, zero)
         self._zero: float | None = None  # timeline beat of the DAW's song position 0, while it runs
-        self._reached = -1  # highest bar index the heard stream has entered
+        self._reached: float | None = None  # furthest beat from bar 1's line the heard stream has entered
         self._next_id = 0
-        self._waiting: tuple[int, int, int] | None = None  # (request id, first bar, last bar)
+        self._waiting: tuple[int, int, int, float] | None = None  # (request id, first bar, last bar, span)
         self._answer: _Answer | None = None
 
     @property
@@ -85,8 +91,8 @@ class Infiller:
     # ---- what was heard ----------------------------------------------------------------------------
     def restart(self) -> None:
         """Forget the heard bars (reset, the DAW's Start); an answer waiting for its pass keeps waiting."""
-        self._bars.clear()
-        self._anchor, self._reached, self._daw = None, -1, False
+        self._heard.clear()
+        self._anchor, self._reached, self._daw = None, None, False
 
     def heard(self, notes: list[BeatNote], origin: float) -> None:
         """Notes of the live stream (stream beats; `origin` is stream beat 0 on the timeline)."""
@@ -105,55 +111,81 @@ class Infiller:
             pos = t - (zero if self._daw else self._anchor)
             if pos < -_EPS:
                 continue
-            bar = int(math.floor(pos / BEATS_PER_BAR + _EPS))
-            entry = self._bars.get(bar)
-            if entry is None or entry[0] != zero:  # a new pass through this bar replaces the old one's
-                entry = self._bars[bar] = (zero, [])
-            if len(entry[1]) < NOTES_PER_BAR:
-                entry[1].append(BeatNote(max(pos, 0.0), n.duration, n.pitch, n.velocity))
-            self._reached = max(self._reached, bar)
-            while len(self._bars) > HEARD_BARS:
-                del self._bars[min(self._bars)]
+            pos = max(pos, 0.0)
+            self._heard.append((zero, BeatNote(pos, n.duration, n.pitch, n.velocity)))
+            self._reach(pos)
+
+    def _reach(self, pos: float) -> None:
+        self._reached = pos if self._reached is None else max(self._reached, pos)
+
+    def bars_heard(self, span: float) -> dict[int, list[BeatNote]]:
+        """The heard notes by bar of `span` beats (index 0 = bar 1), the last HEARD_BARS bars up to the
+        furthest one reached: each bar's notes are those of the latest pass that had notes in it."""
+        if self._reached is None:
+            return {}
+        lowest = int(math.floor(self._reached / span + _EPS)) - HEARD_BARS + 1
+        latest: dict[int, float | None] = {}
+        for zero, n in self._heard:
+            bar = int(math.floor(n.onset / span + _EPS))
+            if bar >= lowest and (bar not in latest or (zero is not None and zero > latest[bar])):
+                latest[bar] = zero
+        bars: dict[int, list[BeatNote]] = {}
+        for zero, n in self._heard:
+            bar = int(math.floor(n.onset / span + _EPS))
+            if bar in latest and latest[bar] == zero:
+                bars.setdefault(bar, []).append(n)
+        return bars
 
     # ---- a request ---------------------------------------------------------------------------------
-    def request(self, first: int, last: int, t: float, out: list, **job) -> None:
-        """Check /typemoe/infill first last against what was heard; queue the model job. Raises
-        InfillError or ValueError with the message /typemoe/error replies."""
+    def request(self, first: int, last: int, t: float, out: list, *, meter: str = "4/4", **job) -> None:
+        """Check /typemoe/infill first last (bars of `meter`, bridge.continuation.choose_meter's name)
+        against what was heard; queue the model job. Raises InfillError or ValueError with the message
+        /typemoe/error replies."""
         InfillIds.of(self.vocab, where="the bridge's model")  # names the missing tokens
         if last - first + 1 > MAX_INFILL_BARS:
             raise ValueError(
                 f"bars {first}-{last} are {last - first + 1} bars; the model infills at most {MAX_INFILL_BARS}"
             )
-        if self._reached < 0:
+        if self._reached is None:
             raise ValueError("nothing heard since the last reset or Start: play the phrase first")
-        if last > self._reached + 1:
+        span = decoding.meter_beats(meter)
+        reached = int(math.floor(self._reached / span + _EPS)) + 1
+        if last > reached:
             raise ValueError(
-                f"end_bar {last} not heard yet: {self._reached + 1} bar(s) heard since the last reset or Start"
+                f"end_bar {last} not heard yet: {reached} bar(s) of {meter} heard since the last reset or Start"
             )
         self.cancel(t, out)
+        bars = self.bars_heard(span)
         notes = tuple(
             (round(n.onset * TICKS_PER_BEAT), max(1, round(n.duration * TICKS_PER_BEAT)), n.pitch, n.velocity)
-            for bar in sorted(self._bars)
+            for bar in sorted(bars)
             if not first - 1 <= bar <= last - 1
-            for n in self._bars[bar][1]
+            for n in bars[bar]
         )
         self._next_id += 1
-        self._waiting = (self._next_id, first, last)
-        out.append(InfillJob(self._next_id, notes, first, last, **job))
-        log.info("infill %d: bars %d-%d between %d heard notes", self._next_id, first, last, len(notes))
+        self._waiting = (self._next_id, first, last, span)
+        out.append(InfillJob(self._next_id, notes, first, last, meter=meter, **job))
+        log.info(
+            "infill %d: bars %d-%d of %s between %d heard notes",
+            self._next_id,
+            first,
+            last,
+            meter,
+            len(notes),
+        )
 
     def done(self, ev: Infilled, now: float, out: list) -> None:
         """The model's answer: keep it to play (next tick), or report its failure."""
         if self._waiting is None or ev.request_id != self._waiting[0]:
             log.debug("dropping stale infill %d", ev.request_id)
             return
-        _, first, last = self._waiting
+        _, first, last, span = self._waiting
         self._waiting = None
         if ev.error is not None:
             self._error(ev.error, now, out)
             return
         notes = [BeatNote(*n) for n in ev.notes]
-        self._answer = _Answer(first, last, notes, daw=self._daw)
+        self._answer = _Answer(first, last, notes, daw=self._daw, span=span)
         log.info("infill: %d notes for bars %d-%d", len(notes), first, last)
 
     # ---- playing it ----------------------------------------------------------------------------------
@@ -169,16 +201,16 @@ class Infiller:
                 a.start = a.zero = None  # again, whole, on the next pass
             self._zero = zero
         if self._daw and zero is not None:
-            self._reached = max(self._reached, int(math.floor((beat - zero) / BEATS_PER_BAR + _EPS)))
+            self._reach(beat - zero)
         elif not self._daw and self._anchor is not None:
-            self._reached = max(self._reached, int(math.floor((beat - self._anchor) / BEATS_PER_BAR + _EPS)))
+            self._reach(beat - self._anchor)
         if a is not None and a.start is None:
             start = None
             if not a.daw:  # at once, from the next bar line
                 anchor = self._anchor or 0.0
-                start = anchor + (math.floor((ready - anchor) / BEATS_PER_BAR + _EPS) + 1) * BEATS_PER_BAR
-            elif zero is not None and zero + (a.first_bar - 1) * BEATS_PER_BAR >= ready - _EPS:
-                start, a.zero = zero + (a.first_bar - 1) * BEATS_PER_BAR, zero
+                start = anchor + (math.floor((ready - anchor) / a.span + _EPS) + 1) * a.span
+            elif zero is not None and zero + (a.first_bar - 1) * a.span >= ready - _EPS:
+                start, a.zero = zero + (a.first_bar - 1) * a.span, zero
             if start is not None:
                 a.start = start
                 for n in a.notes:
@@ -246,8 +278,9 @@ def start(model, job: InfillJob) -> InfillRun:
         for time, dur, pitch, vel in job.notes:
             track.notes.append(symusic.Note(int(time), int(dur), int(pitch), int(vel)))
         score.tracks.append(track)
-    t0, t1 = (job.first_bar - 1) * TICKS_PER_BAR, job.last_bar * TICKS_PER_BAR
-    split = split_score(vocab, score, t0, t1)
+    bar = round(decoding.meter_beats(job.meter) * TICKS_PER_BEAT)  # grid ticks of a bar of the meter
+    t0, t1 = (job.first_bar - 1) * bar, job.last_bar * bar
+    split = split_score(vocab, score, t0, t1, bar_beats=middle_bar_beats(job.meter))
     span = (t1 - t0) / TICKS_PER_BEAT
 
     def inside(notes) -> list[tuple[float, float, int, int]]:
@@ -261,6 +294,7 @@ def start(model, job: InfillJob) -> InfillRun:
             split.suffix,
             n_bars=split.n_bars,
             span_ticks=split.span_ticks,
+            bar_beats=split.bar_beats,
             controls=job.controls,
             temperature=job.temperature,
             top_p=job.top_p,

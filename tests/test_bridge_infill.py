@@ -57,6 +57,15 @@ def _phrase(h: Harness) -> float:
     return start
 
 
+def _phrase_of(h: Harness, notes) -> float:
+    """`notes` from the next 4-beat line (bar 1 of the heard bars); returns its timeline beat."""
+    now = h.engine.clock.beat_at(h.clock.now())
+    start = math.floor(now / 4) * 4 + 4
+    h.play(notes, start_beat=start)
+    h.advance_beats(0.5)
+    return start
+
+
 def _answer(h: Harness) -> tuple[tuple, list[tuple]]:
     """The /typemoe/infill reply and the /typemoe/note replies since it (pitch, vel, beat, dur)."""
     (ack,) = h.sent("/typemoe/infill")
@@ -77,7 +86,7 @@ def _answer(h: Harness) -> tuple[tuple, list[tuple]]:
         ((3, 2), "start_bar 3 is after end_bar 2"),
         ((2,), "takes start_bar i, end_bar i"),
         ((1, 9), "bars 1-9 are 9 bars; the model infills at most 8"),
-        ((2, 6), "end_bar 6 not heard yet: 5 bar(s) heard"),
+        ((2, 6), "end_bar 6 not heard yet: 5 bar(s) of 4/4 heard"),
     ],
 )
 def test_bad_arguments_are_answered_with_an_error_naming_the_value(args, needle):
@@ -243,10 +252,75 @@ def test_a_daw_stop_inside_the_span_ends_the_notes_and_the_next_pass_plays_it_wh
 
 
 def test_heard_notes_are_bounded():
+    """A request reads the last HEARD_BARS bars up to the furthest one reached; the notes kept are bounded
+    in number (the oldest forgotten first)."""
     h = InfillHarness()
+    inf = h.engine._infill
     for bar in range(infill.HEARD_BARS + 8):
-        h.engine._infill.heard([BeatNote(bar * 4.0, 1.0, 60, 90)], 0.0)
-    assert len(h.engine._infill._bars) == infill.HEARD_BARS
+        inf.heard([BeatNote(bar * 4.0, 1.0, 60, 90)], 0.0)
+    assert sorted(inf.bars_heard(4.0)) == list(range(8, infill.HEARD_BARS + 8))
+    for _ in range(3 * infill.HEARD_BARS * infill.NOTES_PER_BAR // 1000):
+        inf.heard([BeatNote(0.001 * j, 0.5, 60, 90) for j in range(1000)], 0.0)
+    assert len(inf._heard) == infill.HEARD_BARS * infill.NOTES_PER_BAR
+
+
+# ---- bars of the music's meter -------------------------------------------------------------------------
+
+WALTZ = [
+    (i * 1.0, 0.9, p) for i, p in enumerate([60, 64, 67, 62, 65, 69, 64, 67, 72, 60, 64, 67])
+]  # 4 bars of 3
+
+
+@pytest.mark.parametrize("model", ["toy", "decoder"])
+def test_a_three_four_condition_counts_and_fills_three_beat_bars(model, monkeypatch):
+    """Under /typemoe/condition "" "3/4", /typemoe/infill 2 3 means beats 3-9 of the phrase: those notes
+    are cut, the job asks for 3/4 (the decoder writes the middle in 3-beat bars), and the answer plays
+    from a 3-beat bar line of the heard bars, inside its 6 beats."""
+    seen = []
+    real = infill.start_middle
+    monkeypatch.setattr(
+        infill,
+        "start_middle",
+        lambda *a, **kw: seen.append((kw["n_bars"], kw["bar_beats"])) or real(*a, **kw),
+    )
+    h = InfillHarness(infill_model=FlatModel(toy_vocab()) if model == "decoder" else None)
+    h.osc_in("/typemoe/condition", "", "3/4")
+    h.osc_in("/typemoe/set", "seed", 2)
+    bar1 = _phrase_of(h, WALTZ)
+    h.osc_in("/typemoe/infill", 4, 6)  # 12.5 beats: into bar 5 of 3/4 (of 4/4 it would be bar 4)
+    assert "end_bar 6 not heard yet: 5 bar(s) of 3/4" in h.sent("/typemoe/error")[-1][0]
+    h.osc_in("/typemoe/infill", 2, 3)
+    (job,) = h.jobs
+    assert job.meter == "3/4"
+    assert sorted(n[0] for n in job.notes) == [4 * i for i in range(12) if not 3 <= i < 9]
+    now = h.engine.clock.beat_at(h.clock.now())
+    h.advance_beats(12)
+    (first, last, n, start), notes = _answer(h)
+    assert (first, last) == (2, 3) and n == len(notes) > 0
+    assert (start - bar1) % 3 == 0 and now < start <= now + 3  # the next 3/4 bar line of the heard bars
+    for _, _, beat, dur in notes:
+        assert start <= beat < start + 6 and beat + dur <= start + 6 + 1e-9, (beat, dur, start)
+    assert not h.hanging()
+    assert seen == ([(2, 3.0)] if model == "decoder" else [])  # two bars of 3 beats
+
+
+def test_under_a_daw_in_three_four_the_answer_plays_on_its_bars():
+    h = InfillHarness({"clock": "midi"})
+    h.osc_in("/typemoe/condition", "", "3/4")
+    h.midi_in(0xFA)
+    _daw(h, 12, WALTZ, spp_at_end=0)  # pass 1: DAW bars 1-4 of 3/4, then loop
+    _daw(h, 1)
+    zero = h.engine._daw_zero
+    h.osc_in("/typemoe/infill", 2, 3)
+    (job,) = h.jobs
+    assert job.meter == "3/4" and sorted(n[0] for n in job.notes) == [
+        4 * i for i in range(12) if not 3 <= i < 9
+    ]
+    _daw(h, 11, spp_at_end=0)
+    (_, _, n, start), notes = _answer(h)
+    assert start == zero + 3 and n == len(notes) > 0
+    assert all(zero + 3 <= beat < zero + 9 for _, _, beat, _ in notes)
+    assert not h.hanging()
 
 
 # ---- over JACK and UDP ------------------------------------------------------------------------------------

@@ -268,8 +268,12 @@ class LateBarEngine:
     (0, 4, 8, 12 after a Bar), every Pitch so-so, a Bar unlikely. Its state (the ids of its stream) lives
     in the cache each session gets, so forks and second streams follow their own ids."""
 
-    def __init__(self, vocab, context_len: int = 512):
-        self.vocab, self.context_len = vocab, context_len
+    def __init__(self, vocab, context_len: int = 512, *, pickup: bool = False):
+        self.vocab, self.context_len, self.pickup = (
+            vocab,
+            context_len,
+            pickup,
+        )  # pickup: a bar opens on beat 3
         t = decoding.tables_of(vocab)
         self.t = t
         self.base = np.where(t.pitch_of >= 0, -3.0, 0.0).astype(np.float32)
@@ -294,7 +298,7 @@ class LateBarEngine:
                     pos = int(self.t.position_of[j])
                     break
             row = self.base.copy()
-            row[self.t.position_of == (0 if pos < 0 else pos + 4)] = 10.0
+            row[self.t.position_of == ((12 if self.pickup else 0) if pos < 0 else pos + 4)] = 10.0
             rows.append(row)
         T = len(ids)
         return {"logits": np.stack(rows), "key_logits": np.zeros((T, 24)), "meter_logits": np.zeros((T, 12))}
@@ -319,6 +323,21 @@ def test_positions_past_a_planned_bar_go_to_the_next_bar_not_into_a_chord():
     spill = np.array([0, 0, 1, 1, 0, 0], bool)
     bar = np.array([0, 0, 0, 0, 0, 1], bool)
     np.testing.assert_allclose(decoding.spill_to_bar(logits, spill, bar)[5], np.log(3.0), rtol=1e-6)
+
+
+def test_a_pickup_wish_in_an_empty_short_bar_does_not_skip_the_bar():
+    """A model that opens every bar on beat 3 (a 4-beat pickup): in an empty 3-beat bar those Positions are
+    only masked, not moved to the next Bar, so every bar of the window gets notes instead of the first
+    ones being skipped (a bare prompt's continuation had shrunk to its last bar that way)."""
+    from typemoe.vocab import TypedVocab
+
+    vocab = TypedVocab.default()
+    s = decoding.Session(LateBarEngine(vocab, pickup=True))
+    s.feed([vocab.bos_id, *_music(vocab, 40, seed=1)])
+    cursor, plan = s.cursor(), s.bar_plan("3/4")
+    ids = s.generate(n_bars=4, meter="3/4", temperature=1.0, top_p=1.0, seed=0)
+    onsets = [b for b, _ in _onsets(vocab, ids, cursor, plan)]
+    assert {int((b - plan.start) // 3) for b in onsets} == {0, 1, 2, 3}, (plan.start, onsets)
 
 
 def test_bar_plan_opens_bars_on_the_meters_lines():

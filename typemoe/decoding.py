@@ -546,16 +546,17 @@ class Session:
 
     def _mask_bar_end(self, allowed: np.ndarray) -> np.ndarray | None:
         """Mask the Positions at or past the end of the current bar of the running BarPlan (its bars may be
-        shorter than REMI's 4 beats) and return the allowed ones it masked (None if none): the model,
-        trained on 4-beat bars, means by them "later than this bar's end", which in the plan's bars is
-        the next bar (spill_to_bar). Before the first Bar there is no bar to end."""
+        shorter than REMI's 4 beats). Once a note's Position is open in the bar, return the allowed ones
+        it masked (None if none): the model, trained on 4-beat bars, means by them "later than this bar's
+        end", the next bar (spill_to_bar). In a bar still empty they are only masked: there a late Position
+        is a pickup, and moving on would skip the bar. Before the first Bar there is no bar to end."""
         if not self.bars:
             return None
         t = self.tables
         beat = self.bar_start + np.maximum(t.position_of, 0) / t.positions_per_beat  # (V,)
         past = allowed & (t.position_of >= 0) & (beat >= self.next_bar_start() - 1e-9)
         allowed &= ~past
-        return past if past.any() else None
+        return past if self._bar_position >= 0 and past.any() else None
 
     def _mask_window(
         self, allowed: np.ndarray, window: tuple[float, float], downbeat: bool, placed: bool

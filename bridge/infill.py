@@ -73,7 +73,7 @@ class Infiller:
     def __init__(self, vocab, error: Callable[[str, float, list], None]) -> None:
         self.vocab, self._error = vocab, error
         self.play = Playback()
-        # (pass, beat from bar 1's line, note) in the order heard; pass: the DAW pass's zero, or None
+        # (pass, note) in the order heard: note.onset in beats from bar 1's line; pass: the DAW pass's zero or None
         self._heard: deque[tuple[float | None, BeatNote]] = deque(maxlen=HEARD_BARS * NOTES_PER_BAR)
         self._daw = False  # the heard notes are on the DAW's bars
         self._anchor: float | None = None  # without DAW: timeline beat of bar 1

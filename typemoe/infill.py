@@ -28,7 +28,7 @@ On a file (`typemoe infill`): `infill_score` cuts the notes of bars first..last 
 from its time signatures) out of a copy of the score and puts the generated ones in; every other event
 (notes, tempo, time and key signatures, controllers) is the file's own, untouched. The REMI grid is
 lined up so that the span starts on a REMI bar line, and the middle is written in REMI bars of the
-file's meter at the span (remi_bar_beats: a 3/4 or 6/8 span in 3-beat bars, one per file bar; 4/4 in
+file's meter at the span (middle_bar_beats: a 3/4 or 6/8 span in 3-beat bars, one per file bar; 4/4 in
 REMI's own), as a continuation is (typemoe.grammar_tables.BarPlan); the prefix and suffix stay in REMI's
 4-beat bars, as the model was trained.
 """
@@ -277,7 +277,7 @@ def start_middle(
     """Set up the fill of n_bars bars between `prefix` (music ids up to the span's first bar line, empty
     bars included) and `suffix` (music ids from a Bar on): the session is reset and fed the FIM
     arrangement; both are cut to fit the context (prefix from its end, suffix from its start) with room
-    left for the middle. The middle is written in REMI bars of bar_beats beats (remi_bar_beats of the
+    left for the middle. The middle is written in REMI bars of bar_beats beats (middle_bar_beats of the
     music's meter: 3 for 3/4 and 6/8; REMI's own 4 by default), the prefix and suffix in REMI's 4-beat bars
     as the model was trained. span_ticks (default: the whole n_bars) ends the span inside its last bar.
     suffix_weight mixes the continuation reading in (SuffixMix; 1 = the infilling reading alone, no second

@@ -397,6 +397,26 @@ def test_a_waltz_continues_on_its_own_bar_line(which, model_dir, ckpt_dir, tmp_p
         assert len(res.score.tempos) == 1
 
 
+def test_without_meter_a_waltz_is_continued_in_its_time_signature(model_dir, tmp_path):
+    """No --meter: the file's own 3/4 counts the bars (not the model's estimate, which may say 6/4 and
+    double every bar); a file whose meter changes, or without one, falls back to the estimate."""
+    model = tools.open_model(model_dir)
+    prompt = _waltz(tmp_path / "waltz.mid")
+    res = tools.continuation_score(model, prompt, bars=3, controls={}, temperature=1.0, top_p=0.95, seed=0)
+    beats = [n.time / res.score.ticks_per_quarter for n in res.score.tracks[-1].notes]
+    assert (res.meter, res.meter_source, res.start_beat) == ("3/4", "time signature", 21)
+    assert beats and min(beats) == 21 and max(beats) < 21 + 3 * 3, beats
+    score = symusic.Score(str(prompt))
+    score.time_signatures.append(symusic.TimeSignature(6 * 480, 4, 4))
+    assert tools.file_meter(score) is None
+    score.time_signatures.clear()
+    assert tools.file_meter(score) is None
+    score.time_signatures.append(symusic.TimeSignature(0, 5, 4))
+    assert tools.file_meter(score) is None  # no class for it: the estimate decides
+    score.time_signatures[0] = symusic.TimeSignature(0, 6, 8)
+    assert tools.file_meter(score) == "6/8"
+
+
 def _assert_clean(track) -> None:
     notes = sorted((n.pitch, n.time, n.duration) for n in track.notes)
     for (p, t, d), (q, u, _) in zip(notes, notes[1:]):
@@ -404,7 +424,8 @@ def _assert_clean(track) -> None:
 
 
 def test_generated_file_is_clean_and_keeps_the_prompts_tempo(model_dir, tune, tmp_path, capsys):
-    """Without --meter the meter comes from the model's estimate; the output carries the prompt's tempo."""
+    """Without --meter the meter comes from the file's time signature (else the model's estimate); the
+    output carries the prompt's tempo."""
     score = symusic.Score(str(tune))
     score.tempos.append(symusic.Tempo(0, 96.0))
     prompt = tmp_path / "with_tempo.mid"
@@ -430,7 +451,7 @@ def test_generated_file_is_clean_and_keeps_the_prompts_tempo(model_dir, tune, tm
         == 0
     )
     line = capsys.readouterr().out
-    assert "(estimate)" in line or "(default)" in line
+    assert any(f"({how})" in line for how in ("time signature", "estimate", "default")), line
     result = symusic.Score(str(out))
     assert [round(t.qpm) for t in result.tempos] == [96]
     _assert_clean(result.tracks[-1])

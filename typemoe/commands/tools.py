@@ -27,8 +27,9 @@ emotion head and no --emotion-model: no emotion line.
 
 generate writes the prompt file unchanged (every track, tempo and timing as it was; a tempo of 120 qpm is
 added when the prompt has none) plus one new track holding the continuation. The continuation starts on
-the prompt's next bar line of the meter (--meter, else the model's meter estimate at the end of the
-prompt, else 4/4) with a note on that downbeat, and lasts --bars bars of that meter. Control tokens
+the prompt's next bar line of the meter (--meter, else the file's time signature when it has one meter
+the model knows, else the model's meter estimate at the end of the prompt, else 4/4) with a note on that
+downbeat, and lasts --bars bars of that meter. Control tokens
 (--key, --meter, --genre, --emotion) go before the music; --guidance G > 1 strengthens them with
 classifier-free guidance, --head-guidance W steers the pitches toward --key by the model's own key head
 (typemoe.key_steering), and --key-lock allows only the pitches of --key's scale. The notes are clean:
@@ -261,13 +262,31 @@ class Continuation:
     score: object  # symusic.Score: the prompt plus the continuation track
     n_notes: int
     meter: str  # the meter whose bars were counted
-    meter_source: str  # "--meter" | "estimate" | "default"
+    meter_source: str  # "--meter" | "time signature" | "estimate" | "default"
     start_beat: float  # where the continuation starts, in quarter notes from the file's start
 
 
-def _meter_for(model, session, asked: str | None) -> tuple[str, str]:
+def file_meter(score) -> str | None:
+    """The prompt file's meter when all its time signatures agree on one the decoder has a bar for
+    ("3/4"), else None (none written, a change of meter, or one like 5/4 the model has no class for)."""
+    sigs = {(int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures}
+    if len(sigs) != 1:
+        return None
+    ((num, den),) = sigs
+    name = analysis.meter_name(analysis.parse_meter(f"{num}/{den}"))
+    try:
+        decoding.meter_beats(name)
+    except ValueError:
+        return None
+    return name
+
+
+def _meter_for(model, session, asked: str | None, score=None) -> tuple[str, str]:
     if asked:
         return analysis.meter_name(analysis.parse_meter(asked)), "--meter"
+    written = None if score is None else file_meter(score)
+    if written is not None:
+        return written, "time signature"
     out = session.last
     if out is not None and getattr(out, "meter_probs", None) is not None:
         name = _estimate(model, out, session.tokens)["meter"]
@@ -314,7 +333,7 @@ def continuation_score(
     session = model.session()
     for chunk in bar_chunks(vocab, [vocab.bos_id, *ctrl, *ids], max(1, model.context_len // 4)):
         session.feed(chunk)
-    meter, source = _meter_for(model, session, controls.get("meter"))
+    meter, source = _meter_for(model, session, controls.get("meter"), score)
     start = session.next_bar_line(meter)
     cursor, plan = session.cursor(), session.bar_plan(meter)  # where it stands, the bars it will write
     new = session.generate(

@@ -186,7 +186,7 @@ ADDRESSES = (
         2,
         2,
         "start_bar i, end_bar i",
-        "new notes for those heard bars (1-based), between the bars around them",
+        "new notes for those heard bars (1-based, of the music's meter), between the bars around them",
         _infill,
     ),
     Address("tempo", 1, 1, "bpm f", "internal clock tempo (refused while following MIDI clock)", _tempo),

@@ -166,6 +166,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train on the windows as they are, without performer augmentation (for ablations only)",
     )
+    p.add_argument(
+        "--no-phase-shift",
+        action="store_true",
+        help="keep each window's bars as the shards have them (shards re-barred in the music's own meter, "
+        "training/data/rebar.py); by default windows are shifted 0-3 beats against REMI's 4-beat bars",
+    )
 
 
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:

@@ -65,6 +65,8 @@ def build_config(args, vocab):
         cfg = replace(cfg, minor_share=args.minor_share)
     if getattr(args, "no_humanize", False):
         cfg = replace(cfg, humanize=False)
+    if getattr(args, "no_phase_shift", False):
+        cfg = replace(cfg, phase_shift=False)
     infill_p = getattr(args, "infill_p", None)
     if infill_p is not None:
         cfg = replace(cfg, infill_p=infill_p)

@@ -1,0 +1,117 @@
+"""Re-bar token shards: each piece in REMI bars of its own meter instead of REMI's 4 beats.
+
+    python -m typemoe.training.data.rebar SRC_SHARDS DST_SHARDS
+
+A piece whose meter label has a bar length is re-split into REMI bars of remi_bar_beats(meter) (3/4 and
+6/8 -> 3 beats, 2/4 -> 2, 3/8 -> 1.5; 4/4 and unlabelled pieces unchanged): the same notes (Pitch,
+Velocity, Duration ids untouched), each Position moved into the bar that holds it, so the pieces are in
+the bars the decoder writes a continuation of that meter in (typemoe.grammar_tables.BarPlan) and
+TokenReader(vocab, plan=BarPlan(0, beats)) reads back the notes the 4-beat ids held.
+
+Train on such shards with `typemoe train --no-phase-shift` (the phase shift re-bars every window in 4-beat
+bars) and `--no-humanize` (its re-timing does too). What it did for the shipped model's continuations:
+docs/GPU.md, "Meter: train in the music's own bars".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from typemoe import grammar_tables
+from typemoe.training.data.shards import ShardError, ShardSet
+from typemoe.vocab import BEATS_PER_BAR, TICKS_PER_BEAT
+
+
+def rebar_ids(ids: np.ndarray, tables, bar_ticks: int) -> np.ndarray:
+    """Music ids in REMI's 4-beat bars (starting at a Bar) -> the same notes in bars of bar_ticks grid
+    ticks; empty bars are kept as Bar tokens."""
+    n_pos = BEATS_PER_BAR * TICKS_PER_BEAT
+    position_id = {int(p): i for i, p in enumerate(tables.position_of) if p >= 0}
+    bar = int(np.flatnonzero(tables.is_bar)[0])
+    out: list[int] = []
+    bar_in = bar_out = -1
+    for x in np.asarray(ids).tolist():
+        if tables.is_bar[x]:
+            bar_in += 1
+            continue
+        p = int(tables.position_of[x])
+        if p >= 0:
+            tick = max(bar_in, 0) * n_pos + p
+            while bar_out < tick // bar_ticks:
+                out.append(bar)
+                bar_out += 1
+            out.append(position_id[tick % bar_ticks])
+            continue
+        if bar_out < 0:
+            out.append(bar)
+            bar_out = 0
+        out.append(x)
+    return np.asarray(out, dtype=np.int64)
+
+
+def piece_bar_ticks(meter_name: str | None) -> int:
+    """Grid ticks of the bars a piece of this meter label is re-split into (REMI's 16 when it has none)."""
+    if not meter_name:
+        return BEATS_PER_BAR * TICKS_PER_BEAT
+    try:
+        return int(round(grammar_tables.remi_bar_beats(meter_name) * TICKS_PER_BEAT))
+    except ValueError:  # "other": no bar length
+        return BEATS_PER_BAR * TICKS_PER_BEAT
+
+
+def rebar_shards(src: Path, dst: Path, vocab) -> dict[int, int]:
+    """Write the re-barred copy of shard set `src` to `dst` (labels, splits and ids as they are); returns
+    the number of pieces per bar length in grid ticks."""
+    sh = ShardSet(src, vocab=vocab)
+    tables = grammar_tables.tables_of(vocab)
+    names = sh.label_names["meter"]
+    pieces, counts = [], {}
+    for i in range(len(sh)):
+        m = int(sh.labels["meter"][i])
+        ticks = piece_bar_ticks(names[m] if m >= 0 else None)
+        counts[ticks] = counts.get(ticks, 0) + 1
+        ids = np.asarray(sh.tokens_of(i), dtype=np.int64)
+        pieces.append(ids if ticks == BEATS_PER_BAR * TICKS_PER_BEAT else rebar_ids(ids, tables, ticks))
+    dst.mkdir(parents=True, exist_ok=True)
+    manifest = dict(sh.manifest)
+    for f in manifest["files"]:
+        if f not in ("tokens.bin", "offsets.npy"):
+            shutil.copy(src / f, dst / f)
+    offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(p) for p in pieces])
+    np.save(dst / "offsets.npy", offsets)
+    with (dst / "tokens.bin").open("wb") as f:
+        for p in pieces:
+            f.write(p.astype(np.uint16).tobytes())
+    manifest["fingerprint"] = f"{manifest['fingerprint']}-rebarred"
+    manifest["counts"] = dict(manifest["counts"], tokens=int(offsets[-1]))
+    manifest["options"] = dict(manifest.get("options", {}), rebarred_from=str(src))
+    (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m typemoe.training.data.rebar", description=__doc__)
+    p.add_argument("src", type=Path, help="token shard directory (REMI 4-beat bars)")
+    p.add_argument("dst", type=Path, help="where to write the re-barred shards")
+    args = p.parse_args(argv)
+    from typemoe.vocab import TypedVocab
+
+    try:
+        counts = rebar_shards(args.src, args.dst, TypedVocab.default())
+    except ShardError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    per = ", ".join(f"{n} in {t / TICKS_PER_BEAT:g}-beat bars" for t, n in sorted(counts.items()))
+    sys.stdout.write(f"wrote {args.dst}: {per}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from typemoe import decoding
+from typemoe import context_slide, decoding
 from typemoe.bridge import infill
 from typemoe.bridge.continuation import bar_plan, generate_kwargs
 from typemoe.bridge.events import (
@@ -112,7 +112,7 @@ class ContextPolicy:
         room = self.context_len - self.reserve - 1 - len(self.controls)
         keep = max(0, min(keep, room))
         music = list(self._history)[-keep:] if keep else []
-        music = music[decoding.from_bar(music, 0, lambda i: i == self.bar) :]  # none without a Bar
+        music = music[context_slide.from_bar(music, 0, lambda i: i == self.bar) :]  # none without a Bar
         self._history = deque(music, maxlen=self.context_len)
         return Plan((self.bos, *self.controls, *music), rebuild=True, has_music=bool(music))
 

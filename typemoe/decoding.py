@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from typemoe.context_slide import SLIDE_KEEP, from_bar, slide_keep  # noqa: F401  (the decoder's public names)
 from typemoe.grammar_tables import (  # noqa: F401  (the decoder's public names)
     SCALES,
     BarPlan,
@@ -51,14 +52,13 @@ from typemoe.grammar_tables import (  # noqa: F401  (the decoder's public names)
     tables_of,
 )
 from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE, KeyHeadGuide, asked_key, check_head_guidance
-from typemoe.sampling import check_sampling, guide, sample_next, softmax
+from typemoe.sampling import check_sampling, guide, sample_next, softmax, spill_to_bar
 from typemoe.streaming import TokenCursor
 from typemoe.vocab import BEATS_PER_BAR
 
 log = logging.getLogger(__name__)
 
 TOKENS_PER_BAR_CAP = 256  # generate(n_bars=...) without n_tokens stops after n_bars * this many ids
-SLIDE_KEEP = 3 / 4  # a slide keeps this fraction of the context
 Hook = Callable[["Session", np.ndarray, np.ndarray], None]
 
 
@@ -86,35 +86,6 @@ class Engine(Protocol):
         ...
 
     def copy_cache(self, dst: Any, src: Any, n_rows: int) -> None: ...
-
-
-def from_bar(ids: Sequence[int], start: int, is_bar: Callable[[int], bool]) -> int:
-    """The first index at or after `start` whose id is a Bar, len(ids) when there is none: where a window
-    keeping the recent ids ids[start:] opens on a bar line. The one rule of what a slide keeps, for the
-    decoder (slide_keep) and the bridge's context rebuilds (bridge/worker.py's ContextPolicy)."""
-    for i in range(max(0, start), len(ids)):
-        if is_bar(ids[i]):
-            return i
-    return len(ids)
-
-
-def slide_keep(
-    tokens: Sequence[int],
-    is_control: np.ndarray,
-    context_len: int,
-    is_bar: Callable[[int], bool] | None = None,
-) -> list[int]:
-    """Indices of `tokens` to re-prefill when the context is full: the leading control tokens (at most a
-    quarter of the context), then the most recent tokens, SLIDE_KEEP of the context in all, from their
-    first bar line when `is_bar` is given and they hold one."""
-    n_pre = 0
-    while n_pre < min(len(tokens), context_len // 4) and is_control[tokens[n_pre]]:
-        n_pre += 1
-    start = max(n_pre, len(tokens) - (int(SLIDE_KEEP * context_len) - n_pre))
-    if is_bar is not None:
-        aligned = from_bar(tokens, start, is_bar)
-        start = aligned if aligned < len(tokens) else start
-    return [*range(n_pre), *range(start, len(tokens))]
 
 
 # --------------------------------------------------------------------------- the session
@@ -594,18 +565,6 @@ class Session:
         last = self.tokens[-1]
         self.rewind(self.n_past - 1)
         self.feed([last])
-
-
-def spill_to_bar(logits: np.ndarray, spill: np.ndarray, is_bar: np.ndarray) -> np.ndarray:
-    """(V,) logits with the probability of the `spill` ids (Positions past a planned bar's end) added to
-    the Bar's: log(p_bar + sum p_spill). Without it a 3-beat bar's end leaves the model only more notes at
-    its last position (its 4-beat habits put little on a Bar there), and it stacks chords of every pitch
-    the unique-pitch rule leaves."""
-    out = np.array(logits, dtype=np.float32)
-    z = out[spill].astype(np.float64)
-    m = z.max()
-    out[is_bar] = np.logaddexp(out[is_bar], m + np.log(np.exp(z - m).sum()))
-    return out
 
 
 def continuation(

@@ -102,8 +102,13 @@ def remi_bar_beats(meter: str | int) -> float:
     The model's habits are bar-relative (phrases and long notes start on Position_0 after a Bar), so a
     3/4 continuation written in 3-beat REMI bars is heard in three; in 4-beat bars it is heard in four
     whatever its bar lines say. Raises ValueError for a meter without a bar length (meter_beats)."""
-    span = meter_beats(meter)
-    return span / int(np.ceil(span / BEATS_PER_BAR - 1e-9))
+    return bar_part_beats(meter_beats(meter))
+
+
+def bar_part_beats(bar: float) -> float:
+    """A bar of `bar` beats itself when it fits in REMI's four beats, else its smallest whole part that
+    does (6 -> 3, 4.5 -> 2.25, 5 -> 2.5): the REMI bars music of that bar length is written in."""
+    return bar / int(np.ceil(bar / BEATS_PER_BAR - 1e-9))
 
 
 @dataclass(frozen=True)

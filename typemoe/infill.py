@@ -41,8 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from typemoe import key_steering, note_writer, sampling
-from typemoe.decoding import spill_to_bar
-from typemoe.grammar_tables import BarPlan, tables_of
+from typemoe.grammar_tables import BarPlan, bar_part_beats, tables_of
 from typemoe.note_writer import Note
 from typemoe.vocab import (
     BEATS_PER_BAR,
@@ -190,7 +189,7 @@ class SuffixMix:
             if uncond is not None:
                 cont = sampling.guide(cont, uncond.last.logits, self.guidance)
         if session.spill is not None:  # the session's bar ends here: so does the reader's (its logits, too)
-            cont = spill_to_bar(cont, session.spill, session.tables.is_bar)
+            cont = sampling.spill_to_bar(cont, session.spill, session.tables.is_bar)
         logits[:] = mix_readings(logits, cont, self.weight, self.end_id)
 
 
@@ -385,8 +384,7 @@ def middle_bar_beats(meter: str) -> float:
     own 4 for a bar the 16th-note grid cannot hold (its last bar is then cut at the span's end)."""
     try:
         num, den = (int(x) for x in meter.split("/"))
-        bar = num * BEATS_PER_BAR / den
-        beats = bar / int(np.ceil(bar / BEATS_PER_BAR - 1e-9))
+        beats = bar_part_beats(num * BEATS_PER_BAR / den)
         bar_grid_ticks(beats)
     except (ValueError, ZeroDivisionError, InfillError):
         return float(BEATS_PER_BAR)

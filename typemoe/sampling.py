@@ -62,3 +62,15 @@ def check_sampling(temperature: float, top_p: float, guidance: float = 1.0) -> N
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     if not guidance >= 0:
         raise ValueError(f"guidance must be >= 0 (1 = off), got {guidance}")
+
+
+def spill_to_bar(logits: np.ndarray, spill: np.ndarray, is_bar: np.ndarray) -> np.ndarray:
+    """(V,) logits with the probability of the `spill` ids (Positions past a planned bar's end) added to
+    the Bar's: log(p_bar + sum p_spill). Without it a 3-beat bar's end leaves the model only more notes at
+    its last position (its 4-beat habits put little on a Bar there), and it stacks chords of every pitch
+    the unique-pitch rule leaves."""
+    out = np.array(logits, dtype=np.float32)
+    z = out[spill].astype(np.float64)
+    m = z.max()
+    out[is_bar] = np.logaddexp(out[is_bar], m + np.log(np.exp(z - m).sum()))
+    return out

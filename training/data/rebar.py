@@ -28,31 +28,38 @@ from typemoe.training.data.shards import ShardError, ShardSet
 from typemoe.vocab import BEATS_PER_BAR, TICKS_PER_BEAT
 
 
-def rebar_ids(ids: np.ndarray, tables, bar_ticks: int) -> np.ndarray:
-    """Music ids in REMI's 4-beat bars (starting at a Bar) -> the same notes in bars of bar_ticks grid
-    ticks; empty bars are kept as Bar tokens."""
-    n_pos = BEATS_PER_BAR * TICKS_PER_BEAT
-    position_id = {int(p): i for i, p in enumerate(tables.position_of) if p >= 0}
-    bar = int(np.flatnonzero(tables.is_bar)[0])
+def resplit_bars(ids, *, bar: int, pos_lo: int, n_pos: int, bar_ticks: int, shift: int = 0) -> np.ndarray:
+    """Music ids starting at a Bar, in bars of n_pos grid ticks (Position ids pos_lo.., contiguous) -> the
+    same notes `shift` ticks later, in bars of bar_ticks ticks: Position p of bar b is absolute tick
+    b * n_pos + p + shift, re-split into (bar, position); Bar tokens are re-emitted (empty bars included),
+    every other id is kept as it is. The re-barring of rebar_ids and of training's phase shift."""
     out: list[int] = []
     bar_in = bar_out = -1
     for x in np.asarray(ids).tolist():
-        if tables.is_bar[x]:
+        if x == bar:
             bar_in += 1
             continue
-        p = int(tables.position_of[x])
-        if p >= 0:
-            tick = max(bar_in, 0) * n_pos + p
+        if pos_lo <= x < pos_lo + n_pos:
+            tick = max(bar_in, 0) * n_pos + (x - pos_lo) + shift
             while bar_out < tick // bar_ticks:
                 out.append(bar)
                 bar_out += 1
-            out.append(position_id[tick % bar_ticks])
+            out.append(pos_lo + tick % bar_ticks)
             continue
-        if bar_out < 0:
+        if bar_out < 0:  # events before any position (not valid REMI, but keep the stream well-formed)
             out.append(bar)
             bar_out = 0
         out.append(x)
     return np.asarray(out, dtype=np.int64)
+
+
+def rebar_ids(ids: np.ndarray, tables, bar_ticks: int) -> np.ndarray:
+    """Music ids in REMI's 4-beat bars (starting at a Bar) -> the same notes in bars of bar_ticks grid
+    ticks; empty bars are kept as Bar tokens."""
+    n_pos = BEATS_PER_BAR * TICKS_PER_BEAT
+    bar = int(np.flatnonzero(tables.is_bar)[0])
+    pos_lo = int(np.flatnonzero(tables.position_of == 0)[0])  # Position ids are contiguous (vocab)
+    return resplit_bars(ids, bar=bar, pos_lo=pos_lo, n_pos=n_pos, bar_ticks=bar_ticks)
 
 
 def piece_bar_ticks(meter_name: str | None) -> int:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from typemoe import analysis
+from typemoe.training.data.rebar import resplit_bars
 from typemoe.training.data.sources import location_free
 from typemoe.training.learn import infill_data
 from typemoe.training.learn.humanize import Humanizer
@@ -192,25 +193,14 @@ class TokenOps:
         """
         if beats == 0:
             return ids
-        out: list[int] = []
-        bar_in, bar_out = -1, -1
-        shift = beats * self.ticks_per_beat
-        for t in ids.tolist():
-            if t == self.bar:
-                bar_in += 1
-                continue
-            if self.pos_lo <= t < self.pos_lo + self.n_pos:
-                tick = max(bar_in, 0) * self.n_pos + (t - self.pos_lo) + shift
-                while bar_out < tick // self.n_pos:
-                    out.append(self.bar)
-                    bar_out += 1
-                out.append(self.pos_lo + tick % self.n_pos)
-                continue
-            if bar_out < 0:  # events before any position (not valid REMI, but keep the stream well-formed)
-                out.append(self.bar)
-                bar_out = 0
-            out.append(t)
-        return np.asarray(out, dtype=np.int64)
+        return resplit_bars(
+            ids,
+            bar=self.bar,
+            pos_lo=self.pos_lo,
+            n_pos=self.n_pos,
+            bar_ticks=self.n_pos,
+            shift=beats * self.ticks_per_beat,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- samples

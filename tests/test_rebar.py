@@ -90,3 +90,82 @@ def test_the_cli_writes_the_rebarred_set_and_refuses_a_bad_one(shards, tmp_path,
     assert "3-beat bars" in capsys.readouterr().out
     assert rebar.main([str(tmp_path / "nothing"), str(tmp_path / "out2")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def _placed(vocab, ids, plan) -> list[tuple[float, float, int, int]]:
+    """The notes of ids read by a plan, after checking that every Position lies inside its bar."""
+    t = grammar_tables.tables_of(vocab)
+    bar_start, bar_end = None, 0.0
+    for x in np.asarray(ids).tolist():
+        if t.is_bar[x]:
+            bar_start = bar_end if bar_start is not None else 0.0
+            bar_end = grammar_tables.next_bar_start(bar_start, plan)
+        elif t.position_of[x] >= 0:
+            assert bar_start + t.position_of[x] / 4 < bar_end - 1e-9, (bar_start, t.position_of[x], bar_end)
+    return [
+        (n.onset, n.duration, n.pitch) for n in TokenReader(vocab, TokenCursor(-1, 0, 0.0), plan).read(ids)
+    ]
+
+
+def _triple_pieces(src) -> list[int]:
+    names = src.label_names["meter"]
+    meters = [int(m) for m in src.labels["meter"]]
+    return [i for i, m in enumerate(meters) if m >= 0 and rebar.piece_bar_ticks(names[m]) == 12]
+
+
+def test_a_window_moves_into_its_meters_bars_at_one_of_its_bar_lines(shards, vocab):
+    """training's own-bars windows: 4-beat bars until a bar line of the piece's meter, then 3-beat bars,
+    as BarPlan reads a continuation; the same notes, every Position inside its bar."""
+    from typemoe.training.learn.data import TokenOps, meter_bars
+
+    ops, src = TokenOps(vocab), ShardSet(shards, vocab=vocab)
+    switches = set()
+    for i in _triple_pieces(src)[:6]:
+        ids = np.asarray(src.tokens_of(i), dtype=np.int64)
+        bars = np.flatnonzero(ids == ops.bar)
+        for bar_index in (0, 1, 2):
+            window = ids[bars[bar_index] : bars[bar_index] + 200]
+            for seed in range(3):
+                out, switch = meter_bars(window, ops, bar_index, 12, np.random.default_rng(seed))
+                assert (bar_index * 16 + switch) % 12 == 0  # a bar line of the piece's 3/4
+                plan = grammar_tables.BarPlan(switch / 4, 3.0)
+                assert _placed(vocab, out, plan) == _placed(vocab, window, None)
+                switches.add(switch)
+    assert {0, 4, 8} <= switches and max(switches) > 12  # the first bar line, and later ones
+
+
+def test_own_bars_windows_carry_no_head_targets_and_leave_four_four_pieces_alone(shards, vocab):
+    from typemoe.training.learn.data import TokenOps, bar_ticks_of, load_pieces, make_sample
+
+    ops, pieces = TokenOps(vocab), load_pieces([shards], vocab)
+    ticks = bar_ticks_of(pieces)
+    kw = dict(ops=ops, seq_len=256, transpose=6, phase_shift=True)
+    triple = [i for i in range(len(pieces)) if ticks[i] == 12]
+    four = [i for i in range(len(pieces)) if ticks[i] == 16]
+    assert triple and four
+    for i in four[:4]:
+        a = make_sample(pieces, i, np.random.default_rng(i), **kw)
+        b = make_sample(pieces, i, np.random.default_rng(i), own_bars=1.0, bar_ticks=16, **kw)
+        assert np.array_equal(a.ids, b.ids) and a.head_from == b.head_from < len(a.ids)
+    more_bars = 0
+    for i in triple[:8]:
+        s = make_sample(pieces, i, np.random.default_rng(i), own_bars=1.0, bar_ticks=12, **kw)
+        assert s.head_from == len(s.ids)  # analysis reads 4-beat bars: no head learns from these
+        plain = make_sample(pieces, i, None, ops=ops, seq_len=256)
+        more_bars += (s.ids == ops.bar).sum() > (plain.ids == ops.bar).sum()
+    assert more_bars >= 6  # 3-beat bars: more of them in the same music
+
+
+def test_own_bars_reaches_the_config_and_is_left_out_of_old_configs(shards, tmp_path, vocab):
+    pytest.importorskip("torch")
+    from typemoe.training.learn.cli import train_parser
+    from typemoe.training.learn.config import TrainConfig
+    from typemoe.training.learn.pretrain import build_config
+
+    parse = train_parser("typemoe train").parse_args
+    off = build_config(parse(tiny_args(shards, tmp_path / "a")), vocab)
+    assert off.own_bars == 0 and "own_bars" not in off.to_dict()  # a run from before it resumes as it was
+    on = build_config(parse(tiny_args(shards, tmp_path / "b", extra=("--own-bars", "0.5"))), vocab)
+    assert on.own_bars == 0.5 and TrainConfig.from_dict(on.to_dict()).own_bars == 0.5
+    with pytest.raises(ValueError, match="own_bars"):
+        build_config(parse(tiny_args(shards, tmp_path / "c", extra=("--own-bars", "1.5"))), vocab)

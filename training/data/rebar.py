@@ -28,11 +28,25 @@ from typemoe.training.data.shards import ShardError, ShardSet
 from typemoe.vocab import BEATS_PER_BAR, TICKS_PER_BEAT
 
 
-def resplit_bars(ids, *, bar: int, pos_lo: int, n_pos: int, bar_ticks: int, shift: int = 0) -> np.ndarray:
+def resplit_bars(
+    ids, *, bar: int, pos_lo: int, n_pos: int, bar_ticks: int, shift: int = 0, switch: int = 0
+) -> np.ndarray:
     """Music ids starting at a Bar, in bars of n_pos grid ticks (Position ids pos_lo.., contiguous) -> the
     same notes `shift` ticks later, in bars of bar_ticks ticks: Position p of bar b is absolute tick
     b * n_pos + p + shift, re-split into (bar, position); Bar tokens are re-emitted (empty bars included),
-    every other id is kept as it is. The re-barring of rebar_ids and of training's phase shift."""
+    every other id is kept as it is. The re-barring of rebar_ids and of training's phase shift.
+
+    switch > 0 gives the bars of typemoe.grammar_tables.BarPlan(start=switch): bars of n_pos ticks until
+    tick `switch` (the bar that holds it is cut there), then bars of bar_ticks from it: a window whose
+    music moves into its meter's bars at a bar line of that meter, as the decoder writes a continuation."""
+    head = -(-switch // n_pos)  # n_pos-tick bars before the switch, the last one cut at it
+
+    def place(tick: int) -> tuple[int, int]:
+        if tick < switch:
+            return divmod(tick, n_pos)
+        b, p = divmod(tick - switch, bar_ticks)
+        return head + b, p
+
     out: list[int] = []
     bar_in = bar_out = -1
     for x in np.asarray(ids).tolist():
@@ -40,11 +54,11 @@ def resplit_bars(ids, *, bar: int, pos_lo: int, n_pos: int, bar_ticks: int, shif
             bar_in += 1
             continue
         if pos_lo <= x < pos_lo + n_pos:
-            tick = max(bar_in, 0) * n_pos + (x - pos_lo) + shift
-            while bar_out < tick // bar_ticks:
+            b, p = place(max(bar_in, 0) * n_pos + (x - pos_lo) + shift)
+            while bar_out < b:
                 out.append(bar)
                 bar_out += 1
-            out.append(pos_lo + tick % bar_ticks)
+            out.append(pos_lo + p)
             continue
         if bar_out < 0:  # events before any position (not valid REMI, but keep the stream well-formed)
             out.append(bar)

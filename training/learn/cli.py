@@ -172,6 +172,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="keep each window's bars as the shards have them (shards re-barred in the music's own meter, "
         "training/data/rebar.py); by default windows are shifted 0-3 beats against REMI's 4-beat bars",
     )
+    p.add_argument(
+        "--own-bars",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of the windows of a metered piece (3/4, 6/8, 2/4, ...) written in REMI bars of its meter, "
+        "as a continuation in that meter is decoded; no head targets on them (default: 0, or the resumed run's)",
+    )
 
 
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:

@@ -139,6 +139,13 @@ class TrainConfig:
     """Share of windows rearranged for fill-in-the-middle (training/learn/infill_data.py): n = 1-4 whole bars
     moved after the rest, between Infill_* tokens. 0 = off; `typemoe train` uses 0.25. Needs a
     vocabulary with the infilling tokens (typemoe/vocab.py)."""
+    own_bars: float = 0.0
+    """Pre-training and conditional: the share of windows of a metered piece (3/4, 6/8, 2/4, ...) written in
+    REMI bars of its meter, as the decoder writes a continuation in that meter (typemoe.grammar_tables.
+    BarPlan; training/learn/data.py meter_bars): 4-beat bars until a bar line of the meter, then bars of
+    its length. A model that never saw a 3-beat REMI bar cannot fill one (docs/GPU.md, "Meter: train in
+    the music's own bars"). These windows have no phase shift and no head targets: analysis reads music
+    in REMI's 4-beat bars. 0 = off (every window in 4-beat bars)."""
     head_only: bool = False
     """Classification fine-tuning: train the classification head alone. Every other weight stays exactly
     as --from had it, so the model keeps its next-token, key and meter heads and one exported graph
@@ -190,7 +197,7 @@ class TrainConfig:
             raise ValueError(
                 f"control_window must be 0 or in 16..seq_len={self.seq_len}, got {self.control_window}"
             )
-        for name in ("control_dropout", "control_p", "control_start_p", "key_move_p", "infill_p"):
+        for name in ("control_dropout", "control_p", "control_start_p", "key_move_p", "infill_p", "own_bars"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.head_only and self.task not in ("genre", "emotion", "composer"):
@@ -203,6 +210,8 @@ class TrainConfig:
             raise ValueError("infill_only trains the infilling tokens; it needs infill_p > 0")
         if self.infill_only and self.controls_only:
             raise ValueError("infill_only and controls_only each train their own rows: pick one per run")
+        if self.own_bars > 0 and self.task not in ("pretrain", "conditional"):
+            raise ValueError(f"own_bars is for generation (pretrain, conditional), not task {self.task!r}")
         if self.infill_p > 0 and self.task not in ("pretrain", "conditional"):
             raise ValueError(f"infill_p is for generation (pretrain, conditional), not task {self.task!r}")
         for name in ("log_every", "eval_every", "ckpt_every", "eval_pieces"):
@@ -223,8 +232,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if d["infill_p"] == 0:  # left out when off, so the configs of runs from before infilling still match
-            del d["infill_p"]
+        # left out when off, so the configs of runs from before them still match
+        for name in ("infill_p", "own_bars"):
+            if d[name] == 0:
+                del d[name]
         return d
 
     @classmethod

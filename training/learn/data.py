@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from typemoe import analysis
-from typemoe.training.data.rebar import resplit_bars
+from typemoe.training.data.rebar import piece_bar_ticks, resplit_bars
 from typemoe.training.data.sources import location_free
 from typemoe.training.learn import infill_data
 from typemoe.training.learn.humanize import Humanizer
@@ -231,6 +231,8 @@ def make_sample(
     control_start_p: float = 0.0,
     key_move_p: float = 0.0,
     humanizer: Humanizer | None = None,
+    own_bars: float = 0.0,
+    bar_ticks: int = 0,
     tasks=analysis.LABELS,
 ) -> Sample:
     """One window of piece i; rng=None gives the deterministic view (first bar, no augmentation).
@@ -240,6 +242,10 @@ def make_sample(
     `control_window` tokens long (0 = seq_len) and starts at the piece's first bar with probability
     `control_start_p` (config.py says why). The heads are trained only on windows
     without a prefix (head_from = the end), so they learn to read the music, not the answer.
+
+    own_bars: the probability that the window is written in bars of its piece's meter, `bar_ticks` grid
+    ticks long (0 or 4 beats: never), from a bar line of that meter on (meter_bars); such a window has no
+    phase shift and no head targets (analysis reads music in REMI's 4-beat bars).
     """
     tokens = pieces.tokens[i]
     labels = {t: int(pieces.label(t)[i]) for t in tasks}
@@ -248,6 +254,7 @@ def make_sample(
         controls = rng is not None and rng.random() < float(controls)
     n_ctrl_max = 4 if controls else 0
     room = (control_window if controls and control_window else seq_len) - 1 - n_ctrl_max  # music that fits
+    own = False
     if rng is None or bars.size == 0:
         start = int(bars[0]) if bars.size else 0
         beats, k = 0, 0
@@ -257,7 +264,8 @@ def make_sample(
         start = int(rng.choice(starts)) if starts.size else int(bars[0])
         if controls and control_start_p > 0 and rng.random() < control_start_p:
             start = int(bars[0])
-        beats = int(rng.integers(0, 4)) if phase_shift else 0
+        own = own_bars > 0 and 0 < bar_ticks != ops.n_pos and rng.random() < own_bars
+        beats = int(rng.integers(0, 4)) if phase_shift and not own else 0
         k = 0
         if transpose:
             lo, hi = ops.transpose_range(tokens[start : start + room + 8], transpose)
@@ -265,7 +273,10 @@ def make_sample(
     music = tokens[start : start + room + 8]  # a little slack: the phase shift may add Bar tokens
     if humanizer is not None and rng is not None:
         music = humanizer(music, rng)
-    music = ops.phase_shift(music, beats)[:room]
+    if own:
+        music = meter_bars(music, ops, int(np.searchsorted(bars, start)), bar_ticks, rng)[0][:room]
+    else:
+        music = ops.phase_shift(music, beats)[:room]
     if k:
         music = np.where(ops.is_pitch(music), music + k, music)
     if labels.get("key", -1) >= 0 and k:
@@ -284,9 +295,27 @@ def make_sample(
     ids = np.concatenate([[ops.bos], ctrl, music]).astype(np.int64)
     bar_pos = np.flatnonzero(ids == ops.bar)
     head_from = int(bar_pos[head_start_bar - 1]) if bar_pos.size >= head_start_bar else len(ids)
-    if ctrl:
+    if ctrl or own:
         head_from = len(ids)  # a head that sees Key_X in its context would learn to copy it
     return Sample(ids=ids, head_from=head_from, shift=k, labels=labels, piece=i)
+
+
+def meter_bars(
+    music: np.ndarray, ops: TokenOps, bar_index: int, bar_ticks: int, rng
+) -> tuple[np.ndarray, int]:
+    """A window of 4-beat REMI bars that opens at the piece's bar `bar_index` -> the same notes in the bars
+    the decoder writes a continuation of the piece's meter in (typemoe.grammar_tables.BarPlan): 4-beat bars
+    until one of the meter's bar lines (bar_ticks apart from the piece's start) in the first half of the
+    window, picked at random, the first one most often, then bars of bar_ticks. A bare prompt in that
+    meter is the window switched at its first bar line; a prompt continued in its meter, a later one.
+    Returns the ids and the switch's tick in the window."""
+    n_pos = ops.n_pos
+    first = -(bar_index * n_pos) % bar_ticks  # window tick of the first bar line of the meter
+    n_bars = max(int((music == ops.bar).sum()), 1)
+    lines = np.arange(first, max(n_bars * n_pos // 2, first + 1), bar_ticks)
+    switch = int(lines[0]) if rng.random() < 0.5 else int(rng.choice(lines))
+    ids = resplit_bars(music, bar=ops.bar, pos_lo=ops.pos_lo, n_pos=n_pos, bar_ticks=bar_ticks, switch=switch)
+    return ids, switch
 
 
 def _move_opening(music: np.ndarray, rng: np.random.Generator, ops: TokenOps) -> np.ndarray:
@@ -376,6 +405,12 @@ class SamplerState:
         return dict(step=self.step, seed=self.seed, n_pieces=self.n_pieces, batch_size=self.batch_size)
 
 
+def bar_ticks_of(pieces: Pieces) -> np.ndarray:
+    """(N,) grid ticks of the bars each piece's meter label is written in (REMI's 4 beats without one)."""
+    names, meter = pieces.label_names.get("meter", ()), pieces.label("meter")
+    return np.asarray([piece_bar_ticks(names[m] if m >= 0 else None) for m in meter], dtype=np.int64)
+
+
 def window_controls(cfg) -> bool | float:
     """Whether training windows carry control tokens: conditional always, pre-training with cfg.control_p,
     classification never (an Emotion_* prefix would hand the classifier its label)."""
@@ -414,6 +449,7 @@ class WindowSampler:
         self.humanizer = Humanizer(vocab) if cfg.humanize else None
         self.fim = infill_data.FimOps(vocab) if getattr(cfg, "infill_p", 0) > 0 else None
         self._epoch = epoch_pieces(pieces, getattr(cfg, "minor_share", 0.0))  # (N,) before shuffling
+        self._bar_ticks = bar_ticks_of(pieces)  # (N,) grid ticks of each piece's meter's bars
         self._perm_epoch, self._perm = -1, None
 
     def load_state(self, d: dict) -> None:
@@ -438,9 +474,10 @@ class WindowSampler:
 
     def sample(self, g: int) -> Sample:
         cfg = self.cfg
+        i = self._piece_of(g)
         s = make_sample(
             self.pieces,
-            self._piece_of(g),
+            i,
             np.random.default_rng((cfg.seed, g)),
             ops=self.ops,
             seq_len=cfg.seq_len,
@@ -453,6 +490,8 @@ class WindowSampler:
             control_start_p=cfg.control_start_p,
             key_move_p=cfg.key_move_p,
             humanizer=self.humanizer,
+            own_bars=getattr(cfg, "own_bars", 0.0),
+            bar_ticks=int(self._bar_ticks[i]),
         )
         rng = np.random.default_rng((cfg.seed, g, infill_data.SALT))
         return infill_data.maybe_fim(s, self.fim, cfg.infill_p, cfg.seq_len, rng)

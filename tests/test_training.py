@@ -477,6 +477,33 @@ def test_infill_only_learns_the_infilling_rows_and_nothing_else(shards, tmp_path
     assert "infill_only" in capsys.readouterr().err
 
 
+def test_whole_model_training_starts_from_a_checkpoint_with_a_class_head(shards, tmp_path):
+    """`typemoe train --init` from a model that carries a classification head (the shipped graph's emotion
+    head, recovered by from_onnx): the whole trunk trains, the head is kept as it was (pre-training has no
+    loss for it) with its class names, so the run exports with every head."""
+    common = ["--data", str(shards), "--max-steps", "2", "--batch-size", "4", "--micro-batch", "2"]
+    common += ["--seq-len", "64", "--threads", "1", "--lr", "1e-2"]
+    assert pretrain.main(tiny_args(shards, tmp_path / "pre", steps=2)) == 0
+    head = tmp_path / "head"
+    args = ["--task", "genre", "--head-only", "--from", str(tmp_path / "pre"), "--out", str(head), *common]
+    assert finetune.main(args) == 0
+    whole = tmp_path / "whole"
+    flags = ["--own-bars", "0.5", "--objective", "ssmtp"]
+    assert (
+        pretrain.main(
+            ["--preset", "tiny", "--init", str(head / "latest"), *flags, "--out", str(whole), *common]
+        )
+        == 0
+    )
+    sb, sa = checkpoint.load(head / "latest").state_dict(), checkpoint.load(whole / "latest").state_dict()
+    assert set(sa) == set(sb)
+    changed = {k for k in sb if not torch.equal(sb[k], sa[k])}
+    assert "cls_head.weight" not in changed and "cls_head.bias" not in changed
+    assert any(k.startswith("blocks.") for k in changed)  # the trunk trained
+    names = checkpoint.read_config(head / "latest")[2]["class_names"]
+    assert names and checkpoint.read_config(whole / "latest")[2]["class_names"] == names
+
+
 def test_finetune_conditional(shards, tmp_path):
     pre = tmp_path / "pre"
     assert pretrain.main(tiny_args(shards, pre, steps=2)) == 0

@@ -100,7 +100,9 @@ def init_model(path, cfg, vocab=None, *, own_shapes: bool = False):
             model = infill_data.grow_vocab(model, vocab)
     except (checkpoint.CheckpointError, ValueError) as err:
         raise ValueError(f"--init {path}: {err}") from err
-    if model.cfg != cfg.model and not own_shapes:
+    # a classification head (the shipped emotion head) is kept as it is: pre-training never trains it
+    trunk = replace(model.cfg, n_classes=cfg.model.n_classes)
+    if trunk != cfg.model and not own_shapes:
         raise ValueError(
             f"--init {path}: its model shapes differ from the preset's ({model.cfg} vs {cfg.model})"
         )
@@ -164,7 +166,7 @@ def run(args) -> int:
             model = init_model(args.init, cfg, vocab, own_shapes=rows_only)
             cfg = replace(cfg, model=model.cfg)
             meta["init"] = str(args.init)
-            if rows_only:  # the class head is --init's own, and so are its class names
+            if model.cfg.n_classes:  # the class head is --init's own, and so are its class names
                 names = init_meta(args.init).get("class_names")
                 meta.update({"class_names": names} if names else {})
         loop.train(

@@ -134,7 +134,9 @@ def test_a_window_moves_into_its_meters_bars_at_one_of_its_bar_lines(shards, voc
     assert {0, 4, 8} <= switches and max(switches) > 12  # the first bar line, and later ones
 
 
-def test_own_bars_windows_carry_no_head_targets_and_leave_four_four_pieces_alone(shards, vocab):
+def test_own_bars_windows_train_heads_only_on_their_four_beat_bars_and_leave_four_four_pieces_alone(
+    shards, vocab
+):
     from typemoe.training.learn.data import TokenOps, bar_ticks_of, load_pieces, make_sample
 
     ops, pieces = TokenOps(vocab), load_pieces([shards], vocab)
@@ -147,13 +149,21 @@ def test_own_bars_windows_carry_no_head_targets_and_leave_four_four_pieces_alone
         a = make_sample(pieces, i, np.random.default_rng(i), **kw)
         b = make_sample(pieces, i, np.random.default_rng(i), own_bars=1.0, bar_ticks=16, **kw)
         assert np.array_equal(a.ids, b.ids) and a.head_from == b.head_from < len(a.ids)
-    more_bars = 0
-    for i in triple[:8]:
+    more_bars, heads = 0, []
+    for i in triple[:12]:
         s = make_sample(pieces, i, np.random.default_rng(i), own_bars=1.0, bar_ticks=12, **kw)
-        assert s.head_from == len(s.ids)  # analysis reads 4-beat bars: no head learns from these
         plain = make_sample(pieces, i, None, ops=ops, seq_len=256)
         more_bars += (s.ids == ops.bar).sum() > (plain.ids == ops.bar).sum()
-    assert more_bars >= 6  # 3-beat bars: more of them in the same music
+        # analysis reads 4-beat bars: the heads learn only from what a 4-beat window of the same start holds
+        four = make_sample(pieces, i, np.random.default_rng(i), **dict(kw, transpose=0, phase_shift=False))
+        own = make_sample(
+            pieces, i, np.random.default_rng(i), own_bars=1.0, bar_ticks=12, ops=ops, seq_len=256
+        )
+        assert own.head_to is not None and np.array_equal(own.ids[: own.head_to], four.ids[: own.head_to])
+        assert own.head_to < len(own.ids) and not np.array_equal(own.ids, four.ids[: len(own.ids)])
+        heads.append(max(own.head_to - own.head_from, 0))
+    assert more_bars >= 8  # 3-beat bars: more of them in the same music
+    assert any(heads) and not all(heads)  # switched at the first bar line (no head) and later
 
 
 def test_own_bars_reaches_the_config_and_is_left_out_of_old_configs(shards, tmp_path, vocab):

@@ -178,7 +178,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="P",
         help="share of the windows of a metered piece (3/4, 6/8, 2/4, ...) written in REMI bars of its meter, "
-        "as a continuation in that meter is decoded; no head targets on them (default: 0, or the resumed run's)",
+        "as a continuation in that meter is decoded; heads learn only from their 4-beat part (default: 0, "
+        "or the resumed run's)",
     )
 
 

@@ -144,8 +144,9 @@ class TrainConfig:
     REMI bars of its meter, as the decoder writes a continuation in that meter (typemoe.grammar_tables.
     BarPlan; training/learn/data.py meter_bars): 4-beat bars until a bar line of the meter, then bars of
     its length. A model that never saw a 3-beat REMI bar cannot fill one (docs/GPU.md, "Meter: train in
-    the music's own bars"). These windows have no phase shift and no head targets: analysis reads music
-    in REMI's 4-beat bars. 0 = off (every window in 4-beat bars)."""
+    the music's own bars"). These windows have no phase shift, and their heads learn only from the 4-beat
+    bars before the switch: analysis reads music in REMI's 4-beat bars, so no head may learn meter from a
+    bar's length. 0 = off (every window in 4-beat bars)."""
     head_only: bool = False
     """Classification fine-tuning: train the classification head alone. Every other weight stays exactly
     as --from had it, so the model keeps its next-token, key and meter heads and one exported graph

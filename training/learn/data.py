@@ -213,6 +213,7 @@ class Sample:
     shift: int  # semitones the music was transposed by
     labels: dict[str, int]  # task -> class (key already transposed), -1 = missing
     piece: int  # index into Pieces
+    head_to: int | None = None  # the heads are trained on positions [head_from, head_to); None = the end
 
 
 def make_sample(
@@ -245,7 +246,8 @@ def make_sample(
 
     own_bars: the probability that the window is written in bars of its piece's meter, `bar_ticks` grid
     ticks long (0 or 4 beats: never), from a bar line of that meter on (meter_bars); such a window has no
-    phase shift and no head targets (analysis reads music in REMI's 4-beat bars).
+    phase shift, and its heads learn only from the 4-beat bars before that line (analysis reads music in
+    REMI's 4-beat bars, so no head may learn meter from a bar's length).
     """
     tokens = pieces.tokens[i]
     labels = {t: int(pieces.label(t)[i]) for t in tasks}
@@ -273,8 +275,10 @@ def make_sample(
     music = tokens[start : start + room + 8]  # a little slack: the phase shift may add Bar tokens
     if humanizer is not None and rng is not None:
         music = humanizer(music, rng)
+    n_four = None  # 4-beat bars before an own-bars window's switch
     if own:
-        music = meter_bars(music, ops, int(np.searchsorted(bars, start)), bar_ticks, rng)[0][:room]
+        music, switch = meter_bars(music, ops, int(np.searchsorted(bars, start)), bar_ticks, rng)
+        music, n_four = music[:room], -(-switch // ops.n_pos)
     else:
         music = ops.phase_shift(music, beats)[:room]
     if k:
@@ -295,9 +299,12 @@ def make_sample(
     ids = np.concatenate([[ops.bos], ctrl, music]).astype(np.int64)
     bar_pos = np.flatnonzero(ids == ops.bar)
     head_from = int(bar_pos[head_start_bar - 1]) if bar_pos.size >= head_start_bar else len(ids)
-    if ctrl or own:
+    if ctrl:
         head_from = len(ids)  # a head that sees Key_X in its context would learn to copy it
-    return Sample(ids=ids, head_from=head_from, shift=k, labels=labels, piece=i)
+    head_to = None
+    if n_four is not None:  # what precedes the first bar of the meter is in REMI's 4-beat bars
+        head_to = int(bar_pos[n_four]) if bar_pos.size > n_four else len(ids)
+    return Sample(ids=ids, head_from=head_from, shift=k, labels=labels, piece=i, head_to=head_to)
 
 
 def meter_bars(
@@ -371,7 +378,7 @@ def collate(samples: list[Sample], ops: TokenOps) -> Batch:
     for b, s in enumerate(samples):
         idx[b, : len(s.ids)] = s.ids
         valid[b, : len(s.ids)] = True
-        head[b, s.head_from : len(s.ids)] = True
+        head[b, s.head_from : len(s.ids) if s.head_to is None else s.head_to] = True
     targets = np.full((B, T), -1, dtype=np.int64)
     nxt = idx[:, 1:]
     ok = valid[:, 1:] & ~ops.no_target[nxt]  # never learn to emit pads, BOS or control tokens

@@ -7,7 +7,9 @@ Bar token, at most seq_len tokens long. Per sample, in this order:
      their first bar (one window per piece visit: pieces are sampled, not windows, so a corpus of
      short folk tunes and long chorales is seen piece by piece);
   2. grid phase shift by 0-3 beats (the 4-beat Bar grid is the performer's, not the notation's, so no head
-     may learn meter from where Bars fall);
+     may learn meter from where Bars fall); or, for a share `own_bars` of a metered piece's windows, its bars
+     re-split into bars of its meter from one of its bar lines on (meter_bars: the bars the decoder writes
+     a continuation in that meter in);
   3. transposition by k semitones on Pitch ids (the key label moves with it; k is clipped so that every
      pitch of the window stays in the vocabulary's range).
 

@@ -179,3 +179,19 @@ def test_own_bars_reaches_the_config_and_is_left_out_of_old_configs(shards, tmp_
     assert on.own_bars == 0.5 and TrainConfig.from_dict(on.to_dict()).own_bars == 0.5
     with pytest.raises(ValueError, match="own_bars"):
         build_config(parse(tiny_args(shards, tmp_path / "c", extra=("--own-bars", "1.5"))), vocab)
+
+
+def test_bar_ticks_of_reads_each_pieces_meter_and_tolerates_missing_names():
+    from typemoe.training.learn.data import Pieces, bar_ticks_of
+
+    def pieces(names):
+        return Pieces(
+            ids=["a", "b", "c"],
+            tokens=[np.zeros(1, dtype=np.int64)] * 3,
+            labels={"meter": np.asarray([0, 1, -1])},
+            label_names=names,
+            split=np.asarray(["train"] * 3),
+        )
+
+    assert bar_ticks_of(pieces({"meter": ("3/4", "4/4")})).tolist() == [12, 16, 16]
+    assert bar_ticks_of(pieces({})).tolist() == [16, 16, 16]  # labels without names: REMI's bars

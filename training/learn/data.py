@@ -417,7 +417,9 @@ class SamplerState:
 def bar_ticks_of(pieces: Pieces) -> np.ndarray:
     """(N,) grid ticks of the bars each piece's meter label is written in (REMI's 4 beats without one)."""
     names, meter = pieces.label_names.get("meter", ()), pieces.label("meter")
-    return np.asarray([piece_bar_ticks(names[m] if m >= 0 else None) for m in meter], dtype=np.int64)
+    return np.asarray(
+        [piece_bar_ticks(names[m] if 0 <= m < len(names) else None) for m in meter], dtype=np.int64
+    )
 
 
 def window_controls(cfg) -> bool | float:
@@ -458,7 +460,10 @@ class WindowSampler:
         self.humanizer = Humanizer(vocab) if cfg.humanize else None
         self.fim = infill_data.FimOps(vocab) if getattr(cfg, "infill_p", 0) > 0 else None
         self._epoch = epoch_pieces(pieces, getattr(cfg, "minor_share", 0.0))  # (N,) before shuffling
-        self._bar_ticks = bar_ticks_of(pieces)  # (N,) grid ticks of each piece's meter's bars
+        # (N,) grid ticks of each piece's meter's bars; read only by own-bars windows
+        self._bar_ticks = (
+            bar_ticks_of(pieces) if getattr(cfg, "own_bars", 0) > 0 else np.zeros(len(pieces), int)
+        )
         self._perm_epoch, self._perm = -1, None
 
     def load_state(self, d: dict) -> None:

@@ -2,7 +2,7 @@
 
     python -m typemoe.training.evaluation.eval_control --model MODEL_DIR --data SHARDS --n 200 --out control.json
 
-Two settings, each on `n` held-out pieces (test split, seeded):
+Two settings, each on `n` held-out pieces (test split, seeded; `--split all` for a source never trained on):
   bare   [BOS, Key_X, Meter_Y] and nothing else; X uniform over the 24 keys, Y uniform over 4/4, 3/4,
          6/8, 2/4;
   move   [BOS, Key_X, Meter_Y] + the piece's first two REMI bars (8 beats), with X a key other than the
@@ -133,10 +133,11 @@ def control_table(
     guidances: list[float],
     seed: int,
     head_guidance: float = DEFAULT_HEAD_GUIDANCE,
+    split: str = "test",
 ) -> dict:
     vocab = model.vocab
     rng = np.random.default_rng(seed)
-    test = pieces.with_split("test")
+    test = pieces if split == "all" else pieces.with_split(split)
     idx = rng.permutation(len(test))[: min(n, len(test))]
     bar = vocab.id("Bar_None")
     lock_g = next((g for g in guidances if g > 1), guidances[0])
@@ -226,7 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--model", type=Path, required=True, help="exported model directory")
     p.add_argument("--data", type=Path, action="append", required=True, help="token shard directory")
-    p.add_argument("--n", type=int, default=200, help="held-out pieces (test split)")
+    p.add_argument("--n", type=int, default=200, help="held-out pieces (of --split)")
+    p.add_argument(
+        "--split",
+        choices=("test", "val", "all"),
+        default="test",
+        help="pieces to prompt from (default test; all = every piece, for a source never trained on)",
+    )
     p.add_argument("--bars", type=int, default=4, help="bars generated per run")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0], help="weights to try")
     p.add_argument(
@@ -252,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         guidances=args.guidance,
         seed=args.seed,
         head_guidance=args.head_guidance,
+        split=args.split,
     )
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))

@@ -136,19 +136,11 @@ def shared_test_pieces() -> list[tuple[str, symusic.Score]]:
 # velocity noise 0.944 / 0.600; jitter key 0.933; transposition 0.900). The shipped model passes every
 # velocity and timing check since its meter fusion was refitted with a consistency term (MeterFusion.fit: the
 # same window played with another touch must get the same answer; meter 0.948 -> 0.970 under constant
-# velocity, 0.922 -> 0.956 under jitter). Its key turns with a transposition 0.933: the head turns only
-# nearly, and the key fusion refitted the same way for transposed twins (0.956) read VGMIDI's key signatures
-# below the best profile, so it was not shipped. Strict: the day a model passes, the suite fails and says
-# to drop the mark.
-# The 0.933 is over the music21 pieces with POP909 and EMOPIA's; without ../shared/data (music21 alone) the
-# same model reads 0.967 and passes, so the mark holds only where the shared pieces are read. That is the
-# bridge's running key (one hearing); `typemoe analyze` hears a piece in twelve transpositions and its key
-# turns on every piece (1.000, test_analyze_key_turns_with_transposition).
-KEY_TRANSPOSITION = pytest.mark.xfail(
-    SHARED_DATA.is_dir(),
-    strict=True,
-    reason="shipped model, one hearing (the bridge's running key): equivariance 0.933 (issue 12)",
-)
+# velocity, 0.922 -> 0.956 under jitter). The graph shipped on 2026-12-02 turned its key with a transposition
+# only 0.933 over these pieces (one hearing: the bridge's running key), and this test was a strict xfail. The
+# model shipped on 2026-12-03 (1000 more SS-MTP steps of the whole model, MODEL_CARD.md Training step
+# 7) turns it 0.956 and passes; `typemoe analyze` hears a piece in twelve transpositions and its key turns on
+# every piece (1.000, test_analyze_key_turns_with_transposition).
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +269,6 @@ def _check_turns(pairs: list[tuple[str, int, int, int]], what: str) -> None:
 
 
 @pytest.mark.slow
-@KEY_TRANSPOSITION
 def test_key_turns_with_transposition(readings):
     pairs = [
         (pid, base[0], moved[0], k)

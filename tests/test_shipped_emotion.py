@@ -31,9 +31,10 @@ SHIPPED_FILES = {
     "meter_fusion.json",
     "emotion_fusion.json",
 }
-# The class head of the PyTorch checkpoint the shipped graph was exported from (/work/runs/emo/h1, seed 1) on TUNE: softmax of the mean
-# per-position cls logits over [BOS, *tokens] (fp32, typemoe.torch_session).
-TORCH_PROBS = {"Q1": 0.41021, "Q2": 0.53056, "Q3": 0.01294, "Q4": 0.0463}
+# The class head of the PyTorch checkpoint the shipped graph was exported from (2026-12-03: the candidate's
+# emotion run on the frozen trunk of MODEL_CARD.md's Training step 7, seed 1) on TUNE: softmax of the mean
+# per-position cls logits over [BOS, *tokens] (fp32).
+TORCH_PROBS = {"Q1": 0.44562, "Q2": 0.48967, "Q3": 0.01452, "Q4": 0.05018}
 
 
 def _files(root: Path) -> list[Path]:

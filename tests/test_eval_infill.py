@@ -78,3 +78,33 @@ def test_infill_metrics_report_the_gain_and_the_other_suffix_reading(tmp_path):
     for key in ("gain", "suffix_gain"):
         lo, hi = r[f"infill.{key}.ci95"]
         assert lo - 1e-4 <= r[f"infill.{key}.hits@1"] <= hi + 1e-4  # the interval is rounded to 4 places
+
+
+def test_the_teacher_forced_reading_rules_out_infill_end_exactly_where_the_span_grammar_does():
+    """forbid_early_end against typemoe.infill.SpanGrammar at every position of real middles: Infill_End
+    is kept exactly where the grammar allows it (the last bar open, after a Bar or a Duration)."""
+    from typemoe.grammar_tables import tables_of
+    from typemoe.training.evaluation.eval_infill import forbid_early_end
+    from typemoe.vocab import TICKS_PER_BAR, TypedVocab
+
+    vocab = TypedVocab.default()
+    t, ids = tables_of(vocab), infill.InfillIds.of(vocab, where="the package vocabulary")
+    music = np.asarray(vocab.encode_score(_tune(3)))
+    at = np.flatnonzero(music == vocab.id("Bar_None"))
+    checked = 0
+    for a, n in ((1, 1), (2, 2), (1, 3)):
+        middle = music[at[a] : at[a + n]].tolist()
+        context = [vocab.bos_id, ids.suffix, *music[at[a + n] :], ids.span(n), *music[: at[a]], ids.middle]
+        kept = np.isfinite(forbid_early_end(np.zeros((len(middle), vocab.size)), middle, n, t, ids.end))
+        assert kept[:, : ids.end].all() and kept[:, ids.end + 1 :].all()  # only Infill_End is touched
+        grammar = infill.SpanGrammar(t, ids, n_bars=n, span_ticks=n * TICKS_PER_BAR, bars0=0, start_beat=0.0)
+        for j in range(len(middle)):
+            fed = [*context, *middle[:j]]
+            session = types.SimpleNamespace(
+                bars=int(t.is_bar[middle[:j]].sum()), tokens=fed, beat_now=lambda: 0.0
+            )
+            allowed = np.zeros(vocab.size, dtype=bool)
+            grammar(session, np.zeros(vocab.size), allowed)
+            assert kept[j, ids.end] == allowed[ids.end], (a, n, j, vocab.token(fed[-1]))
+            checked += int(allowed[ids.end])
+    assert checked >= 3  # the rule is seen to allow the end, not only to forbid it

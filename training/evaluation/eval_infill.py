@@ -10,7 +10,11 @@ the context as typemoe/infill.py cuts them at decoding time. Then, on the same m
   ([BOS, Infill_Suffix, suffix, Infill_Bars_n, prefix, Infill_Middle, middle], typemoe/infill.py's
   arrangement) and the continuation reading ([BOS, prefix, middle]) at infill.suffix_weight
   (typemoe.infill.SUFFIX_WEIGHT), as the decoder mixes them. infill.fim.hits@1: the infilling reading
-  alone. infill.continuation.hits@1 / @5: the continuation reading alone (no suffix).
+  alone. infill.continuation.hits@1 / @5: the continuation reading alone (no suffix). The infilling
+  reading is read as the decoder reads it: Infill_End, which is never a target here, is ruled out while
+  the middle still owes bars (`forbid_early_end`, the span grammar's rule: a middle of n bars cannot end
+  before its n-th Bar). infill.end_anywhere.hits@1: the mix without that rule (Infill_End allowed at every
+  position), which counts a Bar target missed to a token the decoder can never emit there.
 - infill.bleu2: corpus BLEU-2 (token strings) of the greedy middle (typemoe.infill.generate_middle:
   temperature 0, the span grammar) against the true middle; infill.continuation.bleu2: the greedy
   continuation of n bars from the prefix (typemoe.decoding, the grammar of `typemoe generate`).
@@ -58,6 +62,23 @@ def _middle_logits(model, ids, suffix: list[int], n: int, prefix: list[int], mid
     return model.outputs_at(fim, range(len(fim) - len(middle), len(fim))).logits
 
 
+def forbid_early_end(logits: np.ndarray, middle: list[int], n: int, tables, end: int) -> np.ndarray:
+    """The infilling reading's (len(middle), V) logits with Infill_End at -inf wherever the span grammar
+    (typemoe.infill.SpanGrammar) does not let a middle of n bars end: before its n-th Bar is open, and
+    inside the last bar except where a Bar could come (after a Bar or a Duration). So the reading is
+    scored as the decoder reads it; without the rule, a reading unsure how many bars it owes puts mass on
+    ending a middle that cannot end yet, and a Bar target is missed for a token the decoder never emits
+    there. The continuation reading has no Infill_End to rule out."""
+    mid = np.asarray(middle, dtype=np.int64)
+    is_bar = tables.is_bar[mid]
+    opened = np.cumsum(is_bar) - is_bar  # (m,) bars open before each position
+    prev = np.concatenate([[-1], mid[:-1]])  # the token before each position (-1: Infill_Middle)
+    may_close = (prev >= 0) & (tables.is_bar[prev] | (tables.duration_of[prev] >= 0))
+    out = np.array(logits, dtype=np.float32, copy=True)
+    out[~((opened >= n) & may_close), end] = -np.inf
+    return out
+
+
 def _hits(logits: np.ndarray, target: np.ndarray) -> int:
     """Tokens of `target` that are the top-1 of their logits (metrics.hits_at_k's tie rule)."""
     return int(round(metrics.hits_at_k(logits, target, 1) * len(target)))
@@ -88,7 +109,7 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
         return
     t = tables_of(vocab)
     bar = vocab.id("Bar_None")
-    logits = {"infill": [], "fim": [], "continuation": [], "other_suffix": []}
+    logits = {"infill": [], "fim": [], "continuation": [], "other_suffix": [], "end_anywhere": []}
     w = infill.SUFFIX_WEIGHT
     targets, pairs, cont_pairs, ended, spans = [], [], [], [], []
     lead = {"model": [], "true": [], "continuation": []}
@@ -110,10 +131,12 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
         prefix, suffix = infill.fit_context(music[: at[a]].tolist(), music[at[a + n] :].tolist(), room, bar)
         cont = [vocab.bos_id, *prefix, *middle]
         m = len(middle)
-        fim = _middle_logits(model, ids, suffix, n, prefix, middle)
+        raw = _middle_logits(model, ids, suffix, n, prefix, middle)
+        fim = forbid_early_end(raw, middle, n, t, ids.end)
         logits["continuation"].append(model.outputs_at(cont, range(len(cont) - m, len(cont))).logits)
         logits["fim"].append(fim)
         logits["infill"].append(infill.mix_readings(fim, logits["continuation"][-1], w, ids.end))
+        logits["end_anywhere"].append(infill.mix_readings(raw, logits["continuation"][-1], w, ids.end))
         targets.append(np.asarray(middle, dtype=np.int64))
         spans.append((prefix, suffix, n, middle))
         mid = infill.generate_middle(
@@ -143,7 +166,9 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
     if len(spans) > 1:  # the next piece's suffix, cut like the true one: what the format gives without it
         for k, (prefix, suffix, n, middle) in enumerate(spans):
             other = _cut_like(spans[(k + 1) % len(spans)][1], len(suffix), bar)
-            wrong = _middle_logits(model, ids, other, n, prefix, middle)
+            wrong = forbid_early_end(
+                _middle_logits(model, ids, other, n, prefix, middle), middle, n, t, ids.end
+            )
             logits["other_suffix"].append(infill.mix_readings(wrong, logits["continuation"][k], w, ids.end))
     tokens = [len(t) for t in targets]
     hits = {name: [_hits(x, t) for x, t in zip(v, targets)] for name, v in logits.items()}
@@ -152,6 +177,7 @@ def infill_metrics(model, pieces, cfg, window: int, report) -> None:
         ("fim", "infill.fim"),
         ("continuation", "infill.continuation"),
         ("other_suffix", "infill.other_suffix"),
+        ("end_anywhere", "infill.end_anywhere"),
     ):
         if hits[name]:
             r[f"{key}.hits@1"] = sum(hits[name]) / len(y)

@@ -11,9 +11,9 @@ the context as typemoe/infill.py cuts them at decoding time. Then, on the same m
   arrangement) and the continuation reading ([BOS, prefix, middle]) at infill.suffix_weight
   (typemoe.infill.SUFFIX_WEIGHT), as the decoder mixes them. infill.fim.hits@1: the infilling reading
   alone. infill.continuation.hits@1 / @5: the continuation reading alone (no suffix). The infilling
-  reading is read as the decoder reads it: Infill_End, which is never a target here, is ruled out while
-  the middle still owes bars (`forbid_early_end`, the span grammar's rule: a middle of n bars cannot end
-  before its n-th Bar). infill.end_anywhere.hits@1: the mix without that rule (Infill_End allowed at every
+  reading is read as the decoder reads it: Infill_End, which is never a target here, is ruled out where
+  the span grammar rules it out (`forbid_early_end`: a middle of n bars cannot end before its n-th Bar,
+  nor inside its last bar except where a Bar could come). infill.end_anywhere.hits@1: the mix without that rule (Infill_End allowed at every
   position), which counts a Bar target missed to a token the decoder can never emit there.
 - infill.bleu2: corpus BLEU-2 (token strings) of the greedy middle (typemoe.infill.generate_middle:
   temperature 0, the span grammar) against the true middle; infill.continuation.bleu2: the greedy

@@ -389,6 +389,24 @@ def _first_matched(midi: list[int], osc: list[int]) -> int | None:
     return None
 
 
+def _timeline_shift(osc: list, ons: list, j: int, sent: list[float], spb: float) -> int:
+    """m * 4 of timeline = DAW + 4m: each note-on (arrival time, message) paired in order with its report
+    (pitch, ..., timeline beat, ...) from osc[j] on (reports whose note-on was lost are skipped), its
+    arrival read in DAW beats on the clock's sent pulses; the largest report-minus-arrival is the note that
+    came least late."""
+    best, r = None, j
+    for t, msg in ons:
+        while r < len(osc) and osc[r][0] != msg[1]:
+            r += 1
+        if r == len(osc):
+            break
+        k = min(range(len(sent)), key=lambda i: abs(sent[i] - t))
+        offset = osc[r][2] - (k / 24 + (t - sent[k]) / spb)
+        best = offset if best is None else max(best, offset)
+        r += 1
+    return round(best / 4) * 4
+
+
 @dataclass
 class Trial:
     notes: list[tuple]  # (pitch, DAW beat, duration beats) from /typemoe/note, in DAW beats
@@ -459,11 +477,12 @@ class SteerRig:
             f"since the snapshot:\n{self.log_text()}"
         )
         # The reported beats are the bridge's timeline, which the clock keeps 4-beat aligned with the DAW's
-        # (timeline = DAW + 4m): m from the first note-on's arrival on the pulses the clock thread sent,
-        # against the report of that same note.
-        k = min(range(len(self.clock.sent)), key=lambda i: abs(self.clock.sent[i] - ons[0][0]))
-        daw_first = k / 24 + (ons[0][0] - self.clock.sent[k]) / spb
-        shift = round((osc[j][2] - daw_first) / 4) * 4
+        # (timeline = DAW + 4m): m from each note-on's arrival on the pulses the clock thread sent, against
+        # the report of that same note, taking the note that came least late. A note is never early, but
+        # one can be late (the first most: the continuation starts while the model still writes it, and at
+        # 300 BPM two beats are 0.4 s), and a single late first note once moved m by a bar (a CI run,
+        # 2026-12-03: "enters at DAW beat 112" for a report on a 3/4 line).
+        shift = _timeline_shift(osc, ons, j, self.clock.sent, spb)
         notes = [(p, beat - shift, dur) for p, _, beat, dur in osc]
         return Trial(notes, len(ons), _music21_key(notes))
 

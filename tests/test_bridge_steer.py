@@ -8,6 +8,7 @@ through a real JACK server and UDP with the shipped model (skipped where either 
 
 from __future__ import annotations
 
+import bisect
 import math
 import queue
 import re
@@ -400,7 +401,8 @@ def _timeline_shift(osc: list, ons: list, j: int, sent: list[float], spb: float)
             r += 1
         if r == len(osc):
             break
-        k = min(range(len(sent)), key=lambda i: abs(sent[i] - t))
+        i = bisect.bisect_left(sent, t)  # the pulse sent nearest t (the list is in time order)
+        k = min((c for c in (i - 1, i) if 0 <= c < len(sent)), key=lambda c: abs(sent[c] - t))
         offset = osc[r][2] - (k / 24 + (t - sent[k]) / spb)
         best = offset if best is None else max(best, offset)
         r += 1

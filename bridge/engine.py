@@ -394,9 +394,8 @@ class Engine(OscCommands):
         """Ask for `bars` bars of the music's meter from its next bar line (bridge.continuation)."""
         meter, span = cont.choose_meter(self._controls[1], self._readout.meter)
         # Bar lines of the meter: from the DAW's song position 0 while it runs, else from the stream start.
-        anchor = (
-            self._daw_zero if self._daw_zero is not None and self.clock.synced(self._now) else self._origin
-        )
+        daw = self._daw_zero is not None and self.clock.synced(self._now)
+        anchor = self._daw_zero if daw else self._origin
         start = cont.next_bar_line(self._beat, span, anchor)
         key_lock = self._key_lock()
         self._next_id += 1
@@ -418,7 +417,11 @@ class Engine(OscCommands):
                 head_guidance=self.cfg.head_guidance,
             )
         )
-        log.debug("continuation %d: %g bars of %s from beat %.2f", self._next_id, bars, meter, start)
+        log.info(
+            "continuation %d: %g bars of %s from beat %.2f (bar lines from beat %.2f, the %s; DAW beat %.3f)",
+            *(self._next_id, bars, meter, start, anchor, "DAW's 0" if daw else "stream start"),
+            self.clock.daw_beat,
+        )
 
     def _key_lock(self) -> str | None:
         """The key whose scale generation keeps under key_lock: the asked one, else the one reported."""

@@ -31,10 +31,10 @@ SHIPPED_FILES = {
     "meter_fusion.json",
     "emotion_fusion.json",
 }
-# The class head of the PyTorch checkpoint the shipped graph was exported from (2026-12-03: the candidate's
-# emotion run on the frozen trunk of MODEL_CARD.md's Training step 7, seed 1) on TUNE: softmax of the mean
-# per-position cls logits over [BOS, *tokens] (fp32).
-TORCH_PROBS = {"Q1": 0.44562, "Q2": 0.48967, "Q3": 0.01452, "Q4": 0.05018}
+# The class head of the PyTorch checkpoint the shipped graph was exported from (2026-12-03, second ship: the
+# candidate's emotion run on the frozen trunk of MODEL_CARD.md's Training step 8, seed 1) on TUNE: softmax of
+# the mean per-position cls logits over [BOS, *tokens] (fp32).
+TORCH_PROBS = {"Q1": 0.52588, "Q2": 0.42836, "Q3": 0.00934, "Q4": 0.03642}
 
 
 def _files(root: Path) -> list[Path]:

@@ -431,8 +431,8 @@ def _in_daw_beats(trials: list[Trial]) -> list[Trial]:
     """Each trial's notes in DAW beats. The timeline leads the DAW by 4m beats, m fixed while the clock
     runs (bridge.clock keeps the two 4-beat aligned and never re-aligns without Start or a Song Position
     Pointer); 4m is read from the least late note of all the trials, as one trial can be late throughout
-    (its first note is due while the model still writes it; at 300 BPM two beats are 0.4 s, and one such
-    trial put m a bar off when read per trial). music21 reads the keys here, after the trials: its import
+    (its first note is due while the model still writes it; at 300 BPM two beats are 0.4 s), which would
+    put an m read from that trial alone a bar off. music21 reads the keys here, after the trials: its import
     and analysis in this process would otherwise hold the GIL beside the clock thread between trials."""
     shift = round(max(tr.offset for tr in trials) / 4) * 4
     for tr in trials:
@@ -575,11 +575,12 @@ def _count(trials: list[Trial]) -> str:
 
 _LOCKED_BARS = pytest.mark.xfail(
     strict=False,
-    reason="in 3 of 3 fresh-clone CI runs on 2026-12-03 key-locked trial 3 sat one beat after its 3/4 lines "
-    "(DAW 130-135 where lone runs give 129-134), read with m taken per trial. m now comes from the whole "
-    "session and a failure prints the bridge's own placement (its bar-line anchor and DAW beat) beside the "
-    "test's, so the next failure says whether the bridge or the test is off; until it has held in CI the "
-    "mark stays. Unlocked, the same check passes strictly; the key lock's scale is checked on its own below",
+    reason="in 3 of 3 fresh-clone CI runs of the morning of 2026-12-03 one key-locked trial sat off its 3/4 "
+    "lines (trial 1 entering at DAW 112, then 115; trial 3 over 130-135 where lone runs give 129-134), read "
+    "with m taken per trial. m now comes from the whole session, and a failure prints the bridge's own "
+    "placement (its bar-line anchor and DAW beat) beside the test's, so the next failure says whether the "
+    "bridge or the test is off. It passed in the 2 CI runs since; the mark stays until it has held longer. "
+    "Unlocked, the same check passes strictly; the key lock's scale is checked on its own below",
 )
 
 

@@ -324,6 +324,16 @@ class ClockSender:
         self._stop.set()
         self._thread.join(2.0)
 
+    def daw_beat(self, t: float) -> float:
+        """The DAW's beat at time t, read on the pulses actually sent: the pulse sent nearest t (beat 0 is
+        the first), plus the time from it at the clock's tempo."""
+        import bisect
+
+        sent = self.sent[:]  # the clock thread appends while we read
+        i = bisect.bisect_left(sent, t)  # sent is in time order
+        k = min((c for c in (i - 1, i) if 0 <= c < len(sent)), key=lambda c: abs(sent[c] - t))
+        return k / 24 + (t - sent[k]) / (self.period * 24)
+
     def grid_error(self, t: float, per_beat: int = 4) -> float:
         """Signed distance (s) from t to the nearest 1/per_beat-beat line of this clock, as actually sent.
 

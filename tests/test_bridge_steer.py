@@ -8,7 +8,6 @@ through a real JACK server and UDP with the shipped model (skipped where either 
 
 from __future__ import annotations
 
-import bisect
 import math
 import queue
 import re
@@ -390,7 +389,7 @@ def _first_matched(midi: list[int], osc: list[int]) -> int | None:
     return None
 
 
-def _least_late(osc: list, ons: list, j: int, sent: list[float], spb: float) -> float:
+def _least_late(osc: list, ons: list, j: int, clock: ClockSender) -> float:
     """Report-minus-arrival of the note that came least late: each note-on (arrival time, message) paired
     in order with its report (pitch, ..., timeline beat, ...) from osc[j] on (reports whose note-on was
     lost are skipped), its arrival read in DAW beats on the clock's sent pulses. A note is never early, so
@@ -401,9 +400,7 @@ def _least_late(osc: list, ons: list, j: int, sent: list[float], spb: float) -> 
             r += 1
         if r == len(osc):
             break
-        i = bisect.bisect_left(sent, t)  # the pulse sent nearest t (the list is in time order)
-        k = min((c for c in (i - 1, i) if 0 <= c < len(sent)), key=lambda c: abs(sent[c] - t))
-        best = max(best, osc[r][2] - (k / 24 + (t - sent[k]) / spb))
+        best = max(best, osc[r][2] - clock.daw_beat(t))
         r += 1
     return best
 
@@ -414,7 +411,7 @@ class Trial:
     midi_ons: int  # note-ons that arrived on TypeMoE Out over JACK
     offset: float  # _least_late: the report-minus-arrival of its least late note
     bridge: tuple[str, ...]  # the bridge's log lines on where it put this continuation
-    asked_at: float  # the DAW beat (pulses the clock had sent) when /typemoe/continue went out
+    asked_at: float  # the DAW beat (on the pulses sent) when /typemoe/continue went out
     shift: int = 0  # 4m (timeline = DAW + 4m), set by _in_daw_beats from every trial of the session
     notes: list[tuple] = field(default_factory=list)  # (pitch, DAW beat, duration beats)
     key: str | None = None  # music21's key of the notes, set by _in_daw_beats
@@ -491,7 +488,7 @@ class SteerRig:
         self.peer.pump(0.05)
         n_midi, n_osc = len(self.recv.events), len(self.peer.received)
         self.peer.send("/typemoe/continue", float(TRIAL_BARS))
-        asked_at = bisect.bisect_left(self.clock.sent, time.monotonic()) / 24  # DAW beat: pulses sent so far
+        asked_at = self.clock.daw_beat(time.monotonic())
         first = self.peer.wait_for("/typemoe/note", 10.0)
         assert first, f"no continuation (seed {seed}):\n{self.log_text()}"
         t_first = next(t for t, a, _ in self.peer.received[n_osc:] if a == "/typemoe/note")
@@ -513,7 +510,7 @@ class SteerRig:
         placed = tuple(
             line.split("INFO", 1)[-1].strip() for line in lines if "continuation" in line or "clock:" in line
         )
-        offset = _least_late(osc, ons, j, self.clock.sent, spb)
+        offset = _least_late(osc, ons, j, self.clock)
         return Trial(timeline, len(ons), offset, placed, asked_at)
 
     def close(self) -> int:

@@ -26,7 +26,8 @@ those ratios are null, with a note. Decode ids are random, so consecutive steps 
 as in music (Position, Pitch, Velocity, Duration in turn). Models compared with each other are timed in
 alternating blocks, so a change of machine load during the run (this box is shared) biases none.
 The `typemoe` command registers the bridge's latency rows (bridge/bench.py) and `typemoe analyze`'s cost
-(typemoe/commands/analyze_bench.py) and `typemoe infill`'s (typemoe/commands/infill_bench.py) in EXTRA_BENCHES.
+(typemoe/commands/analyze_bench.py), `typemoe infill`'s (typemoe/commands/infill_bench.py) and `typemoe
+generate --candidates`'s (typemoe/commands/candidates_bench.py) in EXTRA_BENCHES.
 """
 
 from __future__ import annotations
@@ -415,6 +416,14 @@ def format_table(res: dict[str, Any]) -> str:
                 "infill, mixed readings vs the infilling one alone",
                 f"{fill['ratio']:.2f}x ({fill['mixed_s']:.2f} s vs {fill['alone_s']:.2f} s, "
                 f"bars {fill['span'][0]}-{fill['span'][1]} of {fill['bars']})",
+            )
+        )
+    best = res.get("candidates")
+    if best and "ratio" in best:
+        rows.append(
+            (
+                f"generate, best of {best['n']} vs one",
+                f"{best['ratio']:.2f}x ({best['best_s']:.2f} s vs {best['one_s']:.2f} s, {best['bars']} bars of 3/4)",
             )
         )
     rows.append(

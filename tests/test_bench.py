@@ -76,6 +76,19 @@ def test_infill_bench_rows(tmp_path):
     assert "infill, mixed readings vs the infilling one alone" in _table_with(infill=row)
 
 
+def test_candidates_bench_rows(tmp_path):
+    """typemoe bench's candidates row: best of N and one continuation timed on the same bare prompt; the
+    table prints the ratio."""
+    from export_fixtures import make_tiny_model_dir
+
+    from typemoe.commands.candidates_bench import run_candidates_bench
+
+    row = run_candidates_bench(make_tiny_model_dir(tmp_path / "model"), reps=1, n=3)["candidates"]
+    assert row["best_s"] > 0 and row["one_s"] > 0 and row["ratio"] == row["best_s"] / row["one_s"]
+    assert row["n"] == 3 and row["bars"] == 4
+    assert "generate, best of 3 vs one" in _table_with(candidates=row)
+
+
 def _table_with(**rows) -> str:
     """format_table of a minimal bench result with `rows` added."""
     from typemoe.export.bench import format_table

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from typemoe import analysis, grammar_tables
+from typemoe.candidates import best_of
 from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE
 from typemoe.streaming import TokenReader
 from typemoe.training.evaluation import baselines
@@ -75,6 +76,8 @@ def continue_and_analyse(
     bars: int,
     seed: int,
     key: int | None = None,
+    candidates: int = 1,
+    readers=None,
     **kw,
 ):
     """Generate after [BOS, controls, prefix music]; analyse the new notes only (read in the REMI bars
@@ -83,8 +86,17 @@ def continue_and_analyse(
     session.feed([vocab.bos_id, *controls, *prefix])
     start = session.next_bar_line(meter)
     cursor, plan = session.cursor(), session.bar_plan(meter, start)
-    new = session.generate(
-        n_bars=bars, meter=meter, start_beat=start, temperature=1.0, top_p=0.95, seed=seed, **kw
+    new = best_of(
+        session,
+        candidates,
+        readers=readers,
+        n_bars=bars,
+        meter=meter,
+        start_beat=start,
+        temperature=1.0,
+        top_p=0.95,
+        seed=seed,
+        **kw,
     )
     heard = TokenReader(vocab, cursor, plan).read(new)
     notes = baselines.Notes(
@@ -134,6 +146,7 @@ def control_table(
     seed: int,
     head_guidance: float = DEFAULT_HEAD_GUIDANCE,
     split: str = "test",
+    candidates: int = 1,
 ) -> dict:
     vocab = model.vocab
     rng = np.random.default_rng(seed)
@@ -146,6 +159,13 @@ def control_table(
     ]
     if head_guidance > 0:  # what the key head's guidance adds: the same weight without it
         variants.append((f"g{lock_g:g}_nohead", {"guidance": lock_g, "head_guidance": 0.0}))
+    if candidates > 1:  # best of N by the model's own key reading (typemoe.candidates), at the lock's weight
+        variants.append(
+            (
+                f"g{lock_g:g}_best{candidates}",
+                {"guidance": lock_g, "head_guidance": head_guidance, "candidates": candidates},
+            )
+        )
     variants.append(("uncond", {}))
     hits = {(s, v): [] for s in ("bare", "move") for v, _ in variants}
     session = model.session()
@@ -178,6 +198,7 @@ def control_table(
                     bars=bars,
                     seed=seed * 100_003 + j,
                     key=key,
+                    readers=model,
                     **kw,
                 )
                 hits[(s, v)].append(
@@ -242,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_HEAD_GUIDANCE,
         help="key head guidance weight of every guided row (0 = off; a row without it is added)",
     )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        help="also a row that keeps the best of this many continuations by the model's key reading "
+        "(typemoe.candidates; 1 = no such row)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = p.parse_args(argv)
@@ -260,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         head_guidance=args.head_guidance,
         split=args.split,
+        candidates=args.candidates,
     )
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))

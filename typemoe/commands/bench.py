@@ -1,4 +1,4 @@
-"""`typemoe bench`: export's model benchmark plus the bridge's latency rows, analyze's and infill's cost
+"""`typemoe bench`: export's model benchmark plus the bridge's latency rows, analyze's, infill's and best-of-N's cost
 (composed here, so that export never imports the bridge or the CLI's commands), and `typemoe bench --train`, the CPU training throughput
 (training/learn/bench_train.py: the bare model step against the real loop's, old and new, in one run)."""
 
@@ -11,12 +11,14 @@ from pathlib import Path
 def add_parsers(subparsers) -> None:
     from typemoe.bridge.bench import run_bridge_bench
     from typemoe.commands.analyze_bench import run_analyze_bench
+    from typemoe.commands.candidates_bench import run_candidates_bench
     from typemoe.commands.infill_bench import run_infill_bench
     from typemoe.export import bench, cli
 
     bench.EXTRA_BENCHES["bridge"] = run_bridge_bench
     bench.EXTRA_BENCHES["analyze"] = run_analyze_bench
     bench.EXTRA_BENCHES["infill"] = run_infill_bench
+    bench.EXTRA_BENCHES["candidates"] = run_candidates_bench
     b = cli.add_bench_parser(subparsers)
     b.add_argument(
         "--train",

@@ -32,7 +32,9 @@ the model knows, else the model's meter estimate at the end of the prompt, else 
 downbeat, and lasts --bars bars of that meter. Control tokens
 (--key, --meter, --genre, --emotion) go before the music; --guidance G > 1 strengthens them with
 classifier-free guidance, --head-guidance W steers the pitches toward --key by the model's own key head
-(typemoe.key_steering), and --key-lock allows only the pitches of --key's scale. The notes are clean:
+(typemoe.key_steering), --key-lock allows only the pitches of --key's scale, and --candidates N writes N
+continuations and keeps the one the model's own analysis hears most in --key (typemoe.candidates; N times
+the time). The notes are clean:
 on the grid, no same-pitch duplicates or overlaps (typemoe.note_writer).
 
 add_parsers(subparsers) registers both commands (func(args) -> exit code).
@@ -51,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from typemoe import analysis, decoding, key_steering, note_writer, sampling
+from typemoe.candidates import DEFAULT_CANDIDATES, best_of, check_candidates
 from typemoe.export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
 from typemoe.listening import (
     ONE_HEARING,
@@ -310,8 +313,10 @@ def continuation_score(
     guidance: float = sampling.DEFAULT_GUIDANCE,
     key_lock: bool = False,
     head_guidance: float = key_steering.DEFAULT_HEAD_GUIDANCE,
+    candidates: int = DEFAULT_CANDIDATES,
 ) -> Continuation:
-    """The prompt score with one more track holding `bars` generated bars of the prompt's meter."""
+    """The prompt score with one more track holding `bars` generated bars of the prompt's meter; with
+    candidates > 1 the best of that many by the model's key reading (typemoe.candidates)."""
     if bars < 1:
         raise ToolError(f"--bars must be >= 1, got {bars}")
     try:
@@ -321,6 +326,12 @@ def continuation_score(
         raise ToolError(f"--temperature/--top-p/--guidance/--head-guidance: {err}") from err
     if key_lock and not controls.get("key"):
         raise ToolError("--key-lock needs --key (the key whose scale to keep)")
+    try:
+        candidates = check_candidates(candidates)
+    except ValueError as err:
+        raise ToolError(f"--candidates: {err}") from err
+    if candidates > 1 and not controls.get("key"):
+        raise ToolError("--candidates needs --key (the key the candidates are judged by)")
     vocab = model.vocab
     score = read_midi(prompt_path)
     ids = _tokens(vocab, score, prompt_path)
@@ -336,7 +347,10 @@ def continuation_score(
     meter, source = _meter_for(model, session, controls.get("meter"), score)
     start = session.next_bar_line(meter)
     cursor, plan = session.cursor(), session.bar_plan(meter)  # where it stands, the bars it will write
-    new = session.generate(
+    new = best_of(
+        session,
+        candidates,
+        readers=model,
         n_bars=bars,
         meter=meter,
         on_downbeat=True,
@@ -399,6 +413,7 @@ def _generate_cmd(args: argparse.Namespace) -> int:
             guidance=args.guidance,
             key_lock=args.key_lock,
             head_guidance=args.head_guidance,
+            candidates=args.candidates,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         res.score.dump_midi(str(args.out))
@@ -448,6 +463,13 @@ def add_parsers(subparsers) -> None:
     g.add_argument("--out", type=Path, required=True, help="output MIDI: the prompt, then the continuation")
     g.add_argument("--model", type=Path, help="exported model dir or checkpoint (default: the shipped model)")
     add_generation_flags(g, meter_help=" and bar length (default: the model's estimate)")
+    g.add_argument(
+        "--candidates",
+        type=int,
+        default=DEFAULT_CANDIDATES,
+        help="write this many continuations and keep the one the model's own analysis hears most in --key "
+        f"(default: {DEFAULT_CANDIDATES}; costs that many generations)",
+    )
     g.set_defaults(func=_generate_cmd)
 
 

@@ -61,12 +61,27 @@ def test_the_best_judged_candidate_is_kept_and_fed(model):
     made = [_prompted(model, "Eb major").generate(seed=s, **KW) for s in candidates.candidate_seeds(11, n)]
     assert len({tuple(m) for m in made}) > 1  # the candidates differ, so the choice matters
     probe = _prompted(model, "Eb major")
-    scores = [candidates.key_score(probe, m, key, model) for m in made]
+    scores = [candidates.score(probe, m, key, "3/4", model) for m in made]
     session = _prompted(model, "Eb major")
     before = len(session.tokens)
     got = candidates.best_of(session, n, readers=model, seed=11, **KW)
     assert got == made[int(np.argmax(scores))]
     assert session.tokens[before:] == got  # the session holds the kept continuation, and only it
+
+
+def test_the_judge_hears_notes_where_their_bars_put_them(model):
+    """Notes written in 3-beat bars are read at their true onsets (beats 0 and 3), in REMI's 4-beat bars."""
+    from typemoe.remi_notes import RemiNotes
+
+    v = model.vocab
+    note = [v.id("Position_0"), v.id("Pitch_60"), v.id("Velocity_63"), v.id("Duration_1.0.4")]
+    bar = v.id("Bar_None")
+    remi = RemiNotes(v)
+    ids = candidates.in_four(model, [bar, *note, bar, *note], "3/4")
+    onsets, _ = remi.beats(ids)
+    assert onsets.tolist() == [0.0, 3.0]
+    assert remi.beats(candidates.in_four(model, [bar, *note, bar, *note], "4/4"))[0].tolist() == [0.0, 4.0]
+    assert remi.beats([bar, *note, bar, *note])[0].tolist() == [0.0, 4.0]  # as written, without the move
 
 
 def test_generate_cli_candidates(tmp_path, capsys):

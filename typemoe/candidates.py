@@ -1,15 +1,23 @@
 """Best of N: several continuations of one stream, and the one the model's own analysis hears most in the
-asked key is kept. Torch-free.
+asked key and meter is kept. Torch-free.
 
 Classifier-free guidance and head guidance (typemoe.key_steering) steer each pitch; they cannot see the
 passage whole, and a passage that keeps to the asked key's notes can still be heard in its relative or its
-dominant key. So `typemoe generate --candidates N` samples N continuations (forks of the same stream, each
-with its own seed), reads each as `typemoe analyze` reads music (the key head over the new notes alone,
-fused with their pitch classes by the model directory's key reader, typemoe.key_fusion), and keeps the one
-with the highest probability of the asked key. It is generate-and-test, not a scale lock: no pitch is
+dominant key, or its rhythm in two when three was asked. So `typemoe generate --candidates N` samples N
+continuations (forks of the same stream, each with its own seed), reads each as `typemoe analyze` reads
+music (the new notes alone, moved from the bars of their meter to where they sound and written in REMI's
+4-beat bars; the key and meter heads over them, fused with their pitch classes and rhythm by the model
+directory's readers, typemoe.key_fusion and typemoe.meter), and keeps the one with the highest
+log P(asked key) + log P(the asked meter's family). It is generate-and-test, not a scale lock: no pitch is
 forbidden, and the answer is one the model wrote. Cost: N generations plus N short readings (`typemoe
 bench`'s `candidates` row). Without a Key control in the stream there is nothing to judge and one
 continuation is generated.
+
+What the judge shares with the control table's analysers (training/evaluation/eval_control.py): the key
+fusion reads music21's four key profiles among its features (Krumhansl's is the table's key finder), and
+the meter reader's duple/triple family is the onset-autocorrelation rule (typemoe.meter.rhythm_family), the
+table's meter family. So the table's rows for best of N measure, in part, agreement by construction;
+MODEL_CARD.md reports them apart from the default's.
 
     ids = best_of(session, 8, readers=model, n_bars=4, meter="3/4", seed=1, guidance=3.0)
 """
@@ -20,6 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from typemoe import analysis
+from typemoe.grammar_tables import meter_beats
 from typemoe.key_steering import asked_key
 
 MAX_CANDIDATES = 32
@@ -43,24 +53,50 @@ def candidate_seeds(seed: int | None, n: int) -> list[int | None]:
     return [int(seed), *(int(s) for s in rest)]
 
 
-def key_score(session, new: Sequence[int], key: int, readers=None) -> float:
-    """log P(key | the new music alone): the key head of a blank session of the same engine fed [BOS, new]
-    (its last context's worth), fused with the notes by `readers.key` when the model has a key reader."""
+def in_four(readers, new: Sequence[int], meter: str | None) -> list[int]:
+    """The new ids as the analysis reads music: notes written in bars of `meter` (generate(meter=...))
+    moved to where they sound and written again in REMI's 4-beat bars (how `typemoe analyze` and the bridge
+    tokenize what they hear, so the readers' onsets are right); unchanged without a meter or readers."""
+    remi = getattr(getattr(readers, "key", None), "remi", None)
+    if meter is None or remi is None:
+        return [int(i) for i in new]
+    notes, _ = remi.notes(np.asarray(new, dtype=np.int64))  # ticks as if every bar were REMI's 4 beats
+    if not len(notes):
+        return [int(i) for i in new]
+    bar, pos = np.divmod(notes[:, 0], remi.n_pos)
+    notes = notes.copy()
+    notes[:, 0] = bar * int(round(meter_beats(meter) * remi.ticks_per_beat)) + pos
+    n_bars = int((notes[:, 0] + notes[:, 3]).max() // remi.n_pos) + 1
+    return [int(i) for i in remi.tokens(notes, n_bars)]
+
+
+def score(session, new: Sequence[int], key: int, meter: str | None = None, readers=None) -> float:
+    """log P(key | the new music alone) + log P(meter's family | the new music alone), as the model's analysis
+    hears them: the heads of a blank session of the same engine fed [BOS, new] (its last context's worth),
+    fused with the notes by `readers.key` / `readers.meter` when the model directory has them. The family
+    term needs the meter reader's class names (`readers.meter_names`); without them, or without a meter,
+    the key alone is scored."""
     t = session.tables
     ear = session.blank()
-    ids = [int(i) for i in new][-(ear.engine.context_len - 1) :]
+    ids = in_four(readers, new, meter)[-(ear.engine.context_len - 1) :]
     out = ear.feed([t.bos_id, *ids])
     probs = np.asarray(out.key_probs, dtype=np.float64)
-    reader = getattr(readers, "key", None)
-    if reader is not None and len(ids):
-        probs = np.asarray(reader.probs(ids, probs), dtype=np.float64)
-    return float(np.log(probs[key] + 1e-12))
+    if getattr(readers, "key", None) is not None and len(ids):
+        probs = np.asarray(readers.key.probs(ids, probs), dtype=np.float64)
+    total = float(np.log(probs[key] + 1e-12))
+    names = getattr(readers, "meter_names", None)
+    if meter is not None and names is not None and getattr(readers, "meter", None) is not None:
+        family = analysis.meter_family(analysis.parse_meter(meter))
+        heard = np.asarray(readers.meter.probs(ids, out.meter_probs), dtype=np.float64)
+        mass = sum(float(p) for p, name in zip(heard, names) if analysis.meter_family(name) == family)
+        total += float(np.log(mass + 1e-12))
+    return total
 
 
 def best_of(session, n: int, *, readers=None, seed: int | None = None, **kwargs) -> list[int]:
     """Generate n continuations on forks of `session` (generate_steps' kwargs, seeds candidate_seeds), feed
-    the one with the best key_score of the stream's asked key into `session` and return its ids. With n = 1
-    or no Key control this is exactly session.generate(seed=seed, **kwargs)."""
+    the one with the best `score` (the stream's asked key, the family of kwargs' meter) into `session` and
+    return its ids. With n = 1 or no Key control this is exactly session.generate(seed=seed, **kwargs)."""
     n = check_candidates(n)
     t = session.tables
     key = asked_key(session.tokens, t.is_control, t.key_of)
@@ -69,9 +105,9 @@ def best_of(session, n: int, *, readers=None, seed: int | None = None, **kwargs)
     best, best_score = None, -np.inf
     for s in candidate_seeds(seed, n):
         new = session.fork().generate(seed=s, **kwargs)
-        score = key_score(session, new, key, readers)
-        if best is None or score > best_score:
-            best, best_score = new, score
+        judged = score(session, new, key, kwargs.get("meter"), readers)
+        if best is None or judged > best_score:
+            best, best_score = new, judged
     if best:
         session.feed(best)
     return best

@@ -1,7 +1,7 @@
 """`typemoe bench`'s candidates row: what keeping the best of N continuations costs (typemoe.candidates).
 
     candidates.best_s / candidates.one_s   median seconds of 4 bars of 3/4 after a bare prompt [BOS, Key_F#
-                                           major, Meter_3/4], best of N (judged by the model's key reading)
+                                           major, Meter_3/4], best of N (judged by the model's key and meter reading)
                                            and one continuation, in alternating runs in one process, both at
                                            the CLI's default guidance and head guidance
     candidates.ratio                       best_s / one_s (about N, plus N short readings)

@@ -33,8 +33,8 @@ downbeat, and lasts --bars bars of that meter. Control tokens
 (--key, --meter, --genre, --emotion) go before the music; --guidance G > 1 strengthens them with
 classifier-free guidance, --head-guidance W steers the pitches toward --key by the model's own key head
 (typemoe.key_steering), --key-lock allows only the pitches of --key's scale, and --candidates N writes N
-continuations and keeps the one the model's own analysis hears most in --key (typemoe.candidates; N times
-the time). The notes are clean:
+continuations and keeps the one the model's own analysis hears most in --key and the meter's family
+(typemoe.candidates; N times the time). The notes are clean:
 on the grid, no same-pitch duplicates or overlaps (typemoe.note_writer).
 
 add_parsers(subparsers) registers both commands (func(args) -> exit code).
@@ -316,7 +316,7 @@ def continuation_score(
     candidates: int = DEFAULT_CANDIDATES,
 ) -> Continuation:
     """The prompt score with one more track holding `bars` generated bars of the prompt's meter; with
-    candidates > 1 the best of that many by the model's key reading (typemoe.candidates)."""
+    candidates > 1 the best of that many by the model's own key and meter reading (typemoe.candidates)."""
     if bars < 1:
         raise ToolError(f"--bars must be >= 1, got {bars}")
     try:
@@ -468,6 +468,7 @@ def add_parsers(subparsers) -> None:
         type=int,
         default=DEFAULT_CANDIDATES,
         help="write this many continuations and keep the one the model's own analysis hears most in --key "
+        "and the meter's family "
         f"(default: {DEFAULT_CANDIDATES}; costs that many generations)",
     )
     g.set_defaults(func=_generate_cmd)

@@ -56,7 +56,9 @@ def candidate_seeds(seed: int | None, n: int) -> list[int | None]:
 def in_four(readers, new: Sequence[int], meter: str | None) -> list[int]:
     """The new ids as the analysis reads music: notes written in bars of `meter` (generate(meter=...))
     moved to where they sound and written again in REMI's 4-beat bars (how `typemoe analyze` and the bridge
-    tokenize what they hear, so the readers' onsets are right); unchanged without a meter or readers."""
+    tokenize what they hear, so the readers' onsets are right); unchanged without a meter or readers.
+    Not training's resplit_bars (training/data/rebar.py, the other direction): the notes are written again
+    in canonical order, as `typemoe analyze`'s tokenizer writes a file's."""
     remi = getattr(getattr(readers, "key", None), "remi", None)
     if meter is None or remi is None:
         return [int(i) for i in new]
@@ -73,22 +75,21 @@ def in_four(readers, new: Sequence[int], meter: str | None) -> list[int]:
 def score(session, new: Sequence[int], key: int, meter: str | None = None, readers=None) -> float:
     """log P(key | the new music alone) + log P(meter's family | the new music alone), as the model's analysis
     hears them: the heads of a blank session of the same engine fed [BOS, new] (its last context's worth),
-    fused with the notes by `readers.key` / `readers.meter` when the model directory has them. The family
-    term needs the meter reader's class names (`readers.meter_names`); without them, or without a meter,
-    the key alone is scored."""
-    t = session.tables
+    fused with the notes by the model directory's readers (`readers.answer`, OrtModel's: the notes read once
+    for both) when there are readers. Without them the key head alone is scored; the family term needs
+    them and their meter class names (`readers.meter_names`)."""
     ear = session.blank()
     ids = in_four(readers, new, meter)[-(ear.engine.context_len - 1) :]
-    out = ear.feed([t.bos_id, *ids])
-    probs = np.asarray(out.key_probs, dtype=np.float64)
-    if getattr(readers, "key", None) is not None and len(ids):
-        probs = np.asarray(readers.key.probs(ids, probs), dtype=np.float64)
-    total = float(np.log(probs[key] + 1e-12))
+    out = ear.feed([session.tables.bos_id, *ids])
+    answer = getattr(readers, "answer", None)
+    if answer is None:
+        return float(np.log(np.asarray(out.key_probs, dtype=np.float64)[key] + 1e-12))
+    key_probs, meter_probs = answer(ids, out.key_probs, out.meter_probs)
+    total = float(np.log(key_probs[key] + 1e-12))
     names = getattr(readers, "meter_names", None)
-    if meter is not None and names is not None and getattr(readers, "meter", None) is not None:
+    if meter is not None and names is not None:
         family = analysis.meter_family(analysis.parse_meter(meter))
-        heard = np.asarray(readers.meter.probs(ids, out.meter_probs), dtype=np.float64)
-        mass = sum(float(p) for p, name in zip(heard, names) if analysis.meter_family(name) == family)
+        mass = sum(float(p) for p, name in zip(meter_probs, names) if analysis.meter_family(name) == family)
         total += float(np.log(mass + 1e-12))
     return total
 

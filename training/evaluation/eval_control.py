@@ -81,6 +81,8 @@ def continue_and_analyse(
     key: int | None = None,
     candidates: int = 1,
     readers=None,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
     **kw,
 ):
     """Generate after [BOS, controls, prefix music]; analyse the new notes only (read in the REMI bars
@@ -96,8 +98,8 @@ def continue_and_analyse(
         n_bars=bars,
         meter=meter,
         start_beat=start,
-        temperature=1.0,
-        top_p=0.95,
+        temperature=temperature,
+        top_p=top_p,
         seed=seed,
         **kw,
     )
@@ -150,6 +152,8 @@ def control_table(
     head_guidance: float = DEFAULT_HEAD_GUIDANCE,
     split: str = "test",
     candidates: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
 ) -> dict:
     vocab = model.vocab
     rng = np.random.default_rng(seed)
@@ -202,6 +206,8 @@ def control_table(
                     seed=seed * 100_003 + j,
                     key=key,
                     readers=model,
+                    temperature=temperature,
+                    top_p=top_p,
                     **kw,
                 )
                 hits[(s, v)].append(
@@ -219,6 +225,8 @@ def control_table(
         "analysers": "key: music21 Krumhansl-Schmuckler; meter: onset autocorrelation (family)",
         "chance.key": 1 / 24,
         "head_guidance": head_guidance,
+        "temperature": temperature,
+        "top_p": top_p,
     }
     sel = [int(i) for i in idx]
     out.update(
@@ -274,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         "reading"
         " (typemoe.candidates; 1 = no such row)",
     )
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of every row")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus of every row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = p.parse_args(argv)
@@ -293,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         head_guidance=args.head_guidance,
         split=args.split,
         candidates=args.candidates,
+        temperature=args.temperature,
+        top_p=args.top_p,
     )
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))

@@ -181,6 +181,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "as a continuation in that meter is decoded; heads learn only from their 4-beat part (default: 0, "
         "or the resumed run's)",
     )
+    p.add_argument(
+        "--clean-rhythm",
+        action="store_true",
+        help="learn no Bar/Position/Duration target in a window whose rhythm the humanizer redrew: heads "
+        "and pitches still learn from it, the decoder does not learn to write its jitter (default: off, "
+        "or the resumed run's)",
+    )
 
 
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:

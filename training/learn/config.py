@@ -164,6 +164,10 @@ class TrainConfig:
     humanize: bool = True
     """Redraw each window as a performer might play it (training/learn/humanize.py: velocity, timing,
     articulation, top voice), so no head can read a source's signature."""
+    clean_rhythm: bool = False
+    """Learn no Bar, Position or Duration target in a window whose rhythm the humanizer redrew (onsets
+    jittered, durations rescaled): the heads and the pitches still learn from it, the decoder does not
+    learn to write the jitter (training/learn/data.py, make_sample)."""
     log_every: int = 10
     eval_every: int = 200
     eval_pieces: int = 256

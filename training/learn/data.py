@@ -174,6 +174,8 @@ class TokenOps:
         self.ticks_per_beat = self.n_pos // BEATS_PER_BAR
         self.is_control = np.asarray(vocab.family_of) == FAMILIES.index("control")  # (V,) specials, controls
         self.no_target = self.is_control & ~infill_data.loss_targets(vocab)  # (V,) Infill_End is a target
+        family = np.asarray(vocab.family_of)
+        self.is_rhythm = np.isin(family, [FAMILIES.index(f) for f in ("Bar", "Position", "Duration")])  # (V,)
         self.control_ids = vocab.control_ids
 
     def is_pitch(self, ids):
@@ -216,6 +218,7 @@ class Sample:
     labels: dict[str, int]  # task -> class (key already transposed), -1 = missing
     piece: int  # index into Pieces
     head_to: int | None = None  # the heads are trained on positions [head_from, head_to); None = the end
+    rhythm_targets: bool = True  # False: collate drops its Bar/Position/Duration next-token targets
 
 
 def make_sample(
@@ -236,6 +239,7 @@ def make_sample(
     humanizer: Humanizer | None = None,
     own_bars: float = 0.0,
     bar_ticks: int = 0,
+    clean_rhythm: bool = False,
     tasks=analysis.LABELS,
 ) -> Sample:
     """One window of piece i; rng=None gives the deterministic view (first bar, no augmentation).
@@ -250,6 +254,12 @@ def make_sample(
     ticks long (0 or 4 beats: never), from a bar line of that meter on (meter_bars); such a window has no
     phase shift, and its heads learn only from the 4-beat bars before that line (analysis reads music in
     REMI's 4-beat bars, so no head may learn meter from a bar's length).
+
+    clean_rhythm: when the humanizer redrew the window's rhythm (onsets jittered, durations rescaled), the
+    sample says so (rhythm_targets=False) and collate drops its Bar, Position and Duration targets: the
+    heads still learn to read a performer's touch, and the next-token loss still learns every pitch after
+    it, but the decoder never learns to write the jitter (it wrote off-grid sixteenths in generated music
+    that the corpus never has, and they blurred its bars' pulse).
     """
     tokens = pieces.tokens[i]
     labels = {t: int(pieces.label(t)[i]) for t in tasks}
@@ -275,8 +285,9 @@ def make_sample(
             lo, hi = ops.transpose_range(tokens[start : start + room + 8], transpose)
             k = int(rng.integers(lo, hi + 1))
     music = tokens[start : start + room + 8]  # a little slack: the phase shift may add Bar tokens
+    redrawn = False
     if humanizer is not None and rng is not None:
-        music = humanizer(music, rng)
+        music, redrawn = humanizer.humanize(music, rng)
     n_four = None  # 4-beat bars before an own-bars window's switch
     if own:
         music, switch = meter_bars(music, ops, int(np.searchsorted(bars, start)), bar_ticks, rng)
@@ -306,7 +317,15 @@ def make_sample(
     head_to = None
     if n_four is not None:  # what precedes the first bar of the meter is in REMI's 4-beat bars
         head_to = int(bar_pos[n_four]) if bar_pos.size > n_four else len(ids)
-    return Sample(ids=ids, head_from=head_from, shift=k, labels=labels, piece=i, head_to=head_to)
+    return Sample(
+        ids=ids,
+        head_from=head_from,
+        shift=k,
+        labels=labels,
+        piece=i,
+        head_to=head_to,
+        rhythm_targets=not (clean_rhythm and redrawn),
+    )
 
 
 def meter_bars(
@@ -385,6 +404,9 @@ def collate(samples: list[Sample], ops: TokenOps) -> Batch:
     nxt = idx[:, 1:]
     ok = valid[:, 1:] & ~ops.no_target[nxt]  # never learn to emit pads, BOS or control tokens
     targets[:, :-1] = np.where(ok, nxt, -1)
+    for b, s in enumerate(samples):
+        if not s.rhythm_targets:  # a redrawn rhythm is read, not learned (make_sample's clean_rhythm)
+            targets[b, ops.is_rhythm[np.maximum(targets[b], 0)] & (targets[b] >= 0)] = -1
     labels = {t: torch.tensor([s.labels.get(t, -1) for s in samples]) for t in samples[0].labels}
     return Batch(
         idx=torch.from_numpy(idx),
@@ -506,6 +528,7 @@ class WindowSampler:
             humanizer=self.humanizer,
             own_bars=getattr(cfg, "own_bars", 0.0),
             bar_ticks=int(self._bar_ticks[i]),
+            clean_rhythm=getattr(cfg, "clean_rhythm", False),
         )
         rng = np.random.default_rng((cfg.seed, g, infill_data.SALT))
         return infill_data.maybe_fim(s, self.fim, cfg.infill_p, cfg.seq_len, rng)

@@ -73,16 +73,20 @@ class Humanizer(RemiNotes):
             moved = notes[:, 2] + rng.integers(-4, 5) + np.rint(rng.normal(0, 1.5, len(notes)))
             notes[:, 2] = np.clip(moved, 1, n_vel - 1)
 
-    def _timing(self, notes: np.ndarray, rng: np.random.Generator) -> None:
+    def _timing(self, notes: np.ndarray, rng: np.random.Generator) -> bool:
+        """Jitter onsets and rescale durations (each with its probability); True if either was drawn."""
         c = self.cfg
-        if rng.random() < c.p_timing:
+        timing = rng.random() < c.p_timing
+        if timing:
             moved = rng.random(len(notes)) < rng.uniform(0.05, c.max_moved)
             notes[moved, 0] += rng.choice((-1, 1), size=int(moved.sum()))
             notes[:, 0] = np.maximum(notes[:, 0], 0)
-        if rng.random() < c.p_articulation:
+        articulation = rng.random() < c.p_articulation
+        if articulation:
             scaled = notes[:, 3] * np.exp(rng.uniform(np.log(0.5), np.log(1.6)))
             scaled += rng.integers(-1, 2, len(notes)) * (rng.random(len(notes)) < 0.3)
             notes[:, 3] = np.clip(np.rint(scaled), self.dur_ticks[0], self.dur_ticks[-1])
+        return timing or articulation
 
     def _top_voice(self, notes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.random() >= self.cfg.p_top_voice or len(notes) == 0:
@@ -95,10 +99,18 @@ class Humanizer(RemiNotes):
 
     def __call__(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A humanized copy of a music window (starting at a Bar); a window without notes comes back as is."""
+        return self.humanize(ids, rng)[0]
+
+    def humanize(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+        """(the humanized copy, whether its rhythm was redrawn: onsets jittered or durations rescaled).
+
+        A redrawn rhythm is the touch of a performer to read, not a rhythm to write: training can keep the
+        window for the heads and for the next pitch while not teaching the decoder its Positions and
+        Durations (training/learn/data.py, `rhythm_targets`)."""
         notes, n_bars = self.notes(ids)
         if len(notes) == 0:
-            return np.asarray(ids, dtype=np.int64)
+            return np.asarray(ids, dtype=np.int64), False
         notes = self._top_voice(notes, rng)
         self._velocity(notes, rng)
-        self._timing(notes, rng)
-        return self.tokens(notes, n_bars)
+        redrawn = self._timing(notes, rng)
+        return self.tokens(notes, n_bars), redrawn

@@ -69,6 +69,8 @@ def build_config(args, vocab):
         cfg = replace(cfg, phase_shift=False)
     if getattr(args, "own_bars", None) is not None:
         cfg = replace(cfg, own_bars=args.own_bars)
+    if getattr(args, "clean_rhythm", False):
+        cfg = replace(cfg, clean_rhythm=True)
     infill_p = getattr(args, "infill_p", None)
     if infill_p is not None:
         cfg = replace(cfg, infill_p=infill_p)

@@ -40,3 +40,18 @@ def test_real_rates_compare_the_analysers_with_the_labels(vocab):
     both = eval_control.real_rates(vocab, [toks, toks], [c_major, -1], [-1, three], bars=2)
     assert both["bare.real.key_n"] == 1 and both["bare.real.meter_family_n"] == 1
     assert "move.real.key_match" not in eval_control.real_rates(vocab, [toks], [c_major], [three], bars=5)
+
+
+def test_off_grid_counts_onsets_between_the_eighths(vocab):
+    toks = np.asarray(vocab.encode_score(_waltz_in_c()))
+    c_major, three = analysis.KEYS.index("C major"), analysis.METERS.index("3/4")
+    assert eval_control.real_rates(vocab, [toks], [c_major], [three], bars=2)["bare.real.off_grid"] == 0.0
+    jittered = _waltz_in_c()
+    for n in jittered.tracks[0].notes[1::4]:  # beat 2 of every bar a sixteenth late: 1 note of 4
+        n.time += 120
+    toks = np.asarray(vocab.encode_score(jittered))
+    assert (
+        eval_control.real_rates(vocab, [toks], [c_major], [three], bars=3)["bare.real.off_grid"] == 0.25
+    )  # 4 waltz bars
+    assert eval_control.off_grid(np.array([0.0, 0.25, 0.5, 0.75, 1.5])) == 0.4
+    assert eval_control.off_grid(np.array([])) == 0.0

@@ -39,7 +39,7 @@ def _matches(model, *, controls: bool, n: int = N, **steer) -> tuple[float, floa
         key, meter = analysis.key_name(i % 24), eval_control.METERS[i % 4]
         ctrl = model.vocab.control_ids(key=key, meter=meter) if controls else []
         kw = {"guidance": GUIDANCE, **steer} if controls else {}
-        got, got_meter, _ = eval_control.continue_and_analyse(
+        got, got_meter, *_ = eval_control.continue_and_analyse(
             session, model.vocab, [], ctrl, meter=meter, bars=4, seed=1000 + i, **kw
         )
         keys += got == i % 24

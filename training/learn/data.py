@@ -258,8 +258,8 @@ def make_sample(
     clean_rhythm: when the humanizer redrew the window's rhythm (onsets jittered, durations rescaled), the
     sample says so (rhythm_targets=False) and collate drops its Bar, Position and Duration targets: the
     heads still learn to read a performer's touch, and the next-token loss still learns every pitch after
-    it, but the decoder never learns to write the jitter (it wrote off-grid sixteenths in generated music
-    that the corpus never has, and they blurred its bars' pulse).
+    it, but the decoder does not learn to write the jitter (trained without this, it writes more than twice the
+    corpus's share of notes between the eighths; docs/GPU.md, "Clean rhythm targets").
     """
     tokens = pieces.tokens[i]
     labels = {t: int(pieces.label(t)[i]) for t in tasks}

@@ -172,9 +172,9 @@ class TokenOps:
             "Position ids must be contiguous"
         )
         self.ticks_per_beat = self.n_pos // BEATS_PER_BAR
-        self.is_control = np.asarray(vocab.family_of) == FAMILIES.index("control")  # (V,) specials, controls
-        self.no_target = self.is_control & ~infill_data.loss_targets(vocab)  # (V,) Infill_End is a target
         family = np.asarray(vocab.family_of)
+        self.is_control = family == FAMILIES.index("control")  # (V,) specials, controls
+        self.no_target = self.is_control & ~infill_data.loss_targets(vocab)  # (V,) Infill_End is a target
         self.is_rhythm = np.isin(family, [FAMILIES.index(f) for f in ("Bar", "Position", "Duration")])  # (V,)
         self.control_ids = vocab.control_ids
 
@@ -403,10 +403,9 @@ def collate(samples: list[Sample], ops: TokenOps) -> Batch:
     targets = np.full((B, T), -1, dtype=np.int64)
     nxt = idx[:, 1:]
     ok = valid[:, 1:] & ~ops.no_target[nxt]  # never learn to emit pads, BOS or control tokens
+    redrawn = np.array([not s.rhythm_targets for s in samples])[:, None]  # (B, 1) make_sample's clean_rhythm
+    ok &= ~(redrawn & ops.is_rhythm[nxt])  # a redrawn rhythm is read, not learned
     targets[:, :-1] = np.where(ok, nxt, -1)
-    for b, s in enumerate(samples):
-        if not s.rhythm_targets:  # a redrawn rhythm is read, not learned (make_sample's clean_rhythm)
-            targets[b, ops.is_rhythm[np.maximum(targets[b], 0)] & (targets[b] >= 0)] = -1
     labels = {t: torch.tensor([s.labels.get(t, -1) for s in samples]) for t in samples[0].labels}
     return Batch(
         idx=torch.from_numpy(idx),

@@ -53,7 +53,7 @@ _HELP = {
     "condition_meter": "steer generation to a meter, e.g. '6/8'; continuations start on its bar lines",
     "guidance": "classifier-free guidance weight of the condition, >= 1 (1 = off; costs a second decode)",
     "key_lock": "only pitches of --condition-key's scale (without one: of the key being reported)",
-    "head_guidance": "steer the pitches toward --condition-key by the model's own key head (0 = off; each pitch "
+    "head_guidance": "steer the pitches toward --condition-key by the model's own ear for keys (0 = off; each pitch "
     "costs a few more decode steps)",
     "suffix_weight": "infill: how far new bars lean from continuing the bars before them toward the bars after "
     "them (0-4; 1 = the infilling reading alone, no second stream)",

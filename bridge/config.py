@@ -9,7 +9,7 @@ A TOML file mirrors the command-line flags (same names, `-` or `_`), e.g.
     condition_key = "F# major"
     condition_meter = "3/4"
     guidance = 1.5
-    head_guidance = 5.0
+    head_guidance = 20.0
     key_lock = false
 
 Flags given on the command line override the file.

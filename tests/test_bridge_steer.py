@@ -219,7 +219,7 @@ def test_head_guidance_is_a_setting_passed_to_the_decoder(tmp_path):
         0.0,
     ] and DEFAULT_HEAD_GUIDANCE > 0
     assert (
-        cont.generate_kwargs(h.generates[0], FlatModel(toy_vocab()).session())["head_guidance"] == 5.0
+        cont.generate_kwargs(h.generates[0], FlatModel(toy_vocab()).session())["head_guidance"] == 20.0
     )  # the default
     path = tmp_path / "bridge.toml"
     path.write_text("head-guidance = 2.5\n")
@@ -340,7 +340,7 @@ def test_bench_reports_the_guidance_cost_as_a_ratio_to_unguided_decode():
     }
     table = bench.format_table(res)
     assert re.search(rf"guidance 1.5 vs unguided +{gc['ratio']:.2f}x", table), table
-    assert re.search(rf"guidance 1.5 \+ head guidance 5 vs unguided +{gc['head_ratio']:.2f}x", table), table
+    assert re.search(rf"guidance 1.5 \+ head guidance 20 vs unguided +{gc['head_ratio']:.2f}x", table), table
 
 
 # ---- over JACK and UDP, with the shipped model ----------------------------------------------------------

@@ -136,3 +136,102 @@ def test_steering_carries_on_across_a_context_slide(ort_model):
     new = s.generate(n_tokens=40, temperature=1.0, seed=2)
     assert len(new) == 40 and s.tokens[:3] == prompt[:3]
     assert s.n_past < ort_model.context_len  # it slid
+
+
+# --------------------------------------------------------------------------- the fused ear
+
+KK = [  # Krumhansl-Kessler [major, minor] on C, written out so the test needs no music21
+    [6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88],
+    [6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17],
+]
+
+
+def _fused_model(tmp_path, head_weight: float = 1.0):
+    """The tiny model directory with a key fusion (one profile on both histograms, plus the head)."""
+    from export_fixtures import make_tiny_model_dir
+
+    from typemoe.export.model_dir import refresh_manifest
+    from typemoe.export.runtime import OrtModel
+    from typemoe.key_fusion import KeyFusion
+
+    d = make_tiny_model_dir(tmp_path / "fused")
+    fusion = KeyFusion(
+        np.asarray([KK], dtype=float), ("kk",), np.array([2.0, 2.0, head_weight]), 0.0, True, {}
+    )
+    fusion.save(d)
+    refresh_manifest(d)
+    return OrtModel(d, provider="cpu")
+
+
+def test_with_a_key_fusion_the_ear_scores_pitches_by_the_fusion_of_the_new_notes_and_the_head(tmp_path):
+    """At each Pitch step the k likeliest pitches gain w * (log P_fusion(key | the new notes + the candidate,
+    the head read after it) - best): the candidate counted with the mean duration of the new notes, the
+    head read on a fresh session of [BOS, new music, candidate]."""
+    from typemoe.key_fusion import histograms
+
+    model = _fused_model(tmp_path)
+    vocab, t = model.vocab, model.session().tables
+    key, w = analysis.parse_key("D major"), 5.0
+    s = model.session()
+    s.feed(_prompt(vocab))
+    guide = key_steering.KeyHeadGuide(key, w, reader=model.key)
+    new = [
+        vocab.id("Pitch_66"),
+        int(vocab.velocity_id[80]),
+        vocab.duration_token_id(8),
+        vocab.id("Position_8"),
+    ]
+    for tok in new:
+        guide(s, s.last.logits.copy(), s.allowed_next())
+        s.feed([tok])
+    allowed = s.allowed_next()
+    pitches = np.flatnonzero(allowed & (t.pitch_of >= 0))
+    before = s.last.logits.copy()
+    logits = before.copy()
+    guide(s, logits, allowed)
+    top = pitches[np.argsort(-before[pitches], kind="stable")[: key_steering.CANDIDATES]]
+    heard_p, heard_d = [66], [2.0]  # the one new note: F#, 8 ticks = 2 beats
+    score = []
+    for c in top:
+        head = model.session().feed([vocab.bos_id, *new, int(c)]).key_probs
+        h = histograms(np.array([*heard_p, t.pitch_of[c]]), np.array([*heard_d, np.mean(heard_d)]))
+        score.append(np.log(model.key.fusion.probs(h, np.log(np.maximum(head, 1e-9)))[key] + 1e-9))
+    want = before.copy()
+    want[np.setdiff1d(pitches, top)] = -np.inf
+    want[top] += w * (np.array(score) - max(score))
+    np.testing.assert_allclose(logits, want, atol=1e-4)
+    head_only = before.copy()
+    key_steering.KeyHeadGuide(key, w)(s.fork(), head_only, s.allowed_next())
+    assert not np.allclose(head_only[top], logits[top], atol=1e-3)  # the fusion changed the scores
+
+
+def test_the_fused_ear_favours_the_asked_tonic_over_its_dominant(tmp_path):
+    """A passage on G, B and D asked to be in C major: adding C makes it lean on C major, adding G on G
+    major. A head-only ear (the tiny model's head is noise) cannot tell the two; the fusion's profile can."""
+    model = _fused_model(tmp_path, head_weight=0.0)
+    vocab, t = model.vocab, model.session().tables
+    guide = key_steering.KeyHeadGuide(analysis.parse_key("C major"), 5.0, reader=model.key)
+    bar, dur, vel = vocab.id("Bar_None"), vocab.duration_token_id(4), int(vocab.velocity_id[80])
+    music = [bar]
+    for pos, p in ((0, 67), (4, 71), (8, 74), (12, 67)):
+        music += [vocab.id(f"Position_{pos}"), vocab.id(f"Pitch_{p}"), vel, dur]
+    score = guide._fused_scorer([vocab.bos_id, *music], t.pitch_of)
+    flat = np.full(24, 1 / 24)
+    assert score(vocab.id("Pitch_72"), flat) > score(vocab.id("Pitch_79"), flat)
+
+
+def test_the_decoder_hears_through_the_model_directorys_key_fusion(tmp_path, monkeypatch):
+    """Session.generate_steps gives head guidance the engine's key reader (export.runtime.OrtModel.key)."""
+    model = _fused_model(tmp_path)
+    readers = []
+    real = key_steering.KeyHeadGuide.__init__
+
+    def spy(self, *a, **kw):
+        real(self, *a, **kw)
+        readers.append(self.reader)
+
+    monkeypatch.setattr(key_steering.KeyHeadGuide, "__init__", spy)
+    s = model.session()
+    s.feed(_prompt(model.vocab))
+    s.generate(n_tokens=12, seed=3)
+    assert readers == [model.key]

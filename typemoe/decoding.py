@@ -17,8 +17,9 @@ turns it into a stream of tokens and holds every decoding decision once:
 - Classifier-free guidance (typemoe.sampling.guide): logits = uncond + g * (cond - uncond), uncond from a
   second KV-cached stream whose context lacks the control tokens (g = 1: off, no second stream).
 - Head guidance (typemoe.key_steering): at a Pitch step the six likeliest pitches are scored by the model's
-  own key head on a stream that holds only the new music, and the rest dropped; on by default where a Key
-  control is present.
+  own ear for keys (its key head on a stream that holds only the new music, fused with those notes' pitch
+  classes by the engine's key reader when it has a key fusion), and the rest dropped; on by default where a
+  Key control is present.
 - Key lock: Pitch ids outside the scale of a key are masked (a hard guarantee, separate from guidance).
 - Meter-aware bars: a stream fed from a file or a performance has REMI's 4-beat bars whatever its meter;
   with `meter` the continuation starts on the next bar line of that meter, lasts n_bars bars of it (a time
@@ -77,6 +78,8 @@ class Engine(Protocol):
 
     vocab: Any  # typemoe.vocab.TypedVocab, or None for a synthetic grammar (tests)
     context_len: int
+    # Optional: `key`, a typemoe.key_fusion.KeyReader (export.runtime.OrtModel has one); head guidance
+    # scores pitches by its fusion when it has one, else by the key head alone.
 
     def new_cache(self) -> Any: ...
 
@@ -475,7 +478,7 @@ class Session:
         uncond = self.unconditioned() if guidance != 1.0 else None
         key = asked_key(self.tokens, t.is_control, t.key_of) if head_guidance > 0 else None
         if key is not None:
-            hooks = [*hooks, KeyHeadGuide(key, head_guidance)]
+            hooks = [*hooks, KeyHeadGuide(key, head_guidance, reader=getattr(self.engine, "key", None))]
         done = bars = 0
         placed = False  # a note has started in the window (for on_downbeat)
         self._plan = bar_plan if window is None else self.bar_plan(meter, window[0])

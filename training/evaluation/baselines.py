@@ -48,6 +48,10 @@ KEY_BASELINES: dict[str, str] = {  # result-key name -> music21.analysis.discret
     "temperley": "TemperleyKostkaPayne",
     "simple": "SimpleWeights",
 }
+CHECK_KEY_BASELINES: dict[str, str] = {"bellman": "BellmanBudge"}
+"""A music21 key profile that the key fusion does not read (KEY_BASELINES are its features): the control
+table's second key finder, so a steering that reads the fusion is not judged only by the fusion's own
+profiles (training/evaluation/eval_control.py)."""
 GRID = TICKS_PER_BEAT  # onset-signal ticks per beat: the tokenizer's grid
 ACCENT_CAP_BEATS = 2.0
 MAX_LAG = 48  # 3 bars of 4/4
@@ -101,9 +105,10 @@ def pitch_class_histogram(notes: Notes) -> np.ndarray:
 def _analyser(method: str):
     from music21.analysis import discrete
 
-    if method not in KEY_BASELINES:
-        raise ValueError(f"unknown key baseline {method!r}; expected one of {', '.join(KEY_BASELINES)}")
-    return getattr(discrete, KEY_BASELINES[method])()
+    names = {**KEY_BASELINES, **CHECK_KEY_BASELINES}
+    if method not in names:
+        raise ValueError(f"unknown key baseline {method!r}; expected one of {', '.join(names)}")
+    return getattr(discrete, names[method])()
 
 
 def _histogram_stream(hist: np.ndarray):

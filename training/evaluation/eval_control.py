@@ -16,7 +16,10 @@ shares the key profiles and the family rule with the analysers below, so that ro
 by construction), and once by the unconditioned model (no control tokens: the reference a control must
 beat). The generated notes alone
 are analysed: key by music21's Krumhansl-Schmuckler profile (training/evaluation/baselines.py), meter by the
-project's onset-autocorrelation detector, compared with X and with Y's family (duple / triple); and
+project's onset-autocorrelation detector, compared with X and with Y's family (duple / triple);
+`key_match_bellman`, the key by music21's Bellman-Budge profile, which the model's key fusion does not read
+(head guidance scores pitches by that fusion, whose features include Krumhansl-Schmuckler's profile, so the
+first key figure agrees with the steering partly by construction); and
 `scale_match`, the share of the new notes in X's scale (the key lock's scale): whether the music keeps to
 the asked key's notes, whichever tonic the profile then hears (a continuation without notes counts 0);
 and `off_grid`, the share of the new notes with an onset on an odd sixteenth (between the eighths), the
@@ -50,11 +53,13 @@ METERS = ("4/4", "3/4", "6/8", "2/4")
 
 def analyse_new_notes(
     vocab, ids: list[int], start_beat: float, key: int | None = None
-) -> tuple[int | None, int | None, float | None, float | None]:
+) -> tuple[int | None, int | None, float | None, float | None, int | None]:
     """(key class, meter class, share of the notes in `key`'s scale, share of the notes off the eighth
-    grid) of the notes from start_beat on; Nones without notes (and the scale share without `key`). The
-    scale is the key lock's (grammar_tables.scale_pitch_classes: major, or minor with its raised seventh);
-    off the eighth grid = an onset on an odd sixteenth of the beat (`off_grid`)."""
+    grid, key class by the check profile) of the notes from start_beat on; Nones without notes (and the
+    scale share without `key`). The key is music21's Krumhansl-Schmuckler profile's, the check key
+    Bellman-Budge's (baselines.CHECK_KEY_BASELINES: a profile the key fusion does not read). The scale is
+    the key lock's (grammar_tables.scale_pitch_classes: major, or minor with its raised seventh); off the
+    eighth grid = an onset on an odd sixteenth of the beat (`off_grid`)."""
     return analyse_notes(baselines.notes_of_score(vocab.decode(ids)), start_beat, key)
 
 
@@ -68,17 +73,18 @@ def off_grid(onset_beats: np.ndarray) -> float:
 
 def analyse_notes(
     notes: baselines.Notes, start_beat: float, key: int | None = None
-) -> tuple[int | None, int | None, float | None, float | None]:
+) -> tuple[int | None, int | None, float | None, float | None, int | None]:
     """analyse_new_notes of notes already in beats."""
     keep = notes.onset >= start_beat - 1e-6
     notes = baselines.Notes(notes.onset[keep], notes.duration[keep], notes.pitch[keep])
     if len(notes) < 2:
-        return None, None, None, None
+        return None, None, None, None, None
     in_scale = None
     if key is not None:
         in_scale = float(np.mean(grammar_tables.scale_pitch_classes(key)[notes.pitch % 12]))
     key_got, meter_got = baselines.key_estimate(notes, "krumhansl")[0], baselines.meter_estimate(notes)[0]
-    return key_got, meter_got, in_scale, off_grid(notes.onset)
+    check = baselines.key_estimate(notes, "bellman")[0]
+    return key_got, meter_got, in_scale, off_grid(notes.onset), check
 
 
 def continue_and_analyse(
@@ -138,11 +144,12 @@ def real_rates(vocab, tokens: list[np.ndarray], keys, meters, *, bars: int) -> d
                 continue
             passage = toks[at[first] : at[first + bars]].tolist()
             labelled = int(key) if int(key) >= 0 else None
-            got_key, got_meter, in_scale, offgrid = analyse_new_notes(vocab, passage, 0.0, labelled)
+            got_key, got_meter, in_scale, offgrid, check = analyse_new_notes(vocab, passage, 0.0, labelled)
             if offgrid is not None:
                 hits.setdefault(f"{s}.real.off_grid", []).append(offgrid)
             if labelled is not None and got_key is not None:
                 hits.setdefault(f"{s}.real.key_match", []).append(got_key == labelled)
+                hits.setdefault(f"{s}.real.key_match_bellman", []).append(check == labelled)
                 hits.setdefault(f"{s}.real.scale_match", []).append(in_scale)
             if int(meter) >= 0 and got_meter is not None:
                 fam = analysis.meter_family(got_meter) == analysis.meter_family(int(meter))
@@ -150,7 +157,7 @@ def real_rates(vocab, tokens: list[np.ndarray], keys, meters, *, bars: int) -> d
     out = {}
     for name, h in sorted(hits.items()):
         out[name] = round(float(np.mean(h)), 4)
-        if not name.endswith(("scale_match", "off_grid")):
+        if not name.endswith(("scale_match", "off_grid", "_bellman")):
             out[name.replace("_match", "_n")] = len(h)
     return out
 
@@ -210,7 +217,7 @@ def control_table(
                 kw = dict(kw)
                 if v.endswith("_lock"):
                     kw["key_lock"] = key_name
-                got_key, got_meter, in_scale, offgrid = continue_and_analyse(
+                got_key, got_meter, in_scale, offgrid, check = continue_and_analyse(
                     session,
                     vocab,
                     prefix,
@@ -231,6 +238,7 @@ def control_table(
                         0.0 if in_scale is None else in_scale,
                         fam == "triple",
                         0.0 if offgrid is None else offgrid,
+                        check == key,
                     )
                 )
     out: dict = {
@@ -257,6 +265,7 @@ def control_table(
         if h:
             a = np.asarray(h, dtype=float)
             out[f"{s}.{v}.key_match"] = round(float(a[:, 0].mean()), 4)
+            out[f"{s}.{v}.key_match_bellman"] = round(float(a[:, 5].mean()), 4)
             out[f"{s}.{v}.meter_family_match"] = round(float(a[:, 1].mean()), 4)
             out[f"{s}.{v}.scale_match"] = round(float(a[:, 2].mean()), 4)
             out[f"{s}.{v}.off_grid"] = round(float(a[:, 4].mean()), 4)

@@ -31,8 +31,8 @@ the prompt's next bar line of the meter (--meter, else the file's time signature
 the model knows, else the model's meter estimate at the end of the prompt, else 4/4) with a note on that
 downbeat, and lasts --bars bars of that meter. Control tokens
 (--key, --meter, --genre, --emotion) go before the music; --guidance G > 1 strengthens them with
-classifier-free guidance, --head-guidance W steers the pitches toward --key by the model's own key head
-(typemoe.key_steering), --key-lock allows only the pitches of --key's scale, and --candidates N writes N
+classifier-free guidance, --head-guidance W steers the pitches toward --key by the model's own ear for keys
+(its key head fused with the notes' pitch classes, typemoe.key_steering), --key-lock allows only the pitches of --key's scale, and --candidates N writes N
 continuations and keeps the one the model's own analysis hears most in --key and the meter's family
 (typemoe.candidates; N times the time). The notes are clean:
 on the grid, no same-pitch duplicates or overlaps (typemoe.note_writer).
@@ -494,7 +494,7 @@ def add_generation_flags(p, meter_help: str = "") -> None:
         "--head-guidance",
         type=float,
         default=key_steering.DEFAULT_HEAD_GUIDANCE,
-        help=f"steer the pitches toward --key by the model's own key head (default: "
+        help=f"steer the pitches toward --key by the model's own ear for keys (default: "
         f"{key_steering.DEFAULT_HEAD_GUIDANCE:g}; 0 = off; each pitch costs "
         f"{key_steering.CANDIDATES} more decode steps)",
     )

@@ -592,19 +592,13 @@ def test_jack_continuations_under_a_three_four_condition_are_on_three_beat_bars(
     assert all(tr.midi_ons for tr in trials)
 
 
-@pytest.mark.xfail(
-    strict=False,  # not strict: the count moves between runs (see the reason), so a pass is possible
-    reason="issue 13 asks >= 8/10 without the key lock. The graph shipped the morning of 2026-12-03 (trained in "
-    "its meter's bars) gave at least 8/10 here in 6 of 6 runs that day (8/10 in the 4 whose count was printed; "
-    "the misses E-flat minor, its relative minor), the graph shipped after it (fill-in-the-middle at 1024 "
-    "tokens) at least 8/10 in its one run before it shipped; exactly at the bar, so one answer's timing "
-    "under load could cost it, and the mark stays until the suite has seen it hold. The graph before those "
-    "gave 4/10 (twice; 7/10 in 4-beat bars, 2/10 before its controls-only tuning). "
-    "The answers can vary with the bridge's timing from run to run (seeded sampling, but the live stream the "
-    "answer continues is real time)",
-)
 @_over_jack
 def test_jack_f_sharp_major_condition_without_key_lock_gives_f_sharp_major(request):
+    """Issue 13: >= 8/10 F# major without the key lock. Since head guidance hears through the model
+    directory's key fusion (2026-12-03 night): 10/10 in each run before this check became strict. Before, at
+    the key head alone, it sat at the bar (8/10; the misses E-flat minor, the relative minor) and was a
+    non-strict xfail. The answers can vary with the bridge's timing from run to run (seeded sampling, but
+    the live stream the answer continues is real time)."""
     trials = request.getfixturevalue("unlocked")
     assert sum(tr.key == "F# major" for tr in trials) >= 8, _count(trials)
 

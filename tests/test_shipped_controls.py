@@ -3,12 +3,12 @@
 48 bare prompts [BOS, Key_X, Meter_Y] (X through all 24 keys twice, Y through 4/4, 3/4, 6/8, 2/4), 4 bars
 each by the one decoder at guidance 3 (temperature 1, top-p 0.95, seeded), the new notes' key by music21's
 Krumhansl-Schmuckler profile (training/evaluation/eval_control.py, the control table's own measure). On
-these 48 prompts the shipped model (2026-12-03, Training step 8) reads the asked key in 46 % with the key
-head's guidance on (its default, typemoe.key_steering), 42 % with it off; on the 200 prompts of
-MODEL_CARD.md's control table 54 %, 35 % and 4 % unconditioned, so the head's share is clear there and only
-its sign is checked on 48 (the graph shipped before it: 46 % and 33 % here); the model shipped before its
-controls-only tuning read 12.5 % without head guidance (fails the second bound). Chance is 4 %, and the composers' own first 4 bars read their labelled key in 59 %
-(MODEL_CARD.md, "Attribute control").
+these 48 prompts the shipped model reads the asked key in 77 % with head guidance on (its default since
+2026-12-03 night: weight 20, the ear the model directory's key fusion, typemoe.key_steering), 42 % with it
+off, 0 % unconditioned; on the 200 prompts of MODEL_CARD.md's control table 82 %, 31 % and 4 %. With the
+key head alone as the ear (weight 5, the default before) it read 46 % here. The model shipped before its
+controls-only tuning read 12.5 % without head guidance (fails the second bound). Chance is 4 %, and the
+composers' own first 4 bars read their labelled key in 64 % (MODEL_CARD.md, "Attribute control").
 
 The meter: a continuation asked for 3/4, 6/8 or 2/4 is written in REMI bars of that meter
 (grammar_tables.BarPlan), shorter than the 4 beats the model was trained on. At such a bar's end the
@@ -59,25 +59,26 @@ def test_the_key_control_steers_a_bare_prompt(model):
     asked, _ = _matches(model, controls=True)  # head guidance at its default
     no_head, _ = _matches(model, controls=True, head_guidance=0.0)
     unconditioned, _ = _matches(model, controls=False)
-    assert asked >= 0.4, f"key match {asked:.3f} from a bare prompt at guidance {GUIDANCE}"
+    assert asked >= 0.65, f"key match {asked:.3f} from a bare prompt at guidance {GUIDANCE}"
     assert no_head >= max(0.15, unconditioned + 0.1), (no_head, unconditioned)  # the control alone steers
     assert asked > no_head, (asked, no_head)  # and the key head's guidance adds to it
 
 
-def test_the_best_of_several_continuations_is_heard_in_the_asked_key_and_meter(model):
+def test_the_best_of_several_continuations_is_heard_in_the_asked_meter_and_keeps_the_key(model):
     """typemoe.candidates keeps, of 4 continuations, the one the model's own analysis (key and meter heads
     fused with the notes) hears most in the asked key and the asked meter's family. On the first 24 prompts
-    (each key once) that lifts the profile's key match from 0.375 to 0.500 (9 to 12 of 24) and the triple
-    family from 7 to 12 of the 12 triple asks (MODEL_CARD.md, "Best of N", on 200 prompts). The kept
+    (each key once) that lifts the triple family from 7 to 12 of the 12 triple asks and keeps the key match
+    within a prompt of one continuation's (0.750 against 0.792: head guidance already hears the key through
+    the same key fusion; before it did, best of 4 lifted the key from 0.375 to 0.500). The kept
     continuation is judged by the model, the match by the control table's analysers, which the judge
     partly shares (the key fusion reads music21's profiles; the family is the same autocorrelation rule)."""
     one, one_triple = _matches(model, controls=True, n=24)
     best, best_triple = _matches(model, controls=True, n=24, candidates=4, readers=model)
-    assert best >= one + 0.08, (best, one)  # at least two more of the 24
-    assert best_triple > one_triple, (best_triple, one_triple)
+    assert best_triple >= one_triple + 3 / 12, (best_triple, one_triple)  # at least three more of the 12
+    assert best >= one - 2 / 24, (best, one)  # the key is kept: at most two of the 24 lost
 
 
-def _largest_chord(model, n: int) -> int:
+def _largest_chord(model, n: int, **steer) -> int:
     """The most notes at one onset over n bare prompts asking 3/4, 6/8 and 2/4 (bars shorter than REMI's)."""
     import numpy as np
 
@@ -89,7 +90,7 @@ def _largest_chord(model, n: int) -> int:
         session.reset()
         session.feed([vocab.bos_id, *vocab.control_ids(key=analysis.key_name(i % 24), meter=meter)])
         cursor, plan = session.cursor(), session.bar_plan(meter)
-        new = session.generate(n_bars=4, meter=meter, guidance=GUIDANCE, seed=2000 + i, top_p=0.95)
+        new = session.generate(n_bars=4, meter=meter, guidance=GUIDANCE, seed=2000 + i, top_p=0.95, **steer)
         onsets = [n.onset for n in TokenReader(vocab, cursor, plan).read(new)]
         most = max(most, int(np.unique(onsets, return_counts=True)[1].max()) if onsets else 0)
     return most
@@ -102,10 +103,14 @@ def test_a_short_bar_ends_in_a_bar_line_not_a_cluster(model, monkeypatch):
     morning of 2026-12-03 (trained on windows in bars of their meter, typemoe train --own-bars) closed a
     short bar by itself (largest chord 2 without the spill). The graph shipped after it, trained on longer
     windows of which most are fill-in-the-middle arrangements (MODEL_CARD.md, Training step 8), has some of
-    the habit back: 11 without the spill on these prompts, at most 8 with it. So the spill is what keeps
-    the short bars clean, and the check below shows it still does work."""
+    the habit back: 11 without the spill on these prompts, at most 8 with it. Since head guidance hears
+    through the key fusion (2026-12-03 night) the default's continuations differ: on these prompts 7 without
+    the spill and 3 with it; the model's own habit shows without head guidance, 11 without the spill and 4
+    with it. So the spill is what keeps the short bars clean, and the check below shows it still does work."""
     assert _largest_chord(model, 24) <= 8
+    assert _largest_chord(model, 24, head_guidance=0.0) <= 8
     from typemoe import decoding
 
     monkeypatch.setattr(decoding, "spill_to_bar", lambda logits, spill, is_bar: logits)
-    assert _largest_chord(model, 24) > 8  # the check can fail: without the spill it does, on this model
+    # the check can fail: without the spill it does, on this model's own habit
+    assert _largest_chord(model, 24, head_guidance=0.0) > 8

@@ -55,3 +55,38 @@ def test_off_grid_counts_onsets_between_the_eighths(vocab):
     )  # 4 waltz bars
     assert eval_control.off_grid(np.array([0.0, 0.25, 0.5, 0.75, 1.5])) == 0.4
     assert eval_control.off_grid(np.array([])) == 0.0
+
+
+def test_the_check_key_is_bellman_budges_a_profile_the_key_fusion_does_not_read(vocab):
+    """The control table's second key finder is music21's Bellman-Budge profile, outside the key fusion's
+    features (baselines.KEY_BASELINES), so a steering that reads the fusion is checked by a profile it never
+    saw; on the C-major waltz both finders read C major, and the `real` rows report the check beside the
+    first."""
+    from music21.analysis import discrete
+
+    from typemoe.training.evaluation import baselines
+
+    assert "bellman" not in baselines.KEY_BASELINES
+    assert type(baselines._analyser("bellman")) is discrete.BellmanBudge
+    toks = np.asarray(vocab.encode_score(_waltz_in_c()))
+    c_major, fs_major = analysis.KEYS.index("C major"), analysis.KEYS.index("F# major")
+    three = analysis.METERS.index("3/4")
+    got = eval_control.analyse_new_notes(vocab, toks.tolist(), 0.0, c_major)
+    assert got[0] == got[4] == c_major
+    assert (
+        eval_control.real_rates(vocab, [toks], [c_major], [three], bars=2)["bare.real.key_match_bellman"]
+        == 1.0
+    )
+    assert (
+        eval_control.real_rates(vocab, [toks], [fs_major], [three], bars=2)["bare.real.key_match_bellman"]
+        == 0.0
+    )
+    # F, G, A and B, long on G and A: Bellman-Budge hears C major, Krumhansl-Schmuckler G major. They are
+    # different profiles, not one read twice
+    notes = baselines.Notes(
+        np.arange(6.0), np.array([2.0, 3.0, 1.0, 3.0, 3.0, 1.0]), np.array([65, 67, 71, 69, 67, 65])
+    )
+    assert baselines.key_estimate(notes, "bellman")[0] == analysis.KEYS.index("C major")
+    assert baselines.key_estimate(notes, "krumhansl")[0] == analysis.KEYS.index("G major")
+    got = eval_control.analyse_notes(notes, 0.0, analysis.KEYS.index("C major"))
+    assert (got[0], got[4]) == (analysis.KEYS.index("G major"), analysis.KEYS.index("C major"))

@@ -4,8 +4,8 @@
 each by the one decoder at guidance 3 (temperature 1, top-p 0.95, seeded), the new notes' key by music21's
 Krumhansl-Schmuckler profile (training/evaluation/eval_control.py, the control table's own measure). On
 these 48 prompts the shipped model reads the asked key in 77 % with head guidance on (its default since
-2026-12-03 night: weight 20, the ear the model directory's key fusion, typemoe.key_steering), 42 % with it
-off, 0 % unconditioned; on the 200 prompts of MODEL_CARD.md's control table 82 %, 31 % and 4 %. With the
+2026-12-03 night: weight 20, heard through the model directory's key fusion, typemoe.key_steering), 42 % with it
+off, 0 % unconditioned; on the 200 prompts of MODEL_CARD.md's control table 82 %, 35 % and 4 %. With the
 key head alone as the ear (weight 5, the default before) it read 46 % here. The model shipped before its
 controls-only tuning read 12.5 % without head guidance (fails the second bound). Chance is 4 %, and the
 composers' own first 4 bars read their labelled key in 64 % (MODEL_CARD.md, "Attribute control").

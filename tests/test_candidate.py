@@ -113,3 +113,24 @@ def test_a_failing_step_is_named(shards, ckpt, tmp_path, capsys):
     assert main(_args(ckpt, shards, out, emotion_data=tmp_path / "no_shards")) == 2
     assert "step emotion" in capsys.readouterr().err
     assert not (out / "model").exists()
+
+
+def test_the_key_fusions_consistency_sweep_is_an_option(tmp_path):
+    """fit_key gets --consistency 0 by default (the shipped recipe) and the weights of --key-consistency
+    when they are given, for a trunk whose one-hearing key must turn more often with a transposition."""
+    from typemoe.training.evaluation.candidate import build_parser, stages
+
+    base = [
+        "--run",
+        str(tmp_path),
+        "--data",
+        str(tmp_path),
+        "--emotion-data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path),
+    ]
+    key_args = stages(build_parser().parse_args(base))["fit_key"][0]
+    assert key_args[key_args.index("--consistency") :] == ["--consistency", "0"]
+    swept = stages(build_parser().parse_args([*base, "--key-consistency", "0", "0.3", "1"]))["fit_key"][0]
+    assert swept[swept.index("--consistency") :] == ["--consistency", "0", "0.3", "1"]

@@ -12,7 +12,8 @@ next-token, key and meter heads. What `typemoe/default_model` ships on top of it
               every head, so it is the one exported
   export      the ONNX step graph with its int8-expert twin (`typemoe export --no-fp16`)
   fit_meter   the meter fusion (rhythm features + head), on the run's data (training/evaluation/fit_meter.py)
-  fit_key     the key fusion (pitch-class profiles + head), no consistency term (training/evaluation/fit_key.py)
+  fit_key     the key fusion (pitch-class profiles + head), no consistency term unless --key-consistency
+              (training/evaluation/fit_key.py)
   fit_emotion the emotion fusion (note features + head) on EMOPIA's splits, VGMIDI scored as unseen
               (left out with --emotion-source none: the head answers alone)
   slim        only model_int8.onnx kept, the manifest written again (export/model_dir.refresh_manifest)
@@ -71,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emotion-seed", type=int, default=1)
     p.add_argument("--meter-pieces", type=int, default=4000, help="fit_meter --max-pieces")
     p.add_argument("--key-pieces", type=int, default=3000, help="fit_key --max-pieces")
+    p.add_argument(
+        "--key-consistency",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="fit_key --consistency: the key fusion's transposition-consistency weights tried, the val split "
+        "picks one (default 0, the shipped recipe's; a trunk whose one-hearing key turns too seldom with a "
+        "transposition needs the sweep, e.g. 0 0.3 1 3 10)",
+    )
     p.add_argument("--val-pieces", type=int, default=1000, help="val pieces of both fusion fits")
     p.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads of the emotion head (0 = default)"
@@ -110,7 +120,8 @@ def stages(args: argparse.Namespace) -> dict[str, tuple[list[str], Callable[[], 
     ]  # fmt: skip
     fit_common = ["--model", str(model), *data, "--val-pieces", str(args.val_pieces)]
     meter = [*fit_common, "--max-pieces", str(args.meter_pieces)]
-    key = [*fit_common, "--max-pieces", str(args.key_pieces), "--consistency", "0"]
+    consistency = [f"{c:g}" for c in args.key_consistency]
+    key = [*fit_common, "--max-pieces", str(args.key_pieces), "--consistency", *consistency]
     emo_fit = [
         "--model",
         str(model),

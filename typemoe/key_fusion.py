@@ -286,4 +286,9 @@ class KeyReader:
         h = self.hists_of(notes)
         if h[1].sum() < 2:
             return head  # no pitches yet: nothing to fuse
-        return self.fusion.probs(h, np.log(np.maximum(head, 1e-9)))
+        return self.fused(h, head)
+
+    def fused(self, hists: np.ndarray, head_key_probs: np.ndarray) -> np.ndarray:
+        """(24,) the fusion's key probabilities of (2, 12) histograms, given the key head's probabilities."""
+        head = np.asarray(head_key_probs, dtype=np.float64)
+        return self.fusion.probs(hists, np.log(np.maximum(head, 1e-9)))

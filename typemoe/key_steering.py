@@ -127,7 +127,6 @@ class KeyHeadGuide:
             pc = int(pitch_of[c]) % 12
             h[0, pc] += duration
             h[1, pc] += 1.0
-            lp = np.log(np.maximum(np.asarray(head_probs, dtype=np.float64), 1e-9))
-            return float(reader.fusion.probs(h, lp)[self.key])
+            return float(reader.fused(h, head_probs)[self.key])
 
         return score

@@ -53,6 +53,7 @@ from typemoe.grammar_tables import (  # noqa: F401  (the decoder's public names)
     tables_of,
 )
 from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE, KeyHeadGuide, asked_key, check_head_guidance
+from typemoe.meter_steering import DEFAULT_METER_GUIDANCE, MeterAccentGuide, asked_meter, check_meter_guidance
 from typemoe.sampling import check_sampling, guide, sample_next, softmax, spill_to_bar
 from typemoe.streaming import TokenCursor
 from typemoe.vocab import BEATS_PER_BAR
@@ -119,6 +120,12 @@ class Session:
     @property
     def bars(self) -> int:
         return self._bars
+
+    @property
+    def bar_position(self) -> int:
+        """Grid position of the last Position in the current bar (where the next note starts), -1 after a
+        Bar."""
+        return self._bar_position
 
     @bars.setter
     def bars(self, n: int) -> None:
@@ -410,6 +417,7 @@ class Session:
         guidance: float = 1.0,
         key_lock: str | int | None = None,
         head_guidance: float = DEFAULT_HEAD_GUIDANCE,
+        meter_guidance: float = DEFAULT_METER_GUIDANCE,
         meter: str | int | None = None,
         start_beat: float | None = None,
         on_downbeat: bool = False,
@@ -434,6 +442,8 @@ class Session:
             key_lock: a key name; Pitch ids outside its scale (SCALES) are never emitted.
             head_guidance: weight of the key head's reading of the asked key at each Pitch step
                 (typemoe.key_steering; 0 = off; no effect when the stream carries no Key control).
+            meter_guidance: weight of the meter's metrical hierarchy on the Position and Duration logits
+                (typemoe.meter_steering; 0 = off; acts only with `meter` and a Meter control in the stream).
             meter: a time signature ("3/4"): notes start in [start_beat, start_beat + n_bars * bar) where
                 bar is the meter's length in beats; the stream stops before leaving that window.
             start_beat: stream beat where the window opens (default: next_bar_line(meter)).
@@ -442,7 +452,7 @@ class Session:
                 masked; an infill's middle is written in bars of its meter this way). With meter the plan
                 is the meter's, bar_plan(meter, start_beat).
             hooks: callables (session, logits, allowed) run before each pick; they may edit both in place.
-                Head guidance runs after them.
+                Head and meter guidance run after them.
             stop_ids: ids that end the generation once yielded (e.g. Infill_End, which a hook allows).
         Yields:
             Each new id as soon as it is sampled and fed, so a realtime caller can act on the first note
@@ -458,6 +468,7 @@ class Session:
             raise ValueError("generate() takes meter or bar_plan, not both: meter sets its own plan")
         check_sampling(temperature, top_p, guidance)
         check_head_guidance(head_guidance)
+        check_meter_guidance(meter_guidance)
         t = self.tables
         window = None
         if meter is not None:
@@ -479,6 +490,12 @@ class Session:
         key = asked_key(self.tokens, t.is_control, t.key_of) if head_guidance > 0 else None
         if key is not None:
             hooks = [*hooks, KeyHeadGuide(key, head_guidance, reader=getattr(self.engine, "key", None))]
+        if (
+            meter is not None
+            and meter_guidance > 0
+            and asked_meter(self.tokens, t.is_control, t.meter_of) is not None
+        ):
+            hooks = [*hooks, MeterAccentGuide(meter, meter_guidance)]
         done = bars = 0
         placed = False  # a note has started in the window (for on_downbeat)
         self._plan = bar_plan if window is None else self.bar_plan(meter, window[0])

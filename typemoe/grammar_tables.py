@@ -39,6 +39,9 @@ class Tables:
         self.is_bar = np.zeros(V, dtype=bool)
         self.is_control = np.zeros(V, dtype=bool)  # BOS, Key_, Meter_, ...: the conditioning prefix
         self.key_of = np.full(V, -1, dtype=np.int64)  # key class (analysis.KEYS) of each Key_ id, else -1
+        self.meter_of = np.full(
+            V, -1, dtype=np.int64
+        )  # meter class (analysis.METERS) of each Meter_ id, else -1
         self.bos_id = None
         self.positions_per_beat, self.beats_per_bar = TICKS_PER_BEAT, BEATS_PER_BAR
         if vocab is not None:
@@ -58,6 +61,8 @@ class Tables:
                 prefix, _, value = vocab.token(int(i)).partition("_")
                 if prefix == "Key":
                     self.key_of[i] = analysis.parse_key(value.replace("_", " "))
+                elif prefix == "Meter":
+                    self.meter_of[i] = analysis.parse_meter(value)
 
     @classmethod
     def unconstrained(cls, size: int) -> Tables:
@@ -74,6 +79,17 @@ def tables_of(vocab) -> Tables:
     if t is None:
         t = _TABLES[vocab] = Tables(vocab.next_allowed, vocab.family_of, vocab=vocab)
     return t
+
+
+def leading_control(tokens, is_control: np.ndarray, value_of: np.ndarray) -> int | None:
+    """value_of[i] of the first id i among the stream's leading control tokens with value_of[i] >= 0 (the
+    Key control's key class with key_of, the Meter control's meter class with meter_of), or None."""
+    for i in tokens:
+        if not is_control[i]:
+            return None
+        if value_of[i] >= 0:
+            return int(value_of[i])
+    return None
 
 
 def scale_pitch_classes(key: str | int) -> np.ndarray:

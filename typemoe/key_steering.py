@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from typemoe.grammar_tables import leading_control
 from typemoe.key_fusion import DURATION_CAP_BEATS
 
 DEFAULT_HEAD_GUIDANCE = 20.0
@@ -59,12 +60,7 @@ def check_head_guidance(weight: float) -> float:
 
 def asked_key(tokens, is_control: np.ndarray, key_of: np.ndarray) -> int | None:
     """The key class of the Key control in the stream's leading control tokens, or None."""
-    for i in tokens:
-        if not is_control[i]:
-            return None
-        if key_of[i] >= 0:
-            return int(key_of[i])
-    return None
+    return leading_control(tokens, is_control, key_of)
 
 
 class KeyHeadGuide:

@@ -32,7 +32,8 @@ the model knows, else the model's meter estimate at the end of the prompt, else 
 downbeat, and lasts --bars bars of that meter. Control tokens
 (--key, --meter, --genre, --emotion) go before the music; --guidance G > 1 strengthens them with
 classifier-free guidance, --head-guidance W steers the pitches toward --key by the model's own ear for keys
-(its key head fused with the notes' pitch classes, typemoe.key_steering), --key-lock allows only the pitches of --key's scale, and --candidates N writes N
+(its key head fused with the notes' pitch classes, typemoe.key_steering), --meter-guidance W accents the
+bars of --meter (onsets on its strong positions, long notes on the downbeat: typemoe.meter_steering), --key-lock allows only the pitches of --key's scale, and --candidates N writes N
 continuations and keeps the one the model's own analysis hears most in --key and the meter's family
 (typemoe.candidates; N times the time). The notes are clean:
 on the grid, no same-pitch duplicates or overlaps (typemoe.note_writer).
@@ -52,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from typemoe import analysis, decoding, key_steering, note_writer, sampling
+from typemoe import analysis, decoding, key_steering, meter_steering, note_writer, sampling
 from typemoe.candidates import DEFAULT_CANDIDATES, best_of, check_candidates
 from typemoe.export.model_dir import EXPORT_COMMAND, MANIFEST_FILE
 from typemoe.listening import (
@@ -313,6 +314,7 @@ def continuation_score(
     guidance: float = sampling.DEFAULT_GUIDANCE,
     key_lock: bool = False,
     head_guidance: float = key_steering.DEFAULT_HEAD_GUIDANCE,
+    meter_guidance: float = meter_steering.DEFAULT_METER_GUIDANCE,
     candidates: int = DEFAULT_CANDIDATES,
 ) -> Continuation:
     """The prompt score with one more track holding `bars` generated bars of the prompt's meter; with
@@ -322,8 +324,9 @@ def continuation_score(
     try:
         sampling.check_sampling(temperature, top_p, guidance)
         key_steering.check_head_guidance(head_guidance)
+        meter_steering.check_meter_guidance(meter_guidance)
     except ValueError as err:
-        raise ToolError(f"--temperature/--top-p/--guidance/--head-guidance: {err}") from err
+        raise ToolError(f"--temperature/--top-p/--guidance/--head-guidance/--meter-guidance: {err}") from err
     if key_lock and not controls.get("key"):
         raise ToolError("--key-lock needs --key (the key whose scale to keep)")
     try:
@@ -360,6 +363,7 @@ def continuation_score(
         guidance=guidance,
         key_lock=controls.get("key") if key_lock else None,
         head_guidance=head_guidance,
+        meter_guidance=meter_guidance,
     )
     notes = note_writer.continuation_notes(
         vocab, new, cursor=cursor, plan=plan, ticks_per_quarter=score.ticks_per_quarter
@@ -413,6 +417,7 @@ def _generate_cmd(args: argparse.Namespace) -> int:
             guidance=args.guidance,
             key_lock=args.key_lock,
             head_guidance=args.head_guidance,
+            meter_guidance=args.meter_guidance,
             candidates=args.candidates,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -497,6 +502,13 @@ def add_generation_flags(p, meter_help: str = "") -> None:
         help=f"steer the pitches toward --key by the model's own ear for keys (default: "
         f"{key_steering.DEFAULT_HEAD_GUIDANCE:g}; 0 = off; each pitch costs "
         f"{key_steering.CANDIDATES} more decode steps)",
+    )
+    p.add_argument(
+        "--meter-guidance",
+        type=float,
+        default=meter_steering.DEFAULT_METER_GUIDANCE,
+        help=f"accent the bars of --meter: onsets on its strong positions, long notes on the downbeat "
+        f"(default: {meter_steering.DEFAULT_METER_GUIDANCE:g}; 0 = off; acts only with --meter)",
     )
 
 

@@ -55,6 +55,8 @@ _HELP = {
     "key_lock": "only pitches of --condition-key's scale (without one: of the key being reported)",
     "head_guidance": "steer the pitches toward --condition-key by the model's own ear for keys (0 = off; each pitch "
     "costs a few more decode steps)",
+    "meter_guidance": "accent the bars of --condition-meter: onsets on its strong positions, a long downbeat, the "
+    "bar before's rhythm (0 = off; costs nothing measurable)",
     "suffix_weight": "infill: how far new bars lean from continuing the bars before them toward the bars after "
     "them (0-4; 1 = the infilling reading alone, no second stream)",
     "inbox_size": "events queued before dropping",
@@ -75,6 +77,7 @@ _METAVAR = {
     "guidance": "G",
     "suffix_weight": "W",
     "head_guidance": "W",
+    "meter_guidance": "W",
 }
 
 

@@ -10,6 +10,7 @@ A TOML file mirrors the command-line flags (same names, `-` or `_`), e.g.
     condition_meter = "3/4"
     guidance = 1.5
     head_guidance = 20.0
+    meter_guidance = 3.0
     key_lock = false
 
 Flags given on the command line override the file.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from typemoe.infill import SUFFIX_WEIGHT, SUFFIX_WEIGHT_MAX
 from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE, HEAD_GUIDANCE_MAX
+from typemoe.meter_steering import DEFAULT_METER_GUIDANCE, METER_GUIDANCE_MAX
 from typemoe.sampling import DEFAULT_GUIDANCE
 
 MIDI_APIS = ("auto", "alsa", "jack", "coremidi", "winmm")
@@ -73,6 +75,7 @@ class BridgeConfig:
     condition_meter: str = ""  # "" = free; e.g. "6/8"; continuations start on its bar lines
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance of a condition (>= 1; 1 = off)
     head_guidance: float = DEFAULT_HEAD_GUIDANCE  # pitches steered to condition_key by the key head (0 = off)
+    meter_guidance: float = DEFAULT_METER_GUIDANCE  # condition_meter's bars accented (0 = off)
     key_lock: bool = False  # only pitches of condition_key's scale (else of the key being reported)
     suffix_weight: float = SUFFIX_WEIGHT  # infill: 0 = the continuation reading, 1 = the infilling one
 
@@ -107,6 +110,7 @@ class BridgeConfig:
             raise ValueError(f"guidance must be a number >= 1 (1 = off), got {self.guidance!r}")
         _range("suffix_weight", self.suffix_weight, 0.0, SUFFIX_WEIGHT_MAX)
         _range("head_guidance", self.head_guidance, 0.0, HEAD_GUIDANCE_MAX)
+        _range("meter_guidance", self.meter_guidance, 0.0, METER_GUIDANCE_MAX)
         if not isinstance(self.key_lock, bool):
             raise ValueError(f"key_lock must be true or false (1 or 0), got {self.key_lock!r}")
         _range("inbox_size", self.inbox_size, 16, 1_000_000)

@@ -47,6 +47,7 @@ class SteeredGenerate(Generate):
     guidance: float = 1.0  # classifier-free guidance weight (1 = off)
     key_lock: str | None = None  # a key name whose scale the pitches must keep, or None
     head_guidance: float = 0.0  # key head guidance toward the condition's key (typemoe.key_steering; 0 = off)
+    meter_guidance: float = 0.0  # the condition's meter accented (typemoe.meter_steering; 0 = off)
 
 
 def choose_meter(asked: str, estimate: tuple[str, float] | None) -> tuple[str, float]:
@@ -127,7 +128,7 @@ def generate_kwargs(job: Generate, session) -> dict:
     """The keyword arguments of session.generate_steps for one request.
 
     The one decoder (typemoe.decoding.Session, which export.runtime.OrtSession is) gets the meter window,
-    the first note on its downbeat, guidance, the key lock and head guidance. Any other session (the toy
+    the first note on its downbeat, guidance, the key lock, head guidance and meter guidance. Any other session (the toy
     stand-in) knows no window: it continues from the stream's last note, which can lie bars before the
     window (the stream holds at most MAX_EMPTY_BARS empty bars), so it gets that many 4-beat bars more, and
     the engine keeps the notes that fall in the window and stops it past the window's end.
@@ -136,6 +137,7 @@ def generate_kwargs(job: Generate, session) -> dict:
     if isinstance(job, SteeredGenerate) and isinstance(session, decoding.Session):
         kw.update(meter=job.meter, n_bars=job.bars, start_beat=job.start_beat, on_downbeat=True)
         kw.update(guidance=job.guidance, key_lock=job.key_lock, head_guidance=job.head_guidance)
+        kw["meter_guidance"] = job.meter_guidance
     elif isinstance(job, SteeredGenerate):
         kw["n_bars"] = job.n_bars + MAX_EMPTY_BARS
     return kw

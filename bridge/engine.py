@@ -415,6 +415,7 @@ class Engine(OscCommands):
                 guidance=self.cfg.guidance,
                 key_lock=key_lock,
                 head_guidance=self.cfg.head_guidance,
+                meter_guidance=self.cfg.meter_guidance,
             )
         )
         log.info(

@@ -66,6 +66,7 @@ SETTABLE = (
     "guidance",
     "key_lock",
     "head_guidance",
+    "meter_guidance",
     "suffix_weight",
     "bars",
     "max_bars",

@@ -228,6 +228,35 @@ def test_head_guidance_is_a_setting_passed_to_the_decoder(tmp_path):
     assert cli.main(["--head-guidance", "-1", "--no-midi"]) == 2
 
 
+def test_meter_guidance_is_a_setting_passed_to_the_decoder(tmp_path):
+    """/typemoe/set meter_guidance W, --meter-guidance and the TOML key reach generate_steps (default
+    typemoe.meter_steering.DEFAULT_METER_GUIDANCE); a bad value is refused by name and the setting stays."""
+    from typemoe.bridge import cli, config
+    from typemoe.meter_steering import DEFAULT_METER_GUIDANCE, METER_GUIDANCE_MAX
+
+    h = Harness(auto_generate=False)
+    h.osc_in("/typemoe/condition", "F# major", "3/4")
+    h.play(C_MAJOR_TUNE[:4])
+    h.osc_in("/typemoe/continue", 1.0)
+    h.osc_in("/typemoe/set", "meter_guidance", 0)
+    h.osc_in("/typemoe/continue", 1.0)
+    for bad in (-1, METER_GUIDANCE_MAX + 1, "x"):
+        h.osc_in("/typemoe/set", "meter_guidance", bad)
+        error = h.sent("/typemoe/error")[-1][0]
+        assert "meter_guidance" in error and str(bad) in error, error
+    assert [g.meter_guidance for g in h.generates] == [
+        DEFAULT_METER_GUIDANCE,
+        0.0,
+    ] and DEFAULT_METER_GUIDANCE > 0
+    kw = cont.generate_kwargs(h.generates[0], FlatModel(toy_vocab()).session())
+    assert kw["meter_guidance"] == DEFAULT_METER_GUIDANCE and kw["meter"] == "3/4"
+    path = tmp_path / "bridge.toml"
+    path.write_text("meter-guidance = 1.5\n")
+    assert config.make_config(config.load_toml(path)).meter_guidance == 1.5
+    assert cli.build_parser().parse_args(["--meter-guidance", "0"]).meter_guidance == 0.0
+    assert cli.main(["--meter-guidance", "-1", "--no-midi"]) == 2
+
+
 def test_key_lock_without_an_asked_key_keeps_the_reported_key():
     h = Harness(auto_generate=False, cfg_overrides={"key_lock": True})
     h.play(C_MAJOR_TUNE)

@@ -46,6 +46,7 @@ import numpy as np
 
 from typemoe.export.runtime import MODEL_INT8_FILE, OrtModel, OrtSession
 from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE
+from typemoe.meter_steering import DEFAULT_METER_GUIDANCE
 from typemoe.shipped import default_model_dir
 
 log = logging.getLogger(__name__)
@@ -260,8 +261,10 @@ def _tokens_per_s(model: OrtModel) -> float:
 
 
 def guidance_cost(model: OrtModel, *, blocks: int = 10, n_tokens: int = GUIDED_TOKENS) -> dict[str, Any]:
-    """Decode ms per token of generate_steps unguided, with guidance GUIDANCE, and with guidance GUIDANCE plus
-    the key head's guidance at its default weight (typemoe.key_steering), in alternating blocks.
+    """Decode ms per token of generate_steps unguided, with guidance GUIDANCE, with guidance GUIDANCE plus
+    the key head's guidance at its default weight (typemoe.key_steering), and with both plus the meter
+    guidance at its default weight (typemoe.meter_steering), in alternating blocks. The last two write in
+    3/4 bars (the meter guidance acts only there), the head arm without meter guidance.
 
     All continue the same prompt (BOS, a key and a meter control, 128 grammar-valid ids) on a fork, with
     the same seed per block. A step's time is from one yielded id to the next (sampling and masks
@@ -272,10 +275,12 @@ def guidance_cost(model: OrtModel, *, blocks: int = 10, n_tokens: int = GUIDED_T
     controls = vocab.control_ids(key="F# major", meter="3/4")
     base = model.session()
     base.feed([vocab.bos_id, *controls, *_prompt(model, 129, np.random.default_rng(3))[1:]])
+    bars = {"meter": "3/4", "n_bars": n_tokens}  # a window the n_tokens ids cannot leave
     arms = {
         "unguided": {"guidance": 1.0, "head_guidance": 0.0},
         "guided": {"guidance": GUIDANCE, "head_guidance": 0.0},
-        "head": {"guidance": GUIDANCE, "head_guidance": DEFAULT_HEAD_GUIDANCE},
+        "head": {"guidance": GUIDANCE, "head_guidance": DEFAULT_HEAD_GUIDANCE, "meter_guidance": 0.0, **bars},
+        "meter": {"guidance": GUIDANCE, "head_guidance": DEFAULT_HEAD_GUIDANCE, **bars},
     }
     steps: dict[str, list[float]] = {a: [] for a in arms}
     first: dict[str, list[float]] = {a: [] for a in arms}
@@ -290,7 +295,7 @@ def guidance_cost(model: OrtModel, *, blocks: int = 10, n_tokens: int = GUIDED_T
                 now = time.perf_counter()
                 steps[arm].append(now - prev)
                 prev = now
-    plain, guided, head = (float(np.median(steps[a]) * 1e3) for a in arms)
+    plain, guided, head, meter = (float(np.median(steps[a]) * 1e3) for a in arms)
     return {
         "guidance": GUIDANCE,
         "unguided_ms": plain,
@@ -299,6 +304,9 @@ def guidance_cost(model: OrtModel, *, blocks: int = 10, n_tokens: int = GUIDED_T
         "head_guidance": DEFAULT_HEAD_GUIDANCE,
         "head_guided_ms": head,
         "head_ratio": head / plain,
+        "meter_guidance": DEFAULT_METER_GUIDANCE,
+        "meter_guided_ms": meter,
+        "meter_ratio": meter / plain,
         "first_step_ms": {a: float(np.median(first[a]) * 1e3) for a in arms},
         "tokens": {a: len(steps[a]) for a in arms},
     }
@@ -386,6 +394,13 @@ def format_table(res: dict[str, Any]) -> str:
                 (
                     f"guidance {gc['guidance']:g} + head guidance {gc['head_guidance']:g} vs unguided",
                     f"{gc['head_ratio']:.2f}x (decode ms/token p50 {gc['head_guided_ms']:.3f})",
+                )
+            )
+        if "meter_ratio" in gc:
+            rows.append(
+                (
+                    f"the same + meter guidance {gc['meter_guidance']:g} vs unguided",
+                    f"{gc['meter_ratio']:.2f}x (decode ms/token p50 {gc['meter_guided_ms']:.3f})",
                 )
             )
     rows += [(key, ratio(res.get(key))) for key in ("ort_vs_torch", "typemoe_vs_dense")]

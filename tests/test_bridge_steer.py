@@ -353,9 +353,13 @@ def test_bench_reports_the_guidance_cost_as_a_ratio_to_unguided_decode():
     if not any(model_dir.glob("*.onnx")):
         pytest.skip(f"no shipped model in {model_dir}")
     gc = bench.guidance_cost(OrtModel(model_dir, provider="cpu", threads=1), blocks=2, n_tokens=12)
-    assert gc["guidance"] == 1.5 and gc["tokens"] == {"unguided": 22, "guided": 22, "head": 22}
+    assert gc["guidance"] == 1.5 and gc["tokens"] == {"unguided": 22, "guided": 22, "head": 22, "meter": 22}
     assert gc["unguided_ms"] > 0 and gc["ratio"] == pytest.approx(gc["guided_ms"] / gc["unguided_ms"])
     assert gc["head_ratio"] == pytest.approx(gc["head_guided_ms"] / gc["unguided_ms"])
+    assert (
+        gc["meter_ratio"] == pytest.approx(gc["meter_guided_ms"] / gc["unguided_ms"])
+        and gc["meter_guidance"] == 3
+    )
     assert gc["head_guidance"] == DEFAULT_HEAD_GUIDANCE and gc["first_step_ms"]["guided"] > 0
     res = {
         "provider": "cpu",
@@ -370,6 +374,7 @@ def test_bench_reports_the_guidance_cost_as_a_ratio_to_unguided_decode():
     table = bench.format_table(res)
     assert re.search(rf"guidance 1.5 vs unguided +{gc['ratio']:.2f}x", table), table
     assert re.search(rf"guidance 1.5 \+ head guidance 20 vs unguided +{gc['head_ratio']:.2f}x", table), table
+    assert re.search(rf"the same \+ meter guidance 3 vs unguided +{gc['meter_ratio']:.2f}x", table), table
 
 
 # ---- over JACK and UDP, with the shipped model ----------------------------------------------------------

@@ -235,3 +235,58 @@ def test_the_decoder_hears_through_the_model_directorys_key_fusion(tmp_path, mon
     s.feed(_prompt(model.vocab))
     s.generate(n_tokens=12, seed=3)
     assert readers == [model.key]
+
+
+def test_the_tonic_is_nudged_on_the_first_and_last_downbeats_only(ort_model):
+    """TonicCadence: at a Pitch step on the downbeat of the window's first or last bar every allowed pitch
+    of the asked tonic's class gains the bonus; elsewhere (a later position, a middle bar) nothing moves."""
+    vocab = ort_model.vocab
+    t = ort_model.session().tables
+    key = analysis.parse_key("D major")
+    cadence = key_steering.TonicCadence(key, (0.0, 12.0), bonus=3.0)
+    d = (t.pitch_of >= 0) & (np.maximum(t.pitch_of, 0) % 12 == 2)
+    s = ort_model.session()
+    s.feed([vocab.bos_id, *vocab.control_ids(key="D major")])
+    note = [vocab.id("Pitch_60"), int(vocab.velocity_id[80]), vocab.duration_token_id(4)]
+
+    def nudged(allowed=None):
+        allowed = np.ones(len(t.pitch_of), dtype=bool) if allowed is None else allowed
+        logits = np.zeros(len(t.pitch_of), dtype=np.float32)
+        cadence(s, logits, allowed)
+        return logits
+
+    for bar in range(3):  # REMI bars of 4 beats: 0-4 (first), 4-8 (middle), 8-12 (last)
+        s.feed([vocab.id("Bar_None"), vocab.id("Position_0")])
+        got = nudged()
+        if bar == 1:
+            assert not got.any()
+        else:
+            assert (got[d] == 3.0).all() and not got[~d].any()
+            only = d & (t.pitch_of < 70)
+            assert not nudged(only)[d & ~only].any()  # a pitch that is not allowed is left alone
+        s.feed([*note, vocab.id("Position_4")])
+        assert not nudged().any()  # not a downbeat
+        s.feed(note)
+
+
+def test_generate_nudges_the_tonic_only_with_head_guidance_and_a_window(ort_model, monkeypatch):
+    vocab = ort_model.vocab
+    made = []
+    real = key_steering.TonicCadence.__init__
+    monkeypatch.setattr(
+        key_steering.TonicCadence, "__init__", lambda self, *a, **k: made.append(a) or real(self, *a, **k)
+    )
+
+    def run(**kw):
+        s = ort_model.session()
+        s.feed([vocab.bos_id, *vocab.control_ids(key="D major", meter="3/4")])
+        s.generate(temperature=1.0, seed=4, **kw)
+
+    run(n_bars=2, meter="3/4")
+    assert made == [
+        (analysis.parse_key("D major"), (0.0, 6.0))
+    ]  # a bare prompt's window: two 3/4 bars from 0
+    made.clear()
+    run(n_bars=2, meter="3/4", head_guidance=0.0)
+    run(n_tokens=10)  # no window: no first or last bar
+    assert not made

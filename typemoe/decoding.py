@@ -52,8 +52,8 @@ from typemoe.grammar_tables import (  # noqa: F401  (the decoder's public names)
     scale_pitch_classes,
     tables_of,
 )
-from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE, KeyHeadGuide, asked_key, check_head_guidance
-from typemoe.meter_steering import DEFAULT_METER_GUIDANCE, MeterAccentGuide, asked_meter, check_meter_guidance
+from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE, check_head_guidance, key_hooks
+from typemoe.meter_steering import DEFAULT_METER_GUIDANCE, check_meter_guidance, meter_hooks
 from typemoe.sampling import check_sampling, guide, sample_next, softmax, spill_to_bar
 from typemoe.streaming import TokenCursor
 from typemoe.vocab import BEATS_PER_BAR
@@ -487,15 +487,9 @@ class Session:
         if self.last is None:  # nothing fed yet (start a piece), or just rewound (re-run the last token)
             self._refeed_last()
         uncond = self.unconditioned() if guidance != 1.0 else None
-        key = asked_key(self.tokens, t.is_control, t.key_of) if head_guidance > 0 else None
-        if key is not None:
-            hooks = [*hooks, KeyHeadGuide(key, head_guidance, reader=getattr(self.engine, "key", None))]
-        if (
-            meter is not None
-            and meter_guidance > 0
-            and asked_meter(self.tokens, t.is_control, t.meter_of) is not None
-        ):
-            hooks = [*hooks, MeterAccentGuide(meter, meter_guidance)]
+        reader = getattr(self.engine, "key", None)
+        hooks = [*hooks, *key_hooks(self.tokens, t, head_guidance, window, reader)]
+        hooks = [*hooks, *meter_hooks(self.tokens, t, meter_guidance, meter)]
         done = bars = 0
         placed = False  # a note has started in the window (for on_downbeat)
         self._plan = bar_plan if window is None else self.bar_plan(meter, window[0])

@@ -62,6 +62,14 @@ def asked_meter(tokens, is_control: np.ndarray, meter_of: np.ndarray) -> int | N
     return leading_control(tokens, is_control, meter_of)
 
 
+def meter_hooks(tokens, tables, weight: float, meter: str | int | None) -> list:
+    """The generate_steps hooks of meter guidance at `weight`: the guide when the decoder writes in the bars
+    of `meter` (None: no meter window) and the stream carries a Meter control, else none."""
+    if meter is None or weight <= 0 or asked_meter(tokens, tables.is_control, tables.meter_of) is None:
+        return []
+    return [MeterAccentGuide(meter, weight)]
+
+
 @functools.lru_cache(maxsize=32)
 def strengths(meter: str | int) -> np.ndarray:
     """(n,) strength in [0, 1] of each grid position of the REMI bar `meter` is written in: the number of

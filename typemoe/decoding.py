@@ -121,18 +121,18 @@ class Session:
     def bars(self) -> int:
         return self._bars
 
-    @property
-    def bar_position(self) -> int:
-        """Grid position of the last Position in the current bar (where the next note starts), -1 after a
-        Bar."""
-        return self._bar_position
-
     @bars.setter
     def bars(self, n: int) -> None:
         """Set the time base to n fed bars, REMI's 4 beats each (e.g. after a rebuild that forgot some)."""
         self._bars = int(n)
         self.bar_start = float(max(self._bars - 1, 0) * BEATS_PER_BAR)
         self._bar_history: list[float] = []  # bar_start before each Bar fed since (rewind restores it)
+
+    @property
+    def bar_position(self) -> int:
+        """Grid position of the last Position in the current bar (where the next note starts), -1 after a
+        Bar."""
+        return self._bar_position
 
     def reset(self) -> None:
         """Forget the context (the buffers are reused; rows past n_past are never read)."""

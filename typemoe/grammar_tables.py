@@ -39,9 +39,8 @@ class Tables:
         self.is_bar = np.zeros(V, dtype=bool)
         self.is_control = np.zeros(V, dtype=bool)  # BOS, Key_, Meter_, ...: the conditioning prefix
         self.key_of = np.full(V, -1, dtype=np.int64)  # key class (analysis.KEYS) of each Key_ id, else -1
-        self.meter_of = np.full(
-            V, -1, dtype=np.int64
-        )  # meter class (analysis.METERS) of each Meter_ id, else -1
+        # meter class (analysis.METERS) of each Meter_ id, else -1
+        self.meter_of = np.full(V, -1, dtype=np.int64)
         self.bos_id = None
         self.positions_per_beat, self.beats_per_bar = TICKS_PER_BEAT, BEATS_PER_BAR
         if vocab is not None:

@@ -32,6 +32,11 @@ def test_the_strengths_are_the_metrical_grid_of_each_meter():
     assert len(meter_steering.strengths("12/8")) == 12  # written as two 3-beat bars (remi_bar_beats)
     with pytest.raises(ValueError, match="other"):
         meter_steering.strengths("other")
+    for meter in analysis.METERS[
+        :-1
+    ]:  # every meter the decoder writes bars of: the downbeat is the strongest
+        s = meter_steering.strengths(meter)
+        assert s[0] == 1.0 and (s[1:] < 1).all() and (s >= 0).all(), (meter, s)
 
 
 def test_the_asked_meter_is_the_meter_control_of_the_stream_head(ort_model):

@@ -40,12 +40,12 @@ def _tune(seed: int) -> symusic.Score:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from export_fixtures import make_tiny_model_dir
-
+def model():
+    """The shipped model: its controls change what it reads (the tiny test model's do not)."""
+    from typemoe.shipped import default_model_dir
     from typemoe.training.evaluation.eval_model import open_model
 
-    return open_model(make_tiny_model_dir(tmp_path_factory.mktemp("quality") / "model"))
+    return open_model(default_model_dir())
 
 
 def test_guidance_one_is_the_conditioned_model_and_none_the_music_alone(model):
@@ -69,6 +69,10 @@ def test_guidance_one_is_the_conditioned_model_and_none_the_music_alone(model):
     for row, (logits, targets) in want.items():
         hits = metrics.hits_at_k(np.concatenate(logits), np.concatenate(targets), 1)
         assert res[f"{row}.hits@1"] == pytest.approx(hits, abs=1e-4), row
+        assert res[f"{row}.nll"] == pytest.approx(
+            egq.nll(np.concatenate(logits), np.concatenate(targets)), abs=1e-4
+        )
+    assert res["g1.nll"] != pytest.approx(res["none.nll"], abs=1e-3)  # the controls are read
     assert 0 <= res["g3.bleu2"] <= 1 and 0 <= res["none.bleu2"] <= 1
 
 

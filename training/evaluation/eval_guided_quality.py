@@ -7,8 +7,8 @@ Each of `n` held-out pieces with a key and a meter label (test split, seeded) is
 continuation reads it (training/evaluation/evaluate.py: a prompt of whole bars, up to 256 tokens, then 64
 target tokens), with its true Key and Meter controls after BOS. At each target the guided logits are
 u + g * (c - u) (typemoe.sampling.guide): c read after [BOS, controls, music so far], u after [BOS, music so
-far], the stream the decoder's guidance runs beside (typemoe.decoding.Session.unconditioned). Hits@k pools
-every target of every piece. BLEU-2 is corpus BLEU-2 of the decoder's greedy 64-token continuation at that
+far], the stream the decoder's guidance runs beside (typemoe.decoding.Session.unconditioned). Hits@k and
+the mean negative log-likelihood of the targets (nll, nats) pool every target of every piece. BLEU-2 is corpus BLEU-2 of the decoder's greedy 64-token continuation at that
 guidance against the targets, with head and meter guidance off: those steer toward the asked key and
 meter, they are not the model's guess of the next token. The row `none` is the music alone, without
 control tokens. Guidance 1 is the conditioned model itself.
@@ -31,7 +31,8 @@ from typemoe.training.learn.data import load_pieces
 
 
 def guided_quality(model, pieces, *, n: int, guidances: list[float], seed: int = 0) -> dict:
-    """{"g<weight>.hits@1", ".hits@5", ".bleu2"} per weight, the same for "none", and "n" (pieces read)."""
+    """{"g<weight>.hits@1", ".hits@5", ".nll", ".bleu2"} per weight, the same for "none", and "n" (pieces
+    read)."""
     vocab = model.vocab
     cfg = EvalConfig(models=[None], data="", out=Path("unused.json"))
     keys, meters = pieces.label("key"), pieces.label("meter")
@@ -81,8 +82,18 @@ def guided_quality(model, pieces, *, n: int, guidances: list[float], seed: int =
         logits = np.concatenate(got["logits"])
         out[f"{r}.hits@1"] = round(metrics.hits_at_k(logits, y, 1), 4)
         out[f"{r}.hits@5"] = round(metrics.hits_at_k(logits, y, 5), 4)
+        out[f"{r}.nll"] = round(nll(logits, y), 4)
         out[f"{r}.bleu2"] = round(metrics.corpus_bleu2(got["pairs"]), 4)
     return out
+
+
+def nll(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean negative log-likelihood (nats) of the targets under softmax(logits) (N, V); the guided
+    distribution is the one the decoder samples from."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(targets)), targets].mean())
 
 
 def _row(g: float) -> str:

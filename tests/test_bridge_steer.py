@@ -35,6 +35,7 @@ from typemoe.bridge.config import BridgeConfig
 from typemoe.bridge.events import Analysis, Feed, Generated
 from typemoe.bridge.worker import ContextPolicy, ModelThread
 from typemoe.key_steering import DEFAULT_HEAD_GUIDANCE
+from typemoe.meter_steering import DEFAULT_METER_GUIDANCE, METER_GUIDANCE_MAX
 from typemoe.sampling import DEFAULT_GUIDANCE
 from typemoe.shipped import default_model_dir
 from typemoe.streaming import TokenReader
@@ -198,63 +199,38 @@ def test_guidance_and_key_lock_are_settings_passed_to_the_decoder():
     assert (h.generates[-1].guidance, h.generates[-1].key_lock) == (1.0, None)
 
 
-def test_head_guidance_is_a_setting_passed_to_the_decoder(tmp_path):
-    """/typemoe/set head_guidance W, --head-guidance and the TOML key reach generate_steps (default
-    typemoe.key_steering.DEFAULT_HEAD_GUIDANCE); a bad value is refused by name and the setting stays."""
+@pytest.mark.parametrize(
+    ("name", "default", "bad", "toml"),
+    [
+        ("head_guidance", DEFAULT_HEAD_GUIDANCE, (-1, 99, "x"), 2.5),
+        ("meter_guidance", DEFAULT_METER_GUIDANCE, (-1, METER_GUIDANCE_MAX + 1, "x"), 1.5),
+    ],
+)
+def test_a_guidance_weight_is_a_setting_passed_to_the_decoder(tmp_path, name, default, bad, toml):
+    """/typemoe/set NAME W, --NAME and the TOML key reach generate_steps (default: typemoe.key_steering's
+    DEFAULT_HEAD_GUIDANCE, typemoe.meter_steering's DEFAULT_METER_GUIDANCE); a bad value is refused by name
+    and the setting stays."""
     from typemoe.bridge import cli, config
 
+    flag = "--" + name.replace("_", "-")
     h = Harness(auto_generate=False)
     h.osc_in("/typemoe/condition", "F# major", "3/4")
     h.play(C_MAJOR_TUNE[:4])
     h.osc_in("/typemoe/continue", 1.0)
-    h.osc_in("/typemoe/set", "head_guidance", 0)
+    h.osc_in("/typemoe/set", name, 0)
     h.osc_in("/typemoe/continue", 1.0)
-    for bad in (-1, 99, "x"):
-        h.osc_in("/typemoe/set", "head_guidance", bad)
-        assert (
-            "head_guidance" in h.sent("/typemoe/error")[-1][0] and str(bad) in h.sent("/typemoe/error")[-1][0]
-        )
-    assert [g.head_guidance for g in h.generates] == [
-        DEFAULT_HEAD_GUIDANCE,
-        0.0,
-    ] and DEFAULT_HEAD_GUIDANCE > 0
-    assert (
-        cont.generate_kwargs(h.generates[0], FlatModel(toy_vocab()).session())["head_guidance"] == 20.0
-    )  # the default
-    path = tmp_path / "bridge.toml"
-    path.write_text("head-guidance = 2.5\n")
-    assert config.make_config(config.load_toml(path)).head_guidance == 2.5
-    assert cli.build_parser().parse_args(["--head-guidance", "0"]).head_guidance == 0.0
-    assert cli.main(["--head-guidance", "-1", "--no-midi"]) == 2
-
-
-def test_meter_guidance_is_a_setting_passed_to_the_decoder(tmp_path):
-    """/typemoe/set meter_guidance W, --meter-guidance and the TOML key reach generate_steps (default
-    typemoe.meter_steering.DEFAULT_METER_GUIDANCE); a bad value is refused by name and the setting stays."""
-    from typemoe.bridge import cli, config
-    from typemoe.meter_steering import DEFAULT_METER_GUIDANCE, METER_GUIDANCE_MAX
-
-    h = Harness(auto_generate=False)
-    h.osc_in("/typemoe/condition", "F# major", "3/4")
-    h.play(C_MAJOR_TUNE[:4])
-    h.osc_in("/typemoe/continue", 1.0)
-    h.osc_in("/typemoe/set", "meter_guidance", 0)
-    h.osc_in("/typemoe/continue", 1.0)
-    for bad in (-1, METER_GUIDANCE_MAX + 1, "x"):
-        h.osc_in("/typemoe/set", "meter_guidance", bad)
+    for value in bad:
+        h.osc_in("/typemoe/set", name, value)
         error = h.sent("/typemoe/error")[-1][0]
-        assert "meter_guidance" in error and str(bad) in error, error
-    assert [g.meter_guidance for g in h.generates] == [
-        DEFAULT_METER_GUIDANCE,
-        0.0,
-    ] and DEFAULT_METER_GUIDANCE > 0
+        assert name in error and str(value) in error, error
+    assert [getattr(g, name) for g in h.generates] == [default, 0.0] and default > 0
     kw = cont.generate_kwargs(h.generates[0], FlatModel(toy_vocab()).session())
-    assert kw["meter_guidance"] == DEFAULT_METER_GUIDANCE and kw["meter"] == "3/4"
+    assert kw[name] == default and kw["meter"] == "3/4"
     path = tmp_path / "bridge.toml"
-    path.write_text("meter-guidance = 1.5\n")
-    assert config.make_config(config.load_toml(path)).meter_guidance == 1.5
-    assert cli.build_parser().parse_args(["--meter-guidance", "0"]).meter_guidance == 0.0
-    assert cli.main(["--meter-guidance", "-1", "--no-midi"]) == 2
+    path.write_text(f"{flag[2:]} = {toml}\n")
+    assert getattr(config.make_config(config.load_toml(path)), name) == toml
+    assert getattr(cli.build_parser().parse_args([flag, "0"]), name) == 0.0
+    assert cli.main([flag, "-1", "--no-midi"]) == 2
 
 
 def test_key_lock_without_an_asked_key_keeps_the_reported_key():

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from typemoe import analysis
-from typemoe.sampling import guide
+from typemoe.sampling import guide, log_softmax
 from typemoe.training.evaluation import metrics
 from typemoe.training.evaluation.evaluate import EvalConfig, _prompt_cut
 from typemoe.training.learn.data import load_pieces
@@ -90,9 +90,7 @@ def guided_quality(model, pieces, *, n: int, guidances: list[float], seed: int =
 def nll(logits: np.ndarray, targets: np.ndarray) -> float:
     """Mean negative log-likelihood (nats) of the targets under softmax(logits) (N, V); the guided
     distribution is the one the decoder samples from."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    logp = log_softmax(logits.astype(np.float64))
     return float(-logp[np.arange(len(targets)), targets].mean())
 
 

@@ -58,6 +58,7 @@ from typemoe.key_fusion import FILE as KEY_FILE
 from typemoe.key_fusion import KeyFusion, KeyReader
 from typemoe.meter import FILE as METER_FILE
 from typemoe.meter import MeterFusion, MeterReader
+from typemoe.meter_family import FamilyJudge
 from typemoe.remi_notes import RemiNotes
 from typemoe.vocab import TypedVocab, VocabError
 
@@ -129,9 +130,14 @@ class OrtModel:
             raise ModelDirError(str(err)) from err
         if fusion is not None and list(fusion.meters) != self.meter_names:
             raise ModelDirError(f"{self.model_dir / METER_FILE}: meter classes differ from the graph's")
+        try:
+            judge = FamilyJudge.load(self.model_dir)
+        except ValueError as err:
+            raise ModelDirError(str(err)) from err
         remi = RemiNotes(self.vocab)  # one set of note-reading tables for both readers
-        self.meter = MeterReader(fusion, self.vocab, remi)
-        """The meter answer: meter_fusion.json (rhythm + head) when the directory has one, else the head."""
+        self.meter = MeterReader(fusion, self.vocab, remi, judge)
+        """The meter answer: meter_fusion.json (rhythm + head) when the directory has one, else the head;
+        inside the family meter_family.json's judge hears, else the onset-autocorrelation rule's."""
         try:
             key_fusion = KeyFusion.load(self.model_dir)
         except ValueError as err:

@@ -69,7 +69,7 @@ def test_a_run_becomes_a_model_directory_with_every_head_and_fusion(shards, ckpt
     out = tmp_path / "cand"
     assert main(_args(ckpt, shards, out)) == 0
     model = OrtModel(out / "model", provider="cpu")
-    assert model.key.fusion is not None and model.meter.fusion is not None
+    assert model.key.fusion is not None and model.meter.fusion is not None and model.meter.judge is not None
     assert list(model.class_names) == list(analysis.EMOTIONS)
     if (SHARED_DATA / "emopia.tar.gz").is_file():
         assert model.emotion.fusion is not None and model.emotion.fusion.info["n"]["test"] == 88
@@ -80,7 +80,7 @@ def test_a_run_becomes_a_model_directory_with_every_head_and_fusion(shards, ckpt
     assert not np.array_equal(trained["cls_head.weight"], before["cls_head.weight"])  # the head was trained
     assert np.array_equal(trained["key_head.weight"], before["key_head.weight"])  # nothing else moved
     record = json.loads((out / "candidate.json").read_text())
-    assert set(record["stages"]) >= {"emotion", "export", "fit_meter", "fit_key", "slim"}
+    assert set(record["stages"]) >= {"emotion", "export", "fit_meter", "fit_family", "fit_key", "slim"}
 
     # again: every step is done, nothing is redone
     stamp = (out / "model" / "meter_fusion.json").stat().st_mtime_ns

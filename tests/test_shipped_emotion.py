@@ -29,6 +29,7 @@ SHIPPED_FILES = {
     "types.json",
     "key_fusion.json",
     "meter_fusion.json",
+    "meter_family.json",
     "emotion_fusion.json",
 }
 # The class head of the PyTorch checkpoint the shipped graph was exported from (2026-12-03, second ship: the

@@ -213,19 +213,25 @@ class MeterFusion:
 
 
 class MeterReader:
-    """A model directory's meter answer: the fusion of the notes' rhythm and the meter head.
+    """A model directory's meter answer: the fusion of the notes' rhythm and the meter head, inside the family
+    the family judge hears.
 
     Args:
         fusion: the directory's MeterFusion (MeterFusion.load), or None: then the head alone answers.
         vocab: the model's TypedVocab (to read notes out of token ids).
         remi: tables to read notes with (typemoe.remi_notes.RemiNotes), shared with the key reader.
+        judge: the directory's family judge (typemoe.meter_family.FamilyJudge.load), or None: then the
+            onset-autocorrelation rule (rhythm_family) decides the family.
     """
 
-    def __init__(self, fusion: MeterFusion | None, vocab, remi=None):
+    def __init__(self, fusion: MeterFusion | None, vocab, remi=None, judge=None):
+        from typemoe.grammar_tables import tables_of
         from typemoe.remi_notes import RemiNotes
 
         self.fusion = fusion
+        self.judge = judge
         self.remi = remi if remi is not None else RemiNotes(vocab)
+        self.pitch_of = tables_of(vocab).pitch_of  # (V,) MIDI pitch of each Pitch id
 
     def probs(self, ids, head_meter_probs: np.ndarray) -> np.ndarray:
         """(M,) meter probabilities after hearing the token ids `ids` (control and special ids are ignored),
@@ -240,7 +246,20 @@ class MeterReader:
         tpb = self.remi.ticks_per_beat
         rhythm = rhythm_features(notes[:, 0] / tpb, notes[:, 3] / tpb)
         probs = self.fusion.probs(rhythm, np.log(np.maximum(head, 1e-9)))
-        return within_family(probs, rhythm_family(rhythm), self.fusion.meters)
+        return within_family(probs, self.family_of(notes, rhythm), self.fusion.meters)
+
+    def family_of(self, notes: np.ndarray, rhythm: np.ndarray | None = None) -> str | None:
+        """'duple', 'triple' or None (too little music) of RemiNotes.notes rows: the judge's, else the rule's."""
+        tpb = self.remi.ticks_per_beat
+        if self.judge is None:
+            if rhythm is None:
+                rhythm = rhythm_features(notes[:, 0] / tpb, notes[:, 3] / tpb)
+            return rhythm_family(rhythm)
+        from typemoe.meter_family import family_features
+
+        return self.judge.family(
+            family_features(notes[:, 0] / tpb, notes[:, 3] / tpb, self.pitch_of[notes[:, 1]])
+        )
 
 
 def rhythm_family(rhythm: np.ndarray) -> str | None:

@@ -9,7 +9,7 @@ head trained on the frozen trunk, so the other heads are exactly the pre-trained
 
     typemoe/default_model/
         manifest.json  model_int8.onnx  tokenizer.json  types.json  key_fusion.json  meter_fusion.json
-        emotion_fusion.json  MODEL_CARD.md
+        meter_family.json  emotion_fusion.json  MODEL_CARD.md
 
 `typemoe analyze` reports the emotion of a piece when its model has an emotion head (the shipped one
 does), or from a separate classifier given with --emotion-model DIR.

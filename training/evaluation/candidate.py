@@ -12,6 +12,8 @@ next-token, key and meter heads. What `typemoe/default_model` ships on top of it
               every head, so it is the one exported
   export      the ONNX step graph with its int8-expert twin (`typemoe export --no-fp16`)
   fit_meter   the meter fusion (rhythm features + head), on the run's data (training/evaluation/fit_meter.py)
+  fit_family  the meter's family judge (five onset rules weighed; reads no head), on the run's data
+              (training/evaluation/fit_meter_family.py)
   fit_key     the key fusion (pitch-class profiles + head), no consistency term unless --key-consistency
               (training/evaluation/fit_key.py)
   fit_emotion the emotion fusion (note features + head) on EMOPIA's splits, VGMIDI scored as unseen
@@ -106,7 +108,7 @@ def _check(name: str, rc: int | None) -> None:
 
 def stages(args: argparse.Namespace) -> dict[str, tuple[list[str], Callable[[], None]]]:
     """Every step: (its arguments as recorded, the call that runs it)."""
-    from typemoe.training.evaluation import fit_emotion, fit_key, fit_meter
+    from typemoe.training.evaluation import fit_emotion, fit_key, fit_meter, fit_meter_family
     from typemoe.training.learn import finetune
 
     out, model = args.out, args.out / "model"
@@ -120,6 +122,7 @@ def stages(args: argparse.Namespace) -> dict[str, tuple[list[str], Callable[[], 
     ]  # fmt: skip
     fit_common = ["--model", str(model), *data, "--val-pieces", str(args.val_pieces)]
     meter = [*fit_common, "--max-pieces", str(args.meter_pieces)]
+    family = ["--model", str(model), *data, "--val-pieces", str(args.val_pieces)]
     consistency = [f"{c:g}" for c in args.key_consistency]
     key = [*fit_common, "--max-pieces", str(args.key_pieces), "--consistency", *consistency]
     emo_fit = [
@@ -154,6 +157,7 @@ def stages(args: argparse.Namespace) -> dict[str, tuple[list[str], Callable[[], 
         "emotion": (emotion, head),
         "export": (export_args, export),
         "fit_meter": (meter, lambda: _check("fit_meter", fit_meter.main(meter))),
+        "fit_family": (family, lambda: _check("fit_family", fit_meter_family.main(family))),
         "fit_key": (key, lambda: _check("fit_key", fit_key.main(key))),
         "fit_emotion": (emo_fit, lambda: _check("fit_emotion", fit_emotion.main(emo_fit))),
         "slim": (["--keep", "model_int8.onnx"], slim),

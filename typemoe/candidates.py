@@ -15,9 +15,10 @@ continuation is generated.
 
 What the judge shares with the control table's analysers (training/evaluation/eval_control.py): the key
 fusion reads music21's four key profiles among its features (Krumhansl's is the table's key finder), and
-the meter reader's duple/triple family is the onset-autocorrelation rule (typemoe.meter.rhythm_family), the
-table's meter family. So the table's rows for best of N measure, in part, agreement by construction;
-MODEL_CARD.md reports them apart from the default's.
+the meter reader's duple/triple family weighs the table's onset-autocorrelation rule among its five signals
+(typemoe.meter_family; the rule itself where a model directory has no meter_family.json). So the table's
+rows for best of N measure, in part, agreement by construction; MODEL_CARD.md reports them apart from the
+default's.
 
     ids = best_of(session, 8, readers=model, n_bars=4, meter="3/4", seed=1, guidance=3.0)
 """

@@ -424,6 +424,15 @@ def format_table(res: dict[str, Any]) -> str:
                 f"{an['ratio']:.1f}x ({an['twelve_s']:.2f} s vs {an['quick_s']:.2f} s, {an['bars']} bars)",
             )
         )
+        fam = an.get("family")
+        if fam:
+            rows.append(
+                (
+                    "meter family, judge vs onset rule (one window)",
+                    f"{fam['ratio']:.1f}x ({fam['judge_ms']:.2f} ms vs {fam['rule_ms']:.2f} ms, "
+                    f"{fam['notes']} notes)",
+                )
+            )
     fill = res.get("infill")
     if fill and "ratio" in fill:
         rows.append(

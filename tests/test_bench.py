@@ -53,14 +53,24 @@ def test_analyze_bench_rows(tmp_path):
     from export_fixtures import make_tiny_model_dir
 
     from typemoe.commands.analyze_bench import progression, run_analyze_bench
+    from typemoe.export.model_dir import refresh_manifest
     from typemoe.export.runtime import OrtModel
+    from typemoe.meter_family import FamilyJudge
+    from typemoe.shipped import default_model_dir
 
     model_dir = make_tiny_model_dir(tmp_path / "model")
+    assert run_analyze_bench(model_dir, reps=1)["analyze"]["family"] is None  # no judge: no family row
+    FamilyJudge.load(default_model_dir()).save(model_dir)  # the shipped judge, listed in the manifest
+    refresh_manifest(model_dir)
     row = run_analyze_bench(model_dir, reps=1)["analyze"]
     assert row["quick_s"] > 0 and row["twelve_s"] > 0 and row["ratio"] == row["twelve_s"] / row["quick_s"]
     assert row["tokens"] > 2 * OrtModel(model_dir).context_len and row["bars"] == 64
     assert len(progression().tracks[0].notes) == 64 * 9
-    assert "analyze, twelve hearings vs one" in _table_with(analyze=row)
+    fam = row["family"]
+    assert fam["judge_ms"] > 0 and fam["rule_ms"] > 0 and fam["ratio"] == fam["judge_ms"] / fam["rule_ms"]
+    assert 0 < fam["notes"] < 64 * 9  # one window's notes, not the piece's
+    table = _table_with(analyze=row)
+    assert "analyze, twelve hearings vs one" in table and "meter family, judge vs onset rule" in table
 
 
 def test_infill_bench_rows(tmp_path):

@@ -13,6 +13,11 @@ multinomial logistic regression over
 Its weights are fitted by training/evaluation/fit_meter.py on humanized training windows and saved beside the
 model as `meter_fusion.json`. The fit is plain numpy (full-batch gradient descent on the softmax
 cross-entropy with L2), so the runtime stays free of torch and scikit-learn.
+
+The answer is then kept inside one family, duple or triple (within_family). The family judge of
+typemoe/meter_family.py (`meter_family.json`) decides it where the model directory has one; else the
+onset-autocorrelation rule below does (rhythm_family). On music never trained on, either one reads the
+family better than the fusion, which trusts the head too much there.
 """
 
 from __future__ import annotations
@@ -267,9 +272,11 @@ def rhythm_family(rhythm: np.ndarray) -> str | None:
     beats against 4 + 8, in sixteenths), or None when they tie (too little music to tell).
 
     This is the onset-autocorrelation baseline's family rule (training/evaluation/baselines.py). On pieces the fusion
-    never saw it is the better judge of the family (classical piano 0.81 against the fusion's 0.78, VGMIDI
-    0.82 against 0.79), while the fusion is the better judge of the meter within it (6/8 or 3/4, 2/4 or
-    4/4); rhythm_features' first MAX_LAG values are the accent autocorrelation at lags 1..MAX_LAG.
+    never saw it is a better judge of the family than the fusion (classical piano 0.81 against the fusion's
+    0.78, VGMIDI 0.82 against 0.79), while the fusion is the better judge of the meter within it (6/8 or
+    3/4, 2/4 or 4/4); rhythm_features' first MAX_LAG values are the accent autocorrelation at lags
+    1..MAX_LAG. The family judge (typemoe.meter_family) weighs this rule with four more signals, and
+    decides where a model directory has one.
     """
     a = np.asarray(rhythm, dtype=np.float64)
     triple, duple = a[12 - 1] + a[24 - 1], a[16 - 1] + a[32 - 1]

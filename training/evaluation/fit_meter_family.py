@@ -27,7 +27,7 @@ import numpy as np
 
 from typemoe import analysis
 from typemoe.meter import GRID, rhythm_family, rhythm_features
-from typemoe.meter_family import FamilyJudge, family_features
+from typemoe.meter_family import SIGNALS, FamilyJudge, family_features
 from typemoe.training.evaluation.fit_meter import TOUCH
 from typemoe.training.learn.data import load_pieces
 from typemoe.training.learn.humanize import Humanizer
@@ -77,11 +77,12 @@ def window_samples(pieces, vocab, *, max_pieces: int, seed: int, min_tokens: int
         R.append(r)
         X2.append(x2)
         R2.append(r2)
+    n = len(SIGNALS)
     return (
-        np.asarray(X),
-        np.asarray(Y),
+        np.asarray(X).reshape(-1, n),
+        np.asarray(Y, dtype=bool),
         np.asarray(R, dtype=object),
-        np.asarray(X2),
+        np.asarray(X2).reshape(-1, n),
         np.asarray(R2, dtype=object),
     )
 

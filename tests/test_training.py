@@ -551,3 +551,25 @@ def test_cli_registers_train_and_finetune():
     assert f.func is not None and f.task == "emotion"
     r = run_module(["-m", "typemoe.training.learn.pretrain", "--help"], timeout=60)
     assert r.returncode == 0 and "--labelled-fraction" in r.stdout
+
+
+def test_the_shipped_checkpoint_resumes_with_this_code(tmp_path):
+    """checkpoints/default unpacks into a run whose saved configuration this code rebuilds unchanged, so
+    `typemoe train --resume` takes it. A configuration field added after the run must be left out of the
+    saved form while it is off (TrainConfig.to_dict), or every older run, the shipped one included, is
+    refused as "the configuration changed"."""
+    from typemoe.training.learn import gpu_recipe, loop
+    from typemoe.training.learn.config import TrainConfig
+
+    run = gpu_recipe.unpack([REPO / "checkpoints" / "default"], tmp_path / "run")
+    saved = ckpt.read_state(run)["config"]
+    assert loop._diff_config(saved, TrainConfig.from_dict(saved).to_dict()) == []
+
+
+def test_a_field_added_later_counts_as_absent_while_off():
+    """Runs saved before clean_rhythm existed (no key) and after (False) both resume; True does not match."""
+    from typemoe.training.learn import loop
+
+    before, after, on = {"seed": 1}, {"seed": 1, "clean_rhythm": False}, {"seed": 1, "clean_rhythm": True}
+    assert loop._diff_config(before, after) == [] and loop._diff_config(after, before) == []
+    assert loop._diff_config(before, on) == ["clean_rhythm: None -> True"]

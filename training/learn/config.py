@@ -18,6 +18,10 @@ from typing import Any
 from typemoe.config import ModelConfig
 
 OBJECTIVES = ("ssmtp", "clm")
+OFF_WHEN_ABSENT = {"infill_p": 0, "own_bars": 0, "clean_rhythm": False}
+"""Fields added after runs that must still resume: to_dict leaves each out while it has this value, which is
+what a run saved before the field existed did. A new TrainConfig field that defaults to the old behaviour
+belongs here."""
 TASKS = ("pretrain", "genre", "emotion", "composer", "conditional")
 
 
@@ -237,9 +241,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        # left out when off, so the configs of runs from before them still match
-        for name in ("infill_p", "own_bars"):
-            if d[name] == 0:
+        # left out when off, so the configs of runs from before them still match (and --resume takes them)
+        for name, off in OFF_WHEN_ABSENT.items():
+            if d[name] == off:
                 del d[name]
         return d
 

@@ -35,7 +35,7 @@ from typemoe import analysis
 from typemoe.checkpoint import CheckpointError
 from typemoe.model import TypeMoE
 from typemoe.training.learn import ckpt, losses
-from typemoe.training.learn.config import TrainConfig
+from typemoe.training.learn.config import OFF_WHEN_ABSENT, TrainConfig
 from typemoe.training.learn.data import Pieces, TokenOps, WindowSampler, eval_batches
 from typemoe.training.learn.dist import Dist, all_sum, barrier
 from typemoe.training.learn.prefetch import Prefetcher
@@ -104,6 +104,13 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def _diff_config(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """The differences between two TrainConfig dicts that forbid a resume. A field of OFF_WHEN_ABSENT counts
+    as absent while off, whichever way a run saved it (before the field existed, or after)."""
+    if not prefix:
+        saved, now = (
+            {k: v for k, v in d.items() if not (k in OFF_WHEN_ABSENT and v == OFF_WHEN_ABSENT[k])}
+            for d in (saved, now)
+        )
     out = []
     for k in sorted(set(saved) | set(now)):
         a, b = saved.get(k), now.get(k)

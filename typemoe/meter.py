@@ -255,16 +255,14 @@ class MeterReader:
 
     def family_of(self, notes: np.ndarray, rhythm: np.ndarray | None = None) -> str | None:
         """'duple', 'triple' or None (too little music) of RemiNotes.notes rows: the judge's, else the rule's."""
-        tpb = self.remi.ticks_per_beat
+        onset, duration = notes[:, 0] / self.remi.ticks_per_beat, notes[:, 3] / self.remi.ticks_per_beat
+        if rhythm is None:
+            rhythm = rhythm_features(onset, duration)
         if self.judge is None:
-            if rhythm is None:
-                rhythm = rhythm_features(notes[:, 0] / tpb, notes[:, 3] / tpb)
             return rhythm_family(rhythm)
         from typemoe.meter_family import family_features
 
-        return self.judge.family(
-            family_features(notes[:, 0] / tpb, notes[:, 3] / tpb, self.pitch_of[notes[:, 1]])
-        )
+        return self.judge.family(family_features(onset, duration, self.pitch_of[notes[:, 1]], rhythm))
 
 
 def rhythm_family(rhythm: np.ndarray) -> str | None:

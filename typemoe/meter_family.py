@@ -41,16 +41,20 @@ def _tick_margin(ac: np.ndarray) -> float:
     return at(TRIPLE_BEATS) - at(DUPLE_BEATS)
 
 
-def _beat_similarity(rows: np.ndarray, lag: int) -> float:
-    """Mean cosine similarity of each beat's row with the row `lag` beats before (0 if too short)."""
-    if len(rows) <= lag:
-        return 0.0
+def _beat_margin(rows: np.ndarray) -> float:
+    """Triple minus duple of the mean cosine similarity of each beat's row with the row a lag of beats before
+    (a lag longer than the music counts 0)."""
     unit = rows / (np.linalg.norm(rows, axis=1, keepdims=True) + 1e-9)
-    return float(np.mean(np.sum(unit[lag:] * unit[:-lag], axis=1)))
+
+    def sim(lag: int) -> float:
+        return float(np.mean(np.sum(unit[lag:] * unit[:-lag], axis=1))) if len(unit) > lag else 0.0
+
+    return sum(map(sim, TRIPLE_BEATS)) - sum(map(sim, DUPLE_BEATS))
 
 
-def family_features(onset_beats, duration_beats, pitch) -> np.ndarray:
-    """(5,) margins, triple minus duple, of the SIGNALS (module docstring) of notes given in beats.
+def family_features(onset_beats, duration_beats, pitch, rhythm: np.ndarray | None = None) -> np.ndarray:
+    """(5,) margins, triple minus duple, of the SIGNALS (module docstring) of notes given in beats. `rhythm`:
+    their rhythm_features when the caller has them already (the meter reader does).
 
     All zeros for fewer than MIN_NOTES notes: no music, no say.
     """
@@ -59,7 +63,8 @@ def family_features(onset_beats, duration_beats, pitch) -> np.ndarray:
     pitch = np.asarray(pitch, dtype=np.int64)
     if onset.size < MIN_NOTES:
         return np.zeros(len(SIGNALS))
-    rhythm = rhythm_features(onset, duration)  # accent then count autocorrelation, lags 1..MAX_LAG
+    if rhythm is None:
+        rhythm = rhythm_features(onset, duration)  # accent then count autocorrelation, lags 1..MAX_LAG
     n_lag = len(rhythm) // 2
     t0 = onset.min()
     ticks = np.round((onset - t0) * GRID).astype(np.int64)
@@ -76,17 +81,13 @@ def family_features(onset_beats, duration_beats, pitch) -> np.ndarray:
     inside = np.clip(np.floor((onset - t0 - beat) * GRID).astype(np.int64), 0, GRID - 1)
     pattern[beat, inside] = 1.0
 
-    def beat_margin(rows: np.ndarray) -> float:
-        sim = lambda beats: sum(_beat_similarity(rows, b) for b in beats)  # noqa: E731
-        return sim(TRIPLE_BEATS) - sim(DUPLE_BEATS)
-
     return np.array(
         [
             _tick_margin(rhythm[:n_lag]),
             _tick_margin(rhythm[n_lag:]),
             _tick_margin(autocorrelation(bass)[1:]),
-            beat_margin(chroma),
-            beat_margin(pattern),
+            _beat_margin(chroma),
+            _beat_margin(pattern),
         ]
     )
 
